@@ -1,0 +1,9 @@
+"""Flax decoder-only transformers (GPT-2 and Llama families), heads, configs, HF import/export."""
+from rlhf_jax.models.config import (RopeScaling, TransformerConfig, UnsupportedConfigError,
+                                    preset, rope_inv_freq)
+from rlhf_jax.models.transformer import (DecoderModel, ModelOutput, RewardHead, Transformer,
+                                         init_cache, init_params, last_token_index, logical_axes,
+                                         positions_from_mask)
+from rlhf_jax.models.hf_io import (CheckpointFormatError, load_hf_checkpoint, load_hf_config,
+                                   load_tokenizer, save_hf_checkpoint)
+from rlhf_jax.models._safetensors import CorruptCheckpointError

@@ -1,0 +1,213 @@
+"""Transformer building blocks: norms, rotary embeddings, attention with an explicit KV cache, MLPs.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`) and the main activations
+a logical constraint; `rlhf_jax.sharding` maps those names onto a device mesh.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import TransformerConfig, rope_inv_freq
+
+# Logical axis names of activations (parameters use "embed", "vocab", "heads", ...).
+BATCH, LENGTH, ACT_EMBED, ACT_HEADS, ACT_KV_HEADS, ACT_MLP, ACT_VOCAB = (
+    "batch", "length", "act_embed", "act_heads", "act_kv_heads", "act_mlp", "act_vocab")
+
+_NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully-masked rows give no NaN
+
+
+def _init(std: float, names: tuple):
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
+
+
+def _zeros(names: tuple):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names: tuple):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm (Ba et al. 2016) computed in float32, as GPT-2 uses it."""
+
+    eps: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        scale = self.param("scale", _ones(("norm",)), (d,), self.param_dtype)
+        bias = self.param("bias", _zeros(("norm",)), (d,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x²) + eps) · g, normalised in float32."""
+
+    eps: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", _ones(("norm",)), (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+        # Llama casts back to the input dtype before the gain; keep that order for parity.
+        return (scale.astype(self.dtype) * y.astype(self.dtype)).astype(self.dtype)
+
+
+def apply_rotary(x_bthd, positions_bt, inv_freq):
+    """Rotate query/key pairs by position (RoFormer, Su et al. 2021, eq. 34), half-split layout.
+
+    The pair (x_i, x_{i+d/2}) is rotated by angle p·θ_i, the `rotate_half` convention of Llama.
+    """
+    angles = positions_bt[..., None].astype(jnp.float32) * inv_freq  # [B, T, d/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, d]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x32 = x_bthd.astype(jnp.float32)
+    half = x32.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x_bthd.dtype)
+
+
+class Proj(nn.Module):
+    """y = x · W (+ b), contracting the last `in_dims` axes of x with W[in..., out...].
+
+    Unlike `nn.DenseGeneral`, the kernel is created in its final shape, so its logical axis names
+    always match its rank.
+    """
+
+    features: tuple[int, ...]
+    kernel_axes: tuple[Optional[str], ...]
+    use_bias: bool
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+    in_dims: int = 1
+    std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x):
+        shape = x.shape[x.ndim - self.in_dims:] + tuple(self.features)
+        kernel = self.param("kernel", _init(self.std, self.kernel_axes), shape, self.param_dtype)
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_dims)
+        if self.use_bias:
+            bias = self.param("bias", _zeros(self.kernel_axes[self.in_dims:]),
+                              tuple(self.features), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Attention(nn.Module):
+    """Causal multi-head / grouped-query attention (Vaswani et al. 2017; Ainslie et al. 2023).
+
+    Queries occupy cache slots `cache_index + t`; key slot s is visible to query slot q when
+    s <= q and `slot_mask_bs[b, s]` is 1. Without a cache the slots are simply 0..T-1.
+    """
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_btd, slot_mask_bs, positions_bt, cache: Optional[dict],
+                 cache_index, deterministic: bool):
+        cfg = self.config
+        h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        dense = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+        if cfg.is_gpt2:
+            qkv = Proj((3, h, hd), ("embed", "qkv", "heads", "head_dim"), cfg.qkv_bias,
+                       name="qkv", **dense)(x_btd)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            def proj(name, n, axis):
+                return Proj((n, hd), ("embed", axis, "head_dim"), cfg.qkv_bias, name=name,
+                            **dense)(x_btd)
+            q, k, v = proj("q", h, "heads"), proj("k", kv, "kv_heads"), proj("v", kv, "kv_heads")
+            inv_freq = jnp.asarray(rope_inv_freq(cfg))
+            q = apply_rotary(q, positions_bt, inv_freq)
+            k = apply_rotary(k, positions_bt, inv_freq)
+        q = nn.with_logical_constraint(q, (BATCH, LENGTH, ACT_HEADS, None))
+        k = nn.with_logical_constraint(k, (BATCH, LENGTH, ACT_KV_HEADS, None))
+        v = nn.with_logical_constraint(v, (BATCH, LENGTH, ACT_KV_HEADS, None))
+
+        t = x_btd.shape[1]
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
+                                                    cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
+                                                    cache_index, axis=1)
+            new_cache = {"k": k, "v": v}
+        else:
+            new_cache = None
+        s = k.shape[1]
+        q_slots = cache_index + jnp.arange(t)
+        visible_bts = (jnp.arange(s)[None, :] <= q_slots[:, None])[None] & (
+            slot_mask_bs[:, None, :] > 0)
+
+        b, groups = q.shape[0], h // kv
+        q = q.reshape(b, t, kv, groups, hd)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+                            preferred_element_type=jnp.float32) * (hd ** -0.5)
+        scores = jnp.where(visible_bts[:, None, None], scores, _NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+        if cfg.attn_dropout > 0 and not deterministic:
+            probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=False)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(probs.dtype)).reshape(b, t, h, hd)
+        out = nn.with_logical_constraint(out, (BATCH, LENGTH, ACT_HEADS, None))
+        out = Proj((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg.out_bias,
+                   in_dims=2, name="out", **dense)(out)
+        return out, new_cache
+
+
+class MLP(nn.Module):
+    """GPT-2 GELU MLP (Hendrycks & Gimpel 2016, tanh form) or Llama SwiGLU (Shazeer 2020)."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_btd):
+        cfg = self.config
+        dense = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                     use_bias=cfg.mlp_bias, bias_init=_zeros(("mlp",)))
+        up_init = _init(0.02, ("embed", "mlp"))
+        f = cfg.intermediate_size
+        if cfg.is_gpt2:
+            hidden = jax.nn.gelu(nn.Dense(f, name="fc", kernel_init=up_init, **dense)(x_btd),
+                                 approximate=True)
+        else:
+            gate = nn.Dense(f, name="gate", kernel_init=up_init, **dense)(x_btd)
+            up = nn.Dense(f, name="up", kernel_init=up_init, **dense)(x_btd)
+            hidden = jax.nn.silu(gate) * up
+        hidden = nn.with_logical_constraint(hidden, (BATCH, LENGTH, ACT_MLP))
+        dense["bias_init"] = _zeros(("embed",))
+        return nn.Dense(cfg.hidden_size, name="down",
+                        kernel_init=_init(0.02, ("mlp", "embed")), **dense)(hidden)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + Attn(Norm(x)), then x + MLP(Norm(x))."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_btd, slot_mask_bs, positions_bt, cache, cache_index, deterministic):
+        cfg = self.config
+        norm_cls = LayerNorm if cfg.is_gpt2 else RMSNorm
+        norm = dict(eps=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+        drop = nn.Dropout(cfg.resid_dropout)
+        attn_out, new_cache = Attention(cfg, name="attn")(
+            norm_cls(name="attn_norm", **norm)(x_btd), slot_mask_bs, positions_bt, cache,
+            cache_index, deterministic)
+        x_btd = x_btd + drop(attn_out, deterministic=deterministic or cfg.resid_dropout == 0)
+        mlp_out = MLP(cfg, name="mlp")(norm_cls(name="mlp_norm", **norm)(x_btd))
+        x_btd = x_btd + drop(mlp_out, deterministic=deterministic or cfg.resid_dropout == 0)
+        return nn.with_logical_constraint(x_btd, (BATCH, LENGTH, ACT_EMBED)), new_cache
