@@ -194,7 +194,7 @@ class DecoderModel(nn.Module):
 def init_params(model: nn.Module, rng, length: int = 8):
     """Randomly initialised parameters (plain arrays, logical-axis boxes removed)."""
     tokens = jnp.zeros((1, length), jnp.int32)
-    return nn.unbox(model.init(rng, tokens)["params"])
+    return nn.unbox(jax.jit(model.init)(rng, tokens)["params"])
 
 
 def logical_axes(model: nn.Module, length: int = 8):

@@ -1,0 +1,72 @@
+"""Load a Hugging Face checkpoint (or the built-in tiny default), shard it, run a forward pass.
+
+    python experiments/inspect_model.py [--config experiments/configs/inspect_model.py]
+        [--config.model_dir=/path/to/hf_dir] [--config.mesh=data=2,fsdp=2,tensor=2]
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from ml_collections import config_flags
+
+from rlhf_jax import models, sharding
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/configs/inspect_model.py", "experiment config file")
+
+
+def main(_):
+    cfg = _CONFIG.value
+    mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
+    dtypes = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    if cfg.model_dir:
+        config = models.load_hf_config(cfg.model_dir).replace(**dtypes)
+    else:
+        config = models.preset(cfg.preset, **dtypes)
+    model = models.DecoderModel(config)
+    abstract = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
+    shardings = sharding.param_shardings(abstract, models.logical_axes(model), mesh, rules)
+    if cfg.model_dir:
+        _, params = models.load_hf_checkpoint(cfg.model_dir, shardings=shardings, **dtypes)
+        source = cfg.model_dir
+    else:
+        params = jax.jit(models.init_params, static_argnums=0, out_shardings=shardings)(
+            model, jax.random.key(cfg.seed))
+        source = f"preset {cfg.preset} (random init)"
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    per_device = max(sum(s.data.nbytes for x in jax.tree.leaves(params)
+                         for s in x.addressable_shards if s.device == d) for d in mesh.devices.flat)
+    print(f"model: {config.model_type} from {source}: {n_params / 1e6:.2f}M parameters, "
+          f"{config.num_layers} layers, {config.num_heads} heads / {config.num_kv_heads} kv heads")
+    print(f"mesh: {dict(mesh.shape)} rules={cfg.sharding}; largest per-device parameter bytes: "
+          f"{per_device / 2**20:.1f} MiB")
+
+    rng = np.random.default_rng(cfg.seed)
+    tokens = rng.integers(0, config.vocab_size, (cfg.batch_size, cfg.length), dtype=np.int32)
+    mask = np.ones_like(tokens)
+    mask[0, : cfg.length // 2] = 0  # one left-padded row
+    batch = sharding.shard_batch({"tokens": tokens, "mask": mask}, mesh, rules)
+
+    @jax.jit
+    def next_token_nll(params, tokens, mask):
+        logits = model.apply({"params": params}, tokens, mask).logits[:, :-1]
+        logp = jax.nn.log_softmax(logits)
+        nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+        valid = mask[:, 1:] * mask[:, :-1]
+        return (nll * valid).sum() / jnp.maximum(valid.sum(), 1)
+
+    with sharding.activation_sharding(mesh, rules):
+        nll = float(next_token_nll(params, batch["tokens"], batch["mask"]))  # compile + run
+        start = time.perf_counter()
+        nll = float(next_token_nll(params, batch["tokens"], batch["mask"]))
+        seconds = time.perf_counter() - start
+    print(f"forward: batch {tokens.shape}, next-token NLL {nll:.4f} "
+          f"(uniform would be {np.log(config.vocab_size):.4f}), "
+          f"{tokens.size / seconds:,.0f} tokens/s on {jax.device_count()} {jax.default_backend()} "
+          "device(s)")
+
+
+if __name__ == "__main__":
+    app.run(main)

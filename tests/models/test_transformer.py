@@ -1,0 +1,147 @@
+"""Model behaviour that parity alone does not pin down: padding, cache, heads, dtypes, dropout."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.models import (DecoderModel, init_cache, init_params, last_token_index,
+                             positions_from_mask, preset)
+
+
+def jit_apply(model):
+    return jax.jit(model.apply, static_argnames=("deterministic",))
+
+
+@pytest.fixture(scope="module", params=["tiny-gpt2", "tiny-llama"])
+def model_and_params(request):
+    model = DecoderModel(preset(request.param), heads=("lm", "value", "reward"))
+    return model, init_params(model, jax.random.key(0))
+
+
+def test_positions_and_last_index_by_hand():
+    mask = jnp.array([[0, 0, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(positions_from_mask(mask),
+                                  [[0, 0, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5]])
+    np.testing.assert_array_equal(last_token_index(mask), [4, 5])
+
+
+def test_left_padding_does_not_change_real_token_outputs(model_and_params):
+    model, params = model_and_params
+    seq = jax.random.randint(jax.random.key(1), (1, 7), 0, 256)
+    padded = jnp.concatenate([jnp.zeros((1, 3), seq.dtype), seq], axis=1)
+    mask = jnp.concatenate([jnp.zeros((1, 3), jnp.int32), jnp.ones((1, 7), jnp.int32)], axis=1)
+    a = jit_apply(model)({"params": params}, seq)
+    b = jit_apply(model)({"params": params}, padded, mask)
+    np.testing.assert_allclose(a.logits[0], b.logits[0, 3:], atol=1e-5)
+    np.testing.assert_allclose(a.values[0], b.values[0, 3:], atol=1e-5)
+    np.testing.assert_allclose(a.reward, b.reward, atol=1e-5)
+
+
+def test_reward_is_read_at_last_real_token(model_and_params):
+    model, params = model_and_params
+    tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, 256)
+    mask = jnp.array([[0, 1, 1, 1, 1, 1, 0, 0, 0], [1] * 9], jnp.int32)
+    out = jit_apply(model)({"params": params}, tokens, mask)
+    # right padding after the last real token changes nothing upstream of it
+    trimmed = jit_apply(model)({"params": params}, tokens[:1, :6], mask[:1, :6])
+    np.testing.assert_allclose(out.reward[0], trimmed.reward[0], atol=1e-5)
+    head = params["reward_head"]
+    h = np.asarray(out.hidden, np.float64)
+    manual = [(h[b, i] @ np.asarray(head["proj"]["kernel"], np.float64)[:, 0]
+               + float(head["proj"]["bias"][0])) * float(head["gain"][0]) + float(head["bias"][0])
+              for b, i in enumerate([5, 8])]
+    np.testing.assert_allclose(out.reward, manual, atol=1e-4)
+    # the gain and bias act as an affine normalisation of the reward
+    p2 = jax.tree.map(lambda x: x, params)
+    p2["reward_head"] = dict(head, gain=head["gain"] * 2.0, bias=head["bias"] + 3.0)
+    out2 = jit_apply(model)({"params": p2}, tokens, mask)
+    np.testing.assert_allclose(out2.reward, 2 * out.reward + 3, atol=1e-4)
+
+
+def test_reward_ensemble_shape():
+    model = DecoderModel(preset("tiny-llama"), heads=("reward",), num_reward_outputs=4)
+    params = init_params(model, jax.random.key(0))
+    out = jit_apply(model)({"params": params}, jnp.ones((3, 5), jnp.int32))
+    assert out.reward.shape == (3, 4) and out.logits is None
+    assert not np.allclose(out.reward[:, 0], out.reward[:, 1])
+
+
+def test_kv_cache_incremental_equals_full_forward(model_and_params):
+    model, params = model_and_params
+    cfg = model.config
+    tokens = jax.random.randint(jax.random.key(3), (2, 10), 0, 256)
+    mask = jnp.ones((2, 10), jnp.int32).at[0, :4].set(0)  # row 0 left-padded
+    full = jit_apply(model)({"params": params}, tokens, mask)
+    cache = init_cache(cfg, batch=2, max_length=12)
+    slot_mask = jnp.zeros((2, 12), jnp.int32).at[:, :10].set(mask)
+    out = jit_apply(model)({"params": params}, tokens[:, :6], slot_mask, cache=cache, cache_index=0)
+    logits = [out.logits]
+    cache = out.cache
+    for t in range(6, 10):
+        out = jit_apply(model)({"params": params}, tokens[:, t:t + 1], slot_mask, cache=cache,
+                          cache_index=t)
+        cache = out.cache
+        logits.append(out.logits)
+    inc = jnp.concatenate(logits, axis=1)
+    real = np.asarray(mask, bool)
+    np.testing.assert_allclose(np.asarray(inc)[real], np.asarray(full.logits)[real], atol=2e-5)
+    assert cache[0]["k"].shape == (2, 12, cfg.num_kv_heads, cfg.head_dim)
+
+
+def test_bfloat16_compute_with_float32_params():
+    cfg32 = preset("tiny-llama")
+    model32 = DecoderModel(cfg32)
+    params = init_params(model32, jax.random.key(0))
+    model16 = DecoderModel(cfg32.replace(dtype="bfloat16"))
+    tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, 256)
+    out16 = jit_apply(model16)({"params": params}, tokens)
+    out32 = jit_apply(model32)({"params": params}, tokens)
+    assert out16.hidden.dtype == jnp.bfloat16 and out16.logits.dtype == jnp.float32
+    assert jax.tree.leaves(params)[0].dtype == jnp.float32
+    err = np.abs(np.asarray(out16.logits) - np.asarray(out32.logits)).max()
+    assert 0 < err < 0.05  # bf16 rounding is visible but small
+    grads = jax.jit(jax.grad(lambda p: model16.apply({"params": p}, tokens).logits.mean()))(params)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+
+
+def test_dropout_switchable():
+    cfg = preset("tiny-gpt2", embd_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1)
+    model = DecoderModel(cfg)
+    params = init_params(model, jax.random.key(0))
+    tokens = jnp.ones((2, 8), jnp.int32)
+    det = jit_apply(model)({"params": params}, tokens).logits
+    det2 = jit_apply(model)({"params": params}, tokens, deterministic=True).logits
+    np.testing.assert_array_equal(det, det2)
+    a = jit_apply(model)({"params": params}, tokens, deterministic=False,
+                    rngs={"dropout": jax.random.key(1)}).logits
+    b = jit_apply(model)({"params": params}, tokens, deterministic=False,
+                    rngs={"dropout": jax.random.key(2)}).logits
+    assert not np.allclose(a, det) and not np.allclose(a, b)
+    off = DecoderModel(preset("tiny-gpt2"))  # default: dropout off even when not deterministic
+    np.testing.assert_array_equal(
+        jit_apply(off)({"params": params}, tokens, deterministic=False).logits, det)
+
+
+def test_remat_gives_same_gradients():
+    cfg = preset("tiny-llama")
+    params = init_params(DecoderModel(cfg), jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(5), (2, 8), 0, 256)
+
+    def loss(p, model):
+        return model.apply({"params": p}, tokens).logits.std()
+
+    g1 = jax.jit(jax.grad(loss), static_argnums=1)(params, DecoderModel(cfg))
+    g2 = jax.jit(jax.grad(loss), static_argnums=1)(params, DecoderModel(cfg.replace(remat=True)))
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_unknown_head_refused():
+    with pytest.raises(ValueError, match="unknown heads"):
+        init_params(DecoderModel(preset("tiny-gpt2"), heads=("lm", "critic")), jax.random.key(0))
+
+
+def test_mask_shape_checked(model_and_params):
+    model, params = model_and_params
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        jit_apply(model)({"params": params}, jnp.ones((2, 5), jnp.int32), jnp.ones((2, 6), jnp.int32))
