@@ -33,8 +33,8 @@ TINY_CONFIGS = {
 }
 
 
-def make_hf_model(name: str, seed: int = 0):
-    """A random-init transformers causal LM in float32 and eval mode."""
+def make_hf_model(name: str, seed: int = 0, noise: float = 0.02):
+    """A random-init transformers causal LM in float32 and eval mode (weights + noise·N(0, 1))."""
     cls_name, kwargs = TINY_CONFIGS[name]
     kwargs = dict(kwargs, vocab_size=VOCAB)
     if cls_name == "GPT2Config":
@@ -44,7 +44,7 @@ def make_hf_model(name: str, seed: int = 0):
     model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
     with torch.no_grad():  # break the zero/one inits so every parameter is exercised
         for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+            p.add_(noise * torch.randn_like(p))
     return model
 
 
