@@ -9,7 +9,10 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README has no python example"
     monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, str(README), "exec"), {"__name__": "__readme__"})
-    assert "(2, 6, 256)" in capsys.readouterr().out
+    namespace = {"__name__": "__readme__"}
+    for block in blocks:  # later blocks continue the earlier ones, as a reader would
+        exec(compile(block, str(README), "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "(2, 6, 256)" in out and "(2, 8)" in out
+    assert namespace["sample"].mask.shape == (2, 8)
     assert (tmp_path / "tiny_llama_hf" / "model.safetensors").is_file()

@@ -136,32 +136,35 @@ class Attention(nn.Module):
             q = apply_rotary(q, positions_bt, inv_freq)
             k = apply_rotary(k, positions_bt, inv_freq)
         q = nn.with_logical_constraint(q, (BATCH, LENGTH, ACT_HEADS, None))
-        k = nn.with_logical_constraint(k, (BATCH, LENGTH, ACT_KV_HEADS, None))
-        v = nn.with_logical_constraint(v, (BATCH, LENGTH, ACT_KV_HEADS, None))
+        # Keys/values are kept as [B, KV, S, hd] (the cache layout): attention over the cache is
+        # then a batched matmul with no per-step transpose of the cache.
+        k = nn.with_logical_constraint(k.transpose(0, 2, 1, 3), (BATCH, ACT_KV_HEADS, LENGTH, None))
+        v = nn.with_logical_constraint(v.transpose(0, 2, 1, 3), (BATCH, ACT_KV_HEADS, LENGTH, None))
 
-        t = x_btd.shape[1]
+        b, t = x_btd.shape[:2]
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
-                                                    cache_index, axis=1)
+                                                    cache_index, axis=2)
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
-                                                    cache_index, axis=1)
+                                                    cache_index, axis=2)
             new_cache = {"k": k, "v": v}
         else:
             new_cache = None
-        s = k.shape[1]
+        s = k.shape[2]
         q_slots = cache_index + jnp.arange(t)
         visible_bts = (jnp.arange(s)[None, :] <= q_slots[:, None])[None] & (
             slot_mask_bs[:, None, :] > 0)
 
-        b, groups = q.shape[0], h // kv
-        q = q.reshape(b, t, kv, groups, hd)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+        groups = h // kv
+        q = q.reshape(b, t, kv, groups, hd).transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, hd]
+        scores = jnp.einsum("bkgtd,bksd->bkgts", q, k.astype(q.dtype),
                             preferred_element_type=jnp.float32) * (hd ** -0.5)
         scores = jnp.where(visible_bts[:, None, None], scores, _NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
         if cfg.attn_dropout > 0 and not deterministic:
             probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=False)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(probs.dtype)).reshape(b, t, h, hd)
+        out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(probs.dtype))
+        out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
         out = nn.with_logical_constraint(out, (BATCH, LENGTH, ACT_HEADS, None))
         out = Proj((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg.out_bias,
                    in_dims=2, name="out", **dense)(out)

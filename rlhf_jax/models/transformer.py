@@ -32,13 +32,13 @@ def last_token_index(mask_bt):
 
 
 def init_cache(config: TransformerConfig, batch: int, max_length: int):
-    """A zeroed KV cache: per layer k and v of shape [batch, max_length, kv_heads, head_dim].
+    """A zeroed KV cache: per layer k and v of shape [batch, kv_heads, max_length, head_dim].
 
     Memory: 2 · num_layers · batch · max_length · num_kv_heads · head_dim · itemsize(dtype) bytes,
     allocated once in the compute dtype.
     """
     config.check_length(max_length)
-    shape = (batch, max_length, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, max_length, config.head_dim)
     return [{"k": jnp.zeros(shape, config.compute_dtype), "v": jnp.zeros(shape, config.compute_dtype)}
             for _ in range(config.num_layers)]
 
@@ -71,7 +71,7 @@ class Transformer(nn.Module):
                  cache_index=0, deterministic: bool = True):
         cfg = self.config
         b, t = tokens_bt.shape
-        slots = t if cache is None else cache[0]["k"].shape[1]
+        slots = t if cache is None else cache[0]["k"].shape[2]
         cfg.check_length(slots)
         if attention_mask is None:
             attention_mask = jnp.ones((b, slots), jnp.int32)
@@ -142,7 +142,8 @@ class DecoderModel(nn.Module):
 
     Parameters: {"transformer": ..., "lm_head": ... (untied only), "value_head": ...,
     "reward_head": ...}. `model.apply({"params": params}, tokens, mask)` is pure; pass
-    `deterministic=False` and a "dropout" rng to switch dropout on.
+    `deterministic=False` and a "dropout" rng to switch dropout on; `last_logits_only=True`
+    computes logits for the final position only ([B, 1, V]).
     """
 
     config: TransformerConfig
@@ -170,14 +171,16 @@ class DecoderModel(nn.Module):
             self.reward_head = RewardHead(cfg, self.num_reward_outputs, name="reward_head")
 
     def __call__(self, tokens_bt, attention_mask=None, position_ids=None, *, cache=None,
-                 cache_index=0, deterministic: bool = True) -> ModelOutput:
+                 cache_index=0, deterministic: bool = True,
+                 last_logits_only: bool = False) -> ModelOutput:
         hidden, new_cache = self.transformer(tokens_bt, attention_mask, position_ids,
                                              cache=cache, cache_index=cache_index,
                                              deterministic=deterministic)
         out = {"hidden": hidden, "cache": new_cache}
         if "lm" in self.heads:
-            logits = (self.transformer.attend(hidden) if self.config.tie_word_embeddings
-                      else self.lm_head(hidden))
+            h = hidden[:, -1:] if last_logits_only else hidden  # prefill needs the last only
+            logits = (self.transformer.attend(h) if self.config.tie_word_embeddings
+                      else self.lm_head(h))
             out["logits"] = nn.with_logical_constraint(logits.astype(jnp.float32),
                                                        (BATCH, LENGTH, ACT_VOCAB))
         if "value" in self.heads:

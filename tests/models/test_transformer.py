@@ -85,7 +85,7 @@ def test_kv_cache_incremental_equals_full_forward(model_and_params):
     inc = jnp.concatenate(logits, axis=1)
     real = np.asarray(mask, bool)
     np.testing.assert_allclose(np.asarray(inc)[real], np.asarray(full.logits)[real], atol=2e-5)
-    assert cache[0]["k"].shape == (2, 12, cfg.num_kv_heads, cfg.head_dim)
+    assert cache[0]["k"].shape == (2, cfg.num_kv_heads, 12, cfg.head_dim)
 
 
 def test_bfloat16_compute_with_float32_params():

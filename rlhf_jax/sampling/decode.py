@@ -81,7 +81,8 @@ def generate(params, prompt_tokens, prompt_mask, key, *, config: TransformerConf
     variables = {"params": params}
     cache = init_cache(config, b, p + n)
     slot_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), jnp.ones((b, n), jnp.int32)], 1)
-    prefill = model.apply(variables, prompt_tokens, slot_mask, cache=cache, cache_index=0)
+    prefill = model.apply(variables, prompt_tokens, slot_mask, cache=cache, cache_index=0,
+                          last_logits_only=True)
     eos = jnp.asarray(sampling.eos_token_ids or (-1,), jnp.int32)
     pad = sampling.pad_token_id
     draw = partial(sample_token, temperature=sampling.temperature, top_k=sampling.top_k,
