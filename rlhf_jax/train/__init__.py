@@ -1,0 +1,10 @@
+"""Train state, optimiser factory, the training loop (the impure shell), metrics, configs."""
+from rlhf_jax.train.config import ConfigError, apply_override, load_config_file, parse_config
+from rlhf_jax.train.distributed import (global_batch_from_local, initialize, is_main_process,
+                                        process_slice)
+from rlhf_jax.train.loop import LoopResult, NonFiniteError, run_training
+from rlhf_jax.train.metrics import MetricBuffer, MetricWriter, Progress
+from rlhf_jax.train.optim import (OptimizerConfig, decay_mask, frozen_labels,
+                                  learning_rate_schedule, make_optimizer)
+from rlhf_jax.train.state import (TrainState, accumulate_gradients, create_train_state,
+                                  make_train_step)

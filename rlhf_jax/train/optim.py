@@ -1,0 +1,100 @@
+"""Optimiser factory: AdamW with warmup + schedule, global-norm clipping, decay masks, frozen trees."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import optax
+
+_SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW (Loshchilov & Hutter 2019) hyper-parameters and the learning-rate schedule.
+
+    The rate rises linearly from 0 over `warmup_steps`, then follows `schedule` down to
+    `learning_rate · end_lr_fraction` at `total_steps`. `frozen` lists parameter path prefixes
+    ("reference", "transformer/wte") that receive no update and hold no optimiser state.
+    """
+
+    learning_rate: float = 1e-5
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    schedule: str = "cosine"
+    end_lr_fraction: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0  # 0 disables global-norm clipping
+    frozen: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.schedule not in _SCHEDULES:
+            raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}: expected one of "
+                             f"{_SCHEDULES}")
+        if self.learning_rate < 0 or self.weight_decay < 0 or self.clip_norm < 0:
+            raise ValueError("OptimizerConfig.learning_rate, weight_decay and clip_norm must be "
+                             ">= 0")
+        if self.total_steps <= 0 or not 0 <= self.warmup_steps <= self.total_steps:
+            raise ValueError(f"OptimizerConfig: need 0 <= warmup_steps ({self.warmup_steps}) <= "
+                             f"total_steps ({self.total_steps}) and total_steps > 0")
+        object.__setattr__(self, "frozen", tuple(self.frozen))
+
+
+def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+    """Linear warmup, then cosine / linear decay or a constant rate."""
+    end = cfg.learning_rate * cfg.end_lr_fraction
+    decay_steps = max(cfg.total_steps - cfg.warmup_steps, 1)
+    if cfg.schedule == "cosine":
+        after = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps,
+                                            alpha=cfg.end_lr_fraction)
+    elif cfg.schedule == "linear":
+        after = optax.linear_schedule(cfg.learning_rate, end, decay_steps)
+    else:
+        after = optax.constant_schedule(cfg.learning_rate)
+    if cfg.warmup_steps == 0:
+        return after
+    warmup = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    return optax.join_schedules([warmup, after], [cfg.warmup_steps])
+
+
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def decay_mask(params: Any) -> Any:
+    """True for weight matrices and embeddings; False for biases, norm scales and head gains."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: _path_str(path).rsplit("/", 1)[-1] in ("kernel", "embedding")
+        and x.ndim >= 2, params)
+
+
+def frozen_labels(params: Any, frozen: Sequence[str]) -> Any:
+    """"frozen" for leaves under any of the path prefixes, "trainable" otherwise."""
+    prefixes = tuple(p.strip("/") for p in frozen)
+
+    def label(path, _):
+        s = _path_str(path)
+        return "frozen" if any(s == p or s.startswith(p + "/") for p in prefixes) else "trainable"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(cfg: OptimizerConfig, params: Any) -> optax.GradientTransformation:
+    """The optax chain for `params`: clip → AdamW(schedule, masked decay), frozen subtrees zeroed.
+
+    Frozen leaves go through `optax.set_to_zero` inside `optax.multi_transform`, so AdamW keeps
+    no moments for them.
+    """
+    labels = frozen_labels(params, cfg.frozen)
+    missing = [p for p in cfg.frozen if not any(
+        lab == "frozen" for lab in jax.tree.leaves(frozen_labels(params, [p])))]
+    if missing:
+        raise ValueError(f"OptimizerConfig.frozen names {missing}, which match no parameter path")
+    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay, mask=decay_mask)
+    trainable = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) \
+        if cfg.clip_norm > 0 else adamw
+    return optax.multi_transform({"trainable": trainable, "frozen": optax.set_to_zero()}, labels)

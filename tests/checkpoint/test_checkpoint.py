@@ -1,0 +1,107 @@
+"""Checkpoints: mesh-changing restore (8 → 2 → 1 devices), keep-last/best, corrupt fallback."""
+import logging
+import os
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from rlhf_jax.checkpoint import CheckpointConfig, Checkpointer, NoReadableCheckpointError
+from rlhf_jax.models import DecoderModel, init_params, logical_axes, preset
+from rlhf_jax.sharding import logical_rules, make_mesh, param_shardings
+from rlhf_jax.train import OptimizerConfig, create_train_state, make_optimizer
+from rlhf_jax.train.setup import compile_init
+
+
+def _state_on(mesh_spec, devices):
+    model = DecoderModel(preset("tiny-llama"))
+    mesh, rules = make_mesh(mesh_spec, devices=devices), logical_rules("fsdp")
+    params = init_params(model, jax.random.key(0))
+    params = jax.device_put(params, param_shardings(params, logical_axes(model), mesh, rules))
+    tx = make_optimizer(OptimizerConfig(weight_decay=0.1, total_steps=10), params)
+    return compile_init(lambda p: create_train_state(p, tx, 3), params)
+
+
+def test_save_on_8_devices_restore_on_2_then_1(tmp_path):
+    abstract8, init8 = _state_on("fsdp=8", jax.devices())
+    state = init8()
+    emb = state.params["transformer"]["wte"]["embedding"]
+    assert len({s.device for s in emb.addressable_shards}) == 8
+    ck = Checkpointer(CheckpointConfig(str(tmp_path), async_save=True))
+    ck.save(5, state, data_state={"next_index": 40}, config={"lr": 0.1})
+    ck.wait()
+    for n in (2, 1):
+        abstract, _ = _state_on(f"fsdp={n}", jax.devices()[:n])
+        restored = Checkpointer(CheckpointConfig(str(tmp_path))).restore(abstract)
+        assert restored.step == 5 and restored.data_state == {"next_index": 40}
+        assert restored.config == {"lr": 0.1}
+        got = restored.state.params["transformer"]["wte"]["embedding"]
+        assert len({s.device for s in got.addressable_shards}) == n
+        for a, b in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _tiny_state(value):
+    return {"w": np.full((4,), value, np.float32), "step": np.int32(value)}
+
+
+def _abstract():
+    sh = NamedSharding(make_mesh("data=1", devices=jax.devices()[:1]), PartitionSpec())
+    return {"w": jax.ShapeDtypeStruct((4,), np.float32, sharding=sh),
+            "step": jax.ShapeDtypeStruct((), np.int32, sharding=sh)}
+
+
+def test_keep_last_and_best(tmp_path):
+    ck = Checkpointer(CheckpointConfig(str(tmp_path), save_every=1, keep_last=2, keep_best=1,
+                                       best_metric="eval/loss", best_mode="min",
+                                       async_save=False))
+    losses = {1: 3.0, 2: 0.5, 3: 2.0, 4: 2.5, 5: 1.5, 6: 4.0}
+    for step, loss in losses.items():
+        ck.save(step, _tiny_state(step), metrics={"eval/loss": loss})
+    ck.wait()
+    assert ck.steps() == [2, 5, 6]  # best (step 2) plus the last two
+    assert ck.restore(_abstract(), step=2).state["step"] == 2
+
+
+def test_corrupt_latest_falls_back_with_warning(tmp_path, caplog):
+    ck = Checkpointer(CheckpointConfig(str(tmp_path), async_save=False))
+    ck.save(10, _tiny_state(10))
+    ck.save(20, _tiny_state(20))
+    ck.wait()
+    for root, _, files in os.walk(tmp_path / "20" / "state"):
+        for f in files:
+            with open(os.path.join(root, f), "r+b") as fh:
+                fh.truncate(3)
+    with caplog.at_level(logging.WARNING):
+        restored = Checkpointer(CheckpointConfig(str(tmp_path))).restore(_abstract())
+    assert restored.step == 10 and float(restored.state["w"][0]) == 10
+    assert "checkpoint step 20" in caplog.text and "falling back to step 10" in caplog.text
+
+
+def test_nothing_readable_and_empty(tmp_path):
+    assert Checkpointer(CheckpointConfig(str(tmp_path / "empty"))).restore(_abstract()) is None
+    ck = Checkpointer(CheckpointConfig(str(tmp_path / "bad"), async_save=False))
+    ck.save(1, _tiny_state(1))
+    ck.wait()
+    for root, _, files in os.walk(tmp_path / "bad" / "1"):
+        for f in files:
+            os.remove(os.path.join(root, f))
+    with pytest.raises(NoReadableCheckpointError, match="step 1"):
+        Checkpointer(CheckpointConfig(str(tmp_path / "bad"))).restore(_abstract())
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    ck = Checkpointer(CheckpointConfig(str(tmp_path), async_save=False))
+    ck.save(3, _tiny_state(3))
+    ck.wait()
+    # what a save killed mid-way leaves behind: an unfinalised temporary step directory
+    (tmp_path / "7.orbax-checkpoint-tmp-123").mkdir()
+    (tmp_path / "7.orbax-checkpoint-tmp-123" / "partial").write_text("x")
+    restored = Checkpointer(CheckpointConfig(str(tmp_path))).restore(_abstract())
+    assert restored.step == 3
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="needs best_metric"):
+        CheckpointConfig("x", keep_best=2)

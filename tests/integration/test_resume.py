@@ -1,0 +1,85 @@
+"""Exact resume: SIGKILL at a random step, rerun, and the final parameters are bitwise equal."""
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rlhf_jax.models._safetensors import SafetensorsFile
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 24
+
+
+def _cmd(run_dir):
+    return [sys.executable, "-u", str(ROOT / "experiments" / "train_sft.py"),
+            f"--config.run_dir={run_dir}", f"--config.steps={STEPS}", "--config.log_every=1",
+            "--config.checkpoint.save_every=4", "--config.batch_size=8", "--config.length=16",
+            "--config.optim.warmup_steps=4"]
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # one device, like a plain run
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _run(run_dir):
+    out = subprocess.run(_cmd(run_dir), env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def _run_until(run_dir, stop_step, sig):
+    """Start a run and send `sig` once it reports step `stop_step`; return (returncode, output)."""
+    proc = subprocess.Popen(_cmd(run_dir), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(f"step {stop_step} "):
+            proc.send_signal(sig)
+            break
+    rest, _ = proc.communicate(timeout=600)
+    return proc.returncode, "".join(lines) + (rest or "")
+
+
+def _final_params(run_dir):
+    f = SafetensorsFile(Path(run_dir) / "export" / "model.safetensors")
+    return {k: np.array(f.get(k)) for k in f.keys()}
+
+
+def _assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_sigkill_at_random_step_then_resume_is_bitwise_exact(tmp_path):
+    _run(tmp_path / "straight")
+    reference = _final_params(tmp_path / "straight")
+    kill_at = random.Random().randint(5, STEPS - 3)
+    code, out = _run_until(tmp_path / "killed", kill_at, signal.SIGKILL)
+    assert code == -signal.SIGKILL, out[-2000:]
+    assert not (tmp_path / "killed" / "export").exists()
+    resumed = _run(tmp_path / "killed")
+    assert "resumed from step " in resumed, resumed[-2000:]
+    from_step = int(resumed.split("resumed from step ", 1)[1].split()[0])
+    assert from_step % 4 == 0 and 0 < from_step <= kill_at, (from_step, kill_at)
+    _assert_bitwise_equal(_final_params(tmp_path / "killed"), reference)
+
+
+def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
+    code, out = _run_until(tmp_path / "run", 7, signal.SIGTERM)
+    assert code == 0, out[-2000:]
+    stopped = int(out.strip().rsplit("preempted at step ", 1)[1].split()[0])
+    assert stopped >= 7
+    assert (tmp_path / "run" / "checkpoints" / str(stopped)).is_dir()
+    resumed = _run(tmp_path / "run")
+    assert f"resumed from step {stopped}" in resumed
+    _run(tmp_path / "straight")
+    _assert_bitwise_equal(_final_params(tmp_path / "run"), _final_params(tmp_path / "straight"))

@@ -1,0 +1,83 @@
+"""Config files and overrides with precise errors; metric writers and progress output."""
+import io
+import json
+
+import pytest
+
+from rlhf_jax.train import ConfigError, MetricWriter, Progress, parse_config
+
+CONFIG = '''
+from ml_collections import ConfigDict
+def get_config():
+    c = ConfigDict()
+    c.steps = 10
+    c.lr = 0.1
+    c.name = "run"
+    c.flag = False
+    c.sizes = (1, 2)
+    c.optim = ConfigDict(dict(b1=0.9, schedule="cosine"))
+    return c
+'''
+
+
+@pytest.fixture()
+def cfg_file(tmp_path):
+    path = tmp_path / "cfg.py"
+    path.write_text(CONFIG)
+    return str(path)
+
+
+def test_overrides_parse_to_the_field_type(cfg_file):
+    c = parse_config(["--config", cfg_file, "--config.steps=20", "--config.lr=1",
+                      "--config.flag=true", "--config.optim.b1=0.95", "--config.name", "x=y",
+                      "--config.sizes=[3, 4]"])
+    assert (c.steps, c.lr, c.flag, c.optim.b1, c.name, c.sizes) == (20, 1.0, True, 0.95, "x=y",
+                                                                    (3, 4))
+    assert isinstance(c.lr, float)
+
+
+@pytest.mark.parametrize("arg,match", [
+    ("--config.stpes=3", r"unknown config key 'stpes'.*known keys there: flag, lr, name"),
+    ("--config.optim.beta=3", r"unknown config key 'optim.beta': no 'beta' under optim"),
+    ("--config.steps=ten", r"--config.steps='ten': expected int"),
+    ("--config.steps=1.5", r"--config.steps='1.5': expected int, got float"),
+    ("--config.flag=maybe", r"expected a bool"),
+    ("--config.optim=3", r"names a section"),
+])
+def test_bad_overrides_name_key_and_type(cfg_file, arg, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(["--config", cfg_file, arg])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.py does not exist"):
+        parse_config(["--config", str(tmp_path / "nope.py")])
+    with pytest.raises(ConfigError, match="unrecognised arguments"):
+        parse_config(["--steps=3"], str(tmp_path / "nope.py"))
+
+
+def test_config_is_locked_after_parsing(cfg_file):
+    c = parse_config(["--config", cfg_file])
+    with pytest.raises(AttributeError):
+        c.new_key = 1
+
+
+def test_metric_writer_jsonl_and_tensorboard(tmp_path):
+    w = MetricWriter(tmp_path)
+    w.write(1, {"train/loss": 2.5, "kl/mean": float("nan")})
+    w.write(2, {"train/loss": 2.0})
+    w.close()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 1, "train/loss": 2.5, "kl/mean": None},
+                     {"step": 2, "train/loss": 2.0}]
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert b"train/loss" in events[0].read_bytes()
+
+
+def test_progress_plain_lines_off_terminal():
+    out = io.StringIO()
+    p = Progress(10, 0, ("train/loss",), stream=out)
+    p.update(5, {"train/loss": 1.23456})
+    p.close()
+    assert out.getvalue().strip() == "step 5 loss=1.235"
