@@ -3,22 +3,21 @@
     python experiments/inspect_model.py [--config experiments/configs/inspect_model.py]
         [--config.model_dir=/path/to/hf_dir] [--config.mesh=data=2,fsdp=2,tensor=2]
 """
+import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
-from ml_collections import config_flags
 
-from rlhf_jax import models, sharding
+from rlhf_jax import models, sharding, train
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/inspect_model.py", "experiment config file")
+DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "inspect_model.py")
 
 
-def main(_):
-    cfg = _CONFIG.value
+def main(argv):
+    cfg = train.parse_config(argv, DEFAULT)
     mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
     dtypes = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     if cfg.model_dir:
@@ -69,4 +68,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main(sys.argv[1:])

@@ -1,2 +1,5 @@
 """Pure objective functions: language modelling, preference and policy-gradient losses."""
 from rlhf_jax.losses.lm import next_token_nll_sum
+from rlhf_jax.losses.preference import (bradley_terry_loss, centering_penalty, hybrid_loss_sum,
+                                        normalise_ratings, plackett_luce_loss,
+                                        scalar_regression_loss)

@@ -1,0 +1,69 @@
+"""Reward-model objectives from human judgments: pairwise, rankings, scalar ratings, hybrids.
+
+All functions take per-example rewards and return per-example losses, so callers can mask, weight
+and reduce them exactly (sums and counts) across micro-batches.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def bradley_terry_loss(reward_chosen_b, reward_rejected_b, *, margin_b=0.0,
+                       label_smoothing: float = 0.0):
+    """−log σ(r_w − r_l − m): Bradley & Terry (1952), as used for reward models by
+    Ziegler et al. (2019, eq. 1) and Ouyang et al. (2022, eq. 1); the margin m is Llama 2's
+    (Touvron et al. 2023, eq. 2).
+
+    With label noise ε (`label_smoothing`, the probability that a label was flipped) the loss is
+    the expected one under that noise: −(1−ε) log σ(Δ) − ε log σ(−Δ).
+    """
+    delta = (reward_chosen_b - reward_rejected_b - margin_b).astype(jnp.float32)
+    loss = -jax.nn.log_sigmoid(delta)
+    if label_smoothing:
+        loss = (1.0 - label_smoothing) * loss - label_smoothing * jax.nn.log_sigmoid(-delta)
+    return loss
+
+
+def plackett_luce_loss(rewards_bk, ranks_bk, valid_bk=None):
+    """Negative log-likelihood of a ranking under Plackett–Luce (Plackett 1975; Luce 1959).
+
+    −log P = −Σ_i [r_i − log Σ_{j: rank_j ≥ rank_i} exp r_j], summed over the responses i that
+    beat at least one other (rank 0 is best). Ties share a risk set (Breslow's approximation), and
+    the worst group, which is chosen over nothing, contributes nothing. For K = 2 without ties this
+    is exactly the Bradley–Terry loss. Invalid (padding) responses are ignored.
+    """
+    r = rewards_bk.astype(jnp.float32)
+    valid = jnp.ones_like(r, bool) if valid_bk is None else valid_bk.astype(bool)
+    # risk set of i: valid j with rank_j >= rank_i
+    in_set = (ranks_bk[:, None, :] >= ranks_bk[:, :, None]) & valid[:, None, :]  # [B, i, j]
+    lse = jax.nn.logsumexp(jnp.where(in_set, r[:, None, :], -jnp.inf), axis=-1)
+    worst = jnp.max(jnp.where(valid, ranks_bk, -1), axis=-1, keepdims=True)
+    counted = valid & (ranks_bk < worst)
+    return -jnp.sum(jnp.where(counted, r - lse, 0.0), axis=-1)
+
+
+def normalise_ratings(rating_b, low: float, high: float):
+    """Map ratings from their declared range [low, high] onto [−1, 1]."""
+    return 2.0 * (rating_b.astype(jnp.float32) - low) / (high - low) - 1.0
+
+
+def scalar_regression_loss(reward_b, target_b):
+    """Squared error (r − y)² to a normalised rating y."""
+    return jnp.square(reward_b.astype(jnp.float32) - target_b)
+
+
+def hybrid_loss_sum(pair_loss_b, pair_mask_b, scalar_loss_b, scalar_mask_b, scalar_weight: float):
+    """Σ pairwise losses + λ · Σ scalar losses, and the number of labelled examples of both kinds.
+
+    Dividing the sum by the count gives the per-example mean of a batch that mixes both kinds of
+    labels, which stays exact under gradient accumulation.
+    """
+    total = jnp.sum(pair_loss_b * pair_mask_b) + scalar_weight * jnp.sum(scalar_loss_b *
+                                                                         scalar_mask_b)
+    return total, jnp.sum(pair_mask_b) + jnp.sum(scalar_mask_b)
+
+
+def centering_penalty(reward_chosen_b, reward_rejected_b):
+    """(r_w + r_l)²: keeps a pair's rewards centred on zero (Eisenstein et al. 2023, §3)."""
+    return jnp.square((reward_chosen_b + reward_rejected_b).astype(jnp.float32))
