@@ -1,2 +1,7 @@
 """Datasets and loaders: preference/prompt data, tokenisation, grain pipelines."""
+from rlhf_jax.data.preference import (PreferenceBatch, PreferenceDataset,
+                                      build_preference_dataset, preference_batches,
+                                      tokenize_record)
+from rlhf_jax.data.records import (DataFormatError, RecordStats, iter_raw_records, read_records,
+                                   split_dialogue)
 from rlhf_jax.data.synthetic import progression_batches, progression_example

@@ -1,0 +1,172 @@
+"""Reading and validating human-judgment records from local JSONL / Parquet files.
+
+Every record is checked before anything trains. A malformed record raises `DataFormatError`
+naming the file, line (1-based; the row number for Parquet) and field, unless
+`on_error="skip"`, in which case it is skipped and counted in `RecordStats`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+KINDS = ("pairwise", "ranking", "rating")
+ASSISTANT = "\n\nAssistant:"
+
+
+class DataFormatError(ValueError):
+    """A data file or one of its records is malformed."""
+
+
+@dataclasses.dataclass
+class RecordStats:
+    """What validation saw: records read, kept, skipped (with reasons)."""
+
+    read: int = 0
+    kept: int = 0
+    skipped: int = 0
+    reasons: Counter = dataclasses.field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        """A JSON-friendly view."""
+        return {"read": self.read, "kept": self.kept, "skipped": self.skipped,
+                "skip_reasons": dict(self.reasons)}
+
+
+def iter_raw_records(path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) for a .jsonl / .json-lines or .parquet file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: data file does not exist")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+            raise DataFormatError(f"{path}: not a readable Parquet file ({e})") from e
+        for i, row in enumerate(table.to_pylist(), start=1):
+            yield i, row
+        return
+    if path.suffix not in (".jsonl", ".json"):
+        raise DataFormatError(f"{path}: unsupported file type {path.suffix!r}; expected .jsonl "
+                              "or .parquet")
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield i, DataFormatError(f"{path}:{i}: not valid JSON ({e.msg})")
+
+
+def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Anthropic-HH style: the prompt is the shared prefix up to the last assistant turn.
+
+    Returns (prompt ending in "Assistant:", chosen reply, rejected reply).
+    """
+    common = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        common += 1
+    cut = chosen.rfind(ASSISTANT, 0, common + 1)
+    if cut < 0:
+        raise ValueError(f"no shared prefix ending in {ASSISTANT.strip()!r}")
+    cut += len(ASSISTANT)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _text(rec: dict, field: str, where: str, optional: bool = False) -> Optional[str]:
+    if field not in rec or rec[field] is None:
+        if optional:
+            return None
+        raise DataFormatError(f"{where}: field {field!r} is missing")
+    value = rec[field]
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: field {field!r} must be a string, got "
+                              f"{type(value).__name__}")
+    return value
+
+
+def _validate(rec: Any, kind: str, where: str, rating_range) -> dict:
+    if isinstance(rec, Exception):
+        raise rec
+    if not isinstance(rec, dict):
+        raise DataFormatError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    extra = {"annotator_id": _text(rec, "annotator_id", where, optional=True) or "",
+             "rationale": _text(rec, "rationale", where, optional=True) or ""}
+    if kind == "pairwise":
+        chosen, rejected = _text(rec, "chosen", where), _text(rec, "rejected", where)
+        prompt = _text(rec, "prompt", where, optional=True)
+        if prompt is None:  # whole dialogues
+            try:
+                prompt, chosen, rejected = split_dialogue(chosen, rejected)
+            except ValueError as e:
+                raise DataFormatError(f"{where}: fields 'chosen'/'rejected' without 'prompt' "
+                                      f"must be dialogues sharing a prefix ({e})") from None
+        if chosen == rejected:
+            raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' are identical")
+        return {"prompt": prompt, "responses": [chosen, rejected], "ranks": [0, 1], **extra}
+    prompt = _text(rec, "prompt", where)
+    if kind == "ranking":
+        responses = rec.get("responses")
+        if not isinstance(responses, list) or len(responses) < 2 or not all(
+                isinstance(r, str) for r in responses):
+            raise DataFormatError(f"{where}: field 'responses' must be a list of at least two "
+                                  "strings")
+        ranks = rec.get("ranks")
+        if ranks is None:
+            ranks = list(range(len(responses)))  # given in preference order
+        elif (not isinstance(ranks, list) or len(ranks) != len(responses)
+              or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0
+                         for r in ranks)):
+            raise DataFormatError(f"{where}: field 'ranks' must be {len(responses)} "
+                                  "non-negative ints (0 = best, ties allowed)")
+        elif len(set(ranks)) < 2:
+            raise DataFormatError(f"{where}: field 'ranks' ties every response; nothing is "
+                                  "preferred")
+        return {"prompt": prompt, "responses": responses, "ranks": ranks, **extra}
+    response = _text(rec, "response", where)
+    rating = rec.get("rating")
+    if isinstance(rating, bool) or not isinstance(rating, (int, float)):
+        raise DataFormatError(f"{where}: field 'rating' must be a number")
+    low, high = rating_range
+    if not low <= rating <= high:
+        raise DataFormatError(f"{where}: field 'rating'={rating} is outside the declared range "
+                              f"[{low}, {high}]")
+    return {"prompt": prompt, "responses": [response], "ranks": [0], "rating": float(rating),
+            **extra}
+
+
+def read_records(path, kind: str, *, on_error: str = "raise",
+                 rating_range: Optional[tuple[float, float]] = None) -> tuple[list[dict], RecordStats]:
+    """Validated records in a common form: prompt, responses, ranks (+ rating, annotator, rationale).
+
+    `kind` is "pairwise", "ranking" or "rating"; ratings need their declared `rating_range`.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error={on_error!r}: expected 'raise' or 'skip'")
+    if kind == "rating":
+        if rating_range is None or len(rating_range) != 2 or rating_range[0] >= rating_range[1]:
+            raise ValueError(f"rating data needs rating_range=(low, high) with low < high, got "
+                             f"{rating_range!r}")
+    stats, out = RecordStats(), []
+    for line, rec in iter_raw_records(path):
+        stats.read += 1
+        try:
+            out.append(_validate(rec, kind, f"{path}:{line}", rating_range))
+            stats.kept += 1
+        except DataFormatError as e:
+            if on_error == "raise":
+                raise
+            stats.skipped += 1
+            stats.reasons[str(e).split(": ", 1)[-1][:80]] += 1
+    if not out:
+        raise DataFormatError(f"{path}: no valid {kind} records ({stats.read} read)")
+    return out, stats
