@@ -1,0 +1,90 @@
+"""The reward-model training objective over `PreferenceBatch`es (comparisons, rankings, ratings)."""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardLossConfig:
+    """Weights of the reward objective.
+
+    Comparisons of two responses use Bradley–Terry with `margin` and `label_smoothing`; rankings of
+    more use Plackett–Luce. Ratings add `scalar_weight` · (r − y)². `centering_coef` adds
+    (Σ_k r_k)² per comparison (Eisenstein et al. 2023).
+    """
+
+    margin: float = 0.0
+    label_smoothing: float = 0.0
+    scalar_weight: float = 1.0
+    centering_coef: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"RewardLossConfig.label_smoothing={self.label_smoothing}: expected "
+                             "0 <= ε < 0.5")
+        if self.scalar_weight < 0 or self.centering_coef < 0:
+            raise ValueError("RewardLossConfig.scalar_weight and centering_coef must be >= 0")
+
+
+def batch_rewards(model: nn.Module, params, batch, *, rng=None, deterministic: bool = True):
+    """Rewards [B, K] (or [B, K, M] for an ensemble) of every response in the batch."""
+    b, k, t = batch.tokens.shape
+    rngs = None if rng is None else {"dropout": rng}
+    out = model.apply({"params": params}, batch.tokens.reshape(b * k, t),
+                      batch.mask.reshape(b * k, t), deterministic=deterministic, rngs=rngs)
+    return out.reward.reshape(b, k, *out.reward.shape[1:])
+
+
+def reward_loss_terms(rewards_bk, batch, cfg: RewardLossConfig):
+    """Per-example comparison loss, scalar loss and centering penalty for rewards [B, K]."""
+    valid = batch.valid > 0
+    if rewards_bk.shape[1] == 2:
+        pair = losses.bradley_terry_loss(rewards_bk[:, 0], rewards_bk[:, 1],
+                                         margin_b=cfg.margin,
+                                         label_smoothing=cfg.label_smoothing)
+        # rank order may put the preferred response second
+        swapped = losses.bradley_terry_loss(rewards_bk[:, 1], rewards_bk[:, 0],
+                                            margin_b=cfg.margin,
+                                            label_smoothing=cfg.label_smoothing)
+        cmp = jnp.where(batch.ranks[:, 0] <= batch.ranks[:, 1], pair, swapped)
+        ties = batch.ranks[:, 0] == batch.ranks[:, 1]
+        cmp = jnp.where(ties, 0.0, cmp)
+    else:
+        cmp = losses.plackett_luce_loss(rewards_bk, batch.ranks, valid)
+    scalar = losses.scalar_regression_loss(rewards_bk[:, 0], batch.rating)
+    centre = jnp.square(jnp.sum(jnp.where(valid, rewards_bk, 0.0), axis=1))
+    return cmp, scalar, centre
+
+
+def make_reward_loss(model: nn.Module, cfg: RewardLossConfig, *, dropout: bool = False):
+    """`sum_loss(params, batch, rng) -> (loss_sum, (count, metric_sums))` for `make_train_step`.
+
+    loss = Σ_examples [comparison loss + λ·scalar loss + c·centering] / #labelled examples; an
+    ensemble averages the loss over its members.
+    """
+    def sum_loss(params, batch, rng):
+        r = batch_rewards(model, params, batch, rng=rng if dropout else None,
+                          deterministic=not dropout)
+        members = r if r.ndim == 3 else r[..., None]  # [B, K, M]
+        w = batch.weight
+        cmp_w, sc_w = w * batch.is_comparison, w * batch.has_rating
+        total, count = 0.0, jnp.sum(cmp_w) + jnp.sum(sc_w)
+        metric = {}
+        for m in range(members.shape[-1]):
+            cmp, sc, centre = reward_loss_terms(members[..., m], batch, cfg)
+            t, _ = losses.hybrid_loss_sum(cmp, cmp_w, sc, sc_w, cfg.scalar_weight)
+            total = total + t + cfg.centering_coef * jnp.sum(centre * cmp_w)
+        total = total / members.shape[-1]
+        mean_r = members.mean(-1)
+        best_first = batch.ranks[:, 0] < batch.ranks[:, 1]
+        correct = jnp.where(best_first, mean_r[:, 0] > mean_r[:, 1], mean_r[:, 1] > mean_r[:, 0])
+        metric["reward/accuracy"] = jnp.sum(correct * cmp_w)
+        metric["reward/margin"] = jnp.sum(jnp.abs(mean_r[:, 0] - mean_r[:, 1]) * cmp_w)
+        return total, (count, metric)
+    return sum_loss
