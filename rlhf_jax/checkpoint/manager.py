@@ -1,4 +1,4 @@
-"""Orbax checkpoints of (train state, data-iterator position, config), with fallback on restore.
+"""Orbax checkpoints of (train state, data position, config, loop state), with restore fallback.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a save cut off
 by a crash never looks finished; tmp leftovers are removed on the next start. A finished step whose
@@ -53,6 +53,7 @@ class Restored:
     state: Any
     data_state: dict
     config: dict
+    loop_state: dict = dataclasses.field(default_factory=dict)
 
 
 class NoReadableCheckpointError(RuntimeError):
@@ -76,7 +77,7 @@ class Checkpointer:
             enable_async_checkpointing=cfg.async_save, create=True,
             cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "data", "config"))
+                                             item_names=("state", "data", "config", "loop"))
 
     def should_save(self, step: int) -> bool:
         """True on the save cadence."""
@@ -84,13 +85,14 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, *, data_state: Optional[dict] = None,
              config: Optional[dict] = None, metrics: Optional[dict] = None,
-             force: bool = False) -> bool:
+             loop_state: Optional[dict] = None, force: bool = False) -> bool:
         """Start saving (asynchronously unless configured otherwise); True if a save began."""
         if step in self.manager.all_steps():
             return False
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=ocp.args.JsonSave(data_state or {}),
-                                  config=ocp.args.JsonSave(config or {}))
+                                  config=ocp.args.JsonSave(config or {}),
+                                  loop=ocp.args.JsonSave(loop_state or {}))
         metrics = {k: float(v) for k, v in (metrics or {}).items()} or None
         return self.manager.save(step, args=args, metrics=metrics, force=True if force else None)
 
@@ -109,7 +111,8 @@ class Checkpointer:
             try:
                 out = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
-                    data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+                    data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore(),
+                    loop=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 - any failure means "unreadable", try older
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
                 nxt = steps[i + 1] if i + 1 < len(steps) else None
@@ -119,7 +122,7 @@ class Checkpointer:
                             "no older checkpoint left")
                 continue
             return Restored(step=int(s), state=out["state"], data_state=out["data"] or {},
-                            config=out["config"] or {})
+                            config=out["config"] or {}, loop_state=out["loop"] or {})
         if errors:
             raise NoReadableCheckpointError(
                 f"no readable checkpoint in {self.directory}: " + "; ".join(errors))

@@ -2,6 +2,8 @@
 from rlhf_jax.train.config import ConfigError, apply_override, load_config_file, parse_config
 from rlhf_jax.train.distributed import (global_batch_from_local, initialize, is_main_process,
                                         process_slice)
+from rlhf_jax.train.early_stopping import (EarlyStoppingState, early_stopping_init,
+                                           early_stopping_update)
 from rlhf_jax.train.loop import LoopResult, NonFiniteError, run_training
 from rlhf_jax.train.metrics import MetricBuffer, MetricWriter, Progress
 from rlhf_jax.train.optim import (OptimizerConfig, decay_mask, frozen_labels,

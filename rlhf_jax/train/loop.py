@@ -7,6 +7,8 @@ import threading
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.train.early_stopping import (EarlyStoppingState, early_stopping_init,
+                                           early_stopping_update)
 from rlhf_jax.train.metrics import MetricBuffer, MetricWriter, Progress
 
 
@@ -21,6 +23,8 @@ class LoopResult:
     state: Any
     step: int
     preempted: bool  # stopped by SIGTERM/SIGINT after saving
+    stopped_early: bool = False  # early stopping ended the run
+    loop_state: dict = dataclasses.field(default_factory=dict)
 
 
 class _StopFlag:
@@ -50,7 +54,9 @@ def run_training(step_fn: Callable, state: Any, batches: Iterator, *, total_step
                  log_every: int = 10, max_consecutive_skips: int = 10,
                  eval_fn: Optional[Callable[[Any], dict]] = None, eval_every: int = 0,
                  leaf_names: Sequence[str] = (), progress: bool = True,
-                 progress_keys=("train/loss",)) -> LoopResult:
+                 progress_keys=("train/loss",), early_stop_metric: str = "",
+                 patience: int = 0, early_stop_mode: str = "min",
+                 loop_state: Optional[dict] = None) -> LoopResult:
     """Run `state, metrics = step_fn(state, batch)` until `total_steps`.
 
     Metrics are fetched from the device every `log_every` steps in one transfer. Checkpoints
@@ -58,10 +64,19 @@ def run_training(step_fn: Callable, state: Any, batches: Iterator, *, total_step
     end. SIGTERM or SIGINT finishes the current step, saves, and returns with `preempted=True`.
     More than `max_consecutive_skips` consecutive non-finite steps raise `NonFiniteError` naming
     the step and the quantity (the skipped steps left the parameters unchanged).
+
+    `eval_fn(state) -> metrics` runs every `eval_every` steps; with `early_stop_metric` and
+    `patience`, the run ends after `patience` evaluations without improvement. That bookkeeping
+    is the `loop_state` saved with each checkpoint; pass the restored one back to resume exactly.
     """
+
     step = int(state.step)
     buffer, pbar = MetricBuffer(), Progress(total_steps, step, progress_keys, enabled=progress)
-    consecutive, last_eval = 0, {}
+    consecutive = 0
+    loop_state = dict(loop_state or {})
+    last_eval = loop_state.get("last_eval", {})
+    stopper = EarlyStoppingState(**loop_state["early_stopping"]) if "early_stopping" in \
+        loop_state else early_stopping_init(early_stop_mode)
 
     def flush():
         nonlocal consecutive
@@ -84,14 +99,15 @@ def run_training(step_fn: Callable, state: Any, batches: Iterator, *, total_step
                     "parameters are those of the last finite step")
 
     def save(force=False):
+        loop_state.update(last_eval=last_eval, early_stopping=dataclasses.asdict(stopper))
         if checkpointer is not None:
             data_state = batches.get_state() if hasattr(batches, "get_state") else None
             checkpointer.save(step, state, data_state=data_state, config=config,
-                              metrics=last_eval or None, force=force)
+                              metrics=last_eval or None, loop_state=loop_state, force=force)
 
     with _StopFlag() as stop:
         try:
-            while step < total_steps and not stop.requested:
+            while step < total_steps and not stop.requested and not stopper.stop:
                 state, metrics = step_fn(state, next(batches))
                 step += 1
                 buffer.add(step, metrics)
@@ -101,6 +117,12 @@ def run_training(step_fn: Callable, state: Any, batches: Iterator, *, total_step
                     last_eval = {k: float(v) for k, v in eval_fn(state).items()}
                     if writer is not None:
                         writer.write(step, last_eval)
+                    if early_stop_metric and patience:
+                        if early_stop_metric not in last_eval:
+                            raise KeyError(f"early_stop_metric={early_stop_metric!r} is not "
+                                           f"among the eval metrics {sorted(last_eval)}")
+                        stopper = early_stopping_update(stopper, last_eval[early_stop_metric],
+                                                        patience=patience, mode=early_stop_mode)
                 if checkpointer is not None and checkpointer.should_save(step):
                     flush()
                     save()
@@ -112,4 +134,5 @@ def run_training(step_fn: Callable, state: Any, batches: Iterator, *, total_step
             pbar.close()
             if writer is not None:
                 writer.flush()
-    return LoopResult(state=state, step=step, preempted=stop.requested)
+    return LoopResult(state=state, step=step, preempted=stop.requested,
+                      stopped_early=stopper.stop, loop_state=loop_state)

@@ -9,7 +9,8 @@ from rlhf_jax import models, sharding
 
 
 def load_or_init_model(model_dir: str, preset_name: str, mesh, rules, key, *,
-                       heads: Sequence[str] = ("lm",), **overrides):
+                       heads: Sequence[str] = ("lm",), num_reward_outputs: int = 1,
+                       **overrides):
     """(config, model, params): from a local Hugging Face directory, else a random preset.
 
     Parameters are created directly in their shardings. Heads missing from a checkpoint (value,
@@ -20,7 +21,7 @@ def load_or_init_model(model_dir: str, preset_name: str, mesh, rules, key, *,
             models.load_hf_config(model_dir)
     else:
         config = models.preset(preset_name, **overrides)
-    model = models.DecoderModel(config, heads=tuple(heads))
+    model = models.DecoderModel(config, heads=tuple(heads), num_reward_outputs=num_reward_outputs)
     abstract = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
     shardings = sharding.param_shardings(abstract, models.logical_axes(model), mesh, rules)
     params = jax.jit(models.init_params, static_argnums=0, out_shardings=shardings)(model, key)

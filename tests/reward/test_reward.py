@@ -7,8 +7,9 @@ import pytest
 from rlhf_jax.data import PreferenceBatch
 from rlhf_jax.models import DecoderModel, init_params, preset
 from rlhf_jax.reward import (RewardLossConfig, batch_rewards, comparison_metrics,
-                             early_stopping_init, early_stopping_update, ensemble_statistics,
-                             expected_calibration_error, make_reward_loss, normalised_head)
+                             ensemble_statistics, expected_calibration_error, make_reward_loss,
+                             normalised_head)
+from rlhf_jax.train import early_stopping_init, early_stopping_update
 
 
 def _batch(b=4, k=2, t=6, seed=0, ranks=None, ratings=False):
