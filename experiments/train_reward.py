@@ -42,8 +42,9 @@ def main(argv):
     loss = reward.make_reward_loss(model, reward.RewardLossConfig(**cfg.loss),
                                    dropout=cfg.dropout > 0)
     state_sh = jax.tree.map(lambda a: a.sharding, abstract)
-    step = jax.jit(train.make_train_step(loss, tx), in_shardings=(state_sh, None),
-                   out_shardings=(state_sh, None), donate_argnums=0)
+    step = jax.jit(train.make_train_step(loss, tx), out_shardings=(state_sh, None),
+                   in_shardings=(state_sh, sharding.batch_sharding(mesh, rules, 1)),
+                   donate_argnums=0)
     batches = data.preference_batches([ds.splits["train"]], cfg.batch_size, seed=cfg.seed, **shape)
     ckpt = checkpoint.Checkpointer(checkpoint.CheckpointConfig(
         os.path.join(cfg.run_dir, "checkpoints"), **cfg.checkpoint))
