@@ -1,0 +1,6 @@
+"""PPO machinery: advantages (GAE, whitening, group baselines), KL penalties and controllers."""
+from rlhf_jax.ppo.advantages import (gae, grpo_advantages, masked_mean, masked_var,
+                                     rloo_advantages, whiten)
+from rlhf_jax.ppo.kl import (ESTIMATORS, KLControllerState, adaptive_kl_init,
+                             adaptive_kl_update, fixed_kl_init, fixed_kl_update, kl_estimate,
+                             token_rewards)
