@@ -4,5 +4,6 @@ from rlhf_jax.ppo.advantages import (gae, grpo_advantages, masked_mean, masked_v
 from rlhf_jax.ppo.kl import (ESTIMATORS, KLControllerState, adaptive_kl_init,
                              adaptive_kl_update, fixed_kl_init, fixed_kl_update, kl_estimate,
                              token_rewards)
-from rlhf_jax.ppo.rollout import Rollout, RolloutConfig, make_rollout, sequence_values
+from rlhf_jax.ppo.rollout import (Rollout, RolloutConfig, make_rollout, reward_model_scorer,
+                                  rollout_metrics, sequence_values)
 from rlhf_jax.ppo.update import PPOConfig, ppo_update

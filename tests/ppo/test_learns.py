@@ -14,7 +14,7 @@ CONFIG = preset("tiny-gpt2", vocab_size=16, hidden_size=32, num_heads=4,
                 max_position_embeddings=32)
 
 
-def target_fraction(prompt_tokens, prompt_mask, response_tokens, response_mask):
+def target_fraction(score_params, prompt_tokens, prompt_mask, response_tokens, response_mask):
     """Score: the fraction of response tokens equal to TARGET."""
     hits = (response_tokens == TARGET) * response_mask
     return hits.sum(1) / jnp.maximum(response_mask.sum(1), 1)
@@ -33,8 +33,9 @@ def run_ppo(beta, iterations, seed=0):
     history = []
     for it in range(iterations):
         key = jax.random.fold_in(jax.random.key(seed + 1), it)
-        ro = make_rollout(params, ref, prompts, mask, key, jnp.float32(beta), config=CONFIG,
-                          sampling=sampling, rollout=RolloutConfig(), score_fn=target_fraction)
+        ro = make_rollout(params, ref, None, prompts, mask, key, jnp.float32(beta),
+                          config=CONFIG, sampling=sampling, rollout=RolloutConfig(),
+                          score_fn=target_fraction)
         params, opt_state, metrics = ppo_update(params, opt_state, ro, jax.random.fold_in(key, 1),
                                                 config=CONFIG, ppo=PPOConfig(num_minibatches=2),
                                                 tx=tx)
@@ -70,3 +71,51 @@ def test_large_beta_keeps_policy_at_reference(learned):
     assert np.mean([s for s, _, _ in held[-5:]]) < held[0][0] + 0.1
     free = learned[14][0]  # β ≈ 0 learned visibly by the same iteration
     assert free > np.mean([s for s, _, _ in held[-5:]]) + 0.1
+
+
+@pytest.mark.parametrize("advantage", ["rloo", "grpo"])
+def test_critic_free_modes_learn(advantage):
+    from rlhf_jax.ppo import rollout_metrics
+
+    model = DecoderModel(CONFIG, heads=("lm", "value"))
+    params = init_params(model, jax.random.key(0))
+    ref = jax.tree.map(jnp.copy, params)
+    tx = make_optimizer(OptimizerConfig(learning_rate=3e-3, total_steps=10**6,
+                                        schedule="constant"), params)
+    opt_state = tx.init(params)
+    prompts = jnp.repeat(jax.random.randint(jax.random.key(100), (8, 4), 0, 16), 4, axis=0)
+    cfg = RolloutConfig(advantage=advantage, group_size=4)
+    scores = []
+    for it in range(25):
+        key = jax.random.fold_in(jax.random.key(1), it)
+        ro = make_rollout(params, ref, None, prompts, jnp.ones_like(prompts), key,
+                          jnp.float32(0.02), config=CONFIG,
+                          sampling=SamplingConfig(max_new_tokens=8), rollout=cfg,
+                          score_fn=target_fraction)
+        m = rollout_metrics(ro, 0.02)
+        assert float(m["response/length"]) == 8 and float(m["response/eos_fraction"]) == 0
+        params, opt_state, _ = ppo_update(params, opt_state, ro, key, config=CONFIG,
+                                          ppo=PPOConfig(num_minibatches=2), tx=tx)
+        scores.append(float(m["score/mean"]))
+    assert np.mean(scores[-5:]) > scores[0] + 0.3, scores
+
+
+def test_rollout_config_validation():
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        RolloutConfig(advantage="rloo")
+    with pytest.raises(ValueError, match="advantage='ppo'"):
+        RolloutConfig(advantage="ppo")
+
+
+def test_reward_model_scorer_matches_model():
+    from rlhf_jax.ppo import reward_model_scorer
+
+    cfg = preset("tiny-gpt2", vocab_size=16, hidden_size=32, num_heads=4)
+    rm = DecoderModel(cfg, heads=("reward",))
+    rp = init_params(rm, jax.random.key(3))
+    prompt, pmask = jnp.array([[0, 5, 6]]), jnp.array([[0, 1, 1]])
+    resp, rmask = jnp.array([[7, 8, 0]]), jnp.array([[1, 1, 0]])
+    got = reward_model_scorer(cfg)(rp, prompt, pmask, resp, rmask)
+    want = rm.apply({"params": rp}, jnp.array([[0, 5, 6, 7, 8, 0]]),
+                    jnp.array([[0, 1, 1, 1, 1, 0]])).reward
+    np.testing.assert_allclose(got, want, rtol=1e-6)
