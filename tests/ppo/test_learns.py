@@ -46,7 +46,7 @@ def run_ppo(beta, iterations, seed=0):
 
 @pytest.fixture(scope="module")
 def learned():
-    return run_ppo(beta=0.02, iterations=40)
+    return run_ppo(beta=0.02, iterations=30)
 
 
 def test_reward_rises_far_above_start_with_bounded_kl(learned):
@@ -86,7 +86,7 @@ def test_critic_free_modes_learn(advantage):
     prompts = jnp.repeat(jax.random.randint(jax.random.key(100), (8, 4), 0, 16), 4, axis=0)
     cfg = RolloutConfig(advantage=advantage, group_size=4)
     scores = []
-    for it in range(25):
+    for it in range(20):
         key = jax.random.fold_in(jax.random.key(1), it)
         ro = make_rollout(params, ref, None, prompts, jnp.ones_like(prompts), key,
                           jnp.float32(0.02), config=CONFIG,
