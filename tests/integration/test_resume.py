@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rlhf_jax.models._safetensors import SafetensorsFile
 
@@ -59,9 +60,15 @@ def _assert_bitwise_equal(a, b):
         assert np.array_equal(a[k], b[k]), k
 
 
-def test_sigkill_at_random_step_then_resume_is_bitwise_exact(tmp_path):
-    _run(tmp_path / "straight")
-    reference = _final_params(tmp_path / "straight")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Final parameters of the uninterrupted run."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    _run(run_dir)
+    return _final_params(run_dir)
+
+
+def test_sigkill_at_random_step_then_resume_is_bitwise_exact(tmp_path, reference):
     kill_at = random.Random().randint(9, STEPS - 3)
     code, out = _run_until(tmp_path / "killed", kill_at, signal.SIGKILL)
     assert code == -signal.SIGKILL, out[-2000:]
@@ -79,7 +86,7 @@ def test_sigkill_at_random_step_then_resume_is_bitwise_exact(tmp_path):
     _assert_bitwise_equal(_final_params(tmp_path / "killed"), reference)
 
 
-def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
+def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path, reference):
     code, out = _run_until(tmp_path / "run", 7, signal.SIGTERM)
     assert code == 0, out[-2000:]
     stopped = int(out.strip().rsplit("preempted at step ", 1)[1].split()[0])
@@ -87,5 +94,4 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / str(stopped)).is_dir()
     resumed = _run(tmp_path / "run")
     assert f"resumed from step {stopped}" in resumed
-    _run(tmp_path / "straight")
-    _assert_bitwise_equal(_final_params(tmp_path / "run"), _final_params(tmp_path / "straight"))
+    _assert_bitwise_equal(_final_params(tmp_path / "run"), reference)
