@@ -201,7 +201,7 @@ def init_params(model: nn.Module, rng, length: int = 8):
 
 
 def logical_axes(model: nn.Module, length: int = 8):
-    """The logical axis names of every parameter, as a pytree of `PartitionSpec`s."""
+    """The logical axis names of every parameter (flax logical specs; no device layout)."""
     tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
     abstract = jax.eval_shape(model.init, jax.random.key(0), tokens)
     return nn.get_partition_spec(abstract)["params"]
