@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import models, sharding, train
+from rlhf_jax import losses, sharding, train
+from rlhf_jax.train.setup import load_or_init_model
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "inspect_model.py")
 
@@ -19,21 +20,10 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "inspect_model.py")
 def main(argv):
     cfg = train.parse_config(argv, DEFAULT)
     mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
-    dtypes = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-    if cfg.model_dir:
-        config = models.load_hf_config(cfg.model_dir).replace(**dtypes)
-    else:
-        config = models.preset(cfg.preset, **dtypes)
-    model = models.DecoderModel(config)
-    abstract = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
-    shardings = sharding.param_shardings(abstract, models.logical_axes(model), mesh, rules)
-    if cfg.model_dir:
-        _, params = models.load_hf_checkpoint(cfg.model_dir, shardings=shardings, **dtypes)
-        source = cfg.model_dir
-    else:
-        params = jax.jit(models.init_params, static_argnums=0, out_shardings=shardings)(
-            model, jax.random.key(cfg.seed))
-        source = f"preset {cfg.preset} (random init)"
+    config, model, params = load_or_init_model(
+        cfg.model_dir, cfg.preset, mesh, rules, jax.random.key(cfg.seed), dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype)
+    source = cfg.model_dir or f"preset {cfg.preset} (random init)"
     n_params = sum(x.size for x in jax.tree.leaves(params))
     per_device = max(sum(s.data.nbytes for x in jax.tree.leaves(params)
                          for s in x.addressable_shards if s.device == d) for d in mesh.devices.flat)
@@ -50,11 +40,10 @@ def main(argv):
 
     @jax.jit
     def next_token_nll(params, tokens, mask):
-        logits = model.apply({"params": params}, tokens, mask).logits[:, :-1]
-        logp = jax.nn.log_softmax(logits)
-        nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-        valid = mask[:, 1:] * mask[:, :-1]
-        return (nll * valid).sum() / jnp.maximum(valid.sum(), 1)
+        logits = model.apply({"params": params}, tokens, mask).logits
+        # a target is a real token that follows a real token
+        total, count = losses.next_token_nll_sum(logits, tokens, mask * jnp.roll(mask, 1, axis=1))
+        return total / jnp.maximum(count, 1)
 
     with sharding.activation_sharding(mesh, rules):
         nll = float(next_token_nll(params, batch["tokens"], batch["mask"]))  # compile + run

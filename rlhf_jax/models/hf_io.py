@@ -185,7 +185,7 @@ def _get(tree, path: tuple[str, ...]):
     return tree
 
 
-def load_hf_checkpoint(path, *, shardings: Optional[Any] = None,
+def load_hf_checkpoint(path, *, shardings: Optional[Any] = None, lm_head: bool = True,
                        **config_overrides) -> tuple[TransformerConfig, dict]:
     """Load a local Hugging Face causal-LM directory into `(config, params)`.
 
@@ -193,15 +193,15 @@ def load_hf_checkpoint(path, *, shardings: Optional[Any] = None,
     `config.param_dtype`. `config_overrides` replace config fields (e.g. `param_dtype="bfloat16"`,
     `resid_dropout=0.1`). `shardings`, a pytree of `jax.sharding.Sharding` shaped like `params`,
     places each tensor straight into its sharding (see the module docstring for host memory).
+    `lm_head=False` skips an untied LM head (reward models and critics do not use it).
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: checkpoint directory does not exist")
-    config = load_hf_config(path).replace(**config_overrides) if config_overrides else \
-        load_hf_config(path)
+    config = load_hf_config(path).replace(**config_overrides)
     tensors = _open_weights(path)
     prefix = _base_prefix(config)
-    entries = _tensor_map(config)
+    entries = [e for e in _tensor_map(config) if lm_head or e.path[0] != "lm_head"]
     first = entries[0].name
     if prefix + first not in tensors and first in tensors:
         prefix = ""  # a bare base model (GPT2Model / LlamaModel) without the LM wrapper prefix
@@ -229,6 +229,7 @@ def load_hf_checkpoint(path, *, shardings: Optional[Any] = None,
                 lambda idx, a=ours: np.ascontiguousarray(a[idx], dtype=dtype))
         _set(params, entry.path, value)
     ignorable = ("lm_head.weight", "attn.bias", "attn.masked_bias", "rotary_emb.inv_freq")
+    # (lm_head.weight is also ignorable when tied, or when the caller asked to skip it)
     unused = sorted(n for n in tensors if n not in used and not n.endswith(ignorable))
     if unused:
         log.warning("%s: %d tensors were not used: %s%s", path, len(unused),

@@ -45,16 +45,12 @@ def reward_loss_terms(rewards_bk, batch, cfg: RewardLossConfig):
     """Per-example comparison loss, scalar loss and centering penalty for rewards [B, K]."""
     valid = batch.valid > 0
     if rewards_bk.shape[1] == 2:
-        pair = losses.bradley_terry_loss(rewards_bk[:, 0], rewards_bk[:, 1],
-                                         margin_b=cfg.margin,
-                                         label_smoothing=cfg.label_smoothing)
-        # rank order may put the preferred response second
-        swapped = losses.bradley_terry_loss(rewards_bk[:, 1], rewards_bk[:, 0],
-                                            margin_b=cfg.margin,
-                                            label_smoothing=cfg.label_smoothing)
-        cmp = jnp.where(batch.ranks[:, 0] <= batch.ranks[:, 1], pair, swapped)
-        ties = batch.ranks[:, 0] == batch.ranks[:, 1]
-        cmp = jnp.where(ties, 0.0, cmp)
+        first_wins = batch.ranks[:, 0] <= batch.ranks[:, 1]  # rank order may put it second
+        chosen = jnp.where(first_wins, rewards_bk[:, 0], rewards_bk[:, 1])
+        rejected = jnp.where(first_wins, rewards_bk[:, 1], rewards_bk[:, 0])
+        cmp = losses.bradley_terry_loss(chosen, rejected, margin_b=cfg.margin,
+                                        label_smoothing=cfg.label_smoothing)
+        cmp = jnp.where(batch.ranks[:, 0] == batch.ranks[:, 1], 0.0, cmp)  # a tie: no preference
     else:
         cmp = losses.plackett_luce_loss(rewards_bk, batch.ranks, valid)
     scalar = losses.scalar_regression_loss(rewards_bk[:, 0], batch.rating)

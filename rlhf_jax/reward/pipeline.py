@@ -1,8 +1,6 @@
 """Scoring whole splits with a reward model: evaluation and head normalisation."""
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import numpy as np
 
@@ -11,16 +9,18 @@ from rlhf_jax.reward.evaluate import comparison_metrics, normalised_head
 from rlhf_jax.reward.objective import batch_rewards
 
 
+_score = jax.jit(batch_rewards, static_argnums=0)  # one compile per model and batch shape
+
+
 def score_source(model, params, source, *, batch_size: int, prompt_len: int,
                  num_responses: int, pad_id: int = 0):
     """Rewards [N, K(, M)], ranks [N, K], valid [N, K] and annotators [N] of a whole split."""
-    score = jax.jit(partial(batch_rewards, model))
     rewards, ranks, valid, annotator = [], [], [], []
     for batch in preference_batches([source], batch_size, prompt_len=prompt_len,
                                     num_responses=num_responses, pad_id=pad_id, num_epochs=1,
                                     shuffle=False):
         keep = batch.weight > 0
-        rewards.append(np.asarray(score(params, batch))[keep])
+        rewards.append(np.asarray(_score(model, params, batch))[keep])
         ranks.append(batch.ranks[keep])
         valid.append(batch.valid[keep])
         annotator.append(batch.annotator[keep])

@@ -61,14 +61,15 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
+    """A pytree key path as "a/b/c"."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def decay_mask(params: Any) -> Any:
     """True for weight matrices and embeddings; False for biases, norm scales and head gains."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: _path_str(path).rsplit("/", 1)[-1] in ("kernel", "embedding")
+        lambda path, x: path_str(path).rsplit("/", 1)[-1] in ("kernel", "embedding")
         and x.ndim >= 2, params)
 
 
@@ -77,7 +78,7 @@ def frozen_labels(params: Any, frozen: Sequence[str]) -> Any:
     prefixes = tuple(p.strip("/") for p in frozen)
 
     def label(path, _):
-        s = _path_str(path)
+        s = path_str(path)
         return "frozen" if any(s == p or s.startswith(p + "/") for p in prefixes) else "trainable"
     return jax.tree_util.tree_map_with_path(label, params)
 

@@ -6,6 +6,7 @@ from typing import Any, Callable, Sequence
 import jax
 
 from rlhf_jax import models, sharding
+from rlhf_jax.train.optim import path_str
 
 
 def load_or_init_model(model_dir: str, preset_name: str, mesh, rules, key, *,
@@ -13,24 +14,25 @@ def load_or_init_model(model_dir: str, preset_name: str, mesh, rules, key, *,
                        **overrides):
     """(config, model, params): from a local Hugging Face directory, else a random preset.
 
-    Parameters are created directly in their shardings. Heads missing from a checkpoint (value,
-    reward) are randomly initialised.
+    Parameters are created directly in their shardings. From a checkpoint, only the heads it
+    lacks (value, reward) are randomly initialised: the unused part of the jitted init is dropped
+    by the compiler, so the backbone never exists twice.
     """
-    if model_dir:
-        config = models.load_hf_config(model_dir).replace(**overrides) if overrides else \
-            models.load_hf_config(model_dir)
-    else:
-        config = models.preset(preset_name, **overrides)
+    config = (models.load_hf_config(model_dir) if model_dir else
+              models.preset(preset_name)).replace(**overrides)
     model = models.DecoderModel(config, heads=tuple(heads), num_reward_outputs=num_reward_outputs)
     abstract = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
     shardings = sharding.param_shardings(abstract, models.logical_axes(model), mesh, rules)
-    params = jax.jit(models.init_params, static_argnums=0, out_shardings=shardings)(model, key)
+    loaded = {}
     if model_dir:
         _, loaded = models.load_hf_checkpoint(
-            model_dir, shardings={k: shardings[k] for k in ("transformer", "lm_head")
-                                  if k in shardings}, **overrides)
-        params = {**params, **loaded}
-    return config, model, params
+            model_dir, lm_head="lm" in heads,
+            shardings={k: shardings[k] for k in ("transformer", "lm_head") if k in shardings},
+            **overrides)
+    fresh = {k: s for k, s in shardings.items() if k not in loaded}
+    params = jax.jit(lambda k: {name: p for name, p in models.init_params(model, k).items()
+                                if name in fresh}, out_shardings=fresh)(key)
+    return config, model, {**params, **loaded}
 
 
 def compile_init(fn: Callable, *args) -> tuple[Any, Callable[[], Any]]:
@@ -48,5 +50,4 @@ def compile_init(fn: Callable, *args) -> tuple[Any, Callable[[], Any]]:
 
 def leaf_names(tree: Any) -> list[str]:
     """'/'-joined paths of a pytree's leaves, in leaf order."""
-    return ["/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    return [path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

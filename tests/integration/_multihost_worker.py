@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from rlhf_jax import losses, sharding, train  # noqa: E402
-from rlhf_jax.train.setup import compile_init, load_or_init_model  # noqa: E402
+from rlhf_jax.train.setup import compile_init, leaf_names, load_or_init_model  # noqa: E402
 
 if nproc > 1:
     train.initialize(f"127.0.0.1:{port}", nproc, pid)
@@ -50,8 +50,7 @@ params = multihost_utils.process_allgather(state.params, tiled=True)
 if train.is_main_process():
     flat = {}
     for prefix, tree in (("final", params), ("initial", initial)):
-        for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            flat[prefix + "/" + "/".join(str(getattr(k, "key", k)) for k in path)] = \
-                np.asarray(v)
+        for name, v in zip(leaf_names(tree), jax.tree.leaves(tree)):
+            flat[f"{prefix}/{name}"] = np.asarray(v)
     np.savez(out, **flat)
 print(f"process {pid} done, loss {float(metrics['train/loss']):.4f}", flush=True)
