@@ -61,6 +61,23 @@ def write_comparisons(path, n: int, *, seed: int = 0,
     return path
 
 
+def write_prompts(path, n: int = 0) -> Path:
+    """JSONL with a `prompt` field: the built-in prompts (each repeated to `n` rows if given)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [PROMPTS[i % len(PROMPTS)] for i in range(max(n, len(PROMPTS)))]
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rows))
+    return path
+
+
+def write_texts(path, n: int = 2000, seed: int = 0) -> Path:
+    """JSONL with a `text` field: the built-in corpus (e.g. PPO-ptx data)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(n, seed)))
+    return path
+
+
 def train_tokenizer(directory, *, vocab_size: int = 256, seed: int = 0):
     """A word-piece-free BPE tokenizer trained on the built-in corpus, saved for transformers."""
     import transformers

@@ -57,23 +57,20 @@ class PreferenceDataset:
     num_responses: int
 
 
-class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder):
-    """TFDS builder over already-validated, tokenised examples (array_record, no TensorFlow)."""
+class LocalBuilder(tfds.core.GeneratorBasedBuilder):
+    """TFDS builder over already-validated, tokenised examples (array_record, no TensorFlow).
+
+    `examples` maps split name → rows; `features` is the rows' `FeaturesDict`.
+    """
 
     VERSION = tfds.core.Version("1.0.0")
 
-    def __init__(self, *, examples: dict, prompt_len: int, response_len: int, **kwargs):
-        self._examples, self._p, self._r = examples, prompt_len, response_len
+    def __init__(self, *, examples: dict, features, **kwargs):
+        self._examples, self._features = examples, features
         super().__init__(**kwargs)
 
     def _info(self):
-        t = tfds.features.Tensor
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "prompt": t(shape=(self._p,), dtype=np.int32),
-            "responses": t(shape=(None, self._r), dtype=np.int32),
-            "ranks": t(shape=(None,), dtype=np.int32),
-            "rating": np.float32, "has_rating": np.int32, "annotator": np.int32,
-            "rationale": tfds.features.Text()}))
+        return tfds.core.DatasetInfo(builder=self, features=self._features)
 
     def _split_generators(self, dl_manager):
         return {name: self._generate_examples(rows) for name, rows in self._examples.items()}
@@ -83,6 +80,28 @@ class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder):
             yield i, row
 
 
+def _preference_features(prompt_len: int, response_len: int):
+    t = tfds.features.Tensor
+    return tfds.features.FeaturesDict({
+        "prompt": t(shape=(prompt_len,), dtype=np.int32),
+        "responses": t(shape=(None, response_len), dtype=np.int32),
+        "ranks": t(shape=(None,), dtype=np.int32),
+        "rating": np.float32, "has_rating": np.int32, "annotator": np.int32,
+        "rationale": tfds.features.Text()})
+
+
+def encode_prompt(tokenizer, text: str, max_prompt_len: int, counts: dict) -> np.ndarray:
+    """Prompt ids [P], left-padded with PAD and truncated from the left."""
+    ids = _encode(tokenizer, text)
+    if len(ids) > max_prompt_len:
+        counts["prompts_truncated"] += 1
+        ids = ids[-max_prompt_len:]
+    prompt = np.full(max_prompt_len, PAD, np.int32)
+    if ids:
+        prompt[-len(ids):] = ids
+    return prompt
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -90,13 +109,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 def tokenize_record(rec: dict, tokenizer, max_prompt_len: int, max_response_len: int,
                     eos_id: Optional[int], counts: dict) -> tuple[np.ndarray, np.ndarray]:
     """Prompt [P] (left-padded, left-truncated) and responses [K, R] (right-padded/truncated)."""
-    ids = _encode(tokenizer, rec["prompt"])
-    if len(ids) > max_prompt_len:
-        counts["prompts_truncated"] += 1
-        ids = ids[-max_prompt_len:]
-    prompt = np.full(max_prompt_len, PAD, np.int32)
-    if ids:
-        prompt[-len(ids):] = ids
+    prompt = encode_prompt(tokenizer, rec["prompt"], max_prompt_len, counts)
     responses = np.full((len(rec["responses"]), max_response_len), PAD, np.int32)
     for k, text in enumerate(rec["responses"]):
         r = _encode(tokenizer, text) + ([eos_id] if eos_id is not None else [])
@@ -109,7 +122,7 @@ def tokenize_record(rec: dict, tokenizer, max_prompt_len: int, max_response_len:
     return prompt, responses
 
 
-def _fingerprint(path: Path, *parts) -> str:
+def fingerprint(path: Path, *parts) -> str:
     h = hashlib.sha256(path.read_bytes())
     h.update(json.dumps(parts, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
@@ -126,7 +139,7 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
     """
     path = Path(path)
     eos_id = tokenizer.eos_token_id if append_eos else None
-    key = _fingerprint(path, kind, type(tokenizer).__name__, len(tokenizer), eos_id,
+    key = fingerprint(path, kind, type(tokenizer).__name__, len(tokenizer), eos_id,
                        max_prompt_len, max_response_len, rating_range, on_error,
                        validation_fraction, seed)
     data_dir = Path(out_dir) / f"{path.stem}-{key}"
@@ -154,18 +167,18 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
         splits = {"train": [rows[i] for i in order[n_val:]]}
         if n_val:
             splits["validation"] = [rows[i] for i in order[:n_val]]
-        builder = _PreferenceBuilder(examples=splits, prompt_len=max_prompt_len,
-                                     response_len=max_response_len, data_dir=str(data_dir),
-                                     file_format="array_record")
+        builder = LocalBuilder(examples=splits,
+                               features=_preference_features(max_prompt_len, max_response_len),
+                               data_dir=str(data_dir), file_format="array_record")
         builder.download_and_prepare()
         stats = {**rstats.as_dict(), **counts, "kind": kind, "annotators": annotators,
                  "num_responses": max(len(r["ranks"]) for r in rows),
                  "splits": {k: len(v) for k, v in splits.items()}}
         stats_file.write_text(json.dumps(stats, indent=2))
     stats = json.loads(stats_file.read_text())
-    builder = _PreferenceBuilder(examples={}, prompt_len=max_prompt_len,
-                                 response_len=max_response_len, data_dir=str(data_dir),
-                                 file_format="array_record")
+    builder = LocalBuilder(examples={},
+                           features=_preference_features(max_prompt_len, max_response_len),
+                           data_dir=str(data_dir), file_format="array_record")
     sources = builder.as_data_source()
     return PreferenceDataset(splits=dict(sources), stats=stats, annotators=stats["annotators"],
                              max_prompt_len=max_prompt_len, max_response_len=max_response_len,

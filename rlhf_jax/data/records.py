@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-KINDS = ("pairwise", "ranking", "rating")
+KINDS = ("pairwise", "ranking", "rating", "prompt", "text")
 ASSISTANT = "\n\nAssistant:"
 
 
@@ -111,6 +111,11 @@ def _validate(rec: Any, kind: str, where: str, rating_range) -> dict:
         if chosen == rejected:
             raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' are identical")
         return {"prompt": prompt, "responses": [chosen, rejected], "ranks": [0, 1], **extra}
+    if kind in ("prompt", "text"):  # prompts for sampling; text for PPO-ptx
+        value = _text(rec, kind, where)
+        if not value.strip():
+            raise DataFormatError(f"{where}: field {kind!r} is empty")
+        return {"prompt": value, "responses": [], "ranks": [], **extra}
     prompt = _text(rec, "prompt", where)
     if kind == "ranking":
         responses = rec.get("responses")
@@ -146,7 +151,8 @@ def read_records(path, kind: str, *, on_error: str = "raise",
                  rating_range: Optional[tuple[float, float]] = None) -> tuple[list[dict], RecordStats]:
     """Validated records in a common form: prompt, responses, ranks (+ rating, annotator, rationale).
 
-    `kind` is "pairwise", "ranking" or "rating"; ratings need their declared `rating_range`.
+    `kind` is "pairwise", "ranking", "rating" or "prompt" (prompts alone, for sampling); ratings
+    need their declared `rating_range`.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: expected one of {KINDS}")

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from functools import partial
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from rlhf_jax.models import DecoderModel, TransformerConfig
 from rlhf_jax.ppo.advantages import gae, grpo_advantages, masked_mean, rloo_advantages, whiten
 from rlhf_jax.ppo.kl import kl_estimate, token_rewards
-from rlhf_jax.sampling import SamplingConfig, generate, response_logprobs
+from rlhf_jax.sampling import SampleOutput, SamplingConfig, generate, response_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,25 +84,54 @@ def sequence_values(params, config: TransformerConfig, prompt_tokens, prompt_mas
     return values[:, p - 1:-1] * response_mask
 
 
-@partial(jax.jit, static_argnames=("config", "sampling", "rollout", "score_fn"))
-def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, key, beta, *,
-                 config: TransformerConfig, sampling: SamplingConfig, rollout: RolloutConfig,
-                 score_fn: Callable) -> Rollout:
-    """Sample with the policy, then score and compute rewards and advantages, in one program.
+def critic_from_reward_model(reward_params) -> dict:
+    """Critic parameters initialised from a reward model (Ziegler et al. 2019, §2.2; Ouyang et
+    al. 2022, §3.5): its backbone, and a value head that outputs the reward model's (normalised,
+    ensemble-mean) reward at every position, V(s) = mean_m gain_m·(w_m·h + b_m) + bias_m."""
+    head = reward_params["reward_head"]
+    gain = head["gain"].astype(jnp.float32)
+    kernel = (head["proj"]["kernel"].astype(jnp.float32) * gain).mean(-1, keepdims=True)
+    bias = (head["proj"]["bias"].astype(jnp.float32) * gain + head["bias"]).mean(-1,
+                                                                                 keepdims=True)
+    dtype = head["proj"]["kernel"].dtype
+    return {"transformer": reward_params["transformer"],
+            "value_head": {"kernel": kernel.astype(dtype), "bias": bias.astype(dtype)}}
 
-    `params` holds the policy backbone, LM head and value head; `score_fn(score_params,
-    prompt_tokens, prompt_mask, response_tokens, response_mask) -> [B]` is the reward model
-    (`reward_model_scorer`) or a programmatic reward. Rewards: −β·KL per token plus the score on
-    the last real token.
+
+def _values(params, config, critic_config, *seq):
+    """Values from the separate critic (`params["critic"]`) or the policy's value head."""
+    if "critic" in params:
+        if critic_config is None:
+            raise ValueError("params has a 'critic' entry: pass its critic_config")
+        return sequence_values(params["critic"], critic_config, *seq)
+    return sequence_values(params["policy"], config, *seq)
+
+
+@partial(jax.jit, static_argnames=("config", "critic_config", "temperature", "score_fn",
+                                   "with_values"))
+def score_responses(params, ref_params, score_params, prompt_tokens, prompt_mask,
+                    response_tokens, response_mask, *, config: TransformerConfig,
+                    critic_config: TransformerConfig | None, temperature: float,
+                    score_fn: Callable, with_values: bool = True):
+    """(reference log-probs [B, N], values [B, N], scores [B]) of sampled responses, in one jit.
+
+    `params` is {"policy": ...} (its value head is the critic) or {"policy": ..., "critic": ...};
+    `score_fn(score_params, prompt_tokens, prompt_mask, response_tokens, response_mask) -> [B]`
+    is the reward model (`reward_model_scorer`) or a programmatic reward. Without
+    `with_values` (critic-free advantages) the values are zeros.
     """
-    sample = generate(params, prompt_tokens, prompt_mask, key, config=config, sampling=sampling)
+    seq = (prompt_tokens, prompt_mask, response_tokens, response_mask)
+    ref_logprobs = response_logprobs(ref_params, *seq, config=config, temperature=temperature)
+    values = (_values(params, config, critic_config, *seq) if with_values
+              else jnp.zeros(response_tokens.shape, jnp.float32))
+    return ref_logprobs, values, score_fn(score_params, *seq)
+
+
+@partial(jax.jit, static_argnames=("rollout",))
+def finish_rollout(sample: SampleOutput, prompt_tokens, prompt_mask, ref_logprobs, values,
+                   scores, beta, *, rollout: RolloutConfig) -> Rollout:
+    """Scores → per-token rewards (−β·KL plus the score on the last token) → advantages."""
     mask = sample.mask
-    ref_logprobs = response_logprobs(ref_params, prompt_tokens, prompt_mask, sample.tokens, mask,
-                                     config=config, temperature=sampling.temperature)
-    values = sequence_values(params, config, prompt_tokens, prompt_mask, sample.tokens, mask)
-    scores = score_fn(score_params, prompt_tokens, prompt_mask, sample.tokens, mask)
-    if rollout.reward_clip > 0:
-        scores = jnp.clip(scores, -rollout.reward_clip, rollout.reward_clip)
     if rollout.missing_eos_penalty is not None:
         scores = jnp.where(sample.ended_with_eos, scores, rollout.missing_eos_penalty)
     kl = kl_estimate(sample.logprobs, ref_logprobs, rollout.kl_estimator) * mask
@@ -124,6 +155,95 @@ def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, k
                    ref_logprobs=ref_logprobs, values=values, scores=scores, kl=kl,
                    rewards=rewards, advantages=advantages, returns=returns,
                    ended_with_eos=sample.ended_with_eos)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardTerm:
+    """An extra reward term added to the score with a weight: `fn(prompt_tokens,
+    response_tokens, response_mask) -> [B]` runs on the host (NumPy arrays), so it may decode
+    text (see `text_reward_term`)."""
+
+    name: str
+    weight: float
+    fn: Callable
+
+
+def text_reward_term(name: str, weight: float, tokenizer, fn: Callable[[str, str], float]):
+    """A `RewardTerm` from a function of (prompt text, response text), e.g. a length or
+    repetition penalty, or a classifier outside JAX."""
+
+    def term(prompt_tokens, response_tokens, response_mask):
+        out = []
+        for p, r, m in zip(prompt_tokens, response_tokens, response_mask):
+            out.append(fn(tokenizer.decode(p, skip_special_tokens=True),
+                          tokenizer.decode(r[m > 0], skip_special_tokens=True)))
+        return np.asarray(out, np.float32)
+
+    return RewardTerm(name, weight, term)
+
+
+def repetition_fraction(prompt: str, response: str) -> float:
+    """The fraction of the response's words that repeat an earlier word of it (a degeneration
+    penalty for reward terms)."""
+    words = response.split()
+    return 0.0 if not words else 1.0 - len(set(words)) / len(words)
+
+
+def word_count(prompt: str, response: str) -> float:
+    """The number of whitespace-separated words in the response."""
+    return float(len(response.split()))
+
+
+TEXT_TERMS = {"repetition": repetition_fraction, "words": word_count}
+
+
+def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, key, beta, *,
+                 config: TransformerConfig, sampling: SamplingConfig, rollout: RolloutConfig,
+                 score_fn: Callable, critic_config: TransformerConfig | None = None,
+                 reward_terms: Sequence[RewardTerm] = (),
+                 stats: dict | None = None) -> Rollout:
+    """Sample with the policy, score, and compute rewards and advantages.
+
+    Three jitted programs — `generate`, `score_responses`, `finish_rollout` — with the host in
+    between only when `reward_terms` need it. The score is the (clipped) `score_fn` plus
+    Σ weight·term; responses without EOS get `missing_eos_penalty` instead. When `stats` is a
+    dict, the seconds spent generating and scoring and each term's mean are recorded in it
+    (timing synchronises).
+    """
+    if "policy" not in params:
+        raise ValueError("params must be {'policy': ...} or {'policy': ..., 'critic': ...}; got "
+                         f"keys {sorted(params)}")
+    clock = time.perf_counter()
+    sample = generate(params["policy"], prompt_tokens, prompt_mask, key, config=config,
+                      sampling=sampling)
+    if stats is not None:
+        jax.block_until_ready(sample.tokens)
+        now = time.perf_counter()
+        stats["time/generate"] = stats.get("time/generate", 0.0) + now - clock
+        clock = now
+    ref_logprobs, values, scores = score_responses(
+        params, ref_params, score_params, prompt_tokens, prompt_mask, sample.tokens, sample.mask,
+        config=config, critic_config=critic_config, temperature=sampling.temperature,
+        score_fn=score_fn, with_values=rollout.advantage == "gae")
+    if rollout.reward_clip > 0:
+        scores = jnp.clip(scores, -rollout.reward_clip, rollout.reward_clip)
+    if reward_terms:
+        host = jax.device_get((prompt_tokens, sample.tokens, sample.mask))
+        total = np.asarray(scores, np.float32)
+        for term in reward_terms:
+            value = np.asarray(term.fn(*host), np.float32)
+            if value.shape != total.shape:
+                raise ValueError(f"reward term {term.name!r} returned shape {value.shape}; "
+                                 f"expected {total.shape}")
+            total = total + term.weight * value
+            if stats is not None:
+                stats[f"reward_terms/{term.name}"] = float(value.mean())
+        scores = jax.device_put(total, scores.sharding)
+    if stats is not None:
+        jax.block_until_ready(scores)
+        stats["time/score"] = stats.get("time/score", 0.0) + time.perf_counter() - clock
+    return finish_rollout(sample, prompt_tokens, prompt_mask, ref_logprobs, values, scores,
+                          beta, rollout=rollout)
 
 
 def rollout_metrics(ro: Rollout, beta) -> dict:

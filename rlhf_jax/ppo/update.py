@@ -8,15 +8,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax.losses import clipped_value_loss, ppo_policy_loss, token_entropy
+from rlhf_jax.losses import (clipped_value_loss, next_token_nll_sum, ppo_policy_loss,
+                             token_entropy)
 from rlhf_jax.models import DecoderModel, TransformerConfig
 from rlhf_jax.ppo.advantages import masked_mean
-from rlhf_jax.ppo.rollout import Rollout
+from rlhf_jax.ppo.rollout import Rollout, sequence_values
 
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
-    """Update hyper-parameters (defaults: Huang et al. 2023)."""
+    """Update hyper-parameters (defaults: Huang et al. 2023). `ptx_coef` > 0 adds the
+    pretraining log-likelihood term of PPO-ptx (Ouyang et al. 2022, eq. 2)."""
 
     epochs: int = 4
     num_minibatches: int = 1
@@ -25,18 +27,31 @@ class PPOConfig:
     value_coef: float = 0.1
     entropy_coef: float = 0.0
     temperature: float = 1.0
+    ptx_coef: float = 0.0
 
 
-def _loss(params, mb: Rollout, *, config: TransformerConfig, ppo: PPOConfig):
+def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,
+          critic_config: TransformerConfig | None, ppo: PPOConfig):
+    """L = L_clip + c_v·L_V − c_H·H − γ_ptx·E_pretrain[log π] (Schulman et al. 2017, eq. 9;
+    Ouyang et al. 2022, eq. 2), each a mean over response (resp. text) tokens."""
     tokens = jnp.concatenate([mb.prompt_tokens, mb.response_tokens], axis=1)
     mask = jnp.concatenate([mb.prompt_mask, mb.response_mask], axis=1)
-    out = DecoderModel(config, heads=("lm", "value")).apply({"params": params}, tokens, mask)
+    # values from the separate critic, the policy's value head, or none (critic-free advantages)
+    shared = "critic" not in params and "value_head" in params["policy"]
+    heads = ("lm", "value") if shared else ("lm",)
+    out = DecoderModel(config, heads=heads).apply({"params": params["policy"]}, tokens, mask)
     p = mb.prompt_tokens.shape[1]
     logits = out.logits[:, p - 1:-1] / ppo.temperature
     logp_all = jax.nn.log_softmax(logits, axis=-1)
     logp = jnp.take_along_axis(logp_all, mb.response_tokens[..., None], axis=-1)[..., 0]
-    values = out.values[:, p - 1:-1]
     rmask = mb.response_mask
+    if shared:
+        values = out.values[:, p - 1:-1]
+    elif "critic" in params:
+        values = sequence_values(params["critic"], critic_config, mb.prompt_tokens,
+                                 mb.prompt_mask, mb.response_tokens, rmask)
+    else:
+        values = mb.values
     pg_sum, count, pg_metrics = ppo_policy_loss(logp, mb.logprobs, mb.advantages, rmask,
                                                 clip=ppo.clip)
     vf_sum, _ = clipped_value_loss(values, mb.values, mb.returns, rmask, clip=ppo.value_clip)
@@ -46,31 +61,62 @@ def _loss(params, mb: Rollout, *, config: TransformerConfig, ppo: PPOConfig):
     metrics = {"ppo/policy_loss": pg_sum / denom, "ppo/value_loss": vf_sum / denom,
                "ppo/entropy": entropy, "ppo/clipfrac": pg_metrics["ppo/clipfrac"] / denom,
                "ppo/approx_kl": pg_metrics["ppo/approx_kl"] / denom}
+    if ptx is not None:
+        text_logits = DecoderModel(config, heads=("lm",)).apply(
+            {"params": params["policy"]}, ptx["tokens"], ptx["mask"]).logits
+        # a target needs a real predecessor: a left-padded row's first token is not predicted
+        targets = ptx["mask"].at[:, 1:].multiply(ptx["mask"][:, :-1])
+        nll_sum, n = next_token_nll_sum(text_logits, ptx["tokens"], targets)
+        ptx_nll = nll_sum / jnp.maximum(n, 1.0)
+        loss = loss + ppo.ptx_coef * ptx_nll
+        metrics["ppo/ptx_nll"] = ptx_nll
     return loss, metrics
 
 
-@partial(jax.jit, static_argnames=("config", "ppo", "tx"), donate_argnums=(0, 1))
-def ppo_update(params, opt_state, rollout: Rollout, key, *, config: TransformerConfig,
-               ppo: PPOConfig, tx: optax.GradientTransformation):
+@partial(jax.jit, static_argnames=("config", "critic_config", "ppo", "tx"),
+         donate_argnums=(0, 1))
+def ppo_update(params, opt_state, rollout: Rollout, key, ptx_batch=None, *,
+               config: TransformerConfig, ppo: PPOConfig, tx: optax.GradientTransformation,
+               critic_config: TransformerConfig | None = None):
     """Run `epochs` passes of `num_minibatches` shuffled minibatches; return params, opt state
-    and the metrics averaged over all minibatch steps."""
-    b = rollout.response_tokens.shape[0]
-    if b % ppo.num_minibatches:
-        raise ValueError(f"rollout batch {b} is not divisible by num_minibatches="
-                         f"{ppo.num_minibatches}")
-    mb_size = b // ppo.num_minibatches
-    grad_fn = jax.value_and_grad(partial(_loss, config=config, ppo=ppo), has_aux=True)
+    and the metrics averaged over all minibatch steps.
 
-    def minibatch_step(carry, idx):
+    `params` is {"policy": ...} (with a value head on the policy backbone, or without one for
+    critic-free advantages) or {"policy": ..., "critic": ...} (a separate critic with
+    `critic_config`); one optimiser updates both.
+    `ptx_batch` ({"tokens", "mask"} [M, T], M divisible by num_minibatches) is the PPO-ptx
+    text: minibatch i of every epoch uses its i-th slice.
+    """
+    if "policy" not in params:
+        raise ValueError("params must be {'policy': ...} or {'policy': ..., 'critic': ...}; got "
+                         f"keys {sorted(params)}")
+    b, nm = rollout.response_tokens.shape[0], ppo.num_minibatches
+    if b % nm:
+        raise ValueError(f"rollout batch {b} is not divisible by num_minibatches={nm}")
+    if (ptx_batch is None) != (ppo.ptx_coef == 0):
+        raise ValueError(f"ptx_coef={ppo.ptx_coef} needs a ptx_batch (and a ptx_batch needs "
+                         "ptx_coef > 0)")
+    if ptx_batch is not None:
+        m = ptx_batch["tokens"].shape[0]
+        if m % nm:
+            raise ValueError(f"ptx batch {m} is not divisible by num_minibatches={nm}")
+        ptx_chunks = jax.tree.map(lambda x: x.reshape(nm, m // nm, *x.shape[1:]), ptx_batch)
+    mb_size = b // nm
+    grad_fn = jax.value_and_grad(partial(_loss, config=config, critic_config=critic_config,
+                                         ppo=ppo), has_aux=True)
+
+    def minibatch_step(carry, xs):
         params, opt_state = carry
+        idx, i = xs
         mb = jax.tree.map(lambda x: x[idx], rollout)
-        (loss, metrics), grads = grad_fn(params, mb)
+        ptx = None if ptx_batch is None else jax.tree.map(lambda x: x[i], ptx_chunks)
+        (loss, metrics), grads = grad_fn(params, mb, ptx)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), {**metrics, "ppo/loss": loss}
 
     def epoch(carry, epoch_key):
-        order = jax.random.permutation(epoch_key, b).reshape(ppo.num_minibatches, mb_size)
-        return jax.lax.scan(minibatch_step, carry, order)
+        order = jax.random.permutation(epoch_key, b).reshape(nm, mb_size)
+        return jax.lax.scan(minibatch_step, carry, (order, jnp.arange(nm)))
 
     keys = jax.random.split(key, ppo.epochs)
     (params, opt_state), metrics = jax.lax.scan(epoch, (params, opt_state), keys)

@@ -22,8 +22,8 @@ def target_fraction(score_params, prompt_tokens, prompt_mask, response_tokens, r
 
 def run_ppo(beta, iterations, seed=0):
     model = DecoderModel(CONFIG, heads=("lm", "value"))
-    params = init_params(model, jax.random.key(seed))
-    ref = jax.tree.map(jnp.copy, params)
+    params = {"policy": init_params(model, jax.random.key(seed))}
+    ref = jax.tree.map(jnp.copy, params["policy"])
     tx = make_optimizer(OptimizerConfig(learning_rate=3e-3, total_steps=10**6,
                                         schedule="constant", clip_norm=1.0), params)
     opt_state = tx.init(params)
@@ -78,8 +78,8 @@ def test_critic_free_modes_learn(advantage):
     from rlhf_jax.ppo import rollout_metrics
 
     model = DecoderModel(CONFIG, heads=("lm", "value"))
-    params = init_params(model, jax.random.key(0))
-    ref = jax.tree.map(jnp.copy, params)
+    params = {"policy": init_params(model, jax.random.key(0))}
+    ref = jax.tree.map(jnp.copy, params["policy"])
     tx = make_optimizer(OptimizerConfig(learning_rate=3e-3, total_steps=10**6,
                                         schedule="constant"), params)
     opt_state = tx.init(params)

@@ -1,0 +1,120 @@
+"""One PPO iteration as a `step_fn(state, batch)` for `train.run_training`: rollout, update, β.
+
+The train state is the ordinary `TrainState`: `params` = {"policy": ...} or {"policy": ...,
+"critic": ...}, and `helpers["kl"]` the KL controller's state, so checkpoints and exact resume
+come from the training infrastructure unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from functools import partial
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rlhf_jax.models import TransformerConfig
+from rlhf_jax.ppo.kl import (KLControllerState, adaptive_kl_init, adaptive_kl_update,
+                            fixed_kl_init, fixed_kl_update)
+from rlhf_jax.ppo.rollout import RewardTerm, RolloutConfig, make_rollout, rollout_metrics
+from rlhf_jax.ppo.update import PPOConfig, ppo_update
+from rlhf_jax.sampling import SamplingConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class KLConfig:
+    """β: "fixed", or "adaptive" toward `target` nats per sequence over `horizon` samples
+    (Ziegler et al. 2019, §2.2)."""
+
+    controller: str = "fixed"
+    beta: float = 0.05
+    target: float = 6.0
+    horizon: float = 10000.0
+
+    def __post_init__(self):
+        if self.controller not in ("fixed", "adaptive"):
+            raise ValueError(f"KLConfig.controller={self.controller!r}: expected 'fixed' or "
+                             "'adaptive'")
+        if self.beta < 0 or self.target <= 0 or self.horizon <= 0:
+            raise ValueError(f"KLConfig: expected beta >= 0, target > 0, horizon > 0; got {self}")
+
+
+def kl_controller(kl: KLConfig) -> tuple[Callable[[], KLControllerState], Callable]:
+    """The (init, update) pair of the configured β controller."""
+    if kl.controller == "fixed":
+        return partial(fixed_kl_init, kl.beta), fixed_kl_update
+    return (partial(adaptive_kl_init, kl.beta),
+            partial(adaptive_kl_update, target=kl.target, horizon=kl.horizon))
+
+
+class ZipBatches:
+    """Prompt batches with an optional PPO-ptx text stream; both positions are checkpointed."""
+
+    def __init__(self, prompts: Iterator, ptx: Optional[Iterator] = None):
+        self.prompts, self.ptx = prompts, ptx
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return {"prompts": next(self.prompts), "ptx": None if self.ptx is None else next(self.ptx)}
+
+    def get_state(self) -> dict:
+        """Both iterators' positions (JSON)."""
+        return {"prompts": self.prompts.get_state(),
+                "ptx": None if self.ptx is None else self.ptx.get_state()}
+
+    def set_state(self, state: dict):
+        """Restore the positions saved by `get_state`."""
+        self.prompts.set_state(state["prompts"])
+        if self.ptx is not None and state.get("ptx") is not None:
+            self.ptx.set_state(state["ptx"])
+
+
+def make_ppo_step(*, config: TransformerConfig, ref_params: Any, score_params: Any,
+                  score_fn: Callable, sampling: SamplingConfig, rollout: RolloutConfig,
+                  ppo: PPOConfig, tx: optax.GradientTransformation, kl_update: Callable,
+                  critic_config: Optional[TransformerConfig] = None,
+                  reward_terms: Sequence[RewardTerm] = (),
+                  place_batch: Optional[Callable[[Any], Any]] = None) -> Callable:
+    """`step_fn(state, batch) -> (state, metrics)`: one PPO iteration (Ouyang et al. 2022).
+
+    `batch` is {"prompts": {"tokens", "mask"} [B, P], "ptx": text batch or None}; with
+    `rollout.group_size` k each prompt is sampled k times. The key of iteration s is
+    fold_in(run key, s), so a resumed run draws exactly what the uninterrupted one did. Metrics
+    include the rollout statistics, the update's losses, β, and the seconds spent in generate /
+    score / update. `place_batch` puts host batches on the mesh (e.g.
+    `train.global_batch_from_local`); by default they go to the default device.
+    """
+    put = place_batch or (lambda tree: jax.tree.map(jnp.asarray, tree))
+
+    def step_fn(state, batch):
+        start = time.perf_counter()
+        prompts = batch["prompts"]
+        tokens, mask = put(tuple(np.repeat(np.asarray(prompts[k]), rollout.group_size, axis=0)
+                                 for k in ("tokens", "mask")))
+        key = jax.random.fold_in(state.key(), state.step)
+        kl_state = state.helpers["kl"]
+        stats: dict = {}
+        ro = make_rollout(state.params, ref_params, score_params, tokens, mask,
+                          jax.random.fold_in(key, 0), kl_state.beta, config=config,
+                          sampling=sampling, rollout=rollout, score_fn=score_fn,
+                          critic_config=critic_config, reward_terms=reward_terms, stats=stats)
+        metrics = rollout_metrics(ro, kl_state.beta)
+        clock = time.perf_counter()
+        ptx = None if batch.get("ptx") is None else put(dict(batch["ptx"]))
+        params, opt_state, update_metrics = ppo_update(
+            state.params, state.opt_state, ro, jax.random.fold_in(key, 1), ptx, config=config,
+            critic_config=critic_config, ppo=ppo, tx=tx)
+        jax.block_until_ready(params)
+        stats["time/update"] = time.perf_counter() - clock
+        new_kl = kl_update(kl_state, metrics["kl/sequence"], tokens.shape[0])
+        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              helpers={**state.helpers, "kl": new_kl})
+        stats["time/iteration"] = time.perf_counter() - start
+        return state, {**metrics, **update_metrics, **stats}
+
+    return step_fn

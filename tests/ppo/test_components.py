@@ -1,0 +1,125 @@
+"""Separate critic from a reward model, PPO-ptx, extra reward terms and the time split."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.models import DecoderModel, init_params, preset
+from rlhf_jax.ppo import (PPOConfig, RewardTerm, RolloutConfig, critic_from_reward_model,
+                          make_rollout, ppo_update, reward_model_scorer, sequence_values)
+from rlhf_jax.sampling import SamplingConfig
+from rlhf_jax.train import OptimizerConfig, make_optimizer
+
+CFG = preset("tiny-gpt2", vocab_size=16, hidden_size=32, num_heads=4, max_position_embeddings=32)
+RM_CFG = preset("tiny-llama", vocab_size=16, hidden_size=24, num_heads=2, num_kv_heads=1,
+                intermediate_size=48, max_position_embeddings=32)
+
+
+def _reward_params(num_outputs):
+    rm = DecoderModel(RM_CFG, heads=("reward",), num_reward_outputs=num_outputs)
+    params = init_params(rm, jax.random.key(7))
+    head = params["reward_head"]  # non-trivial normalisation
+    head["gain"] = jnp.linspace(0.5, 2.0, num_outputs)
+    head["bias"] = jnp.linspace(-1.0, 1.0, num_outputs)
+    return rm, params
+
+
+@pytest.mark.parametrize("num_outputs", [1, 3])
+def test_critic_from_reward_model_reproduces_reward(num_outputs):
+    rm, rp = _reward_params(num_outputs)
+    critic = critic_from_reward_model(rp)
+    prompt, pmask = jnp.array([[0, 5, 6], [4, 5, 6]]), jnp.array([[0, 1, 1], [1, 1, 1]])
+    resp, rmask = jnp.array([[7, 8, 2, 0], [9, 1, 3, 3]]), jnp.array([[1, 1, 1, 0], [1, 1, 1, 1]])
+    values = sequence_values(critic, RM_CFG, prompt, pmask, resp, rmask)
+    for b, n in enumerate([3, 4]):  # V before the last token = reward of the sequence up to it
+        tokens = jnp.concatenate([prompt[b:b + 1], resp[b:b + 1, :n - 1]], 1)
+        mask = jnp.concatenate([pmask[b:b + 1], rmask[b:b + 1, :n - 1]], 1)
+        reward = rm.apply({"params": rp}, tokens, mask).reward
+        want = reward.mean(-1) if num_outputs > 1 else reward
+        np.testing.assert_allclose(values[b, n - 1], want[0], rtol=1e-5, atol=1e-6)
+    assert (values * (1 - rmask) == 0).all()
+
+
+def _setup(critic: bool):
+    policy = init_params(DecoderModel(CFG, heads=("lm",) if critic else ("lm", "value")),
+                         jax.random.key(0))
+    params = {"policy": policy}
+    if critic:
+        params["critic"] = critic_from_reward_model(_reward_params(1)[1])
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-3, total_steps=100,
+                                        schedule="constant"), params)
+    return params, tx
+
+
+def test_separate_critic_is_trained_and_values_come_from_it():
+    params, tx = _setup(critic=True)
+    rm, rp = _reward_params(1)
+    prompts = jax.random.randint(jax.random.key(1), (8, 3), 0, 16)
+    mask = jnp.ones_like(prompts)
+    stats = {}
+    ro = make_rollout(params, params["policy"], rp, prompts, mask, jax.random.key(2), 0.1,
+                      config=CFG, critic_config=RM_CFG, sampling=SamplingConfig(max_new_tokens=5),
+                      rollout=RolloutConfig(), score_fn=reward_model_scorer(RM_CFG), stats=stats)
+    want = sequence_values(params["critic"], RM_CFG, prompts, mask, ro.response_tokens,
+                           ro.response_mask)
+    np.testing.assert_allclose(ro.values, want, rtol=1e-5, atol=1e-6)
+    assert stats["time/generate"] > 0 and stats["time/score"] > 0
+    before = jax.tree.map(np.array, params)
+    new, _, metrics = ppo_update(params, tx.init(params), ro, jax.random.key(3), config=CFG,
+                                 critic_config=RM_CFG, ppo=PPOConfig(epochs=2), tx=tx)
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), new, before)
+    assert max(jax.tree.leaves(moved["critic"])) > 0 and max(jax.tree.leaves(moved["policy"])) > 0
+    assert metrics["ppo/value_loss"] > 0
+
+
+def test_ptx_term_is_the_text_nll():
+    params, tx = _setup(critic=False)
+    prompts = jax.random.randint(jax.random.key(1), (4, 3), 0, 16)
+    ro = make_rollout(params, params["policy"], None, prompts, jnp.ones_like(prompts),
+                      jax.random.key(2), 0.0, config=CFG, sampling=SamplingConfig(max_new_tokens=4),
+                      rollout=RolloutConfig(), score_fn=lambda p, a, b, c, m: m.sum(1) * 0.1)
+    text = jax.random.randint(jax.random.key(5), (4, 6), 0, 16)
+    tmask = jnp.ones_like(text).at[0, :2].set(0)  # a left-padded row
+    ptx = {"tokens": text, "mask": tmask}
+    # one step at learning rate 0 (the optimiser's update is zero): metrics of the initial params
+    zero = make_optimizer(OptimizerConfig(learning_rate=0.0, total_steps=10,
+                                          schedule="constant"), params)
+    _, _, m = ppo_update(jax.tree.map(jnp.copy, params), zero.init(params), ro, jax.random.key(3),
+                         ptx, config=CFG, ppo=PPOConfig(epochs=1, ptx_coef=0.5), tx=zero)
+    # independent reference: float64 NumPy log-softmax of the model's logits, positions whose
+    # token and predecessor are real
+    logits = np.asarray(DecoderModel(CFG, heads=("lm",)).apply(
+        {"params": params["policy"]}, text, tmask).logits, np.float64)
+    nll, n = 0.0, 0
+    for b in range(4):
+        for t in range(1, 6):
+            if tmask[b, t] and tmask[b, t - 1]:
+                row = logits[b, t - 1]
+                nll += np.log(np.exp(row - row.max()).sum()) + row.max() - row[text[b, t]]
+                n += 1
+    np.testing.assert_allclose(m["ppo/ptx_nll"], nll / n, rtol=1e-5)
+    with pytest.raises(ValueError, match="ptx_coef=0.5 needs a ptx_batch"):
+        ppo_update(params, tx.init(params), ro, jax.random.key(3), config=CFG,
+                   ppo=PPOConfig(ptx_coef=0.5), tx=tx)
+
+
+def test_reward_terms_add_with_weights():
+    params, _ = _setup(critic=False)
+    prompts = jax.random.randint(jax.random.key(1), (6, 3), 0, 16)
+    base = lambda p, pt, pm, rt, rm: jnp.full(rt.shape[0], 0.25)  # noqa: E731
+    length = RewardTerm("length", -0.5, lambda p, r, m: m.sum(1).astype(np.float32))
+    odd = RewardTerm("odd", 2.0, lambda p, r, m: ((r % 2) * m).sum(1) / m.sum(1))
+    stats = {}
+    ro = make_rollout(params, params["policy"], None, prompts, jnp.ones_like(prompts),
+                      jax.random.key(4), 0.0, config=CFG, sampling=SamplingConfig(max_new_tokens=4),
+                      rollout=RolloutConfig(), score_fn=base, reward_terms=(length, odd),
+                      stats=stats)
+    r, m = np.asarray(ro.response_tokens), np.asarray(ro.response_mask)
+    want = 0.25 - 0.5 * m.sum(1) + 2.0 * ((r % 2) * m).sum(1) / m.sum(1)
+    np.testing.assert_allclose(ro.scores, want, rtol=1e-6)
+    assert stats["reward_terms/length"] == pytest.approx(m.sum(1).mean())
+    bad = RewardTerm("bad", 1.0, lambda p, r, m: np.zeros(3))
+    with pytest.raises(ValueError, match="reward term 'bad' returned shape"):
+        make_rollout(params, params["policy"], None, prompts, jnp.ones_like(prompts),
+                     jax.random.key(4), 0.0, config=CFG, sampling=SamplingConfig(max_new_tokens=4),
+                     rollout=RolloutConfig(), score_fn=base, reward_terms=(bad,))
