@@ -8,77 +8,38 @@ import os
 import sys
 
 import jax
-import numpy as np
 
-from rlhf_jax import checkpoint, data, models, ppo, reward, sharding, train
-from rlhf_jax.models import CheckpointFormatError
-from rlhf_jax.sampling import SamplingConfig, generate
-from rlhf_jax.train.setup import compile_init, leaf_names, load_or_init_model
+from rlhf_jax import checkpoint, data, eval as rl_eval, models, ppo, sharding, train
+from rlhf_jax.eval.scorers import TEXT_TERMS
+from rlhf_jax.ppo.setup import load_ppo_models
+from rlhf_jax.sampling import SamplingConfig
+from rlhf_jax.train.setup import compile_init, leaf_names
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "ppo.py")
 
 
-def load_models(cfg, mesh, rules, key):
-    """Reward model, tokenizer, policy (+ frozen reference copy) and trainable params."""
-    if not os.path.isdir(cfg.reward_dir):
-        raise CheckpointFormatError(
-            f"reward_dir={cfg.reward_dir!r} does not exist; train one first with "
-            "`python experiments/train_reward.py` or point --config.reward_dir at a reward "
-            "model export")
-    rm_config, rm_params, rm_meta = reward.load_reward_model(cfg.reward_dir)
-    rm_model = models.DecoderModel(rm_config, heads=("reward",),
-                                   num_reward_outputs=rm_meta["num_outputs"])
-    rm_params = sharding.shard_params(rm_params, models.logical_axes(rm_model), mesh, rules)
-    tokenizer = models.load_tokenizer(cfg.reward_dir, rm_config)
-    heads = ("lm",) if cfg.critic == "reward" else ("lm", "value")
-    if cfg.critic not in ("reward", "shared"):
-        raise train.ConfigError(f"critic={cfg.critic!r}: expected 'reward' or 'shared'")
-    if cfg.policy_dir:
-        config, _, policy = load_or_init_model(cfg.policy_dir, cfg.preset, mesh, rules, key,
-                                               heads=heads)
-        policy_tok = models.load_tokenizer(cfg.policy_dir, config)
-        if policy_tok.get_vocab() != tokenizer.get_vocab():
-            raise CheckpointFormatError(
-                f"the tokenizers of policy_dir={cfg.policy_dir!r} and reward_dir="
-                f"{cfg.reward_dir!r} differ; the reward model must read the policy's tokens")
-    else:
-        config, _, policy = load_or_init_model("", cfg.preset, mesh, rules, key, heads=heads,
-                                               vocab_size=rm_config.vocab_size)
-    if config.vocab_size != rm_config.vocab_size:
-        raise CheckpointFormatError(f"policy vocab_size {config.vocab_size} != reward model "
-                                    f"vocab_size {rm_config.vocab_size}")
-    ref = {k: v for k, v in jax.tree.map(lambda x: x.copy(), policy).items() if k != "value_head"}
-    params = {"policy": policy}
-    if cfg.critic == "reward":  # a copy: the update donates its buffers
-        params["critic"] = jax.tree.map(lambda x: x.copy(), ppo.critic_from_reward_model(rm_params))
-    return config, rm_config, rm_params, tokenizer, ref, params
-
-
-def write_samples(path, tokenizer, params, config, score_fn, rm_params, prompts, key, sampling):
-    """Sampled responses to fixed prompts with their reward-model scores (JSONL)."""
-    out = generate(params, prompts["tokens"], prompts["mask"], key, config=config,
-                   sampling=sampling)
-    scores = score_fn(rm_params, prompts["tokens"], prompts["mask"], out.tokens, out.mask)
-    rows = [{"prompt": tokenizer.decode(p[m > 0], skip_special_tokens=True),
-             "response": tokenizer.decode(r[rm > 0], skip_special_tokens=True),
-             "reward_model_score": float(s)}
-            for p, m, r, rm, s in zip(*jax.device_get((prompts["tokens"], prompts["mask"],
-                                                       out.tokens, out.mask, scores)))]
+def write_samples(path, models_, params, prompts, key, sampling, gold_fn=None):
+    """Responses to fixed prompts with their reward-model (and gold) scores, as JSONL."""
+    result = rl_eval.evaluate_policy(params, models_.ref_params, models_.config, prompts, key,
+                                     sampling=sampling, tokenizer=models_.tokenizer,
+                                     gold_fn=gold_fn, proxy_params=models_.reward_params,
+                                     proxy_fn=ppo.reward_model_scorer(models_.reward_config))
     if train.is_main_process():
         with open(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-    return rows
+            f.writelines(json.dumps(r) + "\n" for r in result["rows"])
+    return result["summary"]
 
 
 def check_batch_sizes(cfg, mesh):
     """Batch sizes must split over the mesh's batch axes, the processes and the minibatches."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     rows = cfg.batch_size * cfg.rollout.group_size
-    for field, value, divisors in (
-            ("batch_size × rollout.group_size", rows, (shards, cfg.ppo.num_minibatches)),
-            ("batch_size", cfg.batch_size, (jax.process_count(),)),
-            ("ptx.batch_size", cfg.ptx.batch_size if cfg.ppo.ptx_coef > 0 else shards,
-             (shards, cfg.ppo.num_minibatches, jax.process_count()))):
+    checks = [("batch_size × rollout.group_size", rows, (shards, cfg.ppo.num_minibatches)),
+              ("batch_size", cfg.batch_size, (jax.process_count(),))]
+    if cfg.ppo.ptx_coef > 0:
+        checks.append(("ptx.batch_size", cfg.ptx.batch_size,
+                       (shards, cfg.ppo.num_minibatches, jax.process_count())))
+    for field, value, divisors in checks:
         for d in divisors:
             if value % d:
                 raise train.ConfigError(
@@ -92,9 +53,11 @@ def main(argv):
     train.initialize()
     mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
     key = jax.random.key(cfg.seed)
-    config, rm_config, rm_params, tokenizer, ref, params = load_models(
-        cfg, mesh, rules, jax.random.fold_in(key, 0))
-    critic_config = rm_config if "critic" in params else None
+    if cfg.critic not in ("reward", "shared"):
+        raise train.ConfigError(f"critic={cfg.critic!r}: expected 'reward' or 'shared'")
+    m = load_ppo_models(cfg.policy_dir, cfg.reward_dir, preset=cfg.preset, critic=cfg.critic,
+                        mesh=mesh, rules=rules, key=jax.random.fold_in(key, 0))
+    config, tokenizer, params = m.config, m.tokenizer, m.params
     pad_id = tokenizer.pad_token_id or 0
     prompt_file = cfg.prompts.file or str(data.builtin.write_prompts(
         os.path.join(cfg.run_dir, "data", "prompts.jsonl"), n=200))
@@ -119,16 +82,21 @@ def main(argv):
     rollout = ppo.RolloutConfig(**cfg.rollout)
     ppo_cfg = ppo.PPOConfig(temperature=sampling.temperature, **cfg.ppo)
     kl_init, kl_update = ppo.kl_controller(ppo.KLConfig(**cfg.kl))
-    terms = tuple(ppo.text_reward_term(name, weight, tokenizer, ppo.TEXT_TERMS[name])
+    terms = tuple(ppo.text_reward_term(name, weight, tokenizer, TEXT_TERMS[name])
                   for name, weight in cfg.reward_terms.items() if weight)
+    for name in filter(None, cfg.monitor_terms.split(",")):  # logged, weight 0
+        if name not in TEXT_TERMS:
+            raise train.ConfigError(f"monitor_terms: unknown scorer {name!r}; expected some of "
+                                    f"{sorted(TEXT_TERMS)}")
+        terms += (ppo.text_reward_term(name, 0.0, tokenizer, TEXT_TERMS[name]),)
     tx = train.make_optimizer(train.OptimizerConfig(total_steps=cfg.steps, **cfg.optim), params)
     abstract, init_state = compile_init(
         lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
                                            helpers={"kl": kl_init()}), params)
-    score_fn = ppo.reward_model_scorer(rm_config)
     step = ppo.make_ppo_step(
-        config=config, critic_config=critic_config, ref_params=ref, score_params=rm_params,
-        score_fn=score_fn, sampling=sampling, rollout=rollout, ppo=ppo_cfg, tx=tx,
+        config=config, critic_config=m.critic_config, ref_params=m.ref_params,
+        score_params=m.reward_params, score_fn=ppo.reward_model_scorer(m.reward_config),
+        sampling=sampling, rollout=rollout, ppo=ppo_cfg, tx=tx,
         kl_update=kl_update, reward_terms=terms,
         place_batch=lambda b: train.global_batch_from_local(b, mesh, rules))
     ckpt = checkpoint.Checkpointer(checkpoint.CheckpointConfig(
@@ -142,12 +110,13 @@ def main(argv):
     eval_src = data.prompt_batches(prompt_ds.splits["train"], cfg.eval_prompts, pad_id=pad_id,
                                    seed=cfg.seed + 2, shuffle=True)
     eval_prompts = train.global_batch_from_local(next(eval_src), mesh, rules)
-    eval_sampling = SamplingConfig(eos_token_ids=eos, pad_token_id=pad_id, **cfg.sampling)
+    gold_fn = TEXT_TERMS.get(cfg.monitor_terms.split(",")[0])  # the first monitored judge
+    samples = lambda name, p: write_samples(  # noqa: E731
+        os.path.join(cfg.run_dir, f"samples_{name}.jsonl"), m, p, eval_prompts,
+        jax.random.fold_in(key, 2), sampling, gold_fn)
     with sharding.activation_sharding(mesh, rules):
         if restored is None:
-            write_samples(os.path.join(cfg.run_dir, "samples_before.jsonl"), tokenizer, ref,
-                          config, score_fn, rm_params, eval_prompts,
-                          jax.random.fold_in(key, 2), eval_sampling)
+            samples("before", m.ref_params)
         result = train.run_training(
             step, state, zipped, total_steps=cfg.steps, checkpointer=ckpt,
             writer=train.MetricWriter(cfg.run_dir), config=cfg.to_dict(),
@@ -156,15 +125,13 @@ def main(argv):
         ckpt.close()
         if result.preempted:
             return print(f"preempted at step {result.step}", flush=True)
-        after = write_samples(os.path.join(cfg.run_dir, "samples_after.jsonl"), tokenizer,
-                              result.state.params["policy"], config, score_fn, rm_params,
-                              eval_prompts, jax.random.fold_in(key, 2), eval_sampling)
+        after = samples("after", result.state.params["policy"])
     if train.is_main_process():
         models.save_hf_checkpoint(os.path.join(cfg.run_dir, "export"), config,
                                   result.state.params["policy"], tokenizer=tokenizer,
                                   overwrite=True)
     print(json.dumps({"steps": result.step, "beta": float(result.state.helpers["kl"].beta),
-                      "score_after": float(np.mean([r["reward_model_score"] for r in after]))}),
+                      "reward_model_score_after": after["proxy"]["mean"]}),
           flush=True)
 
 

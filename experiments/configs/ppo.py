@@ -22,8 +22,10 @@ def get_config() -> ConfigDict:
                             value_coef=0.1, entropy_coef=0.0, ptx_coef=0.0))
     # PPO-ptx text (JSONL/Parquet with a `text` field; empty: the built-in corpus)
     c.ptx = ConfigDict(dict(file="", batch_size=16, max_len=24))
-    # extra text-based reward terms: name → weight (see rlhf_jax.ppo.TEXT_TERMS); 0 disables
-    c.reward_terms = ConfigDict(dict(repetition=0.0, words=0.0))
+    # extra text-based reward terms: name → weight (rlhf_jax.eval.TEXT_TERMS); 0 disables
+    c.reward_terms = ConfigDict(dict(vader=0.0, repetition=0.0, words=0.0))
+    c.monitor_terms = ""  # comma-separated TEXT_TERMS logged each iteration without weight
+
     c.steps = 40
     c.batch_size = 32  # prompts per iteration (× group_size samples)
     c.optim = ConfigDict(dict(learning_rate=1e-4, warmup_steps=0, schedule="constant",

@@ -11,6 +11,9 @@ def get_config() -> ConfigDict:
     c.dtype = "float32"
     c.mesh = "fsdp=-1"
     c.sharding = "fsdp"
+    # "progression": synthetic token sequences; "text": a JSONL/Parquet `text` field (empty file:
+    # the built-in corpus, with a tokenizer trained on it when model_dir is empty)
+    c.data = ConfigDict(dict(source="progression", file="", max_len=24))
     c.steps = 200
     c.batch_size = 16
     c.length = 32

@@ -37,45 +37,56 @@ def corpus(n: int = 2000, seed: int = 0) -> list[str]:
     return [f"{rng.choice(PROMPTS)} {random_response(rng)}" for _ in range(n)]
 
 
-def write_comparisons(path, n: int, *, seed: int = 0,
-                      annotator_temperatures=(0.5, 1.0, 2.0)) -> Path:
-    """JSONL of pairwise comparisons labelled by noisy simulated annotators.
+def simulate_annotators(pairs, gold_fn, *, temperatures=(0.5, 1.0, 2.0), seed: int = 0):
+    """Pairwise records labelled by noisy simulated annotators.
 
-    Annotator a prefers y₁ over y₂ with probability σ((s(y₁) − s(y₂)) / T_a) (Bradley & Terry
-    1952), s the gold score: the higher T_a, the noisier the annotator.
+    `pairs` are (prompt, response_1, response_2); annotator a (drawn uniformly per pair) prefers
+    y₁ over y₂ with probability σ((g(y₁) − g(y₂)) / T_a) (Bradley & Terry 1952), g = `gold_fn(
+    prompt, response)`: the higher T_a, the noisier the annotator, so annotators disagree.
     """
     rng = np.random.default_rng(seed)
+    records = []
+    for prompt, a, b in pairs:
+        who = int(rng.integers(len(temperatures)))
+        p_a = 1.0 / (1.0 + np.exp(-(gold_fn(prompt, a) - gold_fn(prompt, b)) / temperatures[who]))
+        chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
+        records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                        "annotator_id": f"annotator_{who}"})
+    return records
+
+
+def write_jsonl(path, records) -> Path:
+    """Write records as JSON lines (creating the directory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for i in range(n):
-            a, b = random_response(rng), random_response(rng)
-            while gold_score(a) == gold_score(b):
-                b = random_response(rng)
-            who = int(rng.integers(len(annotator_temperatures)))
-            p_a = 1.0 / (1.0 + np.exp(-(gold_score(a) - gold_score(b))
-                                       / annotator_temperatures[who]))
-            chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
-            f.write(json.dumps({"prompt": str(rng.choice(PROMPTS)), "chosen": chosen,
-                                "rejected": rejected, "annotator_id": f"annotator_{who}"}) + "\n")
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+def write_comparisons(path, n: int, *, seed: int = 0,
+                      annotator_temperatures=(0.5, 1.0, 2.0)) -> Path:
+    """JSONL of `n` comparisons of random sentences (of different gold score) labelled by
+    `simulate_annotators` with the word-count judge `gold_score`."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(n):
+        a, b = random_response(rng), random_response(rng)
+        while gold_score(a) == gold_score(b):
+            b = random_response(rng)
+        pairs.append((str(rng.choice(PROMPTS)), a, b))
+    return write_jsonl(path, simulate_annotators(pairs, lambda p, r: gold_score(r),
+                                                 temperatures=annotator_temperatures, seed=seed))
 
 
 def write_prompts(path, n: int = 0) -> Path:
     """JSONL with a `prompt` field: the built-in prompts (each repeated to `n` rows if given)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = [PROMPTS[i % len(PROMPTS)] for i in range(max(n, len(PROMPTS)))]
-    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rows))
-    return path
+    return write_jsonl(path, [{"prompt": p} for p in rows])
 
 
 def write_texts(path, n: int = 2000, seed: int = 0) -> Path:
     """JSONL with a `text` field: the built-in corpus (e.g. PPO-ptx data)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(n, seed)))
-    return path
+    return write_jsonl(path, [{"text": t} for t in corpus(n, seed)])
 
 
 def train_tokenizer(directory, *, vocab_size: int = 256, seed: int = 0):

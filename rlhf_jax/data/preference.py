@@ -90,9 +90,10 @@ def _preference_features(prompt_len: int, response_len: int):
         "rationale": tfds.features.Text()})
 
 
-def encode_prompt(tokenizer, text: str, max_prompt_len: int, counts: dict) -> np.ndarray:
-    """Prompt ids [P], left-padded with PAD and truncated from the left."""
-    ids = _encode(tokenizer, text)
+def encode_prompt(tokenizer, text: str, max_prompt_len: int, counts: dict,
+                  suffix: Sequence[int] = ()) -> np.ndarray:
+    """Prompt ids [P] (+ `suffix`, e.g. EOS), left-padded with PAD and truncated from the left."""
+    ids = _encode(tokenizer, text) + list(suffix)
     if len(ids) > max_prompt_len:
         counts["prompts_truncated"] += 1
         ids = ids[-max_prompt_len:]

@@ -36,9 +36,11 @@ def _features(prompt_len: int):
 
 def build_prompt_dataset(path, tokenizer, out_dir, *, max_prompt_len: int,
                          on_error: str = "raise", validation_fraction: float = 0.0,
-                         seed: int = 0, field: str = "prompt") -> PromptDataset:
+                         seed: int = 0, field: str = "prompt",
+                         append_eos: bool = False) -> PromptDataset:
     """Validate and tokenise the `prompt` (or `text`) field of a local file into a TFDS dataset.
 
+    With `append_eos` (texts for language modelling) the tokenizer's EOS ends every row.
     Malformed records raise `DataFormatError` naming file, line and field (or are skipped and
     counted with `on_error="skip"`). Built datasets are keyed by the file's contents and these
     arguments, and reused.
@@ -46,14 +48,15 @@ def build_prompt_dataset(path, tokenizer, out_dir, *, max_prompt_len: int,
     path = Path(path)
     if field not in ("prompt", "text"):
         raise ValueError(f"field={field!r}: expected 'prompt' or 'text'")
+    suffix = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []
     key = fingerprint(path, field, type(tokenizer).__name__, len(tokenizer), max_prompt_len,
-                      on_error, validation_fraction, seed)
+                      on_error, validation_fraction, seed, suffix)
     data_dir = Path(out_dir) / f"{path.stem}-{key}"
     stats_file = data_dir / "stats.json"
     if not stats_file.is_file():
         records, rstats = read_records(path, field, on_error=on_error)
         counts = {"prompts_truncated": 0}
-        rows = [{"prompt": encode_prompt(tokenizer, r["prompt"], max_prompt_len, counts),
+        rows = [{"prompt": encode_prompt(tokenizer, r["prompt"], max_prompt_len, counts, suffix),
                  "text": r["prompt"]} for r in records]
         empty = [i for i, r in enumerate(rows) if (r["prompt"] == PAD).all()]
         if empty:

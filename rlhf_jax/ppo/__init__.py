@@ -7,6 +7,6 @@ from rlhf_jax.ppo.kl import (ESTIMATORS, KLControllerState, adaptive_kl_init,
 from rlhf_jax.ppo.rollout import (RewardTerm, Rollout, RolloutConfig, critic_from_reward_model,
                                   finish_rollout, make_rollout, reward_model_scorer,
                                   rollout_metrics, score_responses, sequence_values,
-                                  text_reward_term, TEXT_TERMS)
+                                  text_reward_term)
 from rlhf_jax.ppo.update import PPOConfig, ppo_update
 from rlhf_jax.ppo.trainer import KLConfig, ZipBatches, kl_controller, make_ppo_step

@@ -182,21 +182,6 @@ def text_reward_term(name: str, weight: float, tokenizer, fn: Callable[[str, str
     return RewardTerm(name, weight, term)
 
 
-def repetition_fraction(prompt: str, response: str) -> float:
-    """The fraction of the response's words that repeat an earlier word of it (a degeneration
-    penalty for reward terms)."""
-    words = response.split()
-    return 0.0 if not words else 1.0 - len(set(words)) / len(words)
-
-
-def word_count(prompt: str, response: str) -> float:
-    """The number of whitespace-separated words in the response."""
-    return float(len(response.split()))
-
-
-TEXT_TERMS = {"repetition": repetition_fraction, "words": word_count}
-
-
 def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, key, beta, *,
                  config: TransformerConfig, sampling: SamplingConfig, rollout: RolloutConfig,
                  score_fn: Callable, critic_config: TransformerConfig | None = None,
@@ -207,7 +192,8 @@ def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, k
     Three jitted programs — `generate`, `score_responses`, `finish_rollout` — with the host in
     between only when `reward_terms` need it. The score is the (clipped) `score_fn` plus
     Σ weight·term; responses without EOS get `missing_eos_penalty` instead. When `stats` is a
-    dict, the seconds spent generating and scoring and each term's mean are recorded in it
+    dict, the seconds spent generating and scoring, the mean raw score and each term's mean are
+    recorded in it
     (timing synchronises).
     """
     if "policy" not in params:
@@ -225,6 +211,8 @@ def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, k
         params, ref_params, score_params, prompt_tokens, prompt_mask, sample.tokens, sample.mask,
         config=config, critic_config=critic_config, temperature=sampling.temperature,
         score_fn=score_fn, with_values=rollout.advantage == "gae")
+    if stats is not None:
+        stats["score/reward_model"] = float(jnp.mean(scores))
     if rollout.reward_clip > 0:
         scores = jnp.clip(scores, -rollout.reward_clip, rollout.reward_clip)
     if reward_terms:

@@ -11,6 +11,7 @@ from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.train import OptimizerConfig, make_optimizer
 
 CFG = preset("tiny-gpt2", vocab_size=16, hidden_size=32, num_heads=4, max_position_embeddings=32)
+SAMPLING = SamplingConfig(max_new_tokens=4)
 RM_CFG = preset("tiny-llama", vocab_size=16, hidden_size=24, num_heads=2, num_kv_heads=1,
                 intermediate_size=48, max_position_embeddings=32)
 
@@ -31,12 +32,17 @@ def test_critic_from_reward_model_reproduces_reward(num_outputs):
     prompt, pmask = jnp.array([[0, 5, 6], [4, 5, 6]]), jnp.array([[0, 1, 1], [1, 1, 1]])
     resp, rmask = jnp.array([[7, 8, 2, 0], [9, 1, 3, 3]]), jnp.array([[1, 1, 1, 0], [1, 1, 1, 1]])
     values = sequence_values(critic, RM_CFG, prompt, pmask, resp, rmask)
-    for b, n in enumerate([3, 4]):  # V before the last token = reward of the sequence up to it
-        tokens = jnp.concatenate([prompt[b:b + 1], resp[b:b + 1, :n - 1]], 1)
-        mask = jnp.concatenate([pmask[b:b + 1], rmask[b:b + 1, :n - 1]], 1)
-        reward = rm.apply({"params": rp}, tokens, mask).reward
-        want = reward.mean(-1) if num_outputs > 1 else reward
-        np.testing.assert_allclose(values[b, n - 1], want[0], rtol=1e-5, atol=1e-6)
+    # V before response token t = the reward model's reward of the sequence up to token t − 1:
+    # the reward head reads the last unmasked token, so mask out the rest (causal attention
+    # makes the later tokens irrelevant)
+    tokens = jnp.concatenate([prompt, resp], 1)
+    reward = jax.jit(lambda m: rm.apply({"params": rp}, tokens, m).reward)
+    for t in range(4):
+        mask = jnp.concatenate([pmask, rmask * (jnp.arange(4) < t)], 1)
+        want = reward(mask)
+        want = want.mean(-1) if num_outputs > 1 else want
+        np.testing.assert_allclose(values[:, t] * rmask[:, t], want * rmask[:, t], rtol=1e-5,
+                                   atol=1e-6)
     assert (values * (1 - rmask) == 0).all()
 
 
@@ -58,7 +64,7 @@ def test_separate_critic_is_trained_and_values_come_from_it():
     mask = jnp.ones_like(prompts)
     stats = {}
     ro = make_rollout(params, params["policy"], rp, prompts, mask, jax.random.key(2), 0.1,
-                      config=CFG, critic_config=RM_CFG, sampling=SamplingConfig(max_new_tokens=5),
+                      config=CFG, critic_config=RM_CFG, sampling=SAMPLING,
                       rollout=RolloutConfig(), score_fn=reward_model_scorer(RM_CFG), stats=stats)
     want = sequence_values(params["critic"], RM_CFG, prompts, mask, ro.response_tokens,
                            ro.response_mask)
@@ -72,12 +78,16 @@ def test_separate_critic_is_trained_and_values_come_from_it():
     assert metrics["ppo/value_loss"] > 0
 
 
+def _length_score(p, pt, pm, rt, rm):
+    return rm.sum(1) * 0.1
+
+
 def test_ptx_term_is_the_text_nll():
-    params, tx = _setup(critic=False)
-    prompts = jax.random.randint(jax.random.key(1), (4, 3), 0, 16)
+    params, tx = _setup(critic=True)
+    prompts = jax.random.randint(jax.random.key(1), (8, 3), 0, 16)
     ro = make_rollout(params, params["policy"], None, prompts, jnp.ones_like(prompts),
-                      jax.random.key(2), 0.0, config=CFG, sampling=SamplingConfig(max_new_tokens=4),
-                      rollout=RolloutConfig(), score_fn=lambda p, a, b, c, m: m.sum(1) * 0.1)
+                      jax.random.key(2), 0.0, config=CFG, critic_config=RM_CFG, sampling=SAMPLING,
+                      rollout=RolloutConfig(), score_fn=_length_score)
     text = jax.random.randint(jax.random.key(5), (4, 6), 0, 16)
     tmask = jnp.ones_like(text).at[0, :2].set(0)  # a left-padded row
     ptx = {"tokens": text, "mask": tmask}
@@ -85,7 +95,8 @@ def test_ptx_term_is_the_text_nll():
     zero = make_optimizer(OptimizerConfig(learning_rate=0.0, total_steps=10,
                                           schedule="constant"), params)
     _, _, m = ppo_update(jax.tree.map(jnp.copy, params), zero.init(params), ro, jax.random.key(3),
-                         ptx, config=CFG, ppo=PPOConfig(epochs=1, ptx_coef=0.5), tx=zero)
+                         ptx, config=CFG, critic_config=RM_CFG,
+                         ppo=PPOConfig(epochs=1, ptx_coef=0.5), tx=zero)
     # independent reference: float64 NumPy log-softmax of the model's logits, positions whose
     # token and predecessor are real
     logits = np.asarray(DecoderModel(CFG, heads=("lm",)).apply(
@@ -100,18 +111,18 @@ def test_ptx_term_is_the_text_nll():
     np.testing.assert_allclose(m["ppo/ptx_nll"], nll / n, rtol=1e-5)
     with pytest.raises(ValueError, match="ptx_coef=0.5 needs a ptx_batch"):
         ppo_update(params, tx.init(params), ro, jax.random.key(3), config=CFG,
-                   ppo=PPOConfig(ptx_coef=0.5), tx=tx)
+                   critic_config=RM_CFG, ppo=PPOConfig(ptx_coef=0.5), tx=tx)
 
 
 def test_reward_terms_add_with_weights():
-    params, _ = _setup(critic=False)
-    prompts = jax.random.randint(jax.random.key(1), (6, 3), 0, 16)
+    params, _ = _setup(critic=True)
+    prompts = jax.random.randint(jax.random.key(1), (8, 3), 0, 16)
     base = lambda p, pt, pm, rt, rm: jnp.full(rt.shape[0], 0.25)  # noqa: E731
     length = RewardTerm("length", -0.5, lambda p, r, m: m.sum(1).astype(np.float32))
     odd = RewardTerm("odd", 2.0, lambda p, r, m: ((r % 2) * m).sum(1) / m.sum(1))
     stats = {}
     ro = make_rollout(params, params["policy"], None, prompts, jnp.ones_like(prompts),
-                      jax.random.key(4), 0.0, config=CFG, sampling=SamplingConfig(max_new_tokens=4),
+                      jax.random.key(4), 0.0, config=CFG, critic_config=RM_CFG, sampling=SAMPLING,
                       rollout=RolloutConfig(), score_fn=base, reward_terms=(length, odd),
                       stats=stats)
     r, m = np.asarray(ro.response_tokens), np.asarray(ro.response_mask)
@@ -121,5 +132,5 @@ def test_reward_terms_add_with_weights():
     bad = RewardTerm("bad", 1.0, lambda p, r, m: np.zeros(3))
     with pytest.raises(ValueError, match="reward term 'bad' returned shape"):
         make_rollout(params, params["policy"], None, prompts, jnp.ones_like(prompts),
-                     jax.random.key(4), 0.0, config=CFG, sampling=SamplingConfig(max_new_tokens=4),
+                     jax.random.key(4), 0.0, config=CFG, critic_config=RM_CFG, sampling=SAMPLING,
                      rollout=RolloutConfig(), score_fn=base, reward_terms=(bad,))

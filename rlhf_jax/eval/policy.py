@@ -1,0 +1,53 @@
+"""Evaluate a policy: sample responses, judge them by gold and proxy scorers, measure KL."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.models import TransformerConfig
+from rlhf_jax.sampling import SamplingConfig, generate, response_logprobs
+
+
+def _summary(values: np.ndarray) -> dict:
+    """Mean and its standard error."""
+    n = len(values)
+    return {"mean": float(values.mean()),
+            "stderr": float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
+
+
+def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict, key, *,
+                    sampling: SamplingConfig, tokenizer,
+                    gold_fn: Optional[Callable[[str, str], float]] = None,
+                    proxy_fn: Optional[Callable] = None, proxy_params=None) -> dict:
+    """Sample one response per prompt row and judge it.
+
+    Returns per-sample rows (prompt, response, gold, proxy, kl) and summaries (mean ± standard
+    error) of the gold score `gold_fn(prompt, response)` (NaN without one), the proxy (reward-model) score
+    `proxy_fn(proxy_params, prompt_tokens, prompt_mask, response_tokens, response_mask)`, the
+    sequence KL(π ‖ π_ref) estimated by Σ_t log π(y_t) − log π_ref(y_t) over the sampled tokens
+    (k1, at the sampling temperature), the response length and the fraction ending in EOS.
+    """
+    tokens, mask = prompts["tokens"], prompts["mask"]
+    out = generate(params, tokens, mask, key, config=config, sampling=sampling)
+    ref_logp = response_logprobs(ref_params, tokens, mask, out.tokens, out.mask, config=config,
+                                 temperature=sampling.temperature)
+    kl = jnp.sum((out.logprobs - ref_logp) * out.mask, axis=1)
+    proxy = (proxy_fn(proxy_params, tokens, mask, out.tokens, out.mask) if proxy_fn is not None
+             else jnp.full(kl.shape, jnp.nan))
+    host = jax.device_get((tokens, mask, out.tokens, out.mask, kl, proxy, out.ended_with_eos))
+    rows = []
+    for p, pm, r, rm, k, s, eos in zip(*host):
+        prompt = tokenizer.decode(p[pm > 0], skip_special_tokens=True)
+        response = tokenizer.decode(r[rm > 0], skip_special_tokens=True)
+        rows.append({"prompt": prompt, "response": response,
+                     "gold": gold_fn(prompt, response) if gold_fn else float("nan"),
+                     "proxy": float(s), "kl": float(k),
+                     "length": int(rm.sum()), "eos": bool(eos)})
+    column = lambda name: np.array([r[name] for r in rows], np.float64)  # noqa: E731
+    summary = {name: _summary(column(name)) for name in ("gold", "proxy", "kl", "length")}
+    summary["eos_fraction"] = float(column("eos").mean())
+    summary["samples"] = len(rows)
+    return {"summary": summary, "rows": rows}

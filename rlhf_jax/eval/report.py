@@ -1,0 +1,127 @@
+"""The run report: a Markdown page with matplotlib plots, every number read from the run's files.
+
+Inputs (as the pipeline writes them): `reward/metrics.jsonl`, `reward/eval_summary.json`,
+`ppo/metrics.jsonl`, `eval.json` (policy before/after) and `run.json` (settings and stage times).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(rows: list[dict], *keys: str) -> list[list[float]]:
+    """Columns of the rows that have every key (in step order)."""
+    rows = sorted((r for r in rows if all(k in r for k in keys)), key=lambda r: r["step"])
+    return [[r[k] for r in rows] for k in keys]
+
+
+def _plot_reward(rows: list[dict], out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    step, acc = _series(rows, "step", "reward/accuracy")
+    ax.plot(step, acc, alpha=0.4, label="training batches")
+    step, acc = _series(rows, "step", "eval/accuracy")
+    ax.plot(step, acc, "o-", label="held-out comparisons")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
+    ax.set(xlabel="reward-model step", ylabel="accuracy", ylim=(0.3, 1.0),
+           title="Reward model: agreement with the annotators")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _plot_overoptimisation(rows: list[dict], gold_key: str, out: Path) -> None:
+    """Gold and proxy score against KL over PPO iterations (Gao et al. 2022, fig. 1)."""
+    import matplotlib.pyplot as plt
+
+    step, kl, proxy, gold = _series(rows, "step", "kl/sequence", "score/reward_model", gold_key)
+    smooth = lambda x: np.convolve(x, np.ones(5) / 5, mode="valid")  # noqa: E731
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    twin = ax.twinx()
+    ax.scatter(kl, proxy, s=8, alpha=0.35, color="C0")
+    twin.scatter(kl, gold, s=8, alpha=0.35, color="C1", marker="s")
+    if len(kl) >= 5:  # running means over 5 iterations, to read the trend through the noise
+        ax.plot(smooth(kl), smooth(proxy), color="C0", label="proxy (reward model, normalised)")
+        twin.plot(smooth(kl), smooth(gold), color="C1", label=f"gold ({gold_key.split('/')[-1]})")
+    ax.set(xlabel="KL(π ‖ π_ref) per response, nats (per-iteration estimate)",
+           ylabel="proxy score", title="PPO: proxy and gold score against KL")
+    twin.set_ylabel("gold score")
+    lines = ax.get_lines() + twin.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(s: dict) -> str:
+    return f"{s['mean']:.3f} ± {s['stderr']:.3f}"
+
+
+def write_report(run_dir, gold_key: str = "reward_terms/vader") -> Path:
+    """Write `report.md` and its plots into `run_dir`; return the report's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run = Path(run_dir)
+    info = json.loads((run / "run.json").read_text())
+    reward_rows = _jsonl(run / "reward" / "metrics.jsonl")
+    reward_summary = json.loads((run / "reward" / "eval_summary.json").read_text())
+    ppo_rows = _jsonl(run / "ppo" / "metrics.jsonl")
+    ev = json.loads((run / "eval.json").read_text())
+    plots = run / "plots"
+    plots.mkdir(exist_ok=True)
+    _plot_reward(reward_rows, plots / "reward_accuracy.png")
+    _plot_overoptimisation(ppo_rows, gold_key, plots / "gold_proxy_vs_kl.png")
+    before, after = ev["before"]["summary"], ev["after"]["summary"]
+    annot = {k.rsplit("/", 1)[-1]: v for k, v in reward_summary.items()
+             if k.startswith("eval/accuracy_annotator/")}
+    lines = [
+        "# RLHF run report", "",
+        f"Run directory `{run}`, seed {info['seed']}. Stage times (s): " +
+        ", ".join(f"{k} {v:.0f}" for k, v in info["stage_seconds"].items()) +
+        f"; total {sum(info['stage_seconds'].values()):.0f} s.", "",
+        "## Reward model", "",
+        (f"Trained on the comparisons in `{info['preference_file']}`. "
+         if "preference_file" in info else
+         f"Trained on {info['comparisons']} comparisons of SFT samples by simulated annotators "
+         f"(gold judge: {info['gold']}, Bradley–Terry temperatures "
+         f"{info['annotator_temperatures']}). ") +
+        f"Held-out accuracy **{reward_summary['eval/accuracy']:.3f}** on "
+        f"{int(reward_summary['eval/pairs'])} pairs (chance 0.5); loss "
+        f"{reward_summary['eval/loss']:.3f}, ECE {reward_summary['eval/ece']:.3f}. Per "
+        "annotator: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(annot.items())) + "." +
+        (f" The gold judge itself sides with {info['gold_label_agreement']:.3f} of all labels "
+         "(ties count half): the noisy annotators cap what any reward model can reach."
+         if "gold_label_agreement" in info else ""), "",
+        "![reward accuracy](plots/reward_accuracy.png)", "",
+        "## Policy before and after PPO", "",
+        f"{before['samples']} samples each (mean ± standard error), KL to the reference "
+        "(the SFT policy) in nats per response.", "",
+        "| policy | gold | proxy (reward model) | KL | length | ends with EOS |",
+        "|---|---|---|---|---|---|",
+        f"| before (SFT) | {_fmt(before['gold'])} | {_fmt(before['proxy'])} | "
+        f"{_fmt(before['kl'])} | {before['length']['mean']:.1f} | {before['eos_fraction']:.2f} |",
+        f"| after PPO | {_fmt(after['gold'])} | {_fmt(after['proxy'])} | {_fmt(after['kl'])} | "
+        f"{after['length']['mean']:.1f} | {after['eos_fraction']:.2f} |", "",
+        f"Gold improvement: **{after['gold']['mean'] - before['gold']['mean']:+.3f}**.", "",
+        "![gold and proxy vs KL](plots/gold_proxy_vs_kl.png)", "",
+        "Where the proxy keeps rising while the gold score flattens or falls, the policy is "
+        "exploiting the reward model rather than pleasing the judge (Gao et al. 2022).", "",
+        "## Samples", ""]
+    for name, part in (("before (SFT)", ev["before"]), ("after PPO", ev["after"])):
+        lines += [f"### {name}", "", "| prompt | response | gold | proxy |", "|---|---|---|---|"]
+        for r in part["rows"][:info.get("report_samples", 8)]:
+            resp = r["response"].replace("|", "\\|") or "(empty)"
+            lines.append(f"| {r['prompt']} | {resp} | {r['gold']:.3f} | {r['proxy']:.3f} |")
+        lines.append("")
+    path = run / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,38 @@
+"""Text scorers: a packaged sentiment judge (VADER) and simple degeneration measures.
+
+Each scorer is `fn(prompt, response) -> float`, usable as a PPO reward term
+(`ppo.text_reward_term`), a monitored quantity, or the gold judge of simulated annotators.
+"""
+from __future__ import annotations
+
+import functools
+
+
+@functools.lru_cache(maxsize=1)
+def _vader():
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError as e:  # a declared dependency; only a broken install gets here
+        raise ImportError("the VADER judge needs the vaderSentiment package "
+                          "(`pip install vaderSentiment`)") from e
+    return SentimentIntensityAnalyzer()
+
+
+def vader_compound(prompt: str, response: str) -> float:
+    """VADER's compound sentiment of the response in [−1, 1] (Hutto & Gilbert 2014): a rule-
+    and lexicon-based judge this project did not write."""
+    return float(_vader().polarity_scores(response)["compound"])
+
+
+def repetition_fraction(prompt: str, response: str) -> float:
+    """The fraction of the response's words that repeat an earlier word of it."""
+    words = response.split()
+    return 0.0 if not words else 1.0 - len(set(words)) / len(words)
+
+
+def word_count(prompt: str, response: str) -> float:
+    """The number of whitespace-separated words in the response."""
+    return float(len(response.split()))
+
+
+TEXT_TERMS = {"vader": vader_compound, "repetition": repetition_fraction, "words": word_count}

@@ -1,0 +1,91 @@
+"""Scorers, simulated annotators, policy evaluation and the report."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax import data
+from rlhf_jax.eval import evaluate_policy, repetition_fraction, vader_compound, word_count
+from rlhf_jax.eval.report import write_report
+from rlhf_jax.models import DecoderModel, init_params, preset
+from rlhf_jax.sampling import SamplingConfig
+
+
+def test_text_scorers():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    text = "the food was wonderful and very good"
+    assert vader_compound("p", text) == SentimentIntensityAnalyzer().polarity_scores(text)[
+        "compound"] > 0.5
+    assert vader_compound("p", "awful and boring") < -0.3
+    assert repetition_fraction("", "good good good bad") == pytest.approx(0.5)
+    assert repetition_fraction("", "") == 0.0 and word_count("", "a b  c") == 3.0
+
+
+def test_simulated_annotators_follow_bradley_terry():
+    gold = {"x": 1.0, "y": 0.0}
+    pairs = [("p", "x", "y")] * 4000
+    recs = data.builtin.simulate_annotators(pairs, lambda p, r: gold[r],
+                                            temperatures=(0.25, 1.0, 4.0), seed=3)
+    for who, temp in enumerate((0.25, 1.0, 4.0)):
+        mine = [r for r in recs if r["annotator_id"] == f"annotator_{who}"]
+        frac = np.mean([r["chosen"] == "x" for r in mine])
+        want = 1 / (1 + np.exp(-1.0 / temp))
+        se = np.sqrt(want * (1 - want) / len(mine))
+        assert abs(frac - want) < 4 * se, (who, frac, want)
+
+
+def test_evaluate_policy_gold_proxy_and_kl():
+    cfg = preset("tiny-gpt2", vocab_size=32, hidden_size=32, num_heads=4)
+    params = init_params(DecoderModel(cfg), jax.random.key(0))
+    other = init_params(DecoderModel(cfg), jax.random.key(1))
+
+    class Tok:  # decodes ids as letters
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(chr(97 + int(i) % 26) for i in ids)
+
+    prompts = {"tokens": jnp.array([[3, 4, 5]] * 6), "mask": jnp.ones((6, 3), jnp.int32)}
+    proxy = lambda p, pt, pm, rt, rm: rm.sum(1) * 0.5  # noqa: E731
+    kw = dict(sampling=SamplingConfig(max_new_tokens=5), tokenizer=Tok(),
+              gold_fn=lambda p, r: float(r.count("a")), proxy_fn=proxy)
+    same = evaluate_policy(params, params, cfg, prompts, jax.random.key(2), **kw)
+    assert same["summary"]["kl"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    assert same["summary"]["samples"] == 6
+    for row in same["rows"]:
+        assert row["gold"] == row["response"].count("a") and row["proxy"] == 2.5
+    diff = evaluate_policy(params, other, cfg, prompts, jax.random.key(2), **kw)
+    # the same key draws the same responses from the same policy; only the reference differs
+    assert [r["response"] for r in diff["rows"]] == [r["response"] for r in same["rows"]]
+    assert diff["summary"]["kl"]["mean"] != pytest.approx(0.0, abs=1e-3)
+
+
+def test_report_from_run_files(tmp_path):
+    run = tmp_path
+    (run / "reward").mkdir()
+    (run / "ppo").mkdir()
+    rows = [{"step": s, "reward/accuracy": 0.5 + s / 100} for s in range(1, 21)]
+    rows += [{"step": 10, "eval/accuracy": 0.61}, {"step": 20, "eval/accuracy": 0.73}]
+    (run / "reward" / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    (run / "reward" / "eval_summary.json").write_text(json.dumps({
+        "eval/accuracy": 0.734, "eval/pairs": 50, "eval/loss": 0.5, "eval/ece": 0.05,
+        "eval/accuracy_annotator/annotator_0": 0.9}))
+    (run / "ppo" / "metrics.jsonl").write_text("\n".join(json.dumps(
+        {"step": s, "kl/sequence": s * 0.1, "score/reward_model": s * 0.2,
+         "reward_terms/vader": s * 0.01}) for s in range(1, 11)))
+    summ = lambda m: {"gold": {"mean": m, "stderr": 0.01}, "proxy": {"mean": m, "stderr": 0.1},  # noqa: E731
+                      "kl": {"mean": m, "stderr": 0.1}, "length": {"mean": 5.0, "stderr": 0},
+                      "eos_fraction": 1.0, "samples": 2}
+    sample = [{"prompt": "p", "response": "a|b", "gold": 0.5, "proxy": 1.0}]
+    (run / "eval.json").write_text(json.dumps({"before": {"summary": summ(0.125), "rows": sample},
+                                               "after": {"summary": summ(0.875), "rows": sample}}))
+    (run / "run.json").write_text(json.dumps({"seed": 0, "stage_seconds": {"sft": 1.0},
+                                              "comparisons": 100, "gold": "vader",
+                                              "annotator_temperatures": "1",
+                                              "gold_label_agreement": 0.8}))
+    text = write_report(run).read_text()
+    assert "Held-out accuracy **0.734**" in text and "+0.750" in text
+    assert "| before (SFT) | 0.125 ± 0.010" in text and "a\\|b" in text
+    assert (run / "plots" / "reward_accuracy.png").stat().st_size > 1000
+    assert (run / "plots" / "gold_proxy_vs_kl.png").stat().st_size > 1000
