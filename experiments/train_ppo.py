@@ -30,6 +30,21 @@ def write_samples(path, models_, params, prompts, key, sampling, gold_fn=None):
     return result["summary"]
 
 
+def stop_ids(tokenizer, spec: str) -> tuple:
+    """Vocabulary ids of the comma-separated stop tokens (each must be a single token)."""
+    ids = []
+    for text in filter(None, spec.split(",")):
+        found = tokenizer(text, add_special_tokens=False)["input_ids"]
+        token = tokenizer.convert_tokens_to_ids(text)
+        if token is None or token == tokenizer.unk_token_id:
+            token = found[0] if len(found) == 1 else None
+        if token is None:
+            raise train.ConfigError(f"stop_tokens: {text!r} is not one token of the vocabulary "
+                                    f"(it tokenises to {found})")
+        ids.append(int(token))
+    return tuple(ids)
+
+
 def check_batch_sizes(cfg, mesh):
     """Batch sizes must split over the mesh's batch axes, the processes and the minibatches."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -77,7 +92,8 @@ def main(argv):
         ptx_batches = data.prompt_batches(ptx_ds.splits["train"],
                                           cfg.ptx.batch_size // jax.process_count(),
                                           pad_id=pad_id, seed=cfg.seed + 1)
-    eos = () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
+    eos = (() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)) + stop_ids(
+        tokenizer, cfg.stop_tokens)
     sampling = SamplingConfig(eos_token_ids=eos, pad_token_id=pad_id, **cfg.sampling)
     rollout = ppo.RolloutConfig(**cfg.rollout)
     ppo_cfg = ppo.PPOConfig(temperature=sampling.temperature, **cfg.ppo)

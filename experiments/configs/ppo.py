@@ -14,6 +14,9 @@ def get_config() -> ConfigDict:
     c.sharding = "fsdp"
     c.prompts = ConfigDict(dict(file="", max_prompt_len=8, on_error="raise"))
     c.sampling = ConfigDict(dict(max_new_tokens=10, temperature=1.0, top_k=0, top_p=1.0))
+    # extra tokens that end a response like EOS (comma-separated, each one vocabulary token,
+    # e.g. "." or "\n"): the response is truncated after the first one
+    c.stop_tokens = ""
     c.rollout = ConfigDict(dict(gamma=1.0, lam=0.95, kl_estimator="k1", missing_eos_penalty=-1.0,
                                 whiten_rewards=False, whiten_advantages=True, reward_clip=0.0,
                                 advantage="gae", group_size=1))

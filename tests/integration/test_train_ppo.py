@@ -66,10 +66,22 @@ def test_shared_value_head_rloo_ptx_and_text_terms(tmp_path, reward_dir):
     rows = _ppo(tmp_path / "v", reward_dir, "--config.steps=2", "--config.critic=shared",
                 "--config.rollout.advantage=rloo", "--config.rollout.group_size=2",
                 "--config.ppo.ptx_coef=0.1", "--config.ptx.batch_size=8",
-                "--config.reward_terms.repetition=-1.0")
+                "--config.reward_terms.repetition=-1.0", "--config.stop_tokens=good")
     last = rows[-1]
     assert last["step"] == 2 and np.isfinite(last["ppo/ptx_nll"]) and last["ppo/ptx_nll"] > 0
     assert 0 <= last["reward_terms/repetition"] <= 1
+
+
+def test_stop_tokens_resolve_to_single_vocabulary_ids(reward_dir):
+    from rlhf_jax.models import load_tokenizer
+    from rlhf_jax.train import ConfigError
+    tok = load_tokenizer(reward_dir)
+    stop_ids = _script("train_ppo").stop_ids
+    assert stop_ids(tok, "") == ()
+    ids = stop_ids(tok, "good,bad")
+    assert [tok.decode([i]).strip() for i in ids] == ["good", "bad"]
+    with pytest.raises(ConfigError, match="'wonderful good' is not one token"):
+        stop_ids(tok, "wonderful good")
 
 
 def test_batch_size_must_split_over_the_mesh(tmp_path, reward_dir):

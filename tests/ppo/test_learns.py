@@ -89,10 +89,10 @@ def test_critic_free_modes_learn(advantage):
     for it in range(20):
         key = jax.random.fold_in(jax.random.key(1), it)
         ro = make_rollout(params, ref, None, prompts, jnp.ones_like(prompts), key,
-                          jnp.float32(0.02), config=CONFIG,
+                          jnp.float32(0.0), config=CONFIG,  # β = 0: no leash
                           sampling=SamplingConfig(max_new_tokens=8), rollout=cfg,
                           score_fn=target_fraction)
-        m = rollout_metrics(ro, 0.02)
+        m = rollout_metrics(ro, 0.0)
         assert float(m["response/length"]) == 8 and float(m["response/eos_fraction"]) == 0
         params, opt_state, _ = ppo_update(params, opt_state, ro, key, config=CONFIG,
                                           ppo=PPOConfig(num_minibatches=2), tx=tx)
