@@ -135,7 +135,7 @@ def main():
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=24)
     p.add_argument("--minibatches", type=int, default=2)
-    p.add_argument("--iterations", type=int, default=6)
+    p.add_argument("--iterations", type=int, default=12)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
