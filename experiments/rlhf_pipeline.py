@@ -50,19 +50,23 @@ def prompt_texts(cfg, n):
 def encode(tokenizer, texts, length):
     counts = {"prompts_truncated": 0}
     rows = np.stack([data.preference.encode_prompt(tokenizer, t, length, counts) for t in texts])
-    return {"tokens": np.where(rows < 0, tokenizer.pad_token_id or 0, rows),
-            "mask": (rows >= 0).astype(np.int32)}
+    return data.prompt_arrays(rows, tokenizer.pad_token_id or 0)
+
+
+def sampling_for(tok, cfg):
+    eos = () if tok.eos_token_id is None else (tok.eos_token_id,)
+    return SamplingConfig(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id or 0,
+                          eos_token_ids=eos)
 
 
 def sample_comparisons(cfg, policy_dir, gold_fn, path):
     """Pairs of SFT samples for each prompt, labelled by the simulated annotators."""
     config, params = models.load_hf_checkpoint(policy_dir)
     tok = models.load_tokenizer(policy_dir, config)
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id
-                              or 0, eos_token_ids=(tok.eos_token_id,))
-    pairs, key = [], jax.random.key(cfg.seed + 100)
+    sampling = sampling_for(tok, cfg)
+    pairs, key, all_texts = [], jax.random.key(cfg.seed + 100), prompt_texts(cfg, cfg.comparisons)
     for chunk in range(0, cfg.comparisons, 250):
-        texts = prompt_texts(cfg, cfg.comparisons)[chunk:chunk + 250]
+        texts = all_texts[chunk:chunk + 250]
         batch = encode(tok, [t for t in texts for _ in (0, 1)], cfg.max_prompt_len)
         out = generate(params, batch["tokens"], batch["mask"], jax.random.fold_in(key, chunk),
                        config=config, sampling=sampling)
@@ -85,11 +89,8 @@ def evaluate(cfg, ref_dir, policy_dir, reward_dir, gold_fn):
     rm_config, rm_params, _ = reward.load_reward_model(reward_dir)
     tok = models.load_tokenizer(ref_dir, config)
     prompts = encode(tok, prompt_texts(cfg, cfg.eval_samples), cfg.max_prompt_len)
-    kw = dict(sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens,
-                                      pad_token_id=tok.pad_token_id or 0,
-                                      eos_token_ids=(tok.eos_token_id,)),
-              tokenizer=tok, gold_fn=gold_fn, proxy_fn=ppo.reward_model_scorer(rm_config),
-              proxy_params=rm_params)
+    kw = dict(sampling=sampling_for(tok, cfg), tokenizer=tok, gold_fn=gold_fn,
+              proxy_fn=ppo.reward_model_scorer(rm_config), proxy_params=rm_params)
     key = jax.random.key(cfg.seed + 200)
     return {name: rl_eval.evaluate_policy(p, ref, config, prompts, key, **kw)
             for name, p in (("before", ref), ("after", after))}

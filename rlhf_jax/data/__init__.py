@@ -2,7 +2,8 @@
 from rlhf_jax.data.preference import (PreferenceBatch, PreferenceDataset,
                                       build_preference_dataset, preference_batches,
                                       tokenize_record)
-from rlhf_jax.data.prompts import PromptDataset, build_prompt_dataset, prompt_batches
+from rlhf_jax.data.prompts import (PromptDataset, build_prompt_dataset, prompt_arrays,
+                                   prompt_batches)
 from rlhf_jax.data.records import (DataFormatError, RecordStats, iter_raw_records, read_records,
                                    split_dialogue)
 from rlhf_jax.data import builtin

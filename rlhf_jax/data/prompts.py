@@ -79,8 +79,8 @@ def build_prompt_dataset(path, tokenizer, out_dir, *, max_prompt_len: int,
                          max_prompt_len=max_prompt_len)
 
 
-def _to_prompt_row(example: dict, pad_id: int) -> dict:
-    prompt = example["prompt"]
+def prompt_arrays(prompt: np.ndarray, pad_id: int) -> dict:
+    """Stored prompt ids (PAD = −1, any leading shape) → {"tokens", "mask"} for the model."""
     return {"tokens": np.where(prompt == PAD, pad_id, prompt).astype(np.int32),
             "mask": (prompt != PAD).astype(np.int32)}
 
@@ -96,6 +96,6 @@ def prompt_batches(source, batch_size: int, *, pad_id: int = 0, seed: int = 0,
         raise ValueError(f"{len(ds)} prompts per process is fewer than batch_size={batch_size}")
     if shuffle:
         ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs).map(lambda ex: _to_prompt_row(ex, pad_id))
+    ds = ds.repeat(num_epochs).map(lambda ex: prompt_arrays(ex["prompt"], pad_id))
     ds = ds.batch(batch_size, drop_remainder=True)
     return iter(ds.to_iter_dataset())

@@ -159,9 +159,9 @@ def finish_rollout(sample: SampleOutput, prompt_tokens, prompt_mask, ref_logprob
 
 @dataclasses.dataclass(frozen=True)
 class RewardTerm:
-    """An extra reward term added to the score with a weight: `fn(prompt_tokens,
-    response_tokens, response_mask) -> [B]` runs on the host (NumPy arrays), so it may decode
-    text (see `text_reward_term`)."""
+    """An extra reward term added to the score with a weight: `fn(prompt_tokens, prompt_mask,
+    response_tokens, response_mask) -> [B]` (the signature of a score_fn) runs on the host on
+    NumPy arrays, so it may decode text (see `text_reward_term`)."""
 
     name: str
     weight: float
@@ -172,11 +172,11 @@ def text_reward_term(name: str, weight: float, tokenizer, fn: Callable[[str, str
     """A `RewardTerm` from a function of (prompt text, response text), e.g. a length or
     repetition penalty, or a classifier outside JAX."""
 
-    def term(prompt_tokens, response_tokens, response_mask):
+    def term(prompt_tokens, prompt_mask, response_tokens, response_mask):
         out = []
-        for p, r, m in zip(prompt_tokens, response_tokens, response_mask):
-            out.append(fn(tokenizer.decode(p, skip_special_tokens=True),
-                          tokenizer.decode(r[m > 0], skip_special_tokens=True)))
+        for p, pm, r, rm in zip(prompt_tokens, prompt_mask, response_tokens, response_mask):
+            out.append(fn(tokenizer.decode(p[pm > 0], skip_special_tokens=True),
+                          tokenizer.decode(r[rm > 0], skip_special_tokens=True)))
         return np.asarray(out, np.float32)
 
     return RewardTerm(name, weight, term)
@@ -193,8 +193,7 @@ def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, k
     between only when `reward_terms` need it. The score is the (clipped) `score_fn` plus
     Σ weight·term; responses without EOS get `missing_eos_penalty` instead. When `stats` is a
     dict, the seconds spent generating and scoring, the mean raw score and each term's mean are
-    recorded in it
-    (timing synchronises).
+    recorded in it (timing synchronises).
     """
     if "policy" not in params:
         raise ValueError("params must be {'policy': ...} or {'policy': ..., 'critic': ...}; got "
@@ -216,7 +215,7 @@ def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, k
     if rollout.reward_clip > 0:
         scores = jnp.clip(scores, -rollout.reward_clip, rollout.reward_clip)
     if reward_terms:
-        host = jax.device_get((prompt_tokens, sample.tokens, sample.mask))
+        host = jax.device_get((prompt_tokens, prompt_mask, sample.tokens, sample.mask))
         total = np.asarray(scores, np.float32)
         for term in reward_terms:
             value = np.asarray(term.fn(*host), np.float32)

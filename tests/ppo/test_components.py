@@ -118,8 +118,8 @@ def test_reward_terms_add_with_weights():
     params, _ = _setup(critic=True)
     prompts = jax.random.randint(jax.random.key(1), (8, 3), 0, 16)
     base = lambda p, pt, pm, rt, rm: jnp.full(rt.shape[0], 0.25)  # noqa: E731
-    length = RewardTerm("length", -0.5, lambda p, r, m: m.sum(1).astype(np.float32))
-    odd = RewardTerm("odd", 2.0, lambda p, r, m: ((r % 2) * m).sum(1) / m.sum(1))
+    length = RewardTerm("length", -0.5, lambda p, pm, r, m: m.sum(1).astype(np.float32))
+    odd = RewardTerm("odd", 2.0, lambda p, pm, r, m: ((r % 2) * m).sum(1) / m.sum(1))
     stats = {}
     ro = make_rollout(params, params["policy"], None, prompts, jnp.ones_like(prompts),
                       jax.random.key(4), 0.0, config=CFG, critic_config=RM_CFG, sampling=SAMPLING,
@@ -129,7 +129,7 @@ def test_reward_terms_add_with_weights():
     want = 0.25 - 0.5 * m.sum(1) + 2.0 * ((r % 2) * m).sum(1) / m.sum(1)
     np.testing.assert_allclose(ro.scores, want, rtol=1e-6)
     assert stats["reward_terms/length"] == pytest.approx(m.sum(1).mean())
-    bad = RewardTerm("bad", 1.0, lambda p, r, m: np.zeros(3))
+    bad = RewardTerm("bad", 1.0, lambda p, pm, r, m: np.zeros(3))
     with pytest.raises(ValueError, match="reward term 'bad' returned shape"):
         make_rollout(params, params["policy"], None, prompts, jnp.ones_like(prompts),
                      jax.random.key(4), 0.0, config=CFG, critic_config=RM_CFG, sampling=SAMPLING,
