@@ -8,7 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.models import TransformerConfig
-from rlhf_jax.sampling import SamplingConfig, generate, response_logprobs
+from rlhf_jax.ppo.rollout import score_responses
+from rlhf_jax.sampling import SamplingConfig, generate
+
+
+def _no_proxy(params, prompt_tokens, prompt_mask, response_tokens, response_mask):
+    return jnp.full(response_tokens.shape[:1], jnp.nan)
 
 
 def _summary(values: np.ndarray) -> dict:
@@ -25,18 +30,19 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
     """Sample one response per prompt row and judge it.
 
     Returns per-sample rows (prompt, response, gold, proxy, kl) and summaries (mean ± standard
-    error) of the gold score `gold_fn(prompt, response)` (NaN without one), the proxy (reward-model) score
-    `proxy_fn(proxy_params, prompt_tokens, prompt_mask, response_tokens, response_mask)`, the
+    error) of the gold score `gold_fn(prompt, response)` (NaN without one), the proxy
+    (reward-model) score `proxy_fn(proxy_params, prompt_tokens, prompt_mask, response_tokens, response_mask)`, the
     sequence KL(π ‖ π_ref) estimated by Σ_t log π(y_t) − log π_ref(y_t) over the sampled tokens
     (k1, at the sampling temperature), the response length and the fraction ending in EOS.
     """
     tokens, mask = prompts["tokens"], prompts["mask"]
     out = generate(params, tokens, mask, key, config=config, sampling=sampling)
-    ref_logp = response_logprobs(ref_params, tokens, mask, out.tokens, out.mask, config=config,
-                                 temperature=sampling.temperature)
+    # reference log-probs and proxy scores in one compiled program, as in a rollout
+    ref_logp, _, proxy = score_responses(
+        {"policy": params}, ref_params, proxy_params, tokens, mask, out.tokens, out.mask,
+        config=config, critic_config=None, temperature=sampling.temperature,
+        score_fn=proxy_fn or _no_proxy, with_values=False)
     kl = jnp.sum((out.logprobs - ref_logp) * out.mask, axis=1)
-    proxy = (proxy_fn(proxy_params, tokens, mask, out.tokens, out.mask) if proxy_fn is not None
-             else jnp.full(kl.shape, jnp.nan))
     host = jax.device_get((tokens, mask, out.tokens, out.mask, kl, proxy, out.ended_with_eos))
     rows = []
     for p, pm, r, rm, k, s, eos in zip(*host):

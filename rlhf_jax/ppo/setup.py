@@ -11,6 +11,7 @@ from rlhf_jax import models, sharding
 from rlhf_jax.models import CheckpointFormatError, TransformerConfig
 from rlhf_jax.ppo.rollout import critic_from_reward_model
 from rlhf_jax.reward import load_reward_model
+from rlhf_jax.train.config import ConfigError
 from rlhf_jax.train.setup import load_or_init_model
 
 
@@ -38,7 +39,7 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
     the policy; the critic initialised from the reward model (`critic="reward"`) or a value head
     on the policy (`critic="shared"`). The two tokenizers must agree."""
     if critic not in ("reward", "shared"):
-        raise ValueError(f"critic={critic!r}: expected 'reward' or 'shared'")
+        raise ConfigError(f"critic={critic!r}: expected 'reward' or 'shared'")
     if not os.path.isdir(reward_dir):
         raise CheckpointFormatError(
             f"reward_dir={str(reward_dir)!r} does not exist; train one first with "
