@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from _common import matmul_peak_flops, report, time_fn
-from rlhf_jax.models import DecoderModel, init_params, preset
+from rlhf_jax.models import DecoderModel, config_to_hf, init_params, preset
 
 
 def forward_flops(cfg, batch: int, length: int) -> float:
@@ -42,7 +42,7 @@ def main():
 
     import torch
     import transformers
-    hf = transformers.GPT2LMHeadModel(cfg.to_hf()).float().eval()
+    hf = transformers.GPT2LMHeadModel(config_to_hf(cfg)).float().eval()
     ids = torch.from_numpy(tokens.astype(np.int64))
     with torch.inference_mode():
         peer_s = time_fn(lambda: hf(input_ids=ids).logits, repeats=args.repeats)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from _common import report, time_fn
-from rlhf_jax.models import DecoderModel, init_params, preset
+from rlhf_jax.models import DecoderModel, config_to_hf, init_params, preset
 from rlhf_jax.sampling import SamplingConfig, generate, kv_cache_bytes
 
 
@@ -59,7 +59,7 @@ def main():
 
     import torch
     import transformers
-    hf = transformers.GPT2LMHeadModel(cfg.to_hf()).float().eval()
+    hf = transformers.GPT2LMHeadModel(config_to_hf(cfg)).float().eval()
     ids, am = torch.from_numpy(prompts.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
 
     def peer():

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from _common import report
-from rlhf_jax import data, models, ppo, train
+from rlhf_jax import data, models, ppo, reward, train
 from rlhf_jax.sampling import SamplingConfig
 
 
@@ -63,7 +63,7 @@ def ours(directory, tok, prompts, args, advantage):
     params = {"policy": policy}
     critic_config = None
     if advantage == "gae":
-        params["critic"] = jax.tree.map(jnp.copy, ppo.critic_from_reward_model(rm_params))
+        params["critic"] = jax.tree.map(jnp.copy, reward.critic_from_reward_model(rm_params))
         critic_config = rm_config
     ref = jax.tree.map(jnp.copy, policy)
     k = args.samples
@@ -75,7 +75,7 @@ def ours(directory, tok, prompts, args, advantage):
     state = train.create_train_state(params, tx, 0, helpers={"kl": ppo.fixed_kl_init(args.beta)})
     step = ppo.make_ppo_step(
         config=config, ref_params=ref, score_params=rm_params,
-        score_fn=ppo.reward_model_scorer(rm_config),
+        score_fn=reward.reward_model_scorer(rm_config),
         sampling=SamplingConfig(max_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id),
         rollout=rollout, ppo=ppo.PPOConfig(epochs=1, num_minibatches=args.minibatches), tx=tx,
         kl_update=ppo.fixed_kl_update, critic_config=critic_config)

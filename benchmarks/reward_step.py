@@ -15,7 +15,7 @@ import numpy as np
 
 from _common import matmul_peak_flops, report, time_fn
 from rlhf_jax.data import PreferenceBatch
-from rlhf_jax.models import DecoderModel, init_params, preset
+from rlhf_jax.models import DecoderModel, config_to_hf, init_params, preset
 from rlhf_jax.reward import RewardLossConfig, make_reward_loss
 from rlhf_jax.train import OptimizerConfig, create_train_state, make_optimizer, make_train_step
 
@@ -54,7 +54,7 @@ def peer_seconds(cfg, tokens, repeats):
     import transformers
     from trl import RewardConfig, RewardTrainer
 
-    hf_cfg = cfg.to_hf()
+    hf_cfg = config_to_hf(cfg)
     hf_cfg.num_labels, hf_cfg.pad_token_id = 1, cfg.vocab_size - 1
     model = transformers.GPT2ForSequenceClassification(hf_cfg).float()
     from tokenizers import Tokenizer, models

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import losses, sharding, train
-from rlhf_jax.train.setup import load_or_init_model
+from rlhf_jax.models import load_or_init_model
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "inspect_model.py")
 
@@ -42,7 +42,7 @@ def main(argv):
     def next_token_nll(params, tokens, mask):
         logits = model.apply({"params": params}, tokens, mask).logits
         # a target is a real token that follows a real token
-        total, count = losses.next_token_nll_sum(logits, tokens, mask * jnp.roll(mask, 1, axis=1))
+        total, count = losses.next_token_nll_sum(logits, tokens, losses.next_token_targets(mask))
         return total / jnp.maximum(count, 1)
 
     with sharding.activation_sharding(mesh, rules):

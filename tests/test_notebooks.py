@@ -5,6 +5,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -18,6 +20,7 @@ def test_notebook_executes(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                      for o in c.get("outputs", []))
-    assert "learned temperatures" in outputs or path.name != "annotator_aware_reward_loss.ipynb"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    # a notebook checks its own result: execution above fails on any failed assertion
+    assert any("assert " in c.source for c in code), f"{path.name} asserts nothing"
+    assert all(c.get("execution_count") for c in code), "a code cell did not run"

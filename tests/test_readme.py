@@ -2,6 +2,10 @@
 import pathlib
 import re
 
+import pytest
+
+pytestmark = pytest.mark.slow  # it trains a reward model and runs PPO through the stages
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -16,3 +20,8 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     assert "(2, 6, 256)" in out and "(2, 8)" in out
     assert namespace["sample"].mask.shape == (2, 8)
     assert (tmp_path / "tiny_llama_hf" / "model.safetensors").is_file()
+    # the stages example: a reward model exported and PPO run against it
+    assert namespace["result"].step == 20 and not namespace["result"].preempted
+    assert (tmp_path / "runs" / "readme_rm" / "export" / "reward_head.safetensors").is_file()
+    assert (tmp_path / "runs" / "readme_ppo" / "export" / "model.safetensors").is_file()
+    assert "\n2\n" in out

@@ -1,4 +1,5 @@
-"""Config for experiments/inspect_model.py: load (or build) a model, shard it, run a forward pass."""
+"""Config for experiments/inspect_model.py: load (or build) a model, shard it, run a forward
+pass."""
 from ml_collections import ConfigDict
 
 

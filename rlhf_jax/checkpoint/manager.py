@@ -26,7 +26,7 @@ class CheckpointConfig:
     `best_mode`) among saves that reported it.
     """
 
-    directory: str
+    directory: str = ""  # empty: not set yet (the stages fill in their run layout's)
     save_every: int = 100
     keep_last: int = 3
     keep_best: int = 0
@@ -64,6 +64,8 @@ class Checkpointer:
     """Saves and restores runs through an Orbax `CheckpointManager` (collective on multi-host)."""
 
     def __init__(self, cfg: CheckpointConfig):
+        if not cfg.directory:
+            raise ValueError("CheckpointConfig.directory is empty: where should checkpoints go?")
         self.cfg = cfg
         self.directory = Path(cfg.directory).absolute()
         keep = [policies.LatestN(cfg.keep_last)]

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from flax import struct
 
-from rlhf_jax.data.records import read_records
+from rlhf_jax.data.records import normalise_rating, read_records
 
 PAD = -1  # stored padding; replaced by pad_token_id when batching
 
@@ -158,8 +158,7 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
             rows.append({"prompt": prompt, "responses": responses,
                          "ranks": np.asarray(rec["ranks"], np.int32),
                          "rating": np.float32(0.0 if rating is None else
-                                              2 * (rating - rating_range[0]) /
-                                              (rating_range[1] - rating_range[0]) - 1),
+                                              normalise_rating(rating, *rating_range)),
                          "has_rating": np.int32(rating is not None),
                          "annotator": np.int32(index.get(rec["annotator_id"], -1)),
                          "rationale": rec["rationale"]})

@@ -147,6 +147,11 @@ def _validate(rec: Any, kind: str, where: str, rating_range) -> dict:
             **extra}
 
 
+def normalise_rating(rating, low: float, high: float):
+    """Map a rating from its declared range [low, high] onto [−1, 1]."""
+    return 2.0 * (rating - low) / (high - low) - 1.0
+
+
 def read_records(path, kind: str, *, on_error: str = "raise",
                  rating_range: Optional[tuple[float, float]] = None) -> tuple[list[dict], RecordStats]:
     """Validated records in a common form: prompt, responses, ranks (+ rating, annotator, rationale).

@@ -1,19 +1,26 @@
 """Evaluate a policy: sample responses, judge them by gold and proxy scorers, measure KL."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.models import TransformerConfig
-from rlhf_jax.ppo.rollout import score_responses
+from rlhf_jax.models import TransformerConfig, response_logprobs
 from rlhf_jax.sampling import SamplingConfig, generate
 
 
 def _no_proxy(params, prompt_tokens, prompt_mask, response_tokens, response_mask):
     return jnp.full(response_tokens.shape[:1], jnp.nan)
+
+
+@partial(jax.jit, static_argnames=("config", "temperature", "proxy_fn"))
+def _judge(ref_params, proxy_params, *seq, config, temperature, proxy_fn):
+    """Reference log-probs and proxy scores of sampled responses, in one compiled program."""
+    return (response_logprobs(ref_params, *seq, config=config, temperature=temperature),
+            proxy_fn(proxy_params, *seq))
 
 
 def _summary(values: np.ndarray) -> dict:
@@ -37,11 +44,9 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
     """
     tokens, mask = prompts["tokens"], prompts["mask"]
     out = generate(params, tokens, mask, key, config=config, sampling=sampling)
-    # reference log-probs and proxy scores in one compiled program, as in a rollout
-    ref_logp, _, proxy = score_responses(
-        {"policy": params}, ref_params, proxy_params, tokens, mask, out.tokens, out.mask,
-        config=config, critic_config=None, temperature=sampling.temperature,
-        score_fn=proxy_fn or _no_proxy, with_values=False)
+    ref_logp, proxy = _judge(ref_params, proxy_params, tokens, mask, out.tokens, out.mask,
+                             config=config, temperature=sampling.temperature,
+                             proxy_fn=proxy_fn or _no_proxy)
     kl = jnp.sum((out.logprobs - ref_logp) * out.mask, axis=1)
     host = jax.device_get((tokens, mask, out.tokens, out.mask, kl, proxy, out.ended_with_eos))
     rows = []

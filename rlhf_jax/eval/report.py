@@ -1,18 +1,15 @@
-"""The run report: a Markdown page with matplotlib plots, every number read from the run's files.
+"""The run report: a Markdown page with matplotlib plots of a finished RLHF run.
 
-Inputs (as the pipeline writes them): `reward/metrics.jsonl`, `reward/eval_summary.json`,
-`ppo/metrics.jsonl`, `eval.json` (policy before/after) and `run.json` (settings and stage times).
+The caller (`stages.pipeline`) reads the run's files and passes their contents: the reward
+model's metric rows and held-out summary, the PPO metric rows, the before/after evaluation and the
+run's settings and stage times; every number in the report comes from them.
 """
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import numpy as np
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _series(rows: list[dict], *keys: str) -> list[list[float]]:
@@ -65,21 +62,24 @@ def _fmt(s: dict) -> str:
     return f"{s['mean']:.3f} ± {s['stderr']:.3f}"
 
 
-def write_report(run_dir, gold_key: str = "reward_terms/vader") -> Path:
-    """Write `report.md` and its plots into `run_dir`; return the report's path."""
+def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
+                 reward_summary: dict, ppo_rows: list[dict], evaluation: dict,
+                 gold_key: str = "reward_terms/vader") -> Path:
+    """Write the Markdown report to `report_path` and its plots into `plots_dir`; return the path.
+
+    `info` holds the run's settings (seed, stage_seconds, gold, annotator_temperatures, and either
+    preference_file or comparisons / gold_label_agreement); `evaluation` is {"before", "after"},
+    each an `evaluate_policy` result.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
-    run = Path(run_dir)
-    info = json.loads((run / "run.json").read_text())
-    reward_rows = _jsonl(run / "reward" / "metrics.jsonl")
-    reward_summary = json.loads((run / "reward" / "eval_summary.json").read_text())
-    ppo_rows = _jsonl(run / "ppo" / "metrics.jsonl")
-    ev = json.loads((run / "eval.json").read_text())
-    plots = run / "plots"
-    plots.mkdir(exist_ok=True)
+    report_path, plots = Path(report_path), Path(plots_dir)
+    plots.mkdir(parents=True, exist_ok=True)
     _plot_reward(reward_rows, plots / "reward_accuracy.png")
     _plot_overoptimisation(ppo_rows, gold_key, plots / "gold_proxy_vs_kl.png")
+    rel = Path(os.path.relpath(plots, report_path.parent)).as_posix()
+    ev, run = evaluation, report_path.parent
     before, after = ev["before"]["summary"], ev["after"]["summary"]
     annot = {k.rsplit("/", 1)[-1]: v for k, v in reward_summary.items()
              if k.startswith("eval/accuracy_annotator/")}
@@ -101,7 +101,7 @@ def write_report(run_dir, gold_key: str = "reward_terms/vader") -> Path:
         (f" The gold judge itself sides with {info['gold_label_agreement']:.3f} of all labels "
          "(ties count half): the noisy annotators cap what any reward model can reach."
          if "gold_label_agreement" in info else ""), "",
-        "![reward accuracy](plots/reward_accuracy.png)", "",
+        f"![reward accuracy]({rel}/reward_accuracy.png)", "",
         "## Policy before and after PPO", "",
         f"{before['samples']} samples each (mean ± standard error), KL to the reference "
         "(the SFT policy) in nats per response.", "",
@@ -112,7 +112,7 @@ def write_report(run_dir, gold_key: str = "reward_terms/vader") -> Path:
         f"| after PPO | {_fmt(after['gold'])} | {_fmt(after['proxy'])} | {_fmt(after['kl'])} | "
         f"{after['length']['mean']:.1f} | {after['eos_fraction']:.2f} |", "",
         f"Gold improvement: **{after['gold']['mean'] - before['gold']['mean']:+.3f}**.", "",
-        "![gold and proxy vs KL](plots/gold_proxy_vs_kl.png)", "",
+        f"![gold and proxy vs KL]({rel}/gold_proxy_vs_kl.png)", "",
         "Where the proxy keeps rising while the gold score flattens or falls, the policy is "
         "exploiting the reward model rather than pleasing the judge (Gao et al. 2022).", "",
         "## Samples", ""]
@@ -122,6 +122,5 @@ def write_report(run_dir, gold_key: str = "reward_terms/vader") -> Path:
             resp = r["response"].replace("|", "\\|") or "(empty)"
             lines.append(f"| {r['prompt']} | {resp} | {r['gold']:.3f} | {r['proxy']:.3f} |")
         lines.append("")
-    path = run / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    report_path.write_text("\n".join(lines))
+    return report_path

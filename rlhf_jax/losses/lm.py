@@ -1,8 +1,9 @@
 """Language-modelling objective (supervised fine-tuning, PPO-ptx)."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
+
+from rlhf_jax.models.logprobs import token_logprobs
 
 
 def next_token_nll_sum(logits_btv, tokens_bt, loss_mask_bt):
@@ -11,7 +12,12 @@ def next_token_nll_sum(logits_btv, tokens_bt, loss_mask_bt):
     `loss_mask_bt[:, t]` says whether token t is a target (so position 0 never is). Returns
     (sum, count) so that callers divide once over micro-batches (DESIGN.md, masked means).
     """
-    logp = jax.nn.log_softmax(logits_btv[:, :-1].astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, tokens_bt[:, 1:, None], axis=-1)[..., 0]
+    nll = -token_logprobs(logits_btv[:, :-1], tokens_bt[:, 1:])
     mask = loss_mask_bt[:, 1:].astype(jnp.float32)
     return jnp.sum(nll * mask), jnp.sum(mask)
+
+
+def next_token_targets(mask_bt):
+    """The loss mask of next-token prediction: token t is a target when it and its predecessor
+    are real (a left-padded row's first real token has no context to be predicted from)."""
+    return mask_bt.at[:, 1:].multiply(mask_bt[:, :-1]).at[:, 0].set(0)

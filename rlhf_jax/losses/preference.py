@@ -43,11 +43,6 @@ def plackett_luce_loss(rewards_bk, ranks_bk, valid_bk=None):
     return -jnp.sum(jnp.where(counted, r - lse, 0.0), axis=-1)
 
 
-def normalise_ratings(rating_b, low: float, high: float):
-    """Map ratings from their declared range [low, high] onto [−1, 1]."""
-    return 2.0 * (rating_b.astype(jnp.float32) - low) / (high - low) - 1.0
-
-
 def scalar_regression_loss(reward_b, target_b):
     """Squared error (r − y)² to a normalised rating y."""
     return jnp.square(reward_b.astype(jnp.float32) - target_b)
@@ -64,6 +59,10 @@ def hybrid_loss_sum(pair_loss_b, pair_mask_b, scalar_loss_b, scalar_mask_b, scal
     return total, jnp.sum(pair_mask_b) + jnp.sum(scalar_mask_b)
 
 
-def centering_penalty(reward_chosen_b, reward_rejected_b):
-    """(r_w + r_l)²: keeps a pair's rewards centred on zero (Eisenstein et al. 2023, §3)."""
-    return jnp.square((reward_chosen_b + reward_rejected_b).astype(jnp.float32))
+def centering_penalty(rewards_bk, valid_bk=None):
+    """(Σ_k r_k)² over each example's valid responses, (r_w + r_l)² for a pair: keeps the rewards
+    centred on zero (Eisenstein et al. 2023, §3)."""
+    r = rewards_bk.astype(jnp.float32)
+    if valid_bk is not None:
+        r = jnp.where(valid_bk > 0, r, 0.0)
+    return jnp.square(jnp.sum(r, axis=1))

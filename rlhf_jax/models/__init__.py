@@ -7,3 +7,7 @@ from rlhf_jax.models.transformer import (DecoderModel, ModelOutput, RewardHead, 
 from rlhf_jax.models.hf_io import (CheckpointFormatError, load_hf_checkpoint, load_hf_config,
                                    load_tokenizer, save_hf_checkpoint)
 from rlhf_jax.models._safetensors import CorruptCheckpointError
+from rlhf_jax.models.hf_config import config_from_hf, config_to_hf
+from rlhf_jax.models.loading import load_or_init_model
+from rlhf_jax.models.logprobs import (response_logits, response_logprobs,
+                                      response_token_logprobs, token_logprobs)

@@ -1,7 +1,8 @@
 """Model configuration: one frozen dataclass for GPT-2 and Llama-family decoders.
 
-`TransformerConfig.from_hf` translates a Hugging Face config (GPT-2, Llama 2/3, Mistral, Qwen2/2.5)
-and refuses any feature that would make our logits differ from the reference implementation.
+`models.config_from_hf` (in `hf_config.py`) translates a Hugging Face config (GPT-2, Llama 2/3,
+Mistral, Qwen2/2.5) and refuses any feature that would make our logits differ from the reference
+implementation.
 """
 from __future__ import annotations
 
@@ -168,22 +169,6 @@ class TransformerConfig:
             total += 0 if self.tie_word_embeddings else self.vocab_size * d
             total += self.max_position_embeddings * d if self.is_gpt2 else 0
         return total
-
-    # ---------------------------------------------------------------- Hugging Face
-    @classmethod
-    def from_hf(cls, hf_config: Any, **overrides) -> "TransformerConfig":
-        """Translate a `transformers.PretrainedConfig` (or its dict); refuse unsupported features."""
-        from rlhf_jax.models._hf_config import config_kwargs_from_hf
-
-        kwargs = config_kwargs_from_hf(hf_config)
-        kwargs.update(overrides)
-        return cls(**kwargs)
-
-    def to_hf(self):
-        """The equivalent `transformers` config object (for `save_pretrained`)."""
-        from rlhf_jax.models._hf_config import hf_config_from
-
-        return hf_config_from(self)
 
 
 def rope_inv_freq(config: TransformerConfig):

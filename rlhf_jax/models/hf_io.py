@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from rlhf_jax.models._safetensors import CorruptCheckpointError, SafetensorsFile, save_safetensors
+from rlhf_jax.models.hf_config import config_from_hf, config_to_hf
 from rlhf_jax.models.config import SUPPORTED_MODEL_TYPES, TransformerConfig, UnsupportedConfigError
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def load_hf_config(path) -> TransformerConfig:
     path = Path(path)
     _read_config_json(path)
     hf_cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-    return TransformerConfig.from_hf(hf_cfg)
+    return config_from_hf(hf_cfg)
 
 
 def _open_weights(path: Path) -> dict[str, SafetensorsFile]:
@@ -316,7 +317,7 @@ def save_hf_checkpoint(path, config: TransformerConfig, params: dict, *, tokeniz
             if len(shards) > 1:
                 (tmp / SAFE_INDEX).write_text(json.dumps(
                     {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-            config.to_hf().save_pretrained(str(tmp))
+            config_to_hf(config).save_pretrained(str(tmp))
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
             old = None

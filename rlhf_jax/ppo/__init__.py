@@ -4,9 +4,8 @@ from rlhf_jax.ppo.advantages import (gae, grpo_advantages, masked_mean, masked_v
 from rlhf_jax.ppo.kl import (ESTIMATORS, KLControllerState, adaptive_kl_init,
                              adaptive_kl_update, fixed_kl_init, fixed_kl_update, kl_estimate,
                              token_rewards)
-from rlhf_jax.ppo.rollout import (RewardTerm, Rollout, RolloutConfig, critic_from_reward_model,
-                                  finish_rollout, make_rollout, reward_model_scorer,
-                                  rollout_metrics, score_responses, sequence_values,
+from rlhf_jax.ppo.rollout import (RewardTerm, Rollout, RolloutConfig, finish_rollout,
+                                  make_rollout, rollout_metrics, score_responses, sequence_values,
                                   text_reward_term)
 from rlhf_jax.ppo.update import PPOConfig, ppo_update
 from rlhf_jax.ppo.trainer import KLConfig, ZipBatches, kl_controller, make_ppo_step

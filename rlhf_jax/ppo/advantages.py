@@ -65,7 +65,15 @@ def rloo_advantages(scores_b, group_size: int):
     return (s - baseline).reshape(-1)
 
 
-def grpo_advantages(scores_b, group_size: int, eps: float = 1e-4):
-    """Group-normalised advantages (Shao et al. 2024, GRPO): (s − mean_group) / (std_group + ε)."""
+def grpo_advantages(scores_b, group_size: int, eps: float = 1e-4, ddof: int = 1):
+    """Group-normalised advantages (Shao et al. 2024, GRPO, §4.1.2): (s − mean_g) / (std_g + ε).
+
+    The group std is the sample std (`ddof=1`) by default, as in the GRPO authors' code and TRL's
+    GRPOTrainer (`torch.std`, unbiased); `ddof=0` gives the population std.
+    """
+    if group_size - ddof < 1:
+        raise ValueError(f"grpo_advantages: group_size={group_size} with ddof={ddof} leaves no "
+                         "degrees of freedom")
     s = scores_b.reshape(-1, group_size)
-    return ((s - s.mean(-1, keepdims=True)) / (s.std(-1, keepdims=True) + eps)).reshape(-1)
+    std = s.std(-1, keepdims=True, ddof=ddof)
+    return ((s - s.mean(-1, keepdims=True)) / (std + eps)).reshape(-1)

@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
+from rlhf_jax.models import last_token_index
+
 ESTIMATORS = ("k1", "k2", "k3")
 
 
@@ -31,9 +33,8 @@ def token_rewards(score_b, kl_bt, mask_bt, beta):
     (Ziegler et al. 2019, eq. 2; DESIGN.md numerics)."""
     mask = mask_bt.astype(jnp.float32)
     t = mask.shape[1]
-    last = t - 1 - jnp.argmax(jnp.flip(mask, axis=1) > 0, axis=1)
     has_tokens = mask.sum(1) > 0
-    at_last = (jnp.arange(t)[None, :] == last[:, None]) & has_tokens[:, None]
+    at_last = (jnp.arange(t)[None, :] == last_token_index(mask)[:, None]) & has_tokens[:, None]
     return (-beta * kl_bt * mask) + jnp.where(at_last, score_b[:, None], 0.0)
 
 

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from rlhf_jax.models import DecoderModel, TransformerConfig
+from rlhf_jax.models import DecoderModel, TransformerConfig, response_logprobs
 from rlhf_jax.ppo.advantages import gae, grpo_advantages, masked_mean, rloo_advantages, whiten
 from rlhf_jax.ppo.kl import kl_estimate, token_rewards
-from rlhf_jax.sampling import SampleOutput, SamplingConfig, generate, response_logprobs
+from rlhf_jax.sampling import SampleOutput, SamplingConfig, generate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +27,21 @@ class RolloutConfig:
     kl_estimator: str = "k1"
     missing_eos_penalty: float | None = None  # score given to responses without EOS
     whiten_rewards: bool = False
-    whiten_advantages: bool = True
+    # whiten advantages over the batch's tokens; None: yes for GAE, no for the critic-free
+    # estimators, whose per-sequence advantages are already centred within each group (token
+    # whitening would weight long responses more and can flip the sign of a group's winner)
+    whiten_advantages: bool | None = None
     reward_clip: float = 0.0  # > 0: clip scores to [−c, c]
     advantage: str = "gae"  # "gae" (critic), or critic-free "rloo" / "grpo"
     group_size: int = 1  # samples per prompt for rloo / grpo, consecutive rows
+    group_std_ddof: int = 1  # GRPO's group std: 1 = sample std (GRPO code, TRL), 0 = population
+
+    @property
+    def whitens_advantages(self) -> bool:
+        """Whether advantages are whitened over tokens (resolving the None default)."""
+        if self.whiten_advantages is None:
+            return self.advantage == "gae"
+        return self.whiten_advantages
 
     def __post_init__(self):
         if self.advantage not in ("gae", "rloo", "grpo"):
@@ -39,11 +50,18 @@ class RolloutConfig:
         if self.advantage != "gae" and self.group_size < 2:
             raise ValueError(f"RolloutConfig.advantage={self.advantage!r} needs group_size >= 2 "
                              f"samples per prompt, got {self.group_size}")
+        if self.group_std_ddof not in (0, 1):
+            raise ValueError(f"RolloutConfig.group_std_ddof={self.group_std_ddof}: expected 0 or 1")
 
 
 @struct.dataclass
 class Rollout:
-    """One batch of experience; [B, N] arrays are over response tokens."""
+    """One batch of experience; [B, N] arrays are over response tokens.
+
+    `temperature` is the sampling temperature at which `logprobs` (and `ref_logprobs`) were
+    computed; the PPO update recomputes log π at this same temperature, so its importance ratio
+    is exactly 1 on the weights that sampled (there is no second setting to disagree with it).
+    """
 
     prompt_tokens: jax.Array
     prompt_mask: jax.Array
@@ -58,20 +76,7 @@ class Rollout:
     advantages: jax.Array
     returns: jax.Array
     ended_with_eos: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class reward_model_scorer:  # noqa: N801 - used like a function
-    """score_fn for a reward model: its (normalised) reward of prompt + response."""
-
-    config: TransformerConfig
-
-    def __call__(self, reward_params, prompt_tokens, prompt_mask, response_tokens, response_mask):
-        tokens = jnp.concatenate([prompt_tokens, response_tokens], axis=1)
-        mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
-        reward = DecoderModel(self.config, heads=("reward",)).apply(
-            {"params": reward_params}, tokens, mask).reward
-        return reward if reward.ndim == 1 else reward.mean(-1)
+    temperature: float = struct.field(pytree_node=False, kw_only=True)
 
 
 def sequence_values(params, config: TransformerConfig, prompt_tokens, prompt_mask,
@@ -82,20 +87,6 @@ def sequence_values(params, config: TransformerConfig, prompt_tokens, prompt_mas
     values = DecoderModel(config, heads=("value",)).apply({"params": params}, tokens, mask).values
     p = prompt_tokens.shape[1]
     return values[:, p - 1:-1] * response_mask
-
-
-def critic_from_reward_model(reward_params) -> dict:
-    """Critic parameters initialised from a reward model (Ziegler et al. 2019, §2.2; Ouyang et
-    al. 2022, §3.5): its backbone, and a value head that outputs the reward model's (normalised,
-    ensemble-mean) reward at every position, V(s) = mean_m gain_m·(w_m·h + b_m) + bias_m."""
-    head = reward_params["reward_head"]
-    gain = head["gain"].astype(jnp.float32)
-    kernel = (head["proj"]["kernel"].astype(jnp.float32) * gain).mean(-1, keepdims=True)
-    bias = (head["proj"]["bias"].astype(jnp.float32) * gain + head["bias"]).mean(-1,
-                                                                                 keepdims=True)
-    dtype = head["proj"]["kernel"].dtype
-    return {"transformer": reward_params["transformer"],
-            "value_head": {"kernel": kernel.astype(dtype), "bias": bias.astype(dtype)}}
 
 
 def _values(params, config, critic_config, *seq):
@@ -117,7 +108,7 @@ def score_responses(params, ref_params, score_params, prompt_tokens, prompt_mask
 
     `params` is {"policy": ...} (its value head is the critic) or {"policy": ..., "critic": ...};
     `score_fn(score_params, prompt_tokens, prompt_mask, response_tokens, response_mask) -> [B]`
-    is the reward model (`reward_model_scorer`) or a programmatic reward. Without
+    is the reward model (`reward.reward_model_scorer`) or a programmatic reward. Without
     `with_values` (critic-free advantages) the values are zeros.
     """
     seq = (prompt_tokens, prompt_mask, response_tokens, response_mask)
@@ -127,10 +118,13 @@ def score_responses(params, ref_params, score_params, prompt_tokens, prompt_mask
     return ref_logprobs, values, score_fn(score_params, *seq)
 
 
-@partial(jax.jit, static_argnames=("rollout",))
+@partial(jax.jit, static_argnames=("rollout", "temperature"))
 def finish_rollout(sample: SampleOutput, prompt_tokens, prompt_mask, ref_logprobs, values,
-                   scores, beta, *, rollout: RolloutConfig) -> Rollout:
-    """Scores → per-token rewards (−β·KL plus the score on the last token) → advantages."""
+                   scores, beta, *, rollout: RolloutConfig, temperature: float) -> Rollout:
+    """Scores → per-token rewards (−β·KL plus the score on the last token) → advantages.
+
+    `temperature` is the one at which `sample.logprobs` and `ref_logprobs` were computed.
+    """
     mask = sample.mask
     if rollout.missing_eos_penalty is not None:
         scores = jnp.where(sample.ended_with_eos, scores, rollout.missing_eos_penalty)
@@ -144,17 +138,20 @@ def finish_rollout(sample: SampleOutput, prompt_tokens, prompt_mask, ref_logprob
         # Critic-free: the sequence return R = score − β·Σ kl, baselined within each prompt's
         # group, is the advantage of every token of the response (as in TRL's RLOO trainer).
         seq_return = jnp.sum(rewards, axis=1)
-        group_adv = (rloo_advantages if rollout.advantage == "rloo" else grpo_advantages)(
-            seq_return, rollout.group_size)
+        if rollout.advantage == "rloo":
+            group_adv = rloo_advantages(seq_return, rollout.group_size)
+        else:
+            group_adv = grpo_advantages(seq_return, rollout.group_size,
+                                        ddof=rollout.group_std_ddof)
         advantages = group_adv[:, None] * mask
         values = returns = jnp.zeros_like(rewards)
-    if rollout.whiten_advantages:
+    if rollout.whitens_advantages:
         advantages = whiten(advantages, mask)
     return Rollout(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
                    response_tokens=sample.tokens, response_mask=mask, logprobs=sample.logprobs,
                    ref_logprobs=ref_logprobs, values=values, scores=scores, kl=kl,
                    rewards=rewards, advantages=advantages, returns=returns,
-                   ended_with_eos=sample.ended_with_eos)
+                   ended_with_eos=sample.ended_with_eos, temperature=temperature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +227,7 @@ def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, k
         jax.block_until_ready(scores)
         stats["time/score"] = stats.get("time/score", 0.0) + time.perf_counter() - clock
     return finish_rollout(sample, prompt_tokens, prompt_mask, ref_logprobs, values, scores,
-                          beta, rollout=rollout)
+                          beta, rollout=rollout, temperature=sampling.temperature)
 
 
 def rollout_metrics(ro: Rollout, beta) -> dict:

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax.losses import (clipped_value_loss, next_token_nll_sum, ppo_policy_loss,
-                             token_entropy)
-from rlhf_jax.models import DecoderModel, TransformerConfig
+from rlhf_jax.losses import (clipped_value_loss, next_token_nll_sum, next_token_targets,
+                             ppo_policy_loss, token_entropy)
+from rlhf_jax.models import (DecoderModel, TransformerConfig, response_logits,
+                             response_token_logprobs)
 from rlhf_jax.ppo.advantages import masked_mean
 from rlhf_jax.ppo.rollout import Rollout, sequence_values
 
@@ -26,7 +27,6 @@ class PPOConfig:
     value_clip: float = 0.2
     value_coef: float = 0.1
     entropy_coef: float = 0.0
-    temperature: float = 1.0
     ptx_coef: float = 0.0
 
 
@@ -41,10 +41,9 @@ def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,
     heads = ("lm", "value") if shared else ("lm",)
     out = DecoderModel(config, heads=heads).apply({"params": params["policy"]}, tokens, mask)
     p = mb.prompt_tokens.shape[1]
-    logits = out.logits[:, p - 1:-1] / ppo.temperature
-    logp_all = jax.nn.log_softmax(logits, axis=-1)
-    logp = jnp.take_along_axis(logp_all, mb.response_tokens[..., None], axis=-1)[..., 0]
     rmask = mb.response_mask
+    # log π at the temperature the rollout was sampled at (the ratio is 1 on unchanged weights)
+    logp = response_token_logprobs(out.logits, p, mb.response_tokens, rmask, mb.temperature)
     if shared:
         values = out.values[:, p - 1:-1]
     elif "critic" in params:
@@ -55,7 +54,7 @@ def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,
     pg_sum, count, pg_metrics = ppo_policy_loss(logp, mb.logprobs, mb.advantages, rmask,
                                                 clip=ppo.clip)
     vf_sum, _ = clipped_value_loss(values, mb.values, mb.returns, rmask, clip=ppo.value_clip)
-    entropy = masked_mean(token_entropy(out.logits[:, p - 1:-1], ppo.temperature), rmask)
+    entropy = masked_mean(token_entropy(response_logits(out.logits, p), mb.temperature), rmask)
     denom = jnp.maximum(count, 1.0)
     loss = pg_sum / denom + ppo.value_coef * vf_sum / denom - ppo.entropy_coef * entropy
     metrics = {"ppo/policy_loss": pg_sum / denom, "ppo/value_loss": vf_sum / denom,
@@ -64,9 +63,8 @@ def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,
     if ptx is not None:
         text_logits = DecoderModel(config, heads=("lm",)).apply(
             {"params": params["policy"]}, ptx["tokens"], ptx["mask"]).logits
-        # a target needs a real predecessor: a left-padded row's first token is not predicted
-        targets = ptx["mask"].at[:, 1:].multiply(ptx["mask"][:, :-1])
-        nll_sum, n = next_token_nll_sum(text_logits, ptx["tokens"], targets)
+        nll_sum, n = next_token_nll_sum(text_logits, ptx["tokens"],
+                                        next_token_targets(ptx["mask"]))
         ptx_nll = nll_sum / jnp.maximum(n, 1.0)
         loss = loss + ppo.ptx_coef * ptx_nll
         metrics["ppo/ptx_nll"] = ptx_nll

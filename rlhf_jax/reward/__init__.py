@@ -6,3 +6,4 @@ from rlhf_jax.reward.objective import (RewardLossConfig, batch_rewards, make_rew
 from rlhf_jax.reward.export import load_reward_model, save_reward_model
 from rlhf_jax.reward.pipeline import (evaluate_comparisons, normalise_reward_params,
                                       score_source)
+from rlhf_jax.reward.scoring import critic_from_reward_model, reward_model_scorer

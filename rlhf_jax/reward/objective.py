@@ -54,7 +54,7 @@ def reward_loss_terms(rewards_bk, batch, cfg: RewardLossConfig):
     else:
         cmp = losses.plackett_luce_loss(rewards_bk, batch.ranks, valid)
     scalar = losses.scalar_regression_loss(rewards_bk[:, 0], batch.rating)
-    centre = jnp.square(jnp.sum(jnp.where(valid, rewards_bk, 0.0), axis=1))
+    centre = losses.centering_penalty(rewards_bk, batch.valid)
     return cmp, scalar, centre
 
 

@@ -112,20 +112,3 @@ def generate(params, prompt_tokens, prompt_mask, key, *, config: TransformerConf
     steps, _, _, tokens, logprobs, mask, done = jax.lax.while_loop(cond, body, state)
     return SampleOutput(tokens=tokens, logprobs=logprobs, mask=mask, lengths=mask.sum(-1),
                         ended_with_eos=done, num_steps=steps)
-
-
-@partial(jax.jit, static_argnames=("config", "temperature"))
-def response_logprobs(params, prompt_tokens, prompt_mask, response_tokens, response_mask, *,
-                      config: TransformerConfig, temperature: float = 1.0):
-    """Teacher-forced log softmax(logits / T) of each response token given its prefix [B, N].
-
-    Masked response positions get 0. This is how the reference policy scores a rollout.
-    """
-    tokens = jnp.concatenate([prompt_tokens, response_tokens], axis=1)
-    mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
-    logits = DecoderModel(config).apply({"params": params}, tokens, mask).logits
-    p = prompt_tokens.shape[1]
-    logits = logits[:, p - 1:-1].astype(jnp.float32) / temperature
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, response_tokens[..., None], axis=-1)[..., 0]
-    return jnp.where(response_mask > 0, picked, 0.0)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.models.logprobs import token_logprobs
+
 NEG_INF = -jnp.inf
 
 
@@ -60,10 +62,9 @@ def sample_token(key, logits_bv, *, temperature: float = 1.0, top_k: int = 0,
     The log-probability is log softmax(logits / T) of the drawn token over the full vocabulary
     (before top-k/top-p truncation): the quantity PPO's ratio and KL use (DESIGN.md, numerics).
     """
-    z_bv = logits_bv.astype(jnp.float32) / temperature
     if greedy:
         token_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
     else:
-        token_b = categorical_inverse_cdf(key, top_p_filter(top_k_filter(z_bv, top_k), top_p))
-    picked = jnp.take_along_axis(z_bv, token_b[:, None], axis=-1)[:, 0]
-    return token_b, picked - jax.nn.logsumexp(z_bv, axis=-1)
+        token_b = categorical_inverse_cdf(key, filter_logits(
+            logits_bv, temperature=temperature, top_k=top_k, top_p=top_p))
+    return token_b, token_logprobs(logits_bv, token_b, temperature)

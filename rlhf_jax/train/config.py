@@ -7,7 +7,10 @@ and the expected type named.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
+import json
+import types
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -107,3 +110,67 @@ def parse_config(argv: Sequence[str], default_path: Optional[str] = None) -> Con
         apply_override(config, key, value)
     config.lock()
     return config
+
+
+def _field_types(cls) -> dict:
+    import typing
+    return typing.get_type_hints(cls)
+
+
+def _convert(value, annotation, where: str):
+    """`value` (from a ConfigDict/JSON) as the field type `annotation`."""
+    import typing
+
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a section (mapping), got {value!r}")
+        return config_from_dict(annotation, value, where)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where) if len(inner) == 1 else value
+    if origin is tuple or annotation is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}={value!r}: expected a list")
+        item = args[0] if args else None
+        return tuple(_convert(v, item, where) if item not in (None, Ellipsis) else v
+                     for v in value)
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}={value!r}: expected a mapping")
+        return dict(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool) and not isinstance(value, annotation) or (
+            annotation is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}={value!r}: expected {annotation.__name__}")
+    return value
+
+
+def config_from_dict(cls, mapping, where: str = "config"):
+    """Build the frozen dataclass `cls` (nested dataclasses included) from a plain mapping, such
+    as `ConfigDict.to_dict()`: unknown keys, wrong types and invalid values stop with a
+    `ConfigError` naming the dotted key; keys left out keep the dataclass defaults."""
+    if hasattr(mapping, "to_dict"):
+        mapping = mapping.to_dict()
+    types_ = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(mapping) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+    kwargs = {k: _convert(v, types_[k], f"{where}.{k}") for k, v in mapping.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def config_to_dict(config) -> dict:
+    """A frozen config dataclass as a plain JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))

@@ -16,20 +16,23 @@ import numpy as np
 
 
 class MetricWriter:
-    """Scalars to `<run_dir>/metrics.jsonl` and TensorBoard events in `<run_dir>/tensorboard`."""
+    """Scalars to a JSONL file and, optionally, TensorBoard events in a directory.
 
-    def __init__(self, run_dir, *, tensorboard: bool = True):
+    The run layout (`stages.RunLayout`) decides where both live.
+    """
+
+    def __init__(self, jsonl_path, tensorboard_dir=None):
         self.enabled = jax.process_index() == 0
-        self.run_dir = Path(run_dir)
+        self.path = Path(jsonl_path)
         self._tb = None
         self._jsonl = None
         if not self.enabled:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
-        if tensorboard:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.path, "a", buffering=1)
+        if tensorboard_dir is not None:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(tensorboard_dir))
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         """Record one step's scalars (non-finite values are written as null in JSONL)."""

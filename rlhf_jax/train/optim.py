@@ -15,7 +15,8 @@ class OptimizerConfig:
     """AdamW (Loshchilov & Hutter 2019) hyper-parameters and the learning-rate schedule.
 
     The rate rises linearly from 0 over `warmup_steps`, then follows `schedule` down to
-    `learning_rate · end_lr_fraction` at `total_steps`. `frozen` lists parameter path prefixes
+    `learning_rate · end_lr_fraction` at `total_steps` (0: not set yet; the stages fill in their
+    number of steps, and `make_optimizer` refuses it). `frozen` lists parameter path prefixes
     ("reference", "transformer/wte") that receive no update and hold no optimiser state.
     """
 
@@ -38,9 +39,10 @@ class OptimizerConfig:
         if self.learning_rate < 0 or self.weight_decay < 0 or self.clip_norm < 0:
             raise ValueError("OptimizerConfig.learning_rate, weight_decay and clip_norm must be "
                              ">= 0")
-        if self.total_steps <= 0 or not 0 <= self.warmup_steps <= self.total_steps:
+        if self.total_steps < 0 or self.warmup_steps < 0 or (
+                self.total_steps and self.warmup_steps > self.total_steps):
             raise ValueError(f"OptimizerConfig: need 0 <= warmup_steps ({self.warmup_steps}) <= "
-                             f"total_steps ({self.total_steps}) and total_steps > 0")
+                             f"total_steps ({self.total_steps}) and total_steps >= 0")
         object.__setattr__(self, "frozen", tuple(self.frozen))
 
 
@@ -89,6 +91,8 @@ def make_optimizer(cfg: OptimizerConfig, params: Any) -> optax.GradientTransform
     Frozen leaves go through `optax.set_to_zero` inside `optax.multi_transform`, so AdamW keeps
     no moments for them.
     """
+    if cfg.total_steps <= 0:
+        raise ValueError("OptimizerConfig.total_steps is 0: set the schedule's length")
     labels = frozen_labels(params, cfg.frozen)
     missing = [p for p in cfg.frozen if not any(
         lab == "frozen" for lab in jax.tree.leaves(frozen_labels(params, [p])))]

@@ -11,7 +11,7 @@ from rlhf_jax.checkpoint import CheckpointConfig, Checkpointer, NoReadableCheckp
 from rlhf_jax.models import DecoderModel, init_params, logical_axes, preset
 from rlhf_jax.sharding import logical_rules, make_mesh, param_shardings
 from rlhf_jax.train import OptimizerConfig, create_train_state, make_optimizer
-from rlhf_jax.train.setup import compile_init
+from rlhf_jax.train import compile_init
 
 
 def _state_on(mesh_spec, devices):

@@ -61,31 +61,27 @@ def test_evaluate_policy_gold_proxy_and_kl():
     assert diff["summary"]["kl"]["mean"] != pytest.approx(0.0, abs=1e-3)
 
 
-def test_report_from_run_files(tmp_path):
-    run = tmp_path
-    (run / "reward").mkdir()
-    (run / "ppo").mkdir()
+def test_report_from_run_data(tmp_path):
     rows = [{"step": s, "reward/accuracy": 0.5 + s / 100} for s in range(1, 21)]
     rows += [{"step": 10, "eval/accuracy": 0.61}, {"step": 20, "eval/accuracy": 0.73}]
-    (run / "reward" / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)))
-    (run / "reward" / "eval_summary.json").write_text(json.dumps({
-        "eval/accuracy": 0.734, "eval/pairs": 50, "eval/loss": 0.5, "eval/ece": 0.05,
-        "eval/accuracy_annotator/annotator_0": 0.9}))
-    (run / "ppo" / "metrics.jsonl").write_text("\n".join(json.dumps(
-        {"step": s, "kl/sequence": s * 0.1, "score/reward_model": s * 0.2,
-         "reward_terms/vader": s * 0.01}) for s in range(1, 11)))
+    summary = {"eval/accuracy": 0.734, "eval/pairs": 50, "eval/loss": 0.5, "eval/ece": 0.05,
+               "eval/accuracy_annotator/annotator_0": 0.9}
+    ppo_rows = [{"step": s, "kl/sequence": s * 0.1, "score/reward_model": s * 0.2,
+                 "reward_terms/vader": s * 0.01} for s in range(1, 11)]
     summ = lambda m: {"gold": {"mean": m, "stderr": 0.01}, "proxy": {"mean": m, "stderr": 0.1},  # noqa: E731
                       "kl": {"mean": m, "stderr": 0.1}, "length": {"mean": 5.0, "stderr": 0},
                       "eos_fraction": 1.0, "samples": 2}
     sample = [{"prompt": "p", "response": "a|b", "gold": 0.5, "proxy": 1.0}]
-    (run / "eval.json").write_text(json.dumps({"before": {"summary": summ(0.125), "rows": sample},
-                                               "after": {"summary": summ(0.875), "rows": sample}}))
-    (run / "run.json").write_text(json.dumps({"seed": 0, "stage_seconds": {"sft": 1.0},
-                                              "comparisons": 100, "gold": "vader",
-                                              "annotator_temperatures": "1",
-                                              "gold_label_agreement": 0.8}))
-    text = write_report(run).read_text()
+    ev = {"before": {"summary": summ(0.125), "rows": sample},
+          "after": {"summary": summ(0.875), "rows": sample}}
+    info = {"seed": 0, "stage_seconds": {"sft": 1.0}, "comparisons": 100, "gold": "vader",
+            "annotator_temperatures": "1", "gold_label_agreement": 0.8}
+    path = write_report(tmp_path / "report.md", tmp_path / "figures", info=info,
+                        reward_rows=rows, reward_summary=summary, ppo_rows=ppo_rows,
+                        evaluation=ev)
+    text = path.read_text()
     assert "Held-out accuracy **0.734**" in text and "+0.750" in text
     assert "| before (SFT) | 0.125 ± 0.010" in text and "a\\|b" in text
-    assert (run / "plots" / "reward_accuracy.png").stat().st_size > 1000
-    assert (run / "plots" / "gold_proxy_vs_kl.png").stat().st_size > 1000
+    assert "![reward accuracy](figures/reward_accuracy.png)" in text
+    assert (tmp_path / "figures" / "reward_accuracy.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "gold_proxy_vs_kl.png").stat().st_size > 1000

@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from rlhf_jax import losses, sharding, train  # noqa: E402
-from rlhf_jax.train.setup import compile_init, leaf_names, load_or_init_model  # noqa: E402
+from rlhf_jax.models import load_or_init_model  # noqa: E402
+from rlhf_jax.train import compile_init, leaf_names  # noqa: E402
 
 if nproc > 1:
     train.initialize(f"127.0.0.1:{port}", nproc, pid)

@@ -1,4 +1,6 @@
-"""experiments/rlhf_pipeline.py end to end on a tiny budget, and with user-supplied inputs."""
+"""The main job end to end on a tiny budget (the script, as a user runs it), and the pipeline as a
+library call on user-supplied inputs."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -7,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_jax import stages, train
+
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
 TINY = ["--config.sft.steps=20", "--config.comparisons=200", "--config.reward.steps=20",
         "--config.reward.eval_every=10", "--config.ppo.steps=4", "--config.ppo.batch_size=16",
         "--config.eval_samples=16", "--config.max_new_tokens=6"]
@@ -56,11 +61,27 @@ def test_local_checkpoint_and_preference_file(run, tmp_path):
     lines = (run / "data" / "comparisons.jsonl").read_text().splitlines()[:120]
     prefs.write_text("\n".join(lines) + "\n")
     out = tmp_path / "mine"
-    _pipeline([f"--config.run_dir={out}", f"--config.policy_dir={run / 'sft' / 'export'}",
-                 f"--config.preference_file={prefs}", "--config.sft.steps=0", *TINY[2:]])
+    overrides = train.parse_config([f"--config.run_dir={out}", "--config.sft.steps=0",
+                                    f"--config.policy_dir={run / 'sft' / 'export'}",
+                                    f"--config.preference_file={prefs}", *TINY[2:]],
+                                   str(ROOT / "experiments" / "configs" / "pipeline.py"))
+    cfg = train.config_from_dict(stages.PipelineConfig, overrides)
+    result = stages.run_pipeline(cfg)
+    assert result["report"] == str(out / "report.md")
     info = json.loads((out / "run.json").read_text())
     assert "sft" not in info["stage_seconds"] and info["preference_file"] == str(prefs)
     assert not (out / "sft").exists()
     assert f"comparisons in `{prefs}`" in (out / "report.md").read_text()
     summary = json.loads((out / "reward" / "eval_summary.json").read_text())
     assert summary["data"]["read"] == 120
+
+
+def test_changed_config_is_refused(run):
+    """Pointing the pipeline at a finished run with a different setting stops before any stage
+    runs, naming the key (the override is tested in tests/stages)."""
+    cfg = train.config_from_dict(stages.PipelineConfig, train.parse_config(
+        [f"--config.run_dir={run}", *TINY], str(ROOT / "experiments" / "configs" / "pipeline.py")))
+    changed = dataclasses.replace(cfg, annotator_temperatures="0.5,0.5,0.5")
+    with pytest.raises(stages.ConfigMismatchError, match="annotator_temperatures: '0.15,0.3,0.6'"):
+        stages.run_pipeline(changed)
+    assert json.loads((run / "run.json").read_text())["annotator_temperatures"] == "0.15,0.3,0.6"

@@ -11,6 +11,8 @@ import pytest
 
 from rlhf_jax.models._safetensors import SafetensorsFile
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 24
 

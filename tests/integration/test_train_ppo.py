@@ -1,39 +1,43 @@
-"""experiments/train_ppo.py on 8 fake devices: exact resume, critic/advantage variants, errors."""
-import importlib.util
+"""stages.train_ppo on 8 fake devices: exact resume, critic/advantage variants, ensemble reward
+models, errors."""
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rlhf_jax import stages, train
 from rlhf_jax.models import CheckpointFormatError
 from rlhf_jax.models._safetensors import SafetensorsFile
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _reward_model(run_dir, **kw):
+    cfg = train.config_from_dict(stages.RewardConfig, {
+        "run_dir": str(run_dir), "steps": 20, "eval_every": 10, "normalise_samples": 64,
+        "data": {"builtin_pairs": 300}, "checkpoint": {"save_every": 20}, **kw})
+    return Path(stages.train_reward_model(cfg).export_dir)
 
 
 @pytest.fixture(scope="module")
 def reward_dir(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("reward")
-    _script("train_reward").main([f"--config.run_dir={run_dir}", "--config.steps=20",
-                                  "--config.eval_every=10", "--config.data.builtin_pairs=300",
-                                  "--config.normalise_samples=64", "--config.checkpoint.save_every=20"])
-    return run_dir / "export"
+    return _reward_model(tmp_path_factory.mktemp("reward"))
 
 
-def _ppo(run_dir, reward_dir, *extra):
-    _script("train_ppo").main([f"--config.run_dir={run_dir}", f"--config.reward_dir={reward_dir}",
-                               "--config.batch_size=8", "--config.log_every=1",
-                               "--config.eval_prompts=8", "--config.sampling.max_new_tokens=6",
-                               "--config.checkpoint.save_every=2", "--config.mesh=data=2,fsdp=4",
-                               "--config.ppo.epochs=2", *extra])
+def _ppo(run_dir, reward_dir, **overrides):
+    """A tiny PPO run, configured as the entry script's ConfigDict would be (dotted keys)."""
+    base = {"run_dir": str(run_dir), "reward_dir": str(reward_dir), "batch_size": 8,
+            "log_every": 1, "eval_prompts": 8, "sampling.max_new_tokens": 6,
+            "checkpoint.save_every": 2, "mesh": "data=2,fsdp=4", "ppo.epochs": 2}
+    nested: dict = {}
+    for key, value in {**base, **overrides}.items():
+        *path, last = key.split(".")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    stages.train_ppo(train.config_from_dict(stages.PPOStageConfig, nested))
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -43,10 +47,10 @@ def _weights(run_dir):
 
 
 def test_resume_is_exact_and_kl_state_is_saved(tmp_path, reward_dir):
-    kl = ["--config.kl.controller=adaptive", "--config.kl.target=0.01", "--config.kl.horizon=20"]
-    full = _ppo(tmp_path / "full", reward_dir, "--config.steps=4", *kl)
-    _ppo(tmp_path / "split", reward_dir, "--config.steps=2", *kl)
-    split = _ppo(tmp_path / "split", reward_dir, "--config.steps=4", *kl)
+    kl = {"kl.controller": "adaptive", "kl.target": 0.01, "kl.horizon": 20.0}
+    full = _ppo(tmp_path / "full", reward_dir, steps=4, **kl)
+    _ppo(tmp_path / "split", reward_dir, steps=2, **kl)
+    split = _ppo(tmp_path / "split", reward_dir, steps=4, **kl)
     by_step = lambda rows: {r["step"]: {k: v for k, v in r.items() if not k.startswith("time/")}
                             for r in rows if "score/mean" in r}  # noqa: E731
     a, b = by_step(full), by_step(split)
@@ -63,20 +67,31 @@ def test_resume_is_exact_and_kl_state_is_saved(tmp_path, reward_dir):
 
 
 def test_shared_value_head_rloo_ptx_and_text_terms(tmp_path, reward_dir):
-    rows = _ppo(tmp_path / "v", reward_dir, "--config.steps=2", "--config.critic=shared",
-                "--config.rollout.advantage=rloo", "--config.rollout.group_size=2",
-                "--config.ppo.ptx_coef=0.1", "--config.ptx.batch_size=8",
-                "--config.reward_terms.repetition=-1.0", "--config.stop_tokens=good")
+    rows = _ppo(tmp_path / "v", reward_dir, steps=2, critic="shared",
+                **{"rollout.advantage": "rloo", "rollout.group_size": 2, "ppo.ptx_coef": 0.1,
+                   "ptx.batch_size": 8, "reward_terms.repetition": -1.0, "stop_tokens": "good"})
     last = rows[-1]
-    assert last["step"] == 2 and np.isfinite(last["ppo/ptx_nll"]) and last["ppo/ptx_nll"] > 0
-    assert 0 <= last["reward_terms/repetition"] <= 1
+    assert last["step"] == 2 and np.isfinite(last["ppo/ptx_nll"])
+    assert "reward_terms/repetition" in last and "value/explained_variance" in last
+    config = json.loads((tmp_path / "v" / "config.json").read_text())["config"]
+    assert config["rollout"]["advantage"] == "rloo" and config["critic"] == "shared"
+
+
+def test_ensemble_reward_model_trains_ppo_and_is_evaluated(tmp_path):
+    """A reward model with 3 heads drives PPO with the conservative score mean − k·std, and the
+    before/after samples are scored the same way."""
+    ensemble = _reward_model(tmp_path / "rm3", num_reward_outputs=3)
+    rows = _ppo(tmp_path / "p", ensemble, steps=2, reward_std_coef=0.5)
+    assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["score/reward_model"])
+    after = [json.loads(x) for x in (tmp_path / "p" / "samples_after.jsonl").open()]
+    assert len(after) == 8 and all(np.isfinite(r["proxy"]) for r in after)
 
 
 def test_stop_tokens_resolve_to_single_vocabulary_ids(reward_dir):
     from rlhf_jax.models import load_tokenizer
     from rlhf_jax.train import ConfigError
     tok = load_tokenizer(reward_dir)
-    stop_ids = _script("train_ppo").stop_ids
+    stop_ids = stages.stop_token_ids
     assert stop_ids(tok, "") == ()
     ids = stop_ids(tok, "good,bad")
     assert [tok.decode([i]).strip() for i in ids] == ["good", "bad"]
@@ -87,7 +102,7 @@ def test_stop_tokens_resolve_to_single_vocabulary_ids(reward_dir):
 def test_batch_size_must_split_over_the_mesh(tmp_path, reward_dir):
     from rlhf_jax.train import ConfigError
     with pytest.raises(ConfigError, match=r"ptx.batch_size = 4 must be divisible by 8"):
-        _ppo(tmp_path / "c", reward_dir, "--config.ppo.ptx_coef=0.1", "--config.ptx.batch_size=4")
+        _ppo(tmp_path / "c", reward_dir, **{"ppo.ptx_coef": 0.1, "ptx.batch_size": 4})
 
 
 def test_missing_reward_model_and_tokenizer_mismatch(tmp_path, reward_dir):
@@ -101,4 +116,4 @@ def test_missing_reward_model_and_tokenizer_mismatch(tmp_path, reward_dir):
     save_hf_checkpoint(policy, config, init_params(DecoderModel(config), jax.random.key(0)),
                        tokenizer=train_tiny_tokenizer(tmp_path / "tok"))
     with pytest.raises(CheckpointFormatError, match="tokenizers of policy_dir=.* differ"):
-        _ppo(tmp_path / "b", reward_dir, f"--config.policy_dir={policy}")
+        _ppo(tmp_path / "b", reward_dir, policy_dir=str(policy))

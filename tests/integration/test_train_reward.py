@@ -12,6 +12,8 @@ import pytest
 from rlhf_jax import data, reward, sharding
 from rlhf_jax.models import DecoderModel, init_params, logical_axes, preset
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rlhf_jax.data import normalise_rating
 from rlhf_jax.losses import (bradley_terry_loss, centering_penalty, hybrid_loss_sum,
-                             normalise_ratings, plackett_luce_loss, scalar_regression_loss)
+                             plackett_luce_loss, scalar_regression_loss)
 
 
 def _log_sigmoid(x):
@@ -78,12 +79,16 @@ def test_plackett_luce_ties_padding_and_k2():
 
 
 def test_scalar_hybrid_centering():
-    y = normalise_ratings(jnp.array([1.0, 4.0, 7.0]), 1.0, 7.0)
+    y = normalise_rating(np.array([1.0, 4.0, 7.0]), 1.0, 7.0)
     np.testing.assert_allclose(y, [-1.0, 0.0, 1.0])
     np.testing.assert_allclose(scalar_regression_loss(jnp.array([0.5, 0.0]), jnp.array([1.0, 2.0])),
                                [0.25, 4.0])
     total, count = hybrid_loss_sum(jnp.array([1.0, 2.0, 9.0]), jnp.array([1.0, 1.0, 0.0]),
                                    jnp.array([4.0, 8.0, 3.0]), jnp.array([0.0, 1.0, 1.0]), 0.5)
     assert float(total) == pytest.approx(3.0 + 0.5 * 11.0) and float(count) == 4
-    np.testing.assert_allclose(centering_penalty(jnp.array([1.0, -2.0]), jnp.array([2.0, 2.0])),
-                               [9.0, 0.0])
+    pairs = jnp.array([[1.0, 2.0], [-2.0, 2.0]])
+    np.testing.assert_allclose(centering_penalty(pairs), [9.0, 0.0])
+    # rankings: Σ over the valid responses only
+    ranked = jnp.array([[1.0, 2.0, 5.0], [-1.0, 0.5, 7.0]])
+    np.testing.assert_allclose(centering_penalty(ranked, jnp.array([[1, 1, 1], [1, 1, 0]])),
+                               [64.0, 0.25])

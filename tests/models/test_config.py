@@ -6,8 +6,8 @@ import pytest
 import torch
 import transformers
 
-from rlhf_jax.models import (RopeScaling, TransformerConfig, UnsupportedConfigError, preset,
-                             rope_inv_freq)
+from rlhf_jax.models import (RopeScaling, TransformerConfig, UnsupportedConfigError,
+                             config_from_hf, config_to_hf, preset, rope_inv_freq)
 from tests.hf_reference import TINY_CONFIGS, VOCAB
 
 
@@ -18,16 +18,16 @@ def _hf_config(name):
 
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 def test_config_round_trip(name):
-    config = TransformerConfig.from_hf(_hf_config(name))
-    assert TransformerConfig.from_hf(config.to_hf()) == config
+    config = config_from_hf(_hf_config(name))
+    assert config_from_hf(config_to_hf(config)) == config
 
 
 def test_llama_family_fields():
-    c = TransformerConfig.from_hf(_hf_config("llama3_gqa_bias"))
+    c = config_from_hf(_hf_config("llama3_gqa_bias"))
     assert (c.num_kv_heads, c.head_dim, c.qkv_bias, c.out_bias, c.mlp_bias) == (2, 8, True, True,
                                                                                 True)
     assert c.rope_scaling == RopeScaling("llama3", 4.0, 1.0, 4.0, 8) and c.rope_theta == 500000.0
-    q = TransformerConfig.from_hf(_hf_config("qwen2_gqa_tied"))
+    q = config_from_hf(_hf_config("qwen2_gqa_tied"))
     assert (q.qkv_bias, q.out_bias, q.mlp_bias, q.tie_word_embeddings) == (True, False, False, True)
     assert q.sliding_window is None
 
@@ -43,7 +43,7 @@ def test_rope_frequencies_match_transformers(scaling):
 
     hf = transformers.LlamaConfig(hidden_size=256, num_attention_heads=2, rope_theta=500000.0,
                                   rope_scaling=scaling)
-    ours = rope_inv_freq(TransformerConfig.from_hf(hf))
+    ours = rope_inv_freq(config_from_hf(hf))
     kind = (scaling or {}).get("rope_type", "default")
     if kind == "default":
         ref = 1.0 / (500000.0 ** (torch.arange(0, 128, 2).double() / 128))
@@ -51,7 +51,7 @@ def test_rope_frequencies_match_transformers(scaling):
         ref, _ = ROPE_INIT_FUNCTIONS[kind](hf, "cpu")
     np.testing.assert_allclose(ours, ref.numpy(), rtol=2e-6)
     if kind == "llama3":  # the scaling really changes the low frequencies
-        assert not np.allclose(ours, rope_inv_freq(TransformerConfig.from_hf(
+        assert not np.allclose(ours, rope_inv_freq(config_from_hf(
             transformers.LlamaConfig(hidden_size=256, num_attention_heads=2,
                                      rope_theta=500000.0))))
 
@@ -69,7 +69,7 @@ def test_rope_frequencies_match_transformers(scaling):
 ])
 def test_unsupported_features_refused(cfg, match):
     with pytest.raises(UnsupportedConfigError, match=match):
-        TransformerConfig.from_hf(cfg)
+        config_from_hf(cfg)
 
 
 def test_sliding_window_refused_only_when_it_would_matter():
@@ -96,10 +96,10 @@ def test_invalid_fields_named(field, value, match):
 def test_num_params_matches_transformers():
     for name in TINY_CONFIGS:
         hf = transformers.AutoModelForCausalLM.from_config(_hf_config(name))
-        assert TransformerConfig.from_hf(hf.config).num_params() == hf.num_parameters(), name
+        assert config_from_hf(hf.config).num_params() == hf.num_parameters(), name
 
 
 def test_config_json_is_plain(tmp_path):
     cfg = preset("tiny-llama")
-    cfg.to_hf().save_pretrained(tmp_path)
+    config_to_hf(cfg).save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"

@@ -9,6 +9,8 @@ from rlhf_jax.ppo import PPOConfig, RolloutConfig, make_rollout, ppo_update
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.train import OptimizerConfig, make_optimizer
 
+pytestmark = pytest.mark.slow
+
 TARGET = 3
 CONFIG = preset("tiny-gpt2", vocab_size=16, hidden_size=32, num_heads=4,
                 max_position_embeddings=32)
@@ -60,7 +62,8 @@ def test_reward_rises_far_above_start_with_bounded_kl(learned):
     assert all(np.isfinite(k) and k < 8 * np.log(16) for k in kls), kls
     assert np.mean(kls[-5:]) < np.mean(kls[15:20]) + 3.0, kls
     m = learned[-1][2]
-    assert 0 <= m["ppo/clipfrac"] <= 1 and np.isfinite(m["ppo/value_loss"])
+    # the trust region holds: most tokens' ratios stay inside [1 − ε, 1 + ε]
+    assert m["ppo/clipfrac"] < 0.5 and np.isfinite(m["ppo/value_loss"])
 
 
 def test_large_beta_keeps_policy_at_reference(learned):
@@ -106,16 +109,3 @@ def test_rollout_config_validation():
     with pytest.raises(ValueError, match="advantage='ppo'"):
         RolloutConfig(advantage="ppo")
 
-
-def test_reward_model_scorer_matches_model():
-    from rlhf_jax.ppo import reward_model_scorer
-
-    cfg = preset("tiny-gpt2", vocab_size=16, hidden_size=32, num_heads=4)
-    rm = DecoderModel(cfg, heads=("reward",))
-    rp = init_params(rm, jax.random.key(3))
-    prompt, pmask = jnp.array([[0, 5, 6]]), jnp.array([[0, 1, 1]])
-    resp, rmask = jnp.array([[7, 8, 0]]), jnp.array([[1, 1, 0]])
-    got = reward_model_scorer(cfg)(rp, prompt, pmask, resp, rmask)
-    want = rm.apply({"params": rp}, jnp.array([[0, 5, 6, 7, 8, 0]]),
-                    jnp.array([[0, 1, 1, 1, 1, 0]])).reward
-    np.testing.assert_allclose(got, want, rtol=1e-6)

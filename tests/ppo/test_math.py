@@ -100,9 +100,17 @@ def test_kl_controllers():
 def test_group_baselines():
     s = jnp.array([1.0, 2.0, 3.0, 10.0, 10.0, 16.0])
     np.testing.assert_allclose(rloo_advantages(s, 3), [1 - 2.5, 2 - 2.0, 3 - 1.5, -3, -3, 6])
-    g = np.asarray(grpo_advantages(s, 3))
-    np.testing.assert_allclose(g[:3], (np.array([1, 2, 3]) - 2) / (np.std([1, 2, 3]) + 1e-4),
-                               rtol=1e-5)
+    # GRPO: the sample std (ddof 1), as torch.std in the GRPO authors' code and TRL; ddof 0 on
+    # request. Independent reference: float64 NumPy over each group.
+    groups = np.array([[1.0, 2.0, 3.0], [10.0, 10.0, 16.0]])
+    for ddof in (1, 0):
+        want = ((groups - groups.mean(1, keepdims=True))
+                / (groups.std(1, ddof=ddof, keepdims=True) + 1e-4)).reshape(-1)
+        got = grpo_advantages(s, 3) if ddof == 1 else grpo_advantages(s, 3, ddof=0)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    assert float(grpo_advantages(s, 3)[0]) == pytest.approx(-1.0 / (1.0 + 1e-4), rel=1e-6)
+    with pytest.raises(ValueError, match="no degrees of freedom"):
+        grpo_advantages(jnp.ones(4), 1)
 
 
 def test_ppo_losses_against_loop():

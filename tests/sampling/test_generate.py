@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rlhf_jax.models import DecoderModel, init_params, load_hf_checkpoint, logical_axes, preset
-from rlhf_jax.sampling import SamplingConfig, generate, kv_cache_bytes, response_logprobs
+from rlhf_jax.models import response_logprobs
+from rlhf_jax.sampling import SamplingConfig, generate, kv_cache_bytes
 from rlhf_jax.sampling import decode as generate_module
 from rlhf_jax.sharding import activation_sharding, logical_rules, make_mesh, shard_batch, \
     shard_params

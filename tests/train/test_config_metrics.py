@@ -63,7 +63,7 @@ def test_config_is_locked_after_parsing(cfg_file):
 
 
 def test_metric_writer_jsonl_and_tensorboard(tmp_path):
-    w = MetricWriter(tmp_path)
+    w = MetricWriter(tmp_path / "metrics.jsonl", tmp_path / "tensorboard")
     w.write(1, {"train/loss": 2.5, "kl/mean": float("nan")})
     w.write(2, {"train/loss": 2.0})
     w.close()

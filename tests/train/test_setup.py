@@ -4,7 +4,7 @@ import numpy as np
 
 from rlhf_jax.models import DecoderModel, init_params, preset, save_hf_checkpoint
 from rlhf_jax.sharding import logical_rules, make_mesh
-from rlhf_jax.train.setup import load_or_init_model
+from rlhf_jax.models import load_or_init_model
 
 
 def test_heads_from_untied_checkpoint(tmp_path):

@@ -45,7 +45,7 @@ def _rope(cfg: dict) -> tuple[float, RopeScaling | None]:
         f"rope type {kind!r} is not supported (supported: default, linear, llama3)")
 
 
-def config_kwargs_from_hf(hf_config: Any) -> dict:
+def _config_kwargs(hf_config: Any) -> dict:
     """Keyword arguments for `TransformerConfig` from a Hugging Face config."""
     cfg = _as_dict(hf_config)
     model_type = cfg.get("model_type")
@@ -104,7 +104,7 @@ def config_kwargs_from_hf(hf_config: Any) -> dict:
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), **biases)
 
 
-def hf_config_from(config: TransformerConfig):
+def config_to_hf(config: TransformerConfig):
     """Build the `transformers` config object equivalent to `config`."""
     import transformers
 
@@ -144,3 +144,10 @@ def hf_config_from(config: TransformerConfig):
         return transformers.MistralConfig(sliding_window=config.sliding_window, **kwargs)
     return transformers.Qwen2Config(use_sliding_window=config.sliding_window is not None,
                                     sliding_window=config.sliding_window, **kwargs)
+
+
+def config_from_hf(hf_config: Any, **overrides) -> TransformerConfig:
+    """Translate a `transformers.PretrainedConfig` (or its dict); refuse unsupported features."""
+    kwargs = _config_kwargs(hf_config)
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)

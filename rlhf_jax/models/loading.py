@@ -1,0 +1,37 @@
+"""Models from a local Hugging Face directory or a preset, created directly in their shardings."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+
+from rlhf_jax import sharding
+from rlhf_jax.models.config import preset
+from rlhf_jax.models.hf_io import load_hf_checkpoint, load_hf_config
+from rlhf_jax.models.transformer import DecoderModel, init_params, logical_axes
+
+
+def load_or_init_model(model_dir: str, preset_name: str, mesh, rules, key, *,
+                       heads: Sequence[str] = ("lm",), num_reward_outputs: int = 1,
+                       **overrides):
+    """(config, model, params): from a local Hugging Face directory, else a random preset.
+
+    Parameters are created directly in their shardings. From a checkpoint, only the heads it
+    lacks (value, reward) are randomly initialised: the unused part of the jitted init is dropped
+    by the compiler, so the backbone never exists twice.
+    """
+    config = (load_hf_config(model_dir) if model_dir else
+              preset(preset_name)).replace(**overrides)
+    model = DecoderModel(config, heads=tuple(heads), num_reward_outputs=num_reward_outputs)
+    abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    shardings = sharding.param_shardings(abstract, logical_axes(model), mesh, rules)
+    loaded = {}
+    if model_dir:
+        _, loaded = load_hf_checkpoint(
+            model_dir, lm_head="lm" in heads,
+            shardings={k: shardings[k] for k in ("transformer", "lm_head") if k in shardings},
+            **overrides)
+    fresh = {k: s for k, s in shardings.items() if k not in loaded}
+    params = jax.jit(lambda k: {name: p for name, p in init_params(model, k).items()
+                                if name in fresh}, out_shardings=fresh)(key)
+    return config, model, {**params, **loaded}

@@ -1,0 +1,186 @@
+"""The run-directory layout: the one place that knows where a run's files live.
+
+A stage's run directory holds:
+
+    config.json        the resolved stage config and its hash (see `check_run_config`)
+    checkpoints/       Orbax checkpoints (unless `checkpoint.directory` points elsewhere)
+    export/            the trained model (Hugging Face directory; reward models add their head)
+    metrics.jsonl      one JSON line of scalars per logged step; tensorboard/ the same as events
+    eval_summary.json  the reward model's held-out metrics after training
+    samples_*.jsonl    policy samples (before/after PPO)
+    data/              files written for the run (built-in data, tokenised TFDS datasets)
+    tokenizer/         a tokenizer trained for the run (built-in corpus)
+
+The end-to-end pipeline puts one such directory per stage (sft/, reward/, ppo/) under its own
+root, next to data/comparisons.jsonl, eval.json, run.json, report.md and plots/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+
+from rlhf_jax.train.config import ConfigError
+
+# Keys that may change between a run and its continuation without making it another run.
+RESUME_SAFE_KEYS = ("steps", "log_every", "progress", "allow_config_change")
+
+
+class ConfigMismatchError(ConfigError):
+    """A run directory already holds a run with a different config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+    """Paths of one stage's run directory (see the module docstring)."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def eval_summary(self) -> Path:
+        return self.root / "eval_summary.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def built_data(self) -> Path:
+        return self.root / "data" / "built"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    def samples(self, name: str) -> Path:
+        """Samples written under `name` ("before", "after")."""
+        return self.root / f"samples_{name}.jsonl"
+
+    def read_metrics(self) -> list[dict]:
+        """The rows of metrics.jsonl (empty when there is none)."""
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines()
+                if line.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineLayout:
+    """Paths of an end-to-end run: a `RunLayout` per stage plus the pipeline's own files."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    def stage(self, name: str) -> RunLayout:
+        """The run directory of stage `name` ("sft", "reward", "ppo")."""
+        return RunLayout(self.root / name)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def comparisons(self) -> Path:
+        return self.root / "data" / "comparisons.jsonl"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def info(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_hash(config: dict) -> str:
+    """SHA-256 of the config's canonical JSON, leaving out `RESUME_SAFE_KEYS` at the top level."""
+    kept = {k: v for k, v in config.items() if k not in RESUME_SAFE_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def check_run_config(config_path, config: dict, *, allow_change: bool = False) -> None:
+    """Refuse to continue a run directory that holds a run with a different config.
+
+    When `config_path` exists and its config differs from `config` (ignoring
+    `RESUME_SAFE_KEYS`, e.g. a larger `steps` to continue training), stop with a
+    `ConfigMismatchError` listing every differing key with its old and new value, instead of
+    silently resuming the old run; `allow_change` lets the run continue with the new config.
+    Nothing is written: `record_run_config` stores the config once the run has started.
+    """
+    path = Path(config_path)
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text())
+        old, old_hash = stored["config"], stored["hash"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigMismatchError(f"{path}: unreadable run config ({e}); expected JSON with "
+                                  "'config' and 'hash' (move it away to start afresh)") from None
+    if old_hash == config_hash(config) or allow_change:
+        return
+    a, b = _flatten(old), _flatten(config)
+    diffs = [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+             for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k) and k.split(".")[0] not in RESUME_SAFE_KEYS]
+    raise ConfigMismatchError(
+        f"{path.parent} holds a run with a different config; resuming it would mix two runs. "
+        f"Differing keys: {'; '.join(diffs) or '(hash only)'}. Use another run directory, or "
+        "pass --config.allow_config_change=true to continue this run with the new config")
+
+
+def record_run_config(config_path, config: dict) -> None:
+    """Store the run's resolved config and its hash (process 0, atomically)."""
+    if jax.process_index() != 0:
+        return
+    path = Path(config_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"config": config, "hash": config_hash(config)}, indent=1,
+                              sort_keys=True))
+    tmp.replace(path)

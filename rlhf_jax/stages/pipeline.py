@@ -1,0 +1,191 @@
+"""The end-to-end RLHF run as a library function: SFT → comparisons → reward model → PPO →
+evaluation and report (`run_pipeline(PipelineConfig(...))`)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import jax
+import numpy as np
+
+from rlhf_jax import data, eval as rl_eval, models, reward, train
+from rlhf_jax.ppo import KLConfig
+from rlhf_jax.sampling import SamplingConfig, generate
+from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
+from rlhf_jax.stages.ppo import PPOStageConfig, train_ppo
+from rlhf_jax.stages.reward import RewardConfig, train_reward_model
+from rlhf_jax.stages.sft import SFTConfig, SFTData, train_sft
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """The whole run. Each stage's settings are its own config (`sft`, `reward`, `ppo`); the
+    pipeline sets their run directories, seeds and inputs (model_dir / policy_dir, data files,
+    prompt and response lengths) from its fields below.
+
+    `policy_dir`: a local HF directory to start from (with its tokenizer); empty: the tiny preset
+    with a tokenizer trained on the built-in corpus. `preference_file`: your pairwise
+    comparisons; empty: simulated annotators (Bradley–Terry noise with `annotator_temperatures`
+    around the `gold` judge of `eval.TEXT_TERMS`) label pairs of SFT samples. `sft.steps = 0`
+    skips SFT (then `policy_dir` is needed).
+    """
+
+    run_dir: str = "runs/pipeline"
+    seed: int = 0
+    policy_dir: str = ""
+    sft_file: str = ""
+    preference_file: str = ""
+    prompts_file: str = ""
+    gold: str = "vader"
+    annotator_temperatures: str = "0.15,0.3,0.6"
+    comparisons: int = 1500
+    max_prompt_len: int = 8
+    max_new_tokens: int = 10
+    eval_samples: int = 160  # responses per policy in the final evaluation
+    report_samples: int = 8
+    allow_config_change: bool = False
+    sft: SFTConfig = SFTConfig(steps=150, batch_size=32, data=SFTData(source="text"))
+    reward: RewardConfig = RewardConfig(steps=300, batch_size=32, eval_every=50)
+    ppo: PPOStageConfig = PPOStageConfig(steps=150, batch_size=32, kl=KLConfig(beta=0.02))
+
+    def __post_init__(self):
+        if self.gold not in rl_eval.TEXT_TERMS:
+            raise ValueError(f"gold={self.gold!r}: expected one of {sorted(rl_eval.TEXT_TERMS)}")
+        if self.sft.steps <= 0 and not self.policy_dir:
+            raise ValueError("sft.steps=0 needs policy_dir (the policy to start PPO from)")
+
+
+def _prompt_texts(cfg: PipelineConfig, n: int) -> list[str]:
+    texts = ([r["prompt"] for r in data.read_records(cfg.prompts_file, "prompt")[0]]
+             if cfg.prompts_file else data.builtin.PROMPTS)
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def _encode(tokenizer, texts, length: int) -> dict:
+    counts = {"prompts_truncated": 0}
+    rows = np.stack([data.preference.encode_prompt(tokenizer, t, length, counts) for t in texts])
+    return data.prompt_arrays(rows, tokenizer.pad_token_id or 0)
+
+
+def _sampling(tokenizer, cfg: PipelineConfig) -> SamplingConfig:
+    eos = () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
+    return SamplingConfig(max_new_tokens=cfg.max_new_tokens,
+                          pad_token_id=tokenizer.pad_token_id or 0, eos_token_ids=eos)
+
+
+def sample_comparisons(cfg: PipelineConfig, policy_dir: str, gold_fn, path) -> dict:
+    """Pairs of policy samples for each prompt, labelled by the simulated annotators, written
+    to `path` as pairwise JSONL; returns the count and how often the gold judge agrees."""
+    config, params = models.load_hf_checkpoint(policy_dir)
+    tok = models.load_tokenizer(policy_dir, config)
+    sampling = _sampling(tok, cfg)
+    pairs, key, all_texts = [], jax.random.key(cfg.seed + 100), _prompt_texts(cfg, cfg.comparisons)
+    for chunk in range(0, cfg.comparisons, 250):
+        texts = all_texts[chunk:chunk + 250]
+        batch = _encode(tok, [t for t in texts for _ in (0, 1)], cfg.max_prompt_len)
+        out = generate(params, batch["tokens"], batch["mask"], jax.random.fold_in(key, chunk),
+                       config=config, sampling=sampling)
+        toks, mask = jax.device_get((out.tokens, out.mask))
+        resp = [tok.decode(t[m > 0], skip_special_tokens=True) for t, m in zip(toks, mask)]
+        pairs += [(p, a, b) for p, a, b in zip(texts, resp[0::2], resp[1::2]) if a != b]
+    temps = tuple(float(t) for t in cfg.annotator_temperatures.split(","))
+    records = data.builtin.simulate_annotators(pairs, gold_fn, temperatures=temps, seed=cfg.seed)
+    data.builtin.write_jsonl(path, records)
+    agree = [np.sign(gold_fn(r["prompt"], r["chosen"]) - gold_fn(r["prompt"], r["rejected"]))
+             for r in records]  # how often the judge itself sides with the label (ties: half)
+    return {"comparisons": len(records), "gold_label_agreement": float(np.mean(
+        [1.0 if a > 0 else 0.5 if a == 0 else 0.0 for a in agree]))}
+
+
+def evaluate_before_after(cfg: PipelineConfig, ref_dir: str, policy_dir: str, reward_dir: str,
+                          gold_fn, std_coef: float = 0.0) -> dict:
+    """Gold, proxy and KL of the reference (SFT) and the trained policy on the same prompts."""
+    config, ref = models.load_hf_checkpoint(ref_dir)
+    _, after = models.load_hf_checkpoint(policy_dir)
+    rm_config, rm_params, rm_meta = reward.load_reward_model(reward_dir)
+    tok = models.load_tokenizer(ref_dir, config)
+    prompts = _encode(tok, _prompt_texts(cfg, cfg.eval_samples), cfg.max_prompt_len)
+    proxy = reward.reward_model_scorer(rm_config, rm_meta["num_outputs"], std_coef)
+    kw = dict(sampling=_sampling(tok, cfg), tokenizer=tok, gold_fn=gold_fn, proxy_fn=proxy,
+              proxy_params=rm_params)
+    key = jax.random.key(cfg.seed + 200)
+    return {name: rl_eval.evaluate_policy(p, ref, config, prompts, key, **kw)
+            for name, p in (("before", ref), ("after", after))}
+
+
+def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, prefs: str):
+    """The SFT, reward and PPO configs with the pipeline's directories, seed and inputs."""
+    common = dict(seed=cfg.seed, allow_config_change=cfg.allow_config_change)
+    sft = dataclasses.replace(cfg.sft, run_dir=str(layout.stage("sft").root),
+                              model_dir=cfg.policy_dir,
+                              data=dataclasses.replace(cfg.sft.data, file=cfg.sft_file), **common)
+    rm = dataclasses.replace(cfg.reward, run_dir=str(layout.stage("reward").root),
+                             model_dir=policy_dir, data=dataclasses.replace(
+                                 cfg.reward.data, train_file=prefs,
+                                 max_prompt_len=cfg.max_prompt_len,
+                                 max_response_len=cfg.max_new_tokens + 2), **common)
+    ppo_cfg = dataclasses.replace(
+        cfg.ppo, run_dir=str(layout.stage("ppo").root), policy_dir=policy_dir,
+        reward_dir=str(layout.stage("reward").export),
+        prompts=dataclasses.replace(cfg.ppo.prompts, file=cfg.prompts_file,
+                                    max_prompt_len=cfg.max_prompt_len),
+        sampling=dataclasses.replace(cfg.ppo.sampling, max_new_tokens=cfg.max_new_tokens),
+        monitor_terms=cfg.gold, **common)
+    return sft, rm, ppo_cfg
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    """Run every stage into `cfg.run_dir` (rerunning resumes each stage where it stopped) and
+    write eval.json, run.json and report.md; return the headline numbers."""
+    layout = PipelineLayout(cfg.run_dir)
+    resolved = train.config_to_dict(cfg)
+    if any(layout.stage(name).config.is_file() for name in ("sft", "reward", "ppo")):
+        check_run_config(layout.config, resolved, allow_change=cfg.allow_config_change)
+    record_run_config(layout.config, resolved)
+    gold_fn, seconds = rl_eval.TEXT_TERMS[cfg.gold], {}
+
+    def timed(name, fn, *args):
+        print(f"== {name} (stage {len(seconds) + 1})", flush=True)
+        start = time.perf_counter()
+        out = fn(*args)
+        seconds[name] = time.perf_counter() - start
+        return out
+
+    def preempted(name):
+        print(f"stage {name} was preempted after saving; rerun the same command to resume",
+              flush=True)
+        return {"preempted": name}
+
+    policy_dir = cfg.policy_dir if cfg.sft.steps <= 0 else str(layout.stage("sft").export)
+    prefs = cfg.preference_file or str(layout.comparisons)
+    sft, rm, ppo_cfg = stage_configs(cfg, layout, policy_dir, prefs)
+    if cfg.sft.steps > 0 and timed("sft", train_sft, sft).preempted:
+        return preempted("sft")
+    labels = (timed("comparisons", sample_comparisons, cfg, policy_dir, gold_fn, prefs)
+              if not cfg.preference_file else {"preference_file": prefs})
+    if timed("reward", train_reward_model, rm).preempted:
+        return preempted("reward")
+    ppo_result = timed("ppo", train_ppo, ppo_cfg)
+    if ppo_result.preempted:
+        return preempted("ppo")
+    ev = timed("evaluation", evaluate_before_after, cfg, policy_dir, ppo_result.export_dir,
+               ppo_cfg.reward_dir, gold_fn, cfg.ppo.reward_std_coef)
+    info = {"seed": cfg.seed, "stage_seconds": seconds, **labels, "gold": cfg.gold,
+            "annotator_temperatures": cfg.annotator_temperatures,
+            "report_samples": cfg.report_samples, "config": train.config_to_dict(cfg)}
+    if train.is_main_process():
+        layout.evaluation.write_text(json.dumps(ev, indent=1))
+        layout.info.write_text(json.dumps(info, indent=1))
+        rl_eval.write_report(
+            layout.report, layout.plots, info=info,
+            reward_rows=layout.stage("reward").read_metrics(),
+            reward_summary=json.loads(layout.stage("reward").eval_summary.read_text()),
+            ppo_rows=layout.stage("ppo").read_metrics(), evaluation=ev,
+            gold_key=f"reward_terms/{cfg.gold}")
+    b, a = ev["before"]["summary"], ev["after"]["summary"]
+    out = {"gold_before": b["gold"], "gold_after": a["gold"], "kl_after": a["kl"],
+           "proxy_before": b["proxy"], "proxy_after": a["proxy"],
+           "seconds": round(sum(seconds.values()), 1), "report": str(layout.report)}
+    print(json.dumps(out), flush=True)
+    return out

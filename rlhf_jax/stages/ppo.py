@@ -1,0 +1,274 @@
+"""PPO against a reward model as a library function: `train_ppo(PPOStageConfig(...))`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+
+from rlhf_jax import data, eval as rl_eval, models, ppo, reward, sharding, train
+from rlhf_jax.checkpoint import CheckpointConfig
+from rlhf_jax.models import CheckpointFormatError, TransformerConfig
+from rlhf_jax.sampling import SamplingConfig
+from rlhf_jax.stages.common import (RunConfig, StageResult, optimizer_config, start_run,
+                                    train_with_checkpoints)
+from rlhf_jax.stages.layout import RunLayout
+from rlhf_jax.train import ConfigError, OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptData:
+    """Prompts: the `prompt` field of a JSONL/Parquet `file` (empty: the built-in prompts)."""
+
+    file: str = ""
+    max_prompt_len: int = 8
+    on_error: str = "raise"
+
+
+@dataclasses.dataclass(frozen=True)
+class PtxData:
+    """PPO-ptx text (a `text` field; empty file: the built-in corpus), used when ppo.ptx_coef > 0."""
+
+    file: str = ""
+    batch_size: int = 16
+    max_len: int = 24
+
+
+def _default_terms() -> dict:
+    return {"vader": 0.0, "repetition": 0.0, "words": 0.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOStageConfig(RunConfig):
+    """PPO (or RLOO / GRPO) from a reward model with a per-token KL penalty toward the policy's
+    initial weights (Ouyang et al. 2022; defaults from Huang et al. 2023).
+
+    `critic`: "reward" (a separate critic initialised from the reward model) or "shared" (a value
+    head on the policy). `sampling`'s EOS ids are completed with the tokenizer's EOS and
+    `stop_tokens` (comma-separated single vocabulary tokens that end a response), its pad id
+    with the tokenizer's. An ensemble reward model scores mean − `reward_std_coef`·std.
+    `reward_terms` weights text scorers (`eval.TEXT_TERMS`) added to the score; `monitor_terms`
+    are logged each iteration without weight, the first also judges the before/after samples.
+    """
+
+    run_dir: str = "runs/ppo"
+    log_every: int = 5
+    policy_dir: str = ""
+    preset: str = "tiny-llama"
+    reward_dir: str = "runs/reward/export"
+    critic: str = "reward"
+    reward_std_coef: float = 0.0
+    prompts: PromptData = PromptData()
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=10)
+    stop_tokens: str = ""
+    rollout: ppo.RolloutConfig = ppo.RolloutConfig(missing_eos_penalty=-1.0)
+    kl: ppo.KLConfig = ppo.KLConfig()
+    ppo: ppo.PPOConfig = ppo.PPOConfig(num_minibatches=2)
+    ptx: PtxData = PtxData()
+    reward_terms: dict = dataclasses.field(default_factory=_default_terms)
+    monitor_terms: str = ""
+    steps: int = 40
+    batch_size: int = 32  # prompts per iteration (× rollout.group_size samples)
+    optim: OptimizerConfig = OptimizerConfig(learning_rate=1e-4, total_steps=0,
+                                             schedule="constant")
+    eval_prompts: int = 16  # samples written before and after training
+    checkpoint: CheckpointConfig = CheckpointConfig(save_every=10, keep_last=2)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.critic not in ("reward", "shared"):
+            raise ValueError(f"critic={self.critic!r}: expected 'reward' or 'shared'")
+        names = set(rl_eval.TEXT_TERMS)
+        for name in list(self.reward_terms) + list(filter(None, self.monitor_terms.split(","))):
+            if name not in names:
+                raise ValueError(f"unknown text scorer {name!r} in reward_terms/monitor_terms; "
+                                 f"expected some of {sorted(names)}")
+
+
+@dataclasses.dataclass
+class PPOModels:
+    """Everything loaded, sharded on the mesh. `params` is the trainable {"policy"[, "critic"]}."""
+
+    config: TransformerConfig
+    reward_config: TransformerConfig
+    reward_params: Any
+    reward_outputs: int
+    tokenizer: Any
+    ref_params: Any
+    params: dict
+
+    @property
+    def critic_config(self):
+        """The separate critic's config, or None when the value head is on the policy."""
+        return self.reward_config if "critic" in self.params else None
+
+    def scorer(self, std_coef: float = 0.0) -> reward.reward_model_scorer:
+        """The reward model as a PPO score_fn (ensemble: mean − std_coef·std)."""
+        return reward.reward_model_scorer(self.reward_config, self.reward_outputs, std_coef)
+
+
+def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: str, mesh, rules,
+                    key) -> PPOModels:
+    """The reward model from its export; the policy from a local HF directory (or `preset`,
+    randomly initialised, with the reward model's vocabulary); the reference as a frozen copy of
+    the policy; the critic initialised from the reward model (`critic="reward"`) or a value head
+    on the policy (`critic="shared"`). The two tokenizers must agree."""
+    if critic not in ("reward", "shared"):
+        raise ConfigError(f"critic={critic!r}: expected 'reward' or 'shared'")
+    if not os.path.isdir(reward_dir):
+        raise CheckpointFormatError(
+            f"reward_dir={str(reward_dir)!r} does not exist; train one first with "
+            "`python experiments/train_reward.py` or point --config.reward_dir at a reward "
+            "model export")
+    rm_config, rm_params, rm_meta = reward.load_reward_model(reward_dir)
+    rm_model = models.DecoderModel(rm_config, heads=("reward",),
+                                   num_reward_outputs=rm_meta["num_outputs"])
+    rm_params = sharding.shard_params(rm_params, models.logical_axes(rm_model), mesh, rules)
+    tokenizer = models.load_tokenizer(reward_dir, rm_config)
+    heads = ("lm",) if critic == "reward" else ("lm", "value")
+    overrides = {} if policy_dir else {"vocab_size": rm_config.vocab_size}
+    config, _, policy = models.load_or_init_model(policy_dir, preset, mesh, rules, key,
+                                                  heads=heads, **overrides)
+    if policy_dir:
+        policy_tok = models.load_tokenizer(policy_dir, config)
+        if policy_tok.get_vocab() != tokenizer.get_vocab():
+            raise CheckpointFormatError(
+                f"the tokenizers of policy_dir={str(policy_dir)!r} and reward_dir="
+                f"{str(reward_dir)!r} differ; the reward model must read the policy's tokens")
+    if config.vocab_size != rm_config.vocab_size:
+        raise CheckpointFormatError(f"policy vocab_size {config.vocab_size} != reward model "
+                                    f"vocab_size {rm_config.vocab_size}")
+    copy = lambda tree: jax.tree.map(lambda x: x.copy(), tree)  # noqa: E731 - the update donates
+    ref = {k: v for k, v in copy(policy).items() if k != "value_head"}
+    params = {"policy": policy}
+    if critic == "reward":
+        params["critic"] = copy(reward.critic_from_reward_model(rm_params))
+    return PPOModels(config, rm_config, rm_params, int(rm_meta["num_outputs"]), tokenizer, ref,
+                     params)
+
+
+def stop_token_ids(tokenizer, spec: str) -> tuple:
+    """Vocabulary ids of the comma-separated stop tokens (each must be a single token)."""
+    ids = []
+    for text in filter(None, spec.split(",")):
+        found = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(found) != 1:
+            raise ConfigError(f"stop_tokens: {text!r} is not one token of the vocabulary "
+                              f"(it tokenises to {found})")
+        ids.append(int(found[0]))
+    return tuple(ids)
+
+
+def check_batch_sizes(cfg: PPOStageConfig, mesh) -> None:
+    """Batch sizes must split over the mesh's batch axes, the processes and the minibatches."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = cfg.batch_size * cfg.rollout.group_size
+    checks = [("batch_size × rollout.group_size", rows, (shards, cfg.ppo.num_minibatches)),
+              ("batch_size", cfg.batch_size, (jax.process_count(),))]
+    if cfg.ppo.ptx_coef > 0:
+        checks.append(("ptx.batch_size", cfg.ptx.batch_size,
+                       (shards, cfg.ppo.num_minibatches, jax.process_count())))
+    for field, value, divisors in checks:
+        for d in divisors:
+            if value % d:
+                raise ConfigError(
+                    f"{field} = {value} must be divisible by {d} (data×fsdp devices = {shards}, "
+                    f"ppo.num_minibatches = {cfg.ppo.num_minibatches}, processes = "
+                    f"{jax.process_count()})")
+
+
+def _reward_terms(cfg: PPOStageConfig, tokenizer) -> tuple:
+    terms = tuple(ppo.text_reward_term(name, float(weight), tokenizer, rl_eval.TEXT_TERMS[name])
+                  for name, weight in cfg.reward_terms.items() if weight)
+    return terms + tuple(ppo.text_reward_term(name, 0.0, tokenizer, rl_eval.TEXT_TERMS[name])
+                         for name in filter(None, cfg.monitor_terms.split(",")))
+
+
+def _ptx_batches(cfg: PPOStageConfig, layout: RunLayout, tokenizer, pad_id: int):
+    if cfg.ppo.ptx_coef <= 0:
+        return None
+    ptx_file = cfg.ptx.file or str(data.builtin.write_texts(layout.data / "ptx.jsonl",
+                                                            seed=cfg.seed))
+    ptx_ds = data.build_prompt_dataset(ptx_file, tokenizer, layout.built_data,
+                                       max_prompt_len=cfg.ptx.max_len, field="text")
+    return data.prompt_batches(ptx_ds.splits["train"], cfg.ptx.batch_size // jax.process_count(),
+                               pad_id=pad_id, seed=cfg.seed + 1)
+
+
+def train_ppo(cfg: PPOStageConfig, *,
+              extra_reward_terms: Sequence[ppo.RewardTerm] = ()) -> StageResult:
+    """Run `cfg.steps` PPO iterations with exact resume; export the policy to `<run_dir>/export`.
+
+    Samples of the initial and final policy, judged by the reward model (and the first monitored
+    scorer), go to `samples_before.jsonl` / `samples_after.jsonl`. `extra_reward_terms` adds
+    weighted host-side terms of your own (see `ppo.RewardTerm`). The result's metrics hold the
+    final β and the reward-model score of the final samples.
+    """
+    layout = RunLayout(cfg.run_dir)
+    mesh, rules = start_run(cfg, layout)
+    key = jax.random.key(cfg.seed)
+    m = load_ppo_models(cfg.policy_dir, cfg.reward_dir, preset=cfg.preset, critic=cfg.critic,
+                        mesh=mesh, rules=rules, key=jax.random.fold_in(key, 0))
+    tokenizer, pad_id = m.tokenizer, m.tokenizer.pad_token_id or 0
+    prompt_file = cfg.prompts.file or str(data.builtin.write_prompts(
+        layout.data / "prompts.jsonl", n=200))
+    prompt_ds = data.build_prompt_dataset(prompt_file, tokenizer, layout.built_data,
+                                          max_prompt_len=cfg.prompts.max_prompt_len,
+                                          on_error=cfg.prompts.on_error)
+    check_batch_sizes(cfg, mesh)
+    batches = ppo.ZipBatches(
+        data.prompt_batches(prompt_ds.splits["train"], cfg.batch_size // jax.process_count(),
+                            pad_id=pad_id, seed=cfg.seed),
+        _ptx_batches(cfg, layout, tokenizer, pad_id))
+    eos = (() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)) + \
+        stop_token_ids(tokenizer, cfg.stop_tokens) + cfg.sampling.eos_token_ids
+    sampling = dataclasses.replace(cfg.sampling, eos_token_ids=tuple(dict.fromkeys(eos)),
+                                   pad_token_id=pad_id)
+    kl_init, kl_update = ppo.kl_controller(cfg.kl)
+    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), m.params)
+    abstract, init_state = train.compile_init(
+        lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
+                                           helpers={"kl": kl_init()}), m.params)
+    score_fn = m.scorer(cfg.reward_std_coef)
+    step = ppo.make_ppo_step(
+        config=m.config, critic_config=m.critic_config, ref_params=m.ref_params,
+        score_params=m.reward_params, score_fn=score_fn, sampling=sampling,
+        rollout=cfg.rollout, ppo=cfg.ppo, tx=tx, kl_update=kl_update,
+        reward_terms=_reward_terms(cfg, tokenizer) + tuple(extra_reward_terms),
+        place_batch=lambda b: train.global_batch_from_local(b, mesh, rules))
+    eval_src = data.prompt_batches(prompt_ds.splits["train"], cfg.eval_prompts, pad_id=pad_id,
+                                   seed=cfg.seed + 2, shuffle=True)
+    eval_prompts = train.global_batch_from_local(next(eval_src), mesh, rules)
+    gold_fn = rl_eval.TEXT_TERMS.get(cfg.monitor_terms.split(",")[0])
+
+    def write_samples(name, params) -> dict:
+        result = rl_eval.evaluate_policy(params, m.ref_params, m.config, eval_prompts,
+                                         jax.random.fold_in(key, 2), sampling=sampling,
+                                         tokenizer=tokenizer, gold_fn=gold_fn,
+                                         proxy_fn=score_fn, proxy_params=m.reward_params)
+        if train.is_main_process():
+            with open(layout.samples(name), "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in result["rows"])
+        return result["summary"]
+
+    result = train_with_checkpoints(
+        layout, cfg.checkpoint, step=step, abstract_state=abstract, init_state=init_state,
+        batches=batches, total_steps=cfg.steps, config=train.config_to_dict(cfg), mesh=mesh,
+        rules=rules, before=lambda state: write_samples("before", m.ref_params),
+        log_every=cfg.log_every, leaf_names=train.leaf_names(m.params),
+        progress_keys=("score/mean", "kl/sequence", "time/iteration"))
+    if result.preempted:
+        print(f"preempted at step {result.step}", flush=True)
+        return StageResult(str(layout.root), None, result.step, True)
+    with sharding.activation_sharding(mesh, rules):
+        after = write_samples("after", result.state.params["policy"])
+    if train.is_main_process():
+        models.save_hf_checkpoint(layout.export, m.config, result.state.params["policy"],
+                                  tokenizer=tokenizer, overwrite=True)
+    metrics = {"steps": result.step, "beta": float(result.state.helpers["kl"].beta),
+               "reward_model_score_after": after["proxy"]["mean"]}
+    print(json.dumps(metrics), flush=True)
+    return StageResult(str(layout.root), str(layout.export), result.step, False, metrics)
+

@@ -1,0 +1,129 @@
+"""Reward-model training as a library function: `train_reward_model(RewardConfig(...))`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+
+from rlhf_jax import data, models, reward, sharding, train
+from rlhf_jax.checkpoint import CheckpointConfig
+from rlhf_jax.stages.common import (RunConfig, StageResult, check_batch_size, jit_train_step,
+                                    optimizer_config, start_run, train_with_checkpoints)
+from rlhf_jax.stages.layout import RunLayout
+from rlhf_jax.train import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardData:
+    """Labels: a JSONL/Parquet `train_file` of `kind` pairwise | ranking | rating | hh (empty:
+    `builtin_pairs` comparisons by the built-in simulated annotators); ratings are declared on
+    [rating_low, rating_high]; `on_error` is "raise" or "skip" for malformed records."""
+
+    train_file: str = ""
+    kind: str = "pairwise"
+    rating_low: float = 0.0
+    rating_high: float = 1.0
+    on_error: str = "raise"
+    validation_fraction: float = 0.1
+    builtin_pairs: int = 2000
+    max_prompt_len: int = 8
+    max_response_len: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+    """Stop after `patience` evaluations without improvement of `metric` (0: never)."""
+
+    metric: str = "eval/loss"
+    patience: int = 0
+    mode: str = "min"
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig(RunConfig):
+    """A reward model (scalar head, or an ensemble of `num_reward_outputs` heads) on a backbone
+    from `model_dir` (local HF directory) or a randomly initialised `preset`."""
+
+    run_dir: str = "runs/reward"
+    model_dir: str = ""
+    preset: str = "tiny-llama"
+    num_reward_outputs: int = 1
+    dropout: float = 0.0  # embedding / attention / residual dropout while training
+    data: RewardData = RewardData()
+    loss: reward.RewardLossConfig = reward.RewardLossConfig(centering_coef=0.01)
+    steps: int = 300
+    batch_size: int = 32
+    optim: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, warmup_steps=20,
+                                             total_steps=0, weight_decay=0.01)
+    eval_every: int = 50
+    early_stopping: EarlyStopping = EarlyStopping()
+    normalise_samples: int = 512  # responses whose rewards the export normalises to mean 0, std 1
+    checkpoint: CheckpointConfig = CheckpointConfig(save_every=50, keep_last=2, keep_best=1,
+                                                    best_metric="eval/accuracy", best_mode="max")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_reward_outputs < 1:
+            raise ValueError(f"num_reward_outputs={self.num_reward_outputs}: expected >= 1")
+
+
+def train_reward_model(cfg: RewardConfig) -> StageResult:
+    """Train, evaluate on the held-out split, normalise (Ziegler et al. 2019, §2.2) and export
+    to `<run_dir>/export`; held-out metrics go to `<run_dir>/eval_summary.json` and the result."""
+    layout = RunLayout(cfg.run_dir)
+    mesh, rules = start_run(cfg, layout)
+    key, dc = jax.random.key(cfg.seed), cfg.data
+    drop = dict(embd_dropout=cfg.dropout, attn_dropout=cfg.dropout, resid_dropout=cfg.dropout)
+    config, model, params = models.load_or_init_model(
+        cfg.model_dir, cfg.preset, mesh, rules, jax.random.fold_in(key, 0), heads=("reward",),
+        num_reward_outputs=cfg.num_reward_outputs, **drop)
+    if cfg.model_dir:
+        tokenizer = models.load_tokenizer(cfg.model_dir, config)
+    else:  # built-in task: simulated annotators and a tokenizer trained on its corpus
+        tokenizer = data.builtin.train_tokenizer(layout.tokenizer)
+    train_file = dc.train_file or str(data.builtin.write_comparisons(
+        layout.data / "comparisons.jsonl", dc.builtin_pairs, seed=cfg.seed))
+    ds = data.build_preference_dataset(
+        train_file, dc.kind, tokenizer, layout.built_data, max_prompt_len=dc.max_prompt_len,
+        max_response_len=dc.max_response_len, rating_range=(dc.rating_low, dc.rating_high),
+        on_error=dc.on_error, validation_fraction=dc.validation_fraction, seed=cfg.seed)
+    shape = dict(prompt_len=dc.max_prompt_len, num_responses=max(2, ds.num_responses),
+                 pad_id=tokenizer.pad_token_id or 0)
+    check_batch_size("batch_size", cfg.batch_size, mesh)
+    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params)
+    abstract, init_state = train.compile_init(
+        lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1)), params)
+    loss = reward.make_reward_loss(model, cfg.loss, dropout=cfg.dropout > 0)
+    step = jit_train_step(train.make_train_step(loss, tx), abstract,
+                          sharding.batch_sharding(mesh, rules, 1))
+    batches = data.preference_batches([ds.splits["train"]], cfg.batch_size, seed=cfg.seed,
+                                      **shape)
+
+    def evaluate(state):
+        return reward.evaluate_comparisons(model, state.params, ds.splits["validation"],
+                                           annotators=ds.annotators, batch_size=cfg.batch_size,
+                                           **shape)
+
+    es = cfg.early_stopping
+    result = train_with_checkpoints(
+        layout, cfg.checkpoint, step=step, abstract_state=abstract, init_state=init_state,
+        batches=batches, total_steps=cfg.steps, config=train.config_to_dict(cfg), mesh=mesh,
+        rules=rules, log_every=cfg.log_every, eval_fn=evaluate, eval_every=cfg.eval_every,
+        early_stop_metric=es.metric, patience=es.patience, early_stop_mode=es.mode,
+        leaf_names=train.leaf_names(params), progress_keys=("train/loss", "reward/accuracy"))
+    if result.preempted:
+        print(f"preempted at step {result.step}", flush=True)
+        return StageResult(str(layout.root), None, result.step, True)
+    params, norm = reward.normalise_reward_params(
+        model, result.state.params, ds.splits["train"], max_samples=cfg.normalise_samples,
+        batch_size=cfg.batch_size, **shape)
+    summary = {**evaluate(result.state.replace(params=params)), "normalisation": norm,
+               "data": ds.stats, "steps": result.step, "stopped_early": result.stopped_early}
+    if train.is_main_process():
+        reward.write_summary(layout.eval_summary, summary)
+        reward.save_reward_model(layout.export, config, params, tokenizer=tokenizer,
+                                 metadata={"normalisation": norm})
+    metrics = {k: v for k, v in summary.items() if k.startswith("eval/")}
+    print(json.dumps(metrics), flush=True)
+    return StageResult(str(layout.root), str(layout.export), result.step, False, metrics)

@@ -1,0 +1,114 @@
+"""Supervised fine-tuning as a library function: `train_sft(SFTConfig(...))`."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from rlhf_jax import data, losses, models, sharding, train
+from rlhf_jax.checkpoint import CheckpointConfig
+from rlhf_jax.stages.common import (RunConfig, StageResult, check_batch_size, jit_train_step,
+                                    optimizer_config, start_run, train_with_checkpoints)
+from rlhf_jax.stages.layout import RunLayout
+from rlhf_jax.train import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTData:
+    """What to learn: "progression" (synthetic token sequences of `SFTConfig.length`) or "text"
+    (the `text` field of a JSONL/Parquet `file`; empty file: the built-in corpus, with a tokenizer
+    trained on it when there is no model_dir), rows of at most `max_len` tokens."""
+
+    source: str = "progression"
+    file: str = ""
+    max_len: int = 24
+
+    def __post_init__(self):
+        if self.source not in ("progression", "text"):
+            raise ValueError(f"data.source={self.source!r}: expected 'progression' or 'text'")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig(RunConfig):
+    """Next-token cross-entropy on text, from a local HF directory (`model_dir`) or a randomly
+    initialised `preset`, with exact resume from the run directory."""
+
+    run_dir: str = "runs/sft"
+    model_dir: str = ""
+    preset: str = "tiny-llama"
+    dtype: str = "float32"
+    data: SFTData = SFTData()
+    steps: int = 200
+    batch_size: int = 16
+    length: int = 32  # sequence length of the "progression" source
+    num_microbatches: int = 1
+    max_consecutive_skips: int = 10
+    optim: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, warmup_steps=20,
+                                             total_steps=0, weight_decay=0.01)
+    checkpoint: CheckpointConfig = CheckpointConfig(save_every=50, keep_last=2)
+
+
+def _tokenizer(cfg: SFTConfig, layout: RunLayout):
+    """The tokenizer (None for token progressions) and the model-config overrides it implies."""
+    if cfg.data.source != "text":
+        return None, {}
+    if cfg.model_dir:
+        return models.load_tokenizer(cfg.model_dir), {}
+    tokenizer = data.builtin.train_tokenizer(layout.tokenizer)
+    return tokenizer, {"vocab_size": len(tokenizer)}
+
+
+def train_sft(cfg: SFTConfig) -> StageResult:
+    """Fine-tune with next-token NLL; export the model (and tokenizer) to `<run_dir>/export`.
+
+    Rerunning with the same config resumes from the newest checkpoint; SIGTERM saves and returns
+    a preempted result.
+    """
+    layout = RunLayout(cfg.run_dir)
+    mesh, rules = start_run(cfg, layout)
+    key = jax.random.key(cfg.seed)
+    tokenizer, overrides = _tokenizer(cfg, layout)
+    config, model, params = models.load_or_init_model(
+        cfg.model_dir, cfg.preset, mesh, rules, jax.random.fold_in(key, 0), dtype=cfg.dtype,
+        **overrides)
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
+        raise models.CheckpointFormatError(
+            f"{cfg.model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"vocab_size is {config.vocab_size}")
+    check_batch_size("batch_size", cfg.batch_size, mesh)
+    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params)
+    abstract, init_state = train.compile_init(
+        lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1)), params)
+
+    def sum_loss(p, batch, rng):
+        logits = model.apply({"params": p}, batch["tokens"], batch["mask"]).logits
+        total, count = losses.next_token_nll_sum(logits, batch["tokens"],
+                                                 losses.next_token_targets(batch["mask"]))
+        return total, (count, {"train/nll": total})
+
+    step = jit_train_step(train.make_train_step(sum_loss, tx,
+                                                num_microbatches=cfg.num_microbatches),
+                          abstract, sharding.batch_sharding(mesh, rules))
+    if tokenizer is None:
+        batches = data.progression_batches(batch_size=cfg.batch_size, length=cfg.length,
+                                           vocab_size=config.vocab_size, seed=cfg.seed)
+    else:
+        text_file = cfg.data.file or str(data.builtin.write_texts(
+            layout.data / "corpus.jsonl", seed=cfg.seed))
+        texts = data.build_prompt_dataset(text_file, tokenizer, layout.built_data,
+                                          max_prompt_len=cfg.data.max_len, field="text",
+                                          append_eos=True)
+        batches = data.prompt_batches(texts.splits["train"], cfg.batch_size // jax.process_count(),
+                                      pad_id=tokenizer.pad_token_id or 0, seed=cfg.seed)
+    result = train_with_checkpoints(
+        layout, cfg.checkpoint, step=step, abstract_state=abstract, init_state=init_state,
+        batches=batches, total_steps=cfg.steps, config=train.config_to_dict(cfg), mesh=mesh,
+        rules=rules, log_every=cfg.log_every, max_consecutive_skips=cfg.max_consecutive_skips,
+        leaf_names=train.leaf_names(params))
+    print(f"{'preempted' if result.preempted else 'finished'} at step {result.step}", flush=True)
+    if result.preempted:
+        return StageResult(str(layout.root), None, result.step, True)
+    if train.is_main_process():
+        models.save_hf_checkpoint(layout.export, config, result.state.params,
+                                  tokenizer=tokenizer, overwrite=True)
+    return StageResult(str(layout.root), str(layout.export), result.step, False)

@@ -1,0 +1,86 @@
+"""Run directories: the stored config, its hash, and refusing to resume a different run."""
+import dataclasses
+import json
+
+import pytest
+
+from rlhf_jax import stages, train
+from rlhf_jax.stages.layout import RESUME_SAFE_KEYS, config_hash
+
+
+def test_first_run_stores_config_and_hash(tmp_path):
+    cfg = {"seed": 0, "optim": {"learning_rate": 0.1}, "steps": 10}
+    stages.check_run_config(tmp_path / "config.json", cfg)  # nothing there: nothing to check
+    assert not (tmp_path / "config.json").exists()
+    stages.record_run_config(tmp_path / "config.json", cfg)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["config"] == cfg and stored["hash"] == config_hash(cfg)
+    assert len(stored["hash"]) == 64
+
+
+def test_different_config_is_refused_naming_the_keys(tmp_path):
+    path = tmp_path / "config.json"
+    stages.record_run_config(path, {"seed": 0, "optim": {"learning_rate": 0.1}, "steps": 10})
+    with pytest.raises(stages.ConfigMismatchError) as err:
+        stages.check_run_config(path, {"seed": 1, "optim": {"learning_rate": 0.2}, "steps": 10})
+    msg = str(err.value)
+    assert "optim.learning_rate: 0.1 -> 0.2" in msg and "seed: 0 -> 1" in msg
+    assert "allow_config_change" in msg
+    # the stored config is untouched by a refused run
+    assert json.loads(path.read_text())["config"]["seed"] == 0
+
+
+def test_resume_safe_keys_and_explicit_override(tmp_path):
+    path = tmp_path / "config.json"
+    stages.record_run_config(path, {"seed": 0, "steps": 10, "log_every": 5})
+    assert "steps" in RESUME_SAFE_KEYS
+    stages.check_run_config(path, {"seed": 0, "steps": 20, "log_every": 1})  # continue longer
+    stages.check_run_config(path, {"seed": 3, "steps": 20, "log_every": 1}, allow_change=True)
+    with pytest.raises(stages.ConfigMismatchError, match="seed: 0 -> 3"):
+        stages.check_run_config(path, {"seed": 3, "steps": 20, "log_every": 1})
+
+
+def test_unreadable_stored_config(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(stages.ConfigMismatchError, match="unreadable run config"):
+        stages.check_run_config(tmp_path / "config.json", {"seed": 0})
+
+
+@pytest.mark.slow
+def test_a_stage_refuses_to_resume_another_runs_directory(tmp_path):
+    base = stages.SFTConfig(run_dir=str(tmp_path / "sft"), steps=2, batch_size=8, length=8,
+                            log_every=1, optim=dataclasses.replace(
+                                stages.SFTConfig().optim, warmup_steps=0),
+                            checkpoint=dataclasses.replace(
+                                stages.SFTConfig().checkpoint, async_save=False))
+    with pytest.raises(train.ConfigError, match="batch_size = 4 must be divisible by 8"):
+        stages.train_sft(dataclasses.replace(base, batch_size=4))
+    # a config refused before training starts leaves nothing that a fixed config must match
+    with pytest.raises(train.ConfigError, match="optim.warmup_steps=20 exceeds steps=2"):
+        stages.train_sft(dataclasses.replace(base, optim=stages.SFTConfig().optim))
+    assert not (tmp_path / "sft" / "config.json").exists()
+    first = stages.train_sft(base)
+    assert json.loads((tmp_path / "sft" / "config.json").read_text())["config"]["steps"] == 2
+    assert first.step == 2 and not first.preempted
+    changed = dataclasses.replace(base, optim=dataclasses.replace(base.optim,
+                                                                  learning_rate=1e-2))
+    with pytest.raises(stages.ConfigMismatchError, match="optim.learning_rate: 0.003 -> 0.01"):
+        stages.train_sft(changed)
+    # more steps is a continuation, and an explicit override continues a changed config
+    assert stages.train_sft(dataclasses.replace(base, steps=3)).step == 3
+    forced = stages.train_sft(dataclasses.replace(changed, steps=4, allow_config_change=True))
+    assert forced.step == 4
+
+
+def test_config_from_dict_names_the_bad_key():
+    d = train.config_to_dict(stages.PPOStageConfig())
+    assert train.config_from_dict(stages.PPOStageConfig, d) == stages.PPOStageConfig()
+    d["rollout"]["advantage"] = "ppo"
+    with pytest.raises(train.ConfigError, match=r"config.rollout: .*advantage='ppo'"):
+        train.config_from_dict(stages.PPOStageConfig, d)
+    with pytest.raises(train.ConfigError, match=r"config.kl: unknown key\(s\) \['bta'\]"):
+        train.config_from_dict(stages.PPOStageConfig, {"kl": {"bta": 0.1}})
+    with pytest.raises(train.ConfigError, match=r"config.steps='ten': expected int"):
+        train.config_from_dict(stages.PPOStageConfig, {"steps": "ten"})
+    with pytest.raises(train.ConfigError, match="critic='value'"):
+        train.config_from_dict(stages.PPOStageConfig, {"critic": "value"})

@@ -1,0 +1,72 @@
+"""The package's import graph points down the layers of DESIGN.md and has no cycle."""
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "rlhf_jax"
+# lower index = lower layer; a module may import its own layer or lower ones
+LAYERS = [("sharding", "checkpoint"), ("data",), ("models",), ("sampling",), ("losses",),
+          ("reward", "ppo", "eval", "train"), ("stages",)]
+ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward"), ("train", "checkpoint")}
+
+
+def _layer(package: str) -> int:
+    return next(i for i, names in enumerate(LAYERS) if package in names)
+
+
+def _imports() -> dict:
+    """{module: set of rlhf_jax modules it imports (module level or inside functions)}."""
+    graph = {}
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.startswith("rlhf_jax"):
+                deps.add(node.module)
+                deps.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("rlhf_jax"))
+        graph[name] = deps
+    return {k: {d for d in v if d in graph} for k, v in graph.items()}
+
+
+def test_imports_point_down_the_layers():
+    bad = []
+    for module, deps in _imports().items():
+        parts = module.split(".")
+        if len(parts) < 2:
+            continue
+        for dep in deps:
+            dparts = dep.split(".")
+            if len(dparts) < 2 or dparts[1] == parts[1]:
+                continue
+            a, b = parts[1], dparts[1]
+            if _layer(b) > _layer(a) or (_layer(b) == _layer(a)
+                                         and (a, b) not in ALLOWED_ACROSS):
+                bad.append(f"{module} imports {dep}")
+    assert not bad, bad
+
+
+def test_no_import_cycle_between_modules():
+    graph = _imports()
+    # package __init__ files only re-export: follow module-to-module edges
+    modules = {k: {d for d in v if not graph.get(d) or d.count(".") > 1} for k, v in
+               graph.items() if k.count(".") > 1}
+    state, cycle = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for dep in modules.get(node, ()):
+            if dep not in modules:
+                continue
+            if state.get(dep) == "open":
+                cycle.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = "done"
+
+    for m in modules:
+        if m not in state:
+            visit(m, [m])
+    assert not cycle, cycle
