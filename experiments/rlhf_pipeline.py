@@ -9,14 +9,13 @@ Every artifact lands in `--config.run_dir`: each stage's checkpoints and metrics
 import os
 import sys
 
-from rlhf_jax import stages, train
+from rlhf_jax import stages
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "pipeline.py")
 
 
 def main(argv):
-    cfg = train.parse_config(argv, DEFAULT)
-    return stages.run_pipeline(train.config_from_dict(stages.PipelineConfig, cfg))
+    return stages.run_script(stages.run_pipeline, stages.PipelineConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@
 import os
 import sys
 
-from rlhf_jax import stages, train
+from rlhf_jax import stages
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "ppo.py")
 
 
 def main(argv):
-    cfg = train.parse_config(argv, DEFAULT)
-    return stages.train_ppo(train.config_from_dict(stages.PPOStageConfig, cfg))
+    return stages.run_script(stages.train_ppo, stages.PPOStageConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,13 @@
 import os
 import sys
 
-from rlhf_jax import stages, train
+from rlhf_jax import stages
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "reward.py")
 
 
 def main(argv):
-    cfg = train.parse_config(argv, DEFAULT)
-    return stages.train_reward_model(train.config_from_dict(stages.RewardConfig, cfg))
+    return stages.run_script(stages.train_reward_model, stages.RewardConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,15 @@ PKG = Path(__file__).resolve().parents[1] / "rlhf_jax"
 # lower index = lower layer; a module may import its own layer or lower ones
 LAYERS = [("sharding", "checkpoint"), ("data",), ("models",), ("sampling",), ("losses",),
           ("reward", "ppo", "eval", "train"), ("stages",)]
-ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward"), ("train", "checkpoint")}
+ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward")}
 
 
 def _layer(package: str) -> int:
-    return next(i for i, names in enumerate(LAYERS) if package in names)
+    for i, names in enumerate(LAYERS):
+        if package in names:
+            return i
+    raise AssertionError(f"rlhf_jax.{package} is in no layer of LAYERS: add it where DESIGN.md "
+                         "puts it")
 
 
 def _imports() -> dict:
@@ -49,24 +53,23 @@ def test_imports_point_down_the_layers():
 
 
 def test_no_import_cycle_between_modules():
+    """Cycles among modules, counting `from rlhf_jax.pkg import X` as an edge to the package's
+    __init__ (which imports its submodules) and an __init__'s re-exports as its edges."""
     graph = _imports()
-    # package __init__ files only re-export: follow module-to-module edges
-    modules = {k: {d for d in v if not graph.get(d) or d.count(".") > 1} for k, v in
-               graph.items() if k.count(".") > 1}
-    state, cycle = {}, []
+    state, cycles = {}, []
 
     def visit(node, stack):
         state[node] = "open"
-        for dep in modules.get(node, ()):
-            if dep not in modules:
-                continue
+        for dep in sorted(graph.get(node, ())):
+            if dep == node or (node.startswith(dep + ".") and dep.count(".") == 1):
+                continue  # a submodule importing its own package while it initialises
             if state.get(dep) == "open":
-                cycle.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep):] + [dep])
             elif dep not in state:
                 visit(dep, stack + [dep])
         state[node] = "done"
 
-    for m in modules:
+    for m in sorted(graph):
         if m not in state:
             visit(m, [m])
-    assert not cycle, cycle
+    assert not cycles, cycles

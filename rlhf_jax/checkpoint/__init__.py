@@ -1,3 +1,5 @@
-"""Orbax checkpoint manager: save/restore with resume, keep-N/best-N and corrupt-step fallback."""
-from rlhf_jax.checkpoint.manager import (CheckpointConfig, Checkpointer, NoReadableCheckpointError,
-                                         Restored)
+"""Orbax checkpoint manager: save/restore with resume, keep-N/best-N, integrity manifests and
+damaged-step fallback."""
+from rlhf_jax.checkpoint.manager import (CheckpointConfig, Checkpointer, DamagedCheckpointError,
+                                         NoReadableCheckpointError, Restored, seal_step,
+                                         verify_step)

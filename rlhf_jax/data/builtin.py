@@ -56,10 +56,12 @@ def simulate_annotators(pairs, gold_fn, *, temperatures=(0.5, 1.0, 2.0), seed: i
 
 
 def write_jsonl(path, records) -> Path:
-    """Write records as JSON lines (creating the directory)."""
+    """Write records as JSON lines (creating the directory; atomically, via a temporary file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
     return path
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import grain
+import jax
 import numpy as np
 
 
@@ -15,8 +16,10 @@ def progression_example(index: int, *, length: int, vocab_size: int, seed: int) 
 
 def progression_batches(*, batch_size: int, length: int, vocab_size: int, seed: int = 0,
                         num_examples: int = 4096):
-    """An endless, shuffled, checkpointable grain iterator of {"tokens", "mask"} batches."""
-    ds = (grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(None)
+    """An endless, shuffled, checkpointable grain iterator of {"tokens", "mask"} batches (each
+    process draws from its own 1/process_count of the examples)."""
+    ds = (grain.MapDataset.range(num_examples)[jax.process_index()::jax.process_count()]
+          .shuffle(seed=seed).repeat(None)
           .map(lambda i: progression_example(int(i), length=length, vocab_size=vocab_size,
                                              seed=seed))
           .batch(batch_size, drop_remainder=True))

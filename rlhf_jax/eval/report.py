@@ -67,8 +67,8 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
                  gold_key: str = "reward_terms/vader") -> Path:
     """Write the Markdown report to `report_path` and its plots into `plots_dir`; return the path.
 
-    `info` holds the run's settings (seed, stage_seconds, gold, annotator_temperatures, and either
-    preference_file or comparisons / gold_label_agreement); `evaluation` is {"before", "after"},
+    `info` holds the run's settings (run_dir, seed, stage_seconds, gold, annotator_temperatures,
+    and either preference_file or comparisons / gold_label_agreement); `evaluation` is {"before", "after"},
     each an `evaluate_policy` result.
     """
     import matplotlib
@@ -79,7 +79,7 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
     _plot_reward(reward_rows, plots / "reward_accuracy.png")
     _plot_overoptimisation(ppo_rows, gold_key, plots / "gold_proxy_vs_kl.png")
     rel = Path(os.path.relpath(plots, report_path.parent)).as_posix()
-    ev, run = evaluation, report_path.parent
+    ev, run = evaluation, info.get("run_dir", report_path.parent)
     before, after = ev["before"]["summary"], ev["after"]["summary"]
     annot = {k.rsplit("/", 1)[-1]: v for k, v in reward_summary.items()
              if k.startswith("eval/accuracy_annotator/")}

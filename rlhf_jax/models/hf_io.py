@@ -256,7 +256,8 @@ def load_tokenizer(path, config: Optional[TransformerConfig] = None):
 
 
 # ------------------------------------------------------------------------------------- saving
-def _host(x) -> np.ndarray:
+def host_array(x) -> np.ndarray:
+    """A (possibly sharded, multi-host) array as one NumPy array on every process (collective)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
         x = multihost_utils.process_allgather(x, tiled=True)
@@ -267,6 +268,9 @@ def save_hf_checkpoint(path, config: TransformerConfig, params: dict, *, tokeniz
                        dtype: Optional[str] = None, max_shard_bytes: int = 5 * 2**30,
                        overwrite: bool = False) -> Path:
     """Write params + config (+ tokenizer) as a directory `AutoModelForCausalLM` loads.
+
+    Call it on every process of a multi-host run: the parameters are gathered collectively, and
+    process 0 writes.
 
     Tensors are written in files of at most `max_shard_bytes` (with an index when there are
     several), converted one file at a time. The directory is assembled under a temporary name and
@@ -308,7 +312,7 @@ def save_hf_checkpoint(path, config: TransformerConfig, params: dict, *, tokeniz
             tensors = {}
             for entry in shard:
                 name = (prefix if entry.prefixed else "") + entry.name
-                tensors[name] = entry.to_hf(_host(_get(params, entry.path))).astype(out_dtype)
+                tensors[name] = entry.to_hf(host_array(_get(params, entry.path))).astype(out_dtype)
                 weight_map[name] = fname
                 total += tensors[name].nbytes
             if jax.process_index() == 0:

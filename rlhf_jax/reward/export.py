@@ -11,11 +11,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.models import (CheckpointFormatError, TransformerConfig, load_hf_checkpoint,
                              save_hf_checkpoint)
+from rlhf_jax.models.hf_io import host_array
 from rlhf_jax.models._safetensors import SafetensorsFile, save_safetensors
 
 HEAD_FILE, HEAD_META = "reward_head.safetensors", "reward_head.json"
@@ -23,7 +25,8 @@ HEAD_FILE, HEAD_META = "reward_head.safetensors", "reward_head.json"
 
 def save_reward_model(path, config: TransformerConfig, params: dict, *, tokenizer=None,
                       metadata: Optional[dict] = None, overwrite: bool = True) -> Path:
-    """Write a reward model directory (see the module docstring)."""
+    """Write a reward model directory (see the module docstring); call it on every process
+    (parameters are gathered collectively, process 0 writes)."""
     if "reward_head" not in params:
         raise CheckpointFormatError("params has no reward_head; is this a reward model?")
     export_cfg = config if "lm_head" in params or config.tie_word_embeddings else \
@@ -32,10 +35,11 @@ def save_reward_model(path, config: TransformerConfig, params: dict, *, tokenize
     head = params["reward_head"]
     tensors = {"proj.kernel": head["proj"]["kernel"], "proj.bias": head["proj"]["bias"],
                "gain": head["gain"], "bias": head["bias"]}
-    save_safetensors(str(path / HEAD_FILE), {k: np.asarray(v, np.float32)
-                                             for k, v in tensors.items()})
-    meta = {"num_outputs": int(np.asarray(head["gain"]).shape[0]), **(metadata or {})}
-    (path / HEAD_META).write_text(json.dumps(meta, indent=2))
+    tensors = {k: host_array(v).astype(np.float32) for k, v in tensors.items()}
+    if jax.process_index() == 0:
+        save_safetensors(str(path / HEAD_FILE), tensors)
+        meta = {"num_outputs": int(tensors["gain"].shape[0]), **(metadata or {})}
+        (path / HEAD_META).write_text(json.dumps(meta, indent=2))
     return path
 
 

@@ -1,10 +1,11 @@
 """The run shell as library functions: one function per stage, taking frozen config dataclasses
 and returning a small result; the run-directory layout; the end-to-end pipeline."""
+from rlhf_jax.stages.cli import USER_ERRORS, run_script
 from rlhf_jax.stages.common import RunConfig, StageResult
 from rlhf_jax.stages.layout import (ConfigMismatchError, PipelineLayout, RunLayout,
                                     check_run_config, record_run_config)
-from rlhf_jax.stages.pipeline import PipelineConfig, run_pipeline
+from rlhf_jax.stages.pipeline import PipelineConfig, PipelineResult, run_pipeline
 from rlhf_jax.stages.ppo import (PPOStageConfig, PromptData, PtxData, load_ppo_models,
-                                 stop_token_ids, train_ppo)
+                                 resolve_sampling, stop_token_ids, train_ppo)
 from rlhf_jax.stages.reward import EarlyStopping, RewardConfig, RewardData, train_reward_model
 from rlhf_jax.stages.sft import SFTConfig, SFTData, train_sft

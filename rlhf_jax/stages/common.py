@@ -1,14 +1,15 @@
 """What every training stage shares: the run settings, the result, and the training shell
-(checkpoint restore or fresh init, the loop, metrics, preemption)."""
+(config check, mesh, batches on the mesh, checkpoint restore or fresh init, the loop, metrics,
+preemption)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 
-from rlhf_jax import sharding, train
-from rlhf_jax.checkpoint import CheckpointConfig, Checkpointer
+from rlhf_jax import data, models, sharding, train
+from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.stages.layout import RunLayout, check_run_config, record_run_config
 from rlhf_jax.train import OptimizerConfig
 
@@ -22,78 +23,6 @@ class StageResult:
     step: int
     preempted: bool
     metrics: dict = dataclasses.field(default_factory=dict)
-
-
-def optimizer_config(optim: OptimizerConfig, steps: int) -> OptimizerConfig:
-    """The optimiser settings with the schedule's length defaulting to the stage's steps."""
-    if optim.total_steps:
-        return optim
-    if optim.warmup_steps > steps:
-        raise train.ConfigError(f"optim.warmup_steps={optim.warmup_steps} exceeds steps={steps} "
-                                "(the schedule's length when optim.total_steps is 0)")
-    return dataclasses.replace(optim, total_steps=steps)
-
-
-def start_run(cfg, layout: RunLayout):
-    """Check the config against the run directory (see `check_run_config`; the config is
-    recorded when training starts), start the distributed runtime when configured, and build the
-    device mesh: (mesh, rules)."""
-    check_run_config(layout.config, train.config_to_dict(cfg),
-                     allow_change=cfg.allow_config_change)
-    train.initialize()
-    return sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
-
-
-def check_batch_size(field: str, value: int, mesh) -> None:
-    """A batch must split evenly over the mesh's batch axes (data × fsdp) and the processes."""
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    for d in (shards, jax.process_count()):
-        if value % d:
-            raise train.ConfigError(f"{field} = {value} must be divisible by {d} (data×fsdp "
-                                    f"devices = {shards}, processes = {jax.process_count()})")
-
-
-def jit_train_step(step_fn: Callable, abstract_state, batch_sharding):
-    """`step_fn` jitted with the state's shardings in and out, donating the old state."""
-    state_sh = jax.tree.map(lambda a: a.sharding, abstract_state)
-    return jax.jit(step_fn, in_shardings=(state_sh, batch_sharding),
-                   out_shardings=(state_sh, None), donate_argnums=0)
-
-
-def train_with_checkpoints(layout: RunLayout, checkpoint: CheckpointConfig, *, step: Callable,
-                           abstract_state, init_state: Callable[[], Any], batches: Iterator,
-                           total_steps: int, config: dict, mesh, rules,
-                           before: Optional[Callable[[Any], None]] = None,
-                           **loop_kwargs) -> train.LoopResult:
-    """Record the run's `config` in the layout, resume from the newest readable checkpoint (or
-    start from `init_state()`), then run `train.run_training` under the mesh's activation
-    sharding, writing metrics to the layout.
-
-    `before(state)` runs only on a fresh start (e.g. samples of the initial policy). Prints
-    "resumed from step N" when resuming.
-    """
-    record_run_config(layout.config, config)
-    directory = checkpoint.directory or str(layout.checkpoints)
-    ckpt = Checkpointer(dataclasses.replace(checkpoint, directory=directory))
-    restored = ckpt.restore(abstract_state)
-    if restored is None:
-        state, loop_state = init_state(), None
-    else:
-        state, loop_state = restored.state, restored.loop_state
-        if hasattr(batches, "set_state"):
-            batches.set_state(restored.data_state)
-        print(f"resumed from step {restored.step}", flush=True)
-    writer = train.MetricWriter(layout.metrics, layout.tensorboard)
-    try:
-        with sharding.activation_sharding(mesh, rules):
-            if restored is None and before is not None:
-                before(state)
-            return train.run_training(step, state, batches, total_steps=total_steps,
-                                      checkpointer=ckpt, writer=writer, config=config,
-                                      loop_state=loop_state, **loop_kwargs)
-    finally:
-        ckpt.close()
-        writer.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +39,136 @@ class RunConfig:
     mesh: str = "fsdp=-1"
     sharding: str = "fsdp"
     log_every: int = 10
+    max_consecutive_skips: int = 10  # stop after more non-finite steps than this in a row
     allow_config_change: bool = False
 
     def __post_init__(self):
         if self.log_every <= 0:
             raise ValueError(f"log_every={self.log_every}: expected > 0")
+        if self.max_consecutive_skips < 0:
+            raise ValueError(f"max_consecutive_skips={self.max_consecutive_skips}: expected >= 0")
+
+
+def optimizer_config(optim: OptimizerConfig, steps: int) -> OptimizerConfig:
+    """The optimiser settings with the schedule's length defaulting to the stage's steps."""
+    if optim.total_steps:
+        return optim
+    if optim.warmup_steps > steps:
+        raise train.ConfigError(f"optim.warmup_steps={optim.warmup_steps} exceeds steps={steps} "
+                                "(the schedule's length when optim.total_steps is 0)")
+    return dataclasses.replace(optim, total_steps=steps)
+
+
+def resolved_config(cfg) -> dict:
+    """The config as the run uses it (JSON): the optimiser's schedule length filled in, except
+    for a constant schedule without warmup, which does not depend on it."""
+    optim = getattr(cfg, "optim", None)
+    if isinstance(optim, OptimizerConfig) and not (optim.schedule == "constant"
+                                                   and optim.warmup_steps == 0):
+        cfg = dataclasses.replace(cfg, optim=optimizer_config(optim, cfg.steps))
+    return train.config_to_dict(cfg)
+
+
+def start_run(cfg, layout: RunLayout):
+    """Start the distributed runtime when configured, check the config against the run
+    directory (see `check_run_config`; the config is recorded when training starts), and build
+    the device mesh: (mesh, rules)."""
+    train.initialize()
+    check_run_config(layout.config, resolved_config(cfg), allow_change=cfg.allow_config_change,
+                     defaults=resolved_config(type(cfg)()))
+    return sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
+
+
+def check_batch_size(field: str, value: int, mesh, also: Sequence[tuple[str, int]] = ()) -> None:
+    """A batch must split evenly over the mesh's batch axes (data × fsdp), the processes, and
+    any further (name, divisor) in `also` (e.g. PPO minibatches)."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    divisors = [("data×fsdp devices", shards), ("processes", jax.process_count()), *also]
+    for name, d in divisors:
+        if value % d:
+            raise train.ConfigError(f"{field} = {value} must be divisible by {d} ({name})")
+
+
+class GlobalBatches:
+    """Wraps a per-process batch iterator: each batch is assembled into global arrays sharded
+    over the mesh's batch axes (`train.global_batch_from_local`); the position is the wrapped
+    iterator's, so checkpoints and exact resume see through it."""
+
+    def __init__(self, local: Iterator, mesh, rules):
+        self.local, self.mesh, self.rules = local, mesh, rules
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return train.global_batch_from_local(next(self.local), self.mesh, self.rules)
+
+    def get_state(self):
+        """The wrapped iterator's position."""
+        return self.local.get_state()
+
+    def set_state(self, state):
+        """Restore the wrapped iterator's position."""
+        self.local.set_state(state)
+
+
+def builtin_file(layout: RunLayout, name: str, write: Callable, **kwargs) -> str:
+    """Write a built-in data file (`write(path, **kwargs)`, e.g. `data.builtin.write_prompts`)
+    into the layout once, on process 0; return its path."""
+    path = layout.builtin_data(name)
+    train.on_main_process(write, path, **kwargs)
+    return str(path)
+
+
+def builtin_tokenizer(layout: RunLayout):
+    """The tokenizer trained on the built-in corpus, saved in the layout (trained once, on
+    process 0; the other processes load it)."""
+    tokenizer = train.on_main_process(data.builtin.train_tokenizer, layout.tokenizer)
+    return tokenizer if tokenizer is not None else models.load_tokenizer(layout.tokenizer)
+
+
+def jit_train_step(step_fn: Callable, abstract_state, batch_sharding):
+    """`step_fn` jitted with the state's shardings in and out, donating the old state."""
+    state_sh = jax.tree.map(lambda a: a.sharding, abstract_state)
+    return jax.jit(step_fn, in_shardings=(state_sh, batch_sharding),
+                   out_shardings=(state_sh, None), donate_argnums=0)
+
+
+def train_with_checkpoints(cfg, layout: RunLayout, *, step: Callable, abstract_state,
+                           init_state: Callable[[], Any], batches: Iterator, mesh, rules,
+                           before: Optional[Callable[[Any], None]] = None,
+                           **loop_kwargs) -> train.LoopResult:
+    """Record the stage config `cfg` in the layout, resume from the newest readable checkpoint
+    (or start from `init_state()`), then run `train.run_training` for `cfg.steps` under the
+    mesh's activation sharding, writing metrics to the layout.
+
+    `cfg` is a `RunConfig` with `steps` and `checkpoint` (a `CheckpointConfig` whose empty
+    directory means the layout's); `batches` must expose get_state/set_state (exact resume).
+    `before(state)` runs only on a fresh start (e.g. samples of the initial policy). Prints
+    "resumed from step N" when resuming.
+    """
+    config = resolved_config(cfg)
+    record_run_config(layout.config, config)
+    directory = cfg.checkpoint.directory or str(layout.checkpoints)
+    ckpt = Checkpointer(dataclasses.replace(cfg.checkpoint, directory=directory))
+    restored = ckpt.restore(abstract_state)
+    if restored is None:
+        state, loop_state = init_state(), None
+    else:
+        state, loop_state = restored.state, restored.loop_state
+        batches.set_state(restored.data_state)
+        print(f"resumed from step {restored.step}", flush=True)
+    writer = train.MetricWriter(layout.metrics, layout.tensorboard,
+                                resume_step=0 if restored is None else restored.step)
+    try:
+        with sharding.activation_sharding(mesh, rules):
+            if restored is None and before is not None:
+                before(state)
+            return train.run_training(step, state, batches, total_steps=cfg.steps,
+                                      checkpointer=ckpt, writer=writer, config=config,
+                                      loop_state=loop_state, log_every=cfg.log_every,
+                                      max_consecutive_skips=cfg.max_consecutive_skips,
+                                      **loop_kwargs)
+    finally:
+        ckpt.close()
+        writer.close()

@@ -25,8 +25,13 @@ import jax
 
 from rlhf_jax.train.config import ConfigError
 
-# Keys that may change between a run and its continuation without making it another run.
-RESUME_SAFE_KEYS = ("steps", "log_every", "progress", "allow_config_change")
+# Keys (matched by their last dotted component) that may change between a run and its
+# continuation without making it another run: how long it runs (the learning-rate schedule's
+# length is recorded separately as optim.total_steps, so a schedule that depends on it still
+# counts), how often it logs and saves, where it runs and what it evaluates at the end.
+RESUME_SAFE_KEYS = ("run_dir", "steps", "log_every", "allow_config_change", "save_every",
+                    "keep_last", "async_save", "mesh", "sharding", "eval_samples",
+                    "report_samples")
 
 
 class ConfigMismatchError(ConfigError):
@@ -77,6 +82,10 @@ class RunLayout:
     @property
     def tokenizer(self) -> Path:
         return self.root / "tokenizer"
+
+    def builtin_data(self, name: str) -> Path:
+        """A data file the stage writes itself ("comparisons", "prompts", "corpus", "ptx")."""
+        return self.root / "data" / f"{name}.jsonl"
 
     def samples(self, name: str) -> Path:
         """Samples written under `name` ("before", "after")."""
@@ -131,47 +140,64 @@ class PipelineLayout:
 def _flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v:
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
 
 
+def _safe(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in RESUME_SAFE_KEYS
+
+
 def config_hash(config: dict) -> str:
-    """SHA-256 of the config's canonical JSON, leaving out `RESUME_SAFE_KEYS` at the top level."""
-    kept = {k: v for k, v in config.items() if k not in RESUME_SAFE_KEYS}
+    """SHA-256 of the config's canonical JSON, leaving out the `RESUME_SAFE_KEYS`."""
+    kept = {k: v for k, v in _flatten(config).items() if not _safe(k)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
-def check_run_config(config_path, config: dict, *, allow_change: bool = False) -> None:
+def config_differences(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """"key: old -> new" for every differing key except the `RESUME_SAFE_KEYS`; a key the old
+    config lacks (a field added since) counts only when its new value is not its default."""
+    a, b, d = _flatten(old), _flatten(new), _flatten(defaults or {})
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if _safe(k) or a.get(k) == b.get(k):
+            continue
+        if k not in a and k in d and b.get(k) == d[k]:
+            continue
+        out.append(f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}")
+    return out
+
+
+def check_run_config(config_path, config: dict, *, allow_change: bool = False,
+                     defaults: dict | None = None) -> None:
     """Refuse to continue a run directory that holds a run with a different config.
 
     When `config_path` exists and its config differs from `config` (ignoring
-    `RESUME_SAFE_KEYS`, e.g. a larger `steps` to continue training), stop with a
+    `RESUME_SAFE_KEYS`, e.g. a larger `steps` to continue a run whose schedule does not depend on
+    it; `defaults` lets fields added since the run started keep their default), stop with a
     `ConfigMismatchError` listing every differing key with its old and new value, instead of
     silently resuming the old run; `allow_change` lets the run continue with the new config.
     Nothing is written: `record_run_config` stores the config once the run has started.
     """
     path = Path(config_path)
-    if not path.is_file():
+    if not path.is_file() or allow_change:
         return
     try:
-        stored = json.loads(path.read_text())
-        old, old_hash = stored["config"], stored["hash"]
+        old = json.loads(path.read_text())["config"]
+        if not isinstance(old, dict):
+            raise TypeError("'config' is not a mapping")
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigMismatchError(f"{path}: unreadable run config ({e}); expected JSON with "
                                   "'config' and 'hash' (move it away to start afresh)") from None
-    if old_hash == config_hash(config) or allow_change:
-        return
-    a, b = _flatten(old), _flatten(config)
-    diffs = [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
-             for k in sorted(set(a) | set(b))
-             if a.get(k) != b.get(k) and k.split(".")[0] not in RESUME_SAFE_KEYS]
-    raise ConfigMismatchError(
-        f"{path.parent} holds a run with a different config; resuming it would mix two runs. "
-        f"Differing keys: {'; '.join(diffs) or '(hash only)'}. Use another run directory, or "
-        "pass --config.allow_config_change=true to continue this run with the new config")
+    diffs = config_differences(old, config, defaults)
+    if diffs:
+        raise ConfigMismatchError(
+            f"{path.parent} holds a run with a different config; resuming it would mix two "
+            f"runs. Differing keys: {'; '.join(diffs)}. Use another run directory, or pass "
+            "--config.allow_config_change=true to continue this run with the new config")
 
 
 def record_run_config(config_path, config: dict) -> None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from typing import Optional
 
 import jax
 import numpy as np
 
 from rlhf_jax import data, eval as rl_eval, models, reward, train
 from rlhf_jax.ppo import KLConfig
-from rlhf_jax.sampling import SamplingConfig, generate
+from rlhf_jax.sampling import generate
 from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
-from rlhf_jax.stages.ppo import PPOStageConfig, train_ppo
+from rlhf_jax.stages.ppo import PPOStageConfig, resolve_sampling, train_ppo
 from rlhf_jax.stages.reward import RewardConfig, train_reward_model
 from rlhf_jax.stages.sft import SFTConfig, SFTData, train_sft
 
@@ -54,6 +55,58 @@ class PipelineConfig:
             raise ValueError(f"gold={self.gold!r}: expected one of {sorted(rl_eval.TEXT_TERMS)}")
         if self.sft.steps <= 0 and not self.policy_dir:
             raise ValueError("sft.steps=0 needs policy_dir (the policy to start PPO from)")
+        try:
+            temps = [float(t) for t in self.annotator_temperatures.split(",")]
+        except ValueError:
+            temps = []
+        if not temps or min(temps) <= 0:
+            raise ValueError(f"annotator_temperatures={self.annotator_temperatures!r}: expected "
+                             "comma-separated positive numbers, one per annotator")
+        for stage, fields in _PIPELINE_OWNED.items():
+            default = PipelineConfig.__dataclass_fields__[stage].default
+            for path, source in fields.items():
+                if _get(getattr(self, stage), path) != _get(default, path):
+                    raise ValueError(f"{stage}.{path} is set by the pipeline (from {source}); "
+                                     f"set {source} instead")
+
+
+# Fields of the stage configs that the pipeline sets itself, and from what.
+_PIPELINE_OWNED = {
+    "sft": {"run_dir": "run_dir", "seed": "seed", "model_dir": "policy_dir",
+            "allow_config_change": "allow_config_change", "data.file": "sft_file",
+            "data.source": "the built-in text task"},
+    "reward": {"run_dir": "run_dir", "seed": "seed", "model_dir": "the SFT export or policy_dir",
+               "allow_config_change": "allow_config_change",
+               "data.train_file": "preference_file", "data.max_prompt_len": "max_prompt_len",
+               "data.max_response_len": "max_new_tokens"},
+    "ppo": {"run_dir": "run_dir", "seed": "seed", "policy_dir": "the SFT export or policy_dir",
+            "reward_dir": "the reward stage's export",
+            "allow_config_change": "allow_config_change", "prompts.file": "prompts_file",
+            "prompts.max_prompt_len": "max_prompt_len",
+            "sampling.max_new_tokens": "max_new_tokens", "monitor_terms": "gold"},
+}
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineResult:
+    """The headline numbers of a finished run (means with standard errors), or the stage that
+    was preempted (then rerun the same command to resume)."""
+
+    run_dir: str
+    report: Optional[str] = None
+    gold_before: Optional[dict] = None
+    gold_after: Optional[dict] = None
+    proxy_before: Optional[dict] = None
+    proxy_after: Optional[dict] = None
+    kl_after: Optional[dict] = None
+    seconds: float = 0.0
+    preempted_stage: Optional[str] = None
 
 
 def _prompt_texts(cfg: PipelineConfig, n: int) -> list[str]:
@@ -68,18 +121,14 @@ def _encode(tokenizer, texts, length: int) -> dict:
     return data.prompt_arrays(rows, tokenizer.pad_token_id or 0)
 
 
-def _sampling(tokenizer, cfg: PipelineConfig) -> SamplingConfig:
-    eos = () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
-    return SamplingConfig(max_new_tokens=cfg.max_new_tokens,
-                          pad_token_id=tokenizer.pad_token_id or 0, eos_token_ids=eos)
-
-
-def sample_comparisons(cfg: PipelineConfig, policy_dir: str, gold_fn, path) -> dict:
-    """Pairs of policy samples for each prompt, labelled by the simulated annotators, written
-    to `path` as pairwise JSONL; returns the count and how often the gold judge agrees."""
+def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir: str, gold_fn,
+                       path) -> dict:
+    """Pairs of policy samples for each prompt (sampled as PPO will sample), labelled by the
+    simulated annotators, written to `path` as pairwise JSONL; returns the count and how often
+    the gold judge agrees with the labels."""
     config, params = models.load_hf_checkpoint(policy_dir)
     tok = models.load_tokenizer(policy_dir, config)
-    sampling = _sampling(tok, cfg)
+    sampling = resolve_sampling(tok, ppo_cfg)
     pairs, key, all_texts = [], jax.random.key(cfg.seed + 100), _prompt_texts(cfg, cfg.comparisons)
     for chunk in range(0, cfg.comparisons, 250):
         texts = all_texts[chunk:chunk + 250]
@@ -91,24 +140,26 @@ def sample_comparisons(cfg: PipelineConfig, policy_dir: str, gold_fn, path) -> d
         pairs += [(p, a, b) for p, a, b in zip(texts, resp[0::2], resp[1::2]) if a != b]
     temps = tuple(float(t) for t in cfg.annotator_temperatures.split(","))
     records = data.builtin.simulate_annotators(pairs, gold_fn, temperatures=temps, seed=cfg.seed)
-    data.builtin.write_jsonl(path, records)
+    train.on_main_process(data.builtin.write_jsonl, path, records)
     agree = [np.sign(gold_fn(r["prompt"], r["chosen"]) - gold_fn(r["prompt"], r["rejected"]))
              for r in records]  # how often the judge itself sides with the label (ties: half)
     return {"comparisons": len(records), "gold_label_agreement": float(np.mean(
         [1.0 if a > 0 else 0.5 if a == 0 else 0.0 for a in agree]))}
 
 
-def evaluate_before_after(cfg: PipelineConfig, ref_dir: str, policy_dir: str, reward_dir: str,
-                          gold_fn, std_coef: float = 0.0) -> dict:
-    """Gold, proxy and KL of the reference (SFT) and the trained policy on the same prompts."""
-    config, ref = models.load_hf_checkpoint(ref_dir)
+def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir: str,
+                          gold_fn) -> dict:
+    """Gold, proxy and KL of the reference (the policy PPO started from) and the trained policy
+    on the same prompts, sampled and scored as in PPO (`ppo_cfg`)."""
+    config, ref = models.load_hf_checkpoint(ppo_cfg.policy_dir)
     _, after = models.load_hf_checkpoint(policy_dir)
-    rm_config, rm_params, rm_meta = reward.load_reward_model(reward_dir)
-    tok = models.load_tokenizer(ref_dir, config)
+    rm_config, rm_params, rm_meta = reward.load_reward_model(ppo_cfg.reward_dir)
+    tok = models.load_tokenizer(ppo_cfg.policy_dir, config)
     prompts = _encode(tok, _prompt_texts(cfg, cfg.eval_samples), cfg.max_prompt_len)
-    proxy = reward.reward_model_scorer(rm_config, rm_meta["num_outputs"], std_coef)
-    kw = dict(sampling=_sampling(tok, cfg), tokenizer=tok, gold_fn=gold_fn, proxy_fn=proxy,
-              proxy_params=rm_params)
+    proxy = reward.reward_model_scorer(rm_config, rm_meta["num_outputs"],
+                                       ppo_cfg.reward_std_coef)
+    kw = dict(sampling=resolve_sampling(tok, ppo_cfg), tokenizer=tok, gold_fn=gold_fn,
+              proxy_fn=proxy, proxy_params=rm_params)
     key = jax.random.key(cfg.seed + 200)
     return {name: rl_eval.evaluate_policy(p, ref, config, prompts, key, **kw)
             for name, p in (("before", ref), ("after", after))}
@@ -135,13 +186,15 @@ def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, 
     return sft, rm, ppo_cfg
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
+def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     """Run every stage into `cfg.run_dir` (rerunning resumes each stage where it stopped) and
     write eval.json, run.json and report.md; return the headline numbers."""
+    train.initialize()  # before anything touches JAX (the stages find it done)
     layout = PipelineLayout(cfg.run_dir)
     resolved = train.config_to_dict(cfg)
     if any(layout.stage(name).config.is_file() for name in ("sft", "reward", "ppo")):
-        check_run_config(layout.config, resolved, allow_change=cfg.allow_config_change)
+        check_run_config(layout.config, resolved, allow_change=cfg.allow_config_change,
+                         defaults=train.config_to_dict(PipelineConfig()))
     record_run_config(layout.config, resolved)
     gold_fn, seconds = rl_eval.TEXT_TERMS[cfg.gold], {}
 
@@ -155,25 +208,25 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     def preempted(name):
         print(f"stage {name} was preempted after saving; rerun the same command to resume",
               flush=True)
-        return {"preempted": name}
+        return PipelineResult(str(layout.root), preempted_stage=name)
 
     policy_dir = cfg.policy_dir if cfg.sft.steps <= 0 else str(layout.stage("sft").export)
     prefs = cfg.preference_file or str(layout.comparisons)
     sft, rm, ppo_cfg = stage_configs(cfg, layout, policy_dir, prefs)
     if cfg.sft.steps > 0 and timed("sft", train_sft, sft).preempted:
         return preempted("sft")
-    labels = (timed("comparisons", sample_comparisons, cfg, policy_dir, gold_fn, prefs)
+    labels = (timed("comparisons", sample_comparisons, cfg, ppo_cfg, policy_dir, gold_fn, prefs)
               if not cfg.preference_file else {"preference_file": prefs})
     if timed("reward", train_reward_model, rm).preempted:
         return preempted("reward")
     ppo_result = timed("ppo", train_ppo, ppo_cfg)
     if ppo_result.preempted:
         return preempted("ppo")
-    ev = timed("evaluation", evaluate_before_after, cfg, policy_dir, ppo_result.export_dir,
-               ppo_cfg.reward_dir, gold_fn, cfg.ppo.reward_std_coef)
+    ev = timed("evaluation", evaluate_before_after, cfg, ppo_cfg, ppo_result.export_dir, gold_fn)
     info = {"seed": cfg.seed, "stage_seconds": seconds, **labels, "gold": cfg.gold,
             "annotator_temperatures": cfg.annotator_temperatures,
-            "report_samples": cfg.report_samples, "config": train.config_to_dict(cfg)}
+            "report_samples": cfg.report_samples, "run_dir": str(layout.root),
+            "config": resolved}
     if train.is_main_process():
         layout.evaluation.write_text(json.dumps(ev, indent=1))
         layout.info.write_text(json.dumps(info, indent=1))
@@ -184,8 +237,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             ppo_rows=layout.stage("ppo").read_metrics(), evaluation=ev,
             gold_key=f"reward_terms/{cfg.gold}")
     b, a = ev["before"]["summary"], ev["after"]["summary"]
-    out = {"gold_before": b["gold"], "gold_after": a["gold"], "kl_after": a["kl"],
-           "proxy_before": b["proxy"], "proxy_after": a["proxy"],
-           "seconds": round(sum(seconds.values()), 1), "report": str(layout.report)}
-    print(json.dumps(out), flush=True)
-    return out
+    result = PipelineResult(str(layout.root), str(layout.report), b["gold"], a["gold"],
+                            b["proxy"], a["proxy"], a["kl"], round(sum(seconds.values()), 1))
+    print(json.dumps(dataclasses.asdict(result)), flush=True)
+    return result

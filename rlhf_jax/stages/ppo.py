@@ -12,8 +12,8 @@ from rlhf_jax import data, eval as rl_eval, models, ppo, reward, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.models import CheckpointFormatError, TransformerConfig
 from rlhf_jax.sampling import SamplingConfig
-from rlhf_jax.stages.common import (RunConfig, StageResult, optimizer_config, start_run,
-                                    train_with_checkpoints)
+from rlhf_jax.stages.common import (RunConfig, StageResult, builtin_file, check_batch_size,
+                                    optimizer_config, start_run, train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import ConfigError, OptimizerConfig
 
@@ -46,9 +46,10 @@ class PPOStageConfig(RunConfig):
     initial weights (Ouyang et al. 2022; defaults from Huang et al. 2023).
 
     `critic`: "reward" (a separate critic initialised from the reward model) or "shared" (a value
-    head on the policy). `sampling`'s EOS ids are completed with the tokenizer's EOS and
-    `stop_tokens` (comma-separated single vocabulary tokens that end a response), its pad id
-    with the tokenizer's. An ensemble reward model scores mean − `reward_std_coef`·std.
+    head on the policy); critic-free advantages (`rollout.advantage` rloo / grpo) use neither.
+    `sampling`'s EOS ids are completed with the tokenizer's EOS and `stop_tokens`
+    (comma-separated single vocabulary tokens that end a response); its pad id is replaced by
+    the tokenizer's. An ensemble reward model scores mean − `reward_std_coef`·std.
     `reward_terms` weights text scorers (`eval.TEXT_TERMS`) added to the score; `monitor_terms`
     are logged each iteration without weight, the first also judges the before/after samples.
     """
@@ -57,7 +58,7 @@ class PPOStageConfig(RunConfig):
     log_every: int = 5
     policy_dir: str = ""
     preset: str = "tiny-llama"
-    reward_dir: str = "runs/reward/export"
+    reward_dir: str = "runs/reward/export"  # the export of RewardConfig's default run_dir
     critic: str = "reward"
     reward_std_coef: float = 0.0
     prompts: PromptData = PromptData()
@@ -80,6 +81,8 @@ class PPOStageConfig(RunConfig):
         super().__post_init__()
         if self.critic not in ("reward", "shared"):
             raise ValueError(f"critic={self.critic!r}: expected 'reward' or 'shared'")
+        if self.reward_std_coef < 0:
+            raise ValueError(f"reward_std_coef={self.reward_std_coef}: expected >= 0")
         names = set(rl_eval.TEXT_TERMS)
         for name in list(self.reward_terms) + list(filter(None, self.monitor_terms.split(","))):
             if name not in names:
@@ -113,10 +116,11 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
                     key) -> PPOModels:
     """The reward model from its export; the policy from a local HF directory (or `preset`,
     randomly initialised, with the reward model's vocabulary); the reference as a frozen copy of
-    the policy; the critic initialised from the reward model (`critic="reward"`) or a value head
-    on the policy (`critic="shared"`). The two tokenizers must agree."""
-    if critic not in ("reward", "shared"):
-        raise ConfigError(f"critic={critic!r}: expected 'reward' or 'shared'")
+    the policy; the critic initialised from the reward model (`critic="reward"`), a value head
+    on the policy (`critic="shared"`) or none (`critic="none"`, for critic-free advantages).
+    The two tokenizers must agree."""
+    if critic not in ("reward", "shared", "none"):
+        raise ConfigError(f"critic={critic!r}: expected 'reward', 'shared' or 'none'")
     if not os.path.isdir(reward_dir):
         raise CheckpointFormatError(
             f"reward_dir={str(reward_dir)!r} does not exist; train one first with "
@@ -127,7 +131,7 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
                                    num_reward_outputs=rm_meta["num_outputs"])
     rm_params = sharding.shard_params(rm_params, models.logical_axes(rm_model), mesh, rules)
     tokenizer = models.load_tokenizer(reward_dir, rm_config)
-    heads = ("lm",) if critic == "reward" else ("lm", "value")
+    heads = ("lm", "value") if critic == "shared" else ("lm",)
     overrides = {} if policy_dir else {"vocab_size": rm_config.vocab_size}
     config, _, policy = models.load_or_init_model(policy_dir, preset, mesh, rules, key,
                                                   heads=heads, **overrides)
@@ -163,20 +167,21 @@ def stop_token_ids(tokenizer, spec: str) -> tuple:
 
 def check_batch_sizes(cfg: PPOStageConfig, mesh) -> None:
     """Batch sizes must split over the mesh's batch axes, the processes and the minibatches."""
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    rows = cfg.batch_size * cfg.rollout.group_size
-    checks = [("batch_size × rollout.group_size", rows, (shards, cfg.ppo.num_minibatches)),
-              ("batch_size", cfg.batch_size, (jax.process_count(),))]
+    minibatches = [("ppo.num_minibatches", cfg.ppo.num_minibatches)]
+    check_batch_size("batch_size × rollout.group_size", cfg.batch_size * cfg.rollout.group_size,
+                     mesh, minibatches)
+    check_batch_size("batch_size", cfg.batch_size, mesh)
+    check_batch_size("eval_prompts", cfg.eval_prompts, mesh)
     if cfg.ppo.ptx_coef > 0:
-        checks.append(("ptx.batch_size", cfg.ptx.batch_size,
-                       (shards, cfg.ppo.num_minibatches, jax.process_count())))
-    for field, value, divisors in checks:
-        for d in divisors:
-            if value % d:
-                raise ConfigError(
-                    f"{field} = {value} must be divisible by {d} (data×fsdp devices = {shards}, "
-                    f"ppo.num_minibatches = {cfg.ppo.num_minibatches}, processes = "
-                    f"{jax.process_count()})")
+        check_batch_size("ptx.batch_size", cfg.ptx.batch_size, mesh, minibatches)
+
+
+def resolve_sampling(tokenizer, cfg: PPOStageConfig) -> SamplingConfig:
+    """`cfg.sampling` with the tokenizer's EOS, the stop tokens and the tokenizer's pad id."""
+    eos = (() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)) + \
+        stop_token_ids(tokenizer, cfg.stop_tokens) + cfg.sampling.eos_token_ids
+    return dataclasses.replace(cfg.sampling, eos_token_ids=tuple(dict.fromkeys(eos)),
+                               pad_token_id=tokenizer.pad_token_id or 0)
 
 
 def _reward_terms(cfg: PPOStageConfig, tokenizer) -> tuple:
@@ -189,10 +194,11 @@ def _reward_terms(cfg: PPOStageConfig, tokenizer) -> tuple:
 def _ptx_batches(cfg: PPOStageConfig, layout: RunLayout, tokenizer, pad_id: int):
     if cfg.ppo.ptx_coef <= 0:
         return None
-    ptx_file = cfg.ptx.file or str(data.builtin.write_texts(layout.data / "ptx.jsonl",
-                                                            seed=cfg.seed))
-    ptx_ds = data.build_prompt_dataset(ptx_file, tokenizer, layout.built_data,
-                                       max_prompt_len=cfg.ptx.max_len, field="text")
+    ptx_file = cfg.ptx.file or builtin_file(layout, "ptx", data.builtin.write_texts,
+                                            seed=cfg.seed)
+    ptx_ds = train.main_process_first(data.build_prompt_dataset, ptx_file, tokenizer,
+                                      layout.built_data, max_prompt_len=cfg.ptx.max_len,
+                                      field="text")
     return data.prompt_batches(ptx_ds.splits["train"], cfg.ptx.batch_size // jax.process_count(),
                                pad_id=pad_id, seed=cfg.seed + 1)
 
@@ -209,23 +215,25 @@ def train_ppo(cfg: PPOStageConfig, *,
     layout = RunLayout(cfg.run_dir)
     mesh, rules = start_run(cfg, layout)
     key = jax.random.key(cfg.seed)
-    m = load_ppo_models(cfg.policy_dir, cfg.reward_dir, preset=cfg.preset, critic=cfg.critic,
-                        mesh=mesh, rules=rules, key=jax.random.fold_in(key, 0))
-    tokenizer, pad_id = m.tokenizer, m.tokenizer.pad_token_id or 0
-    prompt_file = cfg.prompts.file or str(data.builtin.write_prompts(
-        layout.data / "prompts.jsonl", n=200))
-    prompt_ds = data.build_prompt_dataset(prompt_file, tokenizer, layout.built_data,
-                                          max_prompt_len=cfg.prompts.max_prompt_len,
-                                          on_error=cfg.prompts.on_error)
     check_batch_sizes(cfg, mesh)
+    critic = cfg.critic if cfg.rollout.advantage == "gae" else "none"
+    m = load_ppo_models(cfg.policy_dir, cfg.reward_dir, preset=cfg.preset, critic=critic,
+                        mesh=mesh, rules=rules, key=jax.random.fold_in(key, 0))
+    if cfg.reward_std_coef > 0 and m.reward_outputs < 2:
+        raise ConfigError(f"reward_std_coef={cfg.reward_std_coef} needs an ensemble reward "
+                          f"model, but {cfg.reward_dir} has one head")
+    tokenizer, pad_id = m.tokenizer, m.tokenizer.pad_token_id or 0
+    prompt_file = cfg.prompts.file or builtin_file(layout, "prompts", data.builtin.write_prompts,
+                                                   n=200)
+    prompt_ds = train.main_process_first(data.build_prompt_dataset, prompt_file, tokenizer,
+                                         layout.built_data,
+                                         max_prompt_len=cfg.prompts.max_prompt_len,
+                                         on_error=cfg.prompts.on_error)
     batches = ppo.ZipBatches(
         data.prompt_batches(prompt_ds.splits["train"], cfg.batch_size // jax.process_count(),
                             pad_id=pad_id, seed=cfg.seed),
         _ptx_batches(cfg, layout, tokenizer, pad_id))
-    eos = (() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)) + \
-        stop_token_ids(tokenizer, cfg.stop_tokens) + cfg.sampling.eos_token_ids
-    sampling = dataclasses.replace(cfg.sampling, eos_token_ids=tuple(dict.fromkeys(eos)),
-                                   pad_token_id=pad_id)
+    sampling = resolve_sampling(tokenizer, cfg)
     kl_init, kl_update = ppo.kl_controller(cfg.kl)
     tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), m.params)
     abstract, init_state = train.compile_init(
@@ -238,7 +246,8 @@ def train_ppo(cfg: PPOStageConfig, *,
         rollout=cfg.rollout, ppo=cfg.ppo, tx=tx, kl_update=kl_update,
         reward_terms=_reward_terms(cfg, tokenizer) + tuple(extra_reward_terms),
         place_batch=lambda b: train.global_batch_from_local(b, mesh, rules))
-    eval_src = data.prompt_batches(prompt_ds.splits["train"], cfg.eval_prompts, pad_id=pad_id,
+    eval_src = data.prompt_batches(prompt_ds.splits["train"],
+                                   cfg.eval_prompts // jax.process_count(), pad_id=pad_id,
                                    seed=cfg.seed + 2, shuffle=True)
     eval_prompts = train.global_batch_from_local(next(eval_src), mesh, rules)
     gold_fn = rl_eval.TEXT_TERMS.get(cfg.monitor_terms.split(",")[0])
@@ -254,19 +263,18 @@ def train_ppo(cfg: PPOStageConfig, *,
         return result["summary"]
 
     result = train_with_checkpoints(
-        layout, cfg.checkpoint, step=step, abstract_state=abstract, init_state=init_state,
-        batches=batches, total_steps=cfg.steps, config=train.config_to_dict(cfg), mesh=mesh,
-        rules=rules, before=lambda state: write_samples("before", m.ref_params),
-        log_every=cfg.log_every, leaf_names=train.leaf_names(m.params),
+        cfg, layout, step=step, abstract_state=abstract, init_state=init_state,
+        batches=batches, mesh=mesh, rules=rules,
+        before=lambda state: write_samples("before", m.ref_params),
+        leaf_names=train.leaf_names(m.params),
         progress_keys=("score/mean", "kl/sequence", "time/iteration"))
     if result.preempted:
         print(f"preempted at step {result.step}", flush=True)
         return StageResult(str(layout.root), None, result.step, True)
     with sharding.activation_sharding(mesh, rules):
         after = write_samples("after", result.state.params["policy"])
-    if train.is_main_process():
-        models.save_hf_checkpoint(layout.export, m.config, result.state.params["policy"],
-                                  tokenizer=tokenizer, overwrite=True)
+    models.save_hf_checkpoint(layout.export, m.config, result.state.params["policy"],
+                              tokenizer=tokenizer, overwrite=True)  # collective
     metrics = {"steps": result.step, "beta": float(result.state.helpers["kl"].beta),
                "reward_model_score_after": after["proxy"]["mean"]}
     print(json.dumps(metrics), flush=True)

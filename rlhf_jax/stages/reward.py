@@ -8,7 +8,8 @@ import jax
 
 from rlhf_jax import data, models, reward, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
-from rlhf_jax.stages.common import (RunConfig, StageResult, check_batch_size, jit_train_step,
+from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
+                                    builtin_tokenizer, check_batch_size, jit_train_step,
                                     optimizer_config, start_run, train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import OptimizerConfig
@@ -81,10 +82,12 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
     if cfg.model_dir:
         tokenizer = models.load_tokenizer(cfg.model_dir, config)
     else:  # built-in task: simulated annotators and a tokenizer trained on its corpus
-        tokenizer = data.builtin.train_tokenizer(layout.tokenizer)
-    train_file = dc.train_file or str(data.builtin.write_comparisons(
-        layout.data / "comparisons.jsonl", dc.builtin_pairs, seed=cfg.seed))
-    ds = data.build_preference_dataset(
+        tokenizer = builtin_tokenizer(layout)
+    train_file = dc.train_file or builtin_file(layout, "comparisons",
+                                               data.builtin.write_comparisons,
+                                               n=dc.builtin_pairs, seed=cfg.seed)
+    ds = train.main_process_first(
+        data.build_preference_dataset,
         train_file, dc.kind, tokenizer, layout.built_data, max_prompt_len=dc.max_prompt_len,
         max_response_len=dc.max_response_len, rating_range=(dc.rating_low, dc.rating_high),
         on_error=dc.on_error, validation_fraction=dc.validation_fraction, seed=cfg.seed)
@@ -97,8 +100,9 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
     loss = reward.make_reward_loss(model, cfg.loss, dropout=cfg.dropout > 0)
     step = jit_train_step(train.make_train_step(loss, tx), abstract,
                           sharding.batch_sharding(mesh, rules, 1))
-    batches = data.preference_batches([ds.splits["train"]], cfg.batch_size, seed=cfg.seed,
-                                      **shape)
+    batches = GlobalBatches(data.preference_batches(
+        [ds.splits["train"]], cfg.batch_size // jax.process_count(), seed=cfg.seed, **shape),
+        mesh, rules)
 
     def evaluate(state):
         return reward.evaluate_comparisons(model, state.params, ds.splits["validation"],
@@ -107,9 +111,8 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
 
     es = cfg.early_stopping
     result = train_with_checkpoints(
-        layout, cfg.checkpoint, step=step, abstract_state=abstract, init_state=init_state,
-        batches=batches, total_steps=cfg.steps, config=train.config_to_dict(cfg), mesh=mesh,
-        rules=rules, log_every=cfg.log_every, eval_fn=evaluate, eval_every=cfg.eval_every,
+        cfg, layout, step=step, abstract_state=abstract, init_state=init_state,
+        batches=batches, mesh=mesh, rules=rules, eval_fn=evaluate, eval_every=cfg.eval_every,
         early_stop_metric=es.metric, patience=es.patience, early_stop_mode=es.mode,
         leaf_names=train.leaf_names(params), progress_keys=("train/loss", "reward/accuracy"))
     if result.preempted:
@@ -122,8 +125,8 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
                "data": ds.stats, "steps": result.step, "stopped_early": result.stopped_early}
     if train.is_main_process():
         reward.write_summary(layout.eval_summary, summary)
-        reward.save_reward_model(layout.export, config, params, tokenizer=tokenizer,
-                                 metadata={"normalisation": norm})
+    reward.save_reward_model(layout.export, config, params, tokenizer=tokenizer,
+                             metadata={"normalisation": norm})  # collective
     metrics = {k: v for k, v in summary.items() if k.startswith("eval/")}
     print(json.dumps(metrics), flush=True)
     return StageResult(str(layout.root), str(layout.export), result.step, False, metrics)

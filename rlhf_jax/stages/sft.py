@@ -7,7 +7,8 @@ import jax
 
 from rlhf_jax import data, losses, models, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
-from rlhf_jax.stages.common import (RunConfig, StageResult, check_batch_size, jit_train_step,
+from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
+                                    builtin_tokenizer, check_batch_size, jit_train_step,
                                     optimizer_config, start_run, train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import OptimizerConfig
@@ -42,7 +43,6 @@ class SFTConfig(RunConfig):
     batch_size: int = 16
     length: int = 32  # sequence length of the "progression" source
     num_microbatches: int = 1
-    max_consecutive_skips: int = 10
     optim: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, warmup_steps=20,
                                              total_steps=0, weight_decay=0.01)
     checkpoint: CheckpointConfig = CheckpointConfig(save_every=50, keep_last=2)
@@ -54,7 +54,7 @@ def _tokenizer(cfg: SFTConfig, layout: RunLayout):
         return None, {}
     if cfg.model_dir:
         return models.load_tokenizer(cfg.model_dir), {}
-    tokenizer = data.builtin.train_tokenizer(layout.tokenizer)
+    tokenizer = builtin_tokenizer(layout)
     return tokenizer, {"vocab_size": len(tokenizer)}
 
 
@@ -89,26 +89,25 @@ def train_sft(cfg: SFTConfig) -> StageResult:
     step = jit_train_step(train.make_train_step(sum_loss, tx,
                                                 num_microbatches=cfg.num_microbatches),
                           abstract, sharding.batch_sharding(mesh, rules))
+    local = cfg.batch_size // jax.process_count()
     if tokenizer is None:
-        batches = data.progression_batches(batch_size=cfg.batch_size, length=cfg.length,
+        batches = data.progression_batches(batch_size=local, length=cfg.length,
                                            vocab_size=config.vocab_size, seed=cfg.seed)
     else:
-        text_file = cfg.data.file or str(data.builtin.write_texts(
-            layout.data / "corpus.jsonl", seed=cfg.seed))
-        texts = data.build_prompt_dataset(text_file, tokenizer, layout.built_data,
-                                          max_prompt_len=cfg.data.max_len, field="text",
-                                          append_eos=True)
-        batches = data.prompt_batches(texts.splits["train"], cfg.batch_size // jax.process_count(),
+        text_file = cfg.data.file or builtin_file(layout, "corpus", data.builtin.write_texts,
+                                                  seed=cfg.seed)
+        texts = train.main_process_first(
+            data.build_prompt_dataset, text_file, tokenizer, layout.built_data,
+            max_prompt_len=cfg.data.max_len, field="text", append_eos=True)
+        batches = data.prompt_batches(texts.splits["train"], local,
                                       pad_id=tokenizer.pad_token_id or 0, seed=cfg.seed)
     result = train_with_checkpoints(
-        layout, cfg.checkpoint, step=step, abstract_state=abstract, init_state=init_state,
-        batches=batches, total_steps=cfg.steps, config=train.config_to_dict(cfg), mesh=mesh,
-        rules=rules, log_every=cfg.log_every, max_consecutive_skips=cfg.max_consecutive_skips,
+        cfg, layout, step=step, abstract_state=abstract, init_state=init_state,
+        batches=GlobalBatches(batches, mesh, rules), mesh=mesh, rules=rules,
         leaf_names=train.leaf_names(params))
     print(f"{'preempted' if result.preempted else 'finished'} at step {result.step}", flush=True)
     if result.preempted:
         return StageResult(str(layout.root), None, result.step, True)
-    if train.is_main_process():
-        models.save_hf_checkpoint(layout.export, config, result.state.params,
-                                  tokenizer=tokenizer, overwrite=True)
+    models.save_hf_checkpoint(layout.export, config, result.state.params, tokenizer=tokenizer,
+                              overwrite=True)  # collective: every process gathers
     return StageResult(str(layout.root), str(layout.export), result.step, False)

@@ -2,6 +2,7 @@
 from rlhf_jax.train.config import (ConfigError, apply_override, config_from_dict, config_to_dict,
                                    load_config_file, parse_config)
 from rlhf_jax.train.distributed import (global_batch_from_local, initialize, is_main_process,
+                                        main_process_first, on_main_process,
                                         process_slice)
 from rlhf_jax.train.early_stopping import (EarlyStoppingState, early_stopping_init,
                                            early_stopping_update)

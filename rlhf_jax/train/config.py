@@ -36,6 +36,15 @@ def load_config_file(path) -> ConfigDict:
 
 def _parse_value(key: str, text: str, current):
     expected = type(current)
+    if current is None:  # an optional setting: a bool word, a Python literal, or else text
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        if text.lower() in ("none", "null"):
+            return None
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
     if isinstance(current, bool):
         if text.lower() in ("true", "1", "yes"):
             return True
@@ -53,6 +62,9 @@ def _parse_value(key: str, text: str, current):
         value = float(value)
     if isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
+    if isinstance(current, list) and isinstance(value, (tuple, int)) and \
+            not isinstance(value, bool):
+        value = list(value) if isinstance(value, tuple) else [value]
     if current is not None and not isinstance(value, expected):
         raise ConfigError(f"--config.{key}={text!r}: expected {expected.__name__}, got "
                           f"{type(value).__name__}")

@@ -18,8 +18,11 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     On Cloud TPU and under SLURM, JAX detects the cluster itself: call with no arguments.
     Elsewhere pass the coordinator ("host:port"), the number of processes and this one's id, or
     set RLHF_JAX_COORDINATOR / RLHF_JAX_NUM_PROCESSES / RLHF_JAX_PROCESS_ID. On CPU the
-    collectives use `cpu_collectives` (gloo).
+    collectives use `cpu_collectives` (gloo). Calling it again once joined does nothing, so a
+    pipeline and each of its stages may all call it.
     """
+    if jax.distributed.is_initialized():
+        return
     coordinator_address = coordinator_address or os.environ.get("RLHF_JAX_COORDINATOR")
     if num_processes is None and "RLHF_JAX_NUM_PROCESSES" in os.environ:
         num_processes = int(os.environ["RLHF_JAX_NUM_PROCESSES"])
@@ -35,6 +38,33 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                                num_processes=num_processes, process_id=process_id)
     log.info("process %d of %d joined; %d global devices", jax.process_index(),
              jax.process_count(), jax.device_count())
+
+
+def on_main_process(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` on process 0 only (e.g. writing a shared file), then a barrier, so
+    that no process reads the result before it exists. Returns the result on process 0, else
+    None."""
+    out = fn(*args, **kwargs) if jax.process_index() == 0 else None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"on_main_process:{getattr(fn, '__name__', fn)}")
+    return out
+
+
+def main_process_first(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` on process 0, then (after a barrier) on the other processes.
+
+    For preparation that writes shared files (built-in data, a trained tokenizer, a tokenised
+    dataset): process 0 writes them once, the others find them ready and only read. With one
+    process this is just the call.
+    """
+    if jax.process_count() == 1:
+        return fn(*args, **kwargs)
+    from jax.experimental import multihost_utils
+
+    out = fn(*args, **kwargs) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(f"main_process_first:{getattr(fn, '__name__', fn)}")
+    return out if jax.process_index() == 0 else fn(*args, **kwargs)
 
 
 def is_main_process() -> bool:

@@ -62,8 +62,10 @@ def run_training(step_fn: Callable, state: Any, batches: Iterator, *, total_step
     Metrics are fetched from the device every `log_every` steps in one transfer. Checkpoints
     (state + `batches.get_state()` + `config`) are saved on the checkpointer's cadence and at the
     end. SIGTERM or SIGINT finishes the current step, saves, and returns with `preempted=True`.
-    More than `max_consecutive_skips` consecutive non-finite steps raise `NonFiniteError` naming
-    the step and the quantity (the skipped steps left the parameters unchanged).
+    More than `max_consecutive_skips` consecutive non-finite steps (the state's
+    `consecutive_skips`, checked after every step and carried across a resume) raise
+    `NonFiniteError` at that step, naming it and the quantity (the skipped steps left the
+    parameters unchanged).
 
     `eval_fn(state) -> metrics` runs every `eval_every` steps; with `early_stop_metric` and
     `patience`, the run ends after `patience` evaluations without improvement. That bookkeeping
@@ -72,31 +74,38 @@ def run_training(step_fn: Callable, state: Any, batches: Iterator, *, total_step
 
     step = int(state.step)
     buffer, pbar = MetricBuffer(), Progress(total_steps, step, progress_keys, enabled=progress)
-    consecutive = 0
     loop_state = dict(loop_state or {})
     last_eval = loop_state.get("last_eval", {})
     stopper = EarlyStoppingState(**loop_state["early_stopping"]) if "early_stopping" in \
         loop_state else early_stopping_init(early_stop_mode)
 
     def flush():
-        nonlocal consecutive
         drained = buffer.drain()
         for s, m in drained:
-            leaf = int(m.pop("train/nonfinite_leaf", 0))
-            loss_ok, grads_ok = m.pop("train/loss_finite", 1), m.pop("train/grads_finite", 1)
-            consecutive = consecutive + 1 if m.get("train/skipped", 0) else 0
+            for key in ("train/nonfinite_leaf", "train/loss_finite", "train/grads_finite"):
+                m.pop(key, None)
             if writer is not None:
                 writer.write(s, m)
             if s == drained[-1][0]:
                 pbar.update(s, m)
-            if consecutive > max_consecutive_skips:
-                what = "loss" if not loss_ok else "gradient"
-                where = (f" (first non-finite gradient: {leaf_names[leaf]})"
-                         if not grads_ok and leaf < len(leaf_names) else "")
-                raise NonFiniteError(
-                    f"step {s}: non-finite {what}{where} for {consecutive} consecutive steps "
-                    f"(limit {max_consecutive_skips}); the updates were skipped, so the "
-                    "parameters are those of the last finite step")
+
+    def check_finite(metrics):
+        """Stop at the step that exceeds the limit (the count survives a resume: it is part of
+        the train state), naming the quantity and the first non-finite gradient leaf."""
+        consecutive = int(getattr(state, "consecutive_skips", 0))
+        if consecutive <= max_consecutive_skips:
+            return
+        flush()
+        loss_ok = bool(metrics.get("train/loss_finite", True))
+        grads_ok = bool(metrics.get("train/grads_finite", True))
+        leaf = int(metrics.get("train/nonfinite_leaf", 0))
+        what = "loss" if not loss_ok else "gradient"
+        where = (f" (first non-finite gradient: {leaf_names[leaf]})"
+                 if not grads_ok and leaf < len(leaf_names) else "")
+        raise NonFiniteError(
+            f"step {step}: non-finite {what}{where} for {consecutive} consecutive steps "
+            f"(limit {max_consecutive_skips}); the updates were skipped, so the parameters are "
+            "those of the last finite step")
 
     def save(force=False):
         loop_state.update(last_eval=last_eval, early_stopping=dataclasses.asdict(stopper))
@@ -111,6 +120,7 @@ def run_training(step_fn: Callable, state: Any, batches: Iterator, *, total_step
                 state, metrics = step_fn(state, next(batches))
                 step += 1
                 buffer.add(step, metrics)
+                check_finite(metrics)
                 if step % log_every == 0:
                     flush()
                 if eval_fn is not None and eval_every and step % eval_every == 0:

@@ -15,13 +15,32 @@ import jax
 import numpy as np
 
 
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the rows of steps <= last_step (and drop a torn last line of a killed run)."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= last_step:
+            kept.append(line)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in kept))
+    tmp.replace(path)
+
+
 class MetricWriter:
     """Scalars to a JSONL file and, optionally, TensorBoard events in a directory.
 
-    The run layout (`stages.RunLayout`) decides where both live.
+    The run layout (`stages.RunLayout`) decides where both live. A run that resumes from the
+    checkpoint of step s passes `resume_step=s`: rows of later steps, written before the run was
+    interrupted and about to be recomputed, are dropped from the JSONL file (rewritten
+    atomically), and TensorBoard is told to purge events after s (`purge_step`), so every step
+    appears exactly once.
     """
 
-    def __init__(self, jsonl_path, tensorboard_dir=None):
+    def __init__(self, jsonl_path, tensorboard_dir=None, *, resume_step: Optional[int] = None):
         self.enabled = jax.process_index() == 0
         self.path = Path(jsonl_path)
         self._tb = None
@@ -29,10 +48,13 @@ class MetricWriter:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_file():
+            _truncate_jsonl(self.path, resume_step)
         self._jsonl = open(self.path, "a", buffering=1)
         if tensorboard_dir is not None:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(tensorboard_dir))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(tensorboard_dir), purge_step=purge)
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         """Record one step's scalars (non-finite values are written as null in JSONL)."""

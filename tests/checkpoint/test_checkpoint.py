@@ -1,4 +1,5 @@
 """Checkpoints: mesh-changing restore (8 → 2 → 1 devices), keep-last/best, corrupt fallback."""
+import json
 import logging
 import os
 
@@ -105,3 +106,62 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="needs best_metric"):
         CheckpointConfig("x", keep_best=2)
+
+
+def _two_steps(tmp_path, async_save=False):
+    ck = Checkpointer(CheckpointConfig(str(tmp_path), async_save=async_save))
+    ck.save(10, _tiny_state(10), data_state={"next_index": 10})
+    ck.save(20, _tiny_state(20), data_state={"next_index": 20})
+    ck.close()
+    return tmp_path / "20"
+
+
+def _flip_one_bit(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_every_finished_step_is_sealed(tmp_path, async_save):
+    step20 = _two_steps(tmp_path, async_save)
+    manifest = json.loads((step20 / "integrity.json").read_text())
+    assert manifest["algorithm"] == "sha256"
+    assert any(name.startswith("state/") for name in manifest["files"])
+    assert "data/metadata" in manifest["files"]
+
+
+@pytest.mark.parametrize("damage", ["bit_flip_in_array_file", "valid_but_wrong_json"])
+def test_damaged_step_is_detected_moved_aside_and_replaced(tmp_path, caplog, damage):
+    step20 = _two_steps(tmp_path)
+    if damage == "bit_flip_in_array_file":
+        # the largest file under state/ holds the array bytes (OCDBT data file)
+        target = max((p for p in (step20 / "state").rglob("*") if p.is_file()),
+                     key=lambda p: p.stat().st_size)
+        _flip_one_bit(target)
+    else:  # parses, restores without complaint, but would resume the data at the wrong place
+        (step20 / "data" / "metadata").write_text(json.dumps({"next_index": 99}))
+    with caplog.at_level(logging.WARNING):
+        ck = Checkpointer(CheckpointConfig(str(tmp_path), async_save=False))
+        restored = ck.restore(_abstract())
+    assert restored.step == 10 and restored.data_state == {"next_index": 10}
+    assert "checkpoint step 20" in caplog.text and "falling back to step 10" in caplog.text
+    moved = list((tmp_path / "damaged").iterdir())
+    assert len(moved) == 1 and moved[0].name.startswith("20-")
+    assert ck.steps() == [10]
+    assert ck.save(20, _tiny_state(21))  # the step number is free again
+    ck.close()
+    assert Checkpointer(CheckpointConfig(str(tmp_path))).restore(_abstract()).step == 20
+
+
+def test_keep_best_survives_a_restart(tmp_path):
+    cfg = CheckpointConfig(str(tmp_path), save_every=1, keep_last=1, keep_best=1,
+                           best_metric="eval/accuracy", best_mode="max", async_save=False)
+    ck = Checkpointer(cfg)
+    for step, acc in [(1, 0.5), (2, 0.9), (3, 0.6)]:
+        ck.save(step, _tiny_state(step), metrics={"eval/accuracy": acc})
+    ck.close()
+    ck = Checkpointer(cfg)
+    ck.save(4, _tiny_state(4), metrics={"eval/accuracy": 0.7})
+    ck.close()
+    assert Checkpointer(cfg).steps() == [2, 4]  # the best (step 2) and the last

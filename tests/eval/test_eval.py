@@ -1,5 +1,4 @@
 """Scorers, simulated annotators, policy evaluation and the report."""
-import json
 
 import jax
 import jax.numpy as jnp

@@ -67,7 +67,9 @@ def test_local_checkpoint_and_preference_file(run, tmp_path):
                                    str(ROOT / "experiments" / "configs" / "pipeline.py"))
     cfg = train.config_from_dict(stages.PipelineConfig, overrides)
     result = stages.run_pipeline(cfg)
-    assert result["report"] == str(out / "report.md")
+    assert result.report == str(out / "report.md") and result.preempted_stage is None
+    assert result.gold_after["mean"] == json.loads((out / "eval.json").read_text())[
+        "after"]["summary"]["gold"]["mean"]
     info = json.loads((out / "run.json").read_text())
     assert "sft" not in info["stage_seconds"] and info["preference_file"] == str(prefs)
     assert not (out / "sft").exists()

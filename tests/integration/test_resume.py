@@ -1,4 +1,5 @@
 """Exact resume: SIGKILL at a random step, rerun, and the final parameters are bitwise equal."""
+import json
 import os
 import random
 import signal
@@ -62,6 +63,13 @@ def _assert_bitwise_equal(a, b):
         assert np.array_equal(a[k], b[k]), k
 
 
+def _assert_each_step_logged_once(run_dir):
+    """Steps logged after the restored checkpoint and before the kill are dropped on resume."""
+    rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    assert steps == list(range(1, STEPS + 1)), steps
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Final parameters of the uninterrupted run."""
@@ -86,6 +94,7 @@ def test_sigkill_at_random_step_then_resume_is_bitwise_exact(tmp_path, reference
     else:
         assert "resumed from step" not in resumed
     _assert_bitwise_equal(_final_params(tmp_path / "killed"), reference)
+    _assert_each_step_logged_once(tmp_path / "killed")
 
 
 def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path, reference):
@@ -97,3 +106,4 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path, reference):
     resumed = _run(tmp_path / "run")
     assert f"resumed from step {stopped}" in resumed
     _assert_bitwise_equal(_final_params(tmp_path / "run"), reference)
+    _assert_each_step_logged_once(tmp_path / "run")

@@ -63,7 +63,17 @@ def test_export_reloads_normalised(trained):
 
 def test_resume_continues_from_the_checkpoint(trained, tmp_path):
     run_dir, _ = trained
-    out = _run(run_dir, "--config.steps=100")  # the finished run at 80 continues to 100
+    # more steps would stretch the cosine schedule the first 80 steps followed: refused, named
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    refused = subprocess.run([sys.executable, str(ROOT / "experiments" / "train_reward.py"),
+                              f"--config.run_dir={run_dir}", "--config.steps=100",
+                              "--config.eval_every=40", "--config.data.builtin_pairs=600",
+                              "--config.checkpoint.save_every=40"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "optim.total_steps: 80 -> 100" in refused.stderr, \
+        refused.stderr[-2000:]
+    out = _run(run_dir, "--config.steps=100", "--config.allow_config_change=true")
     assert "resumed from step 80" in out
 
 

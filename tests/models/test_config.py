@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from rlhf_jax.models import (RopeScaling, TransformerConfig, UnsupportedConfigError,
+from rlhf_jax.models import (RopeScaling, UnsupportedConfigError,
                              config_from_hf, config_to_hf, preset, rope_inv_freq)
 from tests.hf_reference import TINY_CONFIGS, VOCAB
 

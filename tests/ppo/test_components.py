@@ -222,5 +222,6 @@ def test_critic_free_advantages_keep_each_groups_sign(advantage):
         seq = seq.reshape(-1)
     np.testing.assert_allclose(advantages(), seq[:, None] * mask, rtol=1e-5, atol=1e-7)
     whitened = advantages(whiten_advantages=True)
+    assert not np.allclose(whitened, seq[:, None] * mask)  # the option still whitens
     if advantage == "rloo":  # token whitening shifts by the token-weighted mean (8.1 / 22)
         assert whitened[0, 0] < 0 < seq[0]

@@ -40,6 +40,32 @@ def test_resume_safe_keys_and_explicit_override(tmp_path):
         stages.check_run_config(path, {"seed": 3, "steps": 20, "log_every": 1})
 
 
+def test_run_dir_and_fields_added_since_do_not_count(tmp_path):
+    path = tmp_path / "config.json"
+    stages.record_run_config(path, {"run_dir": "runs/a", "seed": 0})
+    stages.check_run_config(path, {"run_dir": "/abs/runs/a", "seed": 0})
+    # a field the stored config lacks is fine at its default, not at another value
+    stages.check_run_config(path, {"run_dir": "runs/a", "seed": 0, "new": 1},
+                            defaults={"new": 1})
+    with pytest.raises(stages.ConfigMismatchError, match=r"new: '\(absent\)' -> 2"):
+        stages.check_run_config(path, {"run_dir": "runs/a", "seed": 0, "new": 2},
+                                defaults={"new": 1})
+
+
+def test_more_steps_is_refused_when_the_schedule_depends_on_them():
+    from rlhf_jax.stages.common import resolved_config
+    cosine = stages.SFTConfig(steps=100)
+    assert resolved_config(cosine)["optim"]["total_steps"] == 100
+    longer = resolved_config(dataclasses.replace(cosine, steps=200))
+    from rlhf_jax.stages.layout import config_differences
+    assert config_differences(resolved_config(cosine), longer) == [
+        "optim.total_steps: 100 -> 200"]
+    # a constant learning rate does not depend on the run's length
+    ppo = stages.PPOStageConfig(steps=10)
+    assert config_differences(resolved_config(ppo),
+                              resolved_config(dataclasses.replace(ppo, steps=20))) == []
+
+
 def test_unreadable_stored_config(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(stages.ConfigMismatchError, match="unreadable run config"):
@@ -50,14 +76,15 @@ def test_unreadable_stored_config(tmp_path):
 def test_a_stage_refuses_to_resume_another_runs_directory(tmp_path):
     base = stages.SFTConfig(run_dir=str(tmp_path / "sft"), steps=2, batch_size=8, length=8,
                             log_every=1, optim=dataclasses.replace(
-                                stages.SFTConfig().optim, warmup_steps=0),
+                                stages.SFTConfig().optim, warmup_steps=0, schedule="constant"),
                             checkpoint=dataclasses.replace(
                                 stages.SFTConfig().checkpoint, async_save=False))
     with pytest.raises(train.ConfigError, match="batch_size = 4 must be divisible by 8"):
         stages.train_sft(dataclasses.replace(base, batch_size=4))
     # a config refused before training starts leaves nothing that a fixed config must match
     with pytest.raises(train.ConfigError, match="optim.warmup_steps=20 exceeds steps=2"):
-        stages.train_sft(dataclasses.replace(base, optim=stages.SFTConfig().optim))
+        stages.train_sft(dataclasses.replace(base, optim=dataclasses.replace(
+            base.optim, warmup_steps=20, schedule="cosine")))
     assert not (tmp_path / "sft" / "config.json").exists()
     first = stages.train_sft(base)
     assert json.loads((tmp_path / "sft" / "config.json").read_text())["config"]["steps"] == 2
@@ -66,7 +93,8 @@ def test_a_stage_refuses_to_resume_another_runs_directory(tmp_path):
                                                                   learning_rate=1e-2))
     with pytest.raises(stages.ConfigMismatchError, match="optim.learning_rate: 0.003 -> 0.01"):
         stages.train_sft(changed)
-    # more steps is a continuation, and an explicit override continues a changed config
+    # more steps continue a run whose (constant) schedule does not depend on them, and an
+    # explicit override continues a changed config
     assert stages.train_sft(dataclasses.replace(base, steps=3)).step == 3
     forced = stages.train_sft(dataclasses.replace(changed, steps=4, allow_config_change=True))
     assert forced.step == 4

@@ -75,9 +75,54 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
     assert b"train/loss" in events[0].read_bytes()
 
 
+def test_metric_writer_resume_drops_rows_after_the_restored_step(tmp_path):
+    w = MetricWriter(tmp_path / "metrics.jsonl", tmp_path / "tb")
+    for step in range(1, 8):
+        w.write(step, {"train/loss": float(step)})
+    w.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "train/lo')  # a line torn by SIGKILL
+    w = MetricWriter(tmp_path / "metrics.jsonl", tmp_path / "tb", resume_step=4)
+    w.write(5, {"train/loss": 50.0})
+    w.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[-1]["train/loss"] == 50.0
+    # TensorBoard is told to hide the stale steps: a SessionLog START at step 5 in the new file
+    from tensorboardX.proto import event_pb2
+    newest = sorted((tmp_path / "tb").glob("events.out.tfevents.*"),
+                    key=lambda p: p.stat().st_mtime)[-1]
+    events = _read_events(newest, event_pb2)
+    assert any(e.HasField("session_log") and e.session_log.status == 1 and e.step == 5
+               for e in events)
+
+
+def _read_events(path, event_pb2):
+    """Parse a TFRecord file of Event protos (length, crc, data, crc)."""
+    import struct
+    data, out, i = path.read_bytes(), [], 0
+    while i + 12 <= len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        e = event_pb2.Event()
+        e.ParseFromString(data[i + 12:i + 12 + n])
+        out.append(e)
+        i += 12 + n + 4
+    return out
+
+
 def test_progress_plain_lines_off_terminal():
     out = io.StringIO()
     p = Progress(10, 0, ("train/loss",), stream=out)
     p.update(5, {"train/loss": 1.23456})
     p.close()
     assert out.getvalue().strip() == "step 5 loss=1.235"
+
+
+def test_overrides_of_optional_and_list_settings(tmp_path):
+    cfg_file = tmp_path / "c.py"
+    cfg_file.write_text("from ml_collections import ConfigDict\n"
+                        "def get_config():\n"
+                        "    return ConfigDict({'whiten': None, 'eos': [], 'clip': None})\n")
+    c = parse_config(["--config", str(cfg_file), "--config.whiten=false", "--config.eos=5,6",
+                      "--config.clip=0.5"])
+    assert c.whiten is False and c.eos == [5, 6] and c.clip == 0.5
+    assert parse_config(["--config", str(cfg_file), "--config.eos=7"]).eos == [7]

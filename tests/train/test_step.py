@@ -101,6 +101,34 @@ def test_loop_stops_after_consecutive_nonfinite_naming_step_and_leaf():
                      log_every=1, max_consecutive_skips=2, leaf_names=["w"], progress=False)
 
 
+def test_nonfinite_stop_happens_at_the_step_and_counts_across_resume():
+    params, batch = _data()
+    tx = make_optimizer(OptimizerConfig(learning_rate=0.1, total_steps=10), params)
+
+    def inf_grad(p, b, key):
+        return jnp.sum(jnp.sqrt(jnp.abs(p["w"] * 0.0))), (jnp.float32(1.0), {})
+
+    step = jax.jit(make_train_step(inf_grad, tx))
+    seen = []
+
+    def counted(state, batch):
+        seen.append(int(state.step))
+        return step(state, batch)
+
+    # metrics are flushed every 100 steps, but the stop comes at step 3, not at a flush
+    with pytest.raises(NonFiniteError, match=r"step 3: non-finite gradient"):
+        run_training(counted, create_train_state(params, tx, 0), iter([batch] * 10),
+                     total_steps=10, log_every=100, max_consecutive_skips=2, leaf_names=["w"],
+                     progress=False)
+    assert seen == [0, 1, 2]
+    # a resumed state that already skipped 2 steps in a row stops at its first bad step
+    resumed = create_train_state(params, tx, 0).replace(step=jnp.int32(5),
+                                                         consecutive_skips=jnp.int32(2))
+    with pytest.raises(NonFiniteError, match=r"step 6: .* for 3 consecutive"):
+        run_training(step, resumed, iter([batch] * 10), total_steps=10, log_every=100,
+                     max_consecutive_skips=2, leaf_names=["w"], progress=False)
+
+
 def test_step_key_derived_from_step():
     params, batch = _data()
     tx = make_optimizer(OptimizerConfig(total_steps=10), params)

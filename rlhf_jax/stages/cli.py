@@ -1,0 +1,29 @@
+"""The entry scripts' shell: config file + `--config.x=` overrides → stage config → stage, with
+a user's mistakes reported as one line instead of a traceback."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+from rlhf_jax import train
+from rlhf_jax.checkpoint import NoReadableCheckpointError
+from rlhf_jax.data import DataFormatError
+from rlhf_jax.models import CheckpointFormatError, CorruptCheckpointError, UnsupportedConfigError
+
+# Errors that a user's config, data, paths or checkpoints cause (each names what is wrong);
+# anything else is a bug and keeps its traceback.
+USER_ERRORS = (train.ConfigError, DataFormatError, CheckpointFormatError, CorruptCheckpointError,
+               UnsupportedConfigError, NoReadableCheckpointError, train.NonFiniteError)
+
+
+def run_script(stage: Callable, config_cls, argv: Sequence[str], default_config: str):
+    """Parse `argv` against the config file, build `config_cls` and call `stage` with it.
+
+    A user error prints `error: <message>` on stderr and exits with status 2.
+    """
+    try:
+        cfg = train.config_from_dict(config_cls, train.parse_config(argv, default_config))
+        return stage(cfg)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,35 @@
+"""The entry scripts as a user meets them: a mistake is one `error:` line and exit status 2."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script, *args):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / script), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("train_sft.py", ["--config.stpes=3"], "unknown config key 'stpes'"),
+    ("train_reward.py", ["--config.steps=ten"], "--config.steps='ten': expected int"),
+    ("train_ppo.py", ["--config.rollout.advantage=ppo"], "advantage='ppo'"),
+    ("rlhf_pipeline.py", ["--config.sft.steps=0"], "sft.steps=0 needs policy_dir"),
+])
+def test_user_error_is_one_line_and_status_2(script, args, message, tmp_path):
+    out = _run(script, f"--config.run_dir={tmp_path / 'run'}", *args)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_reward_model_is_named(tmp_path):
+    out = _run("train_ppo.py", f"--config.run_dir={tmp_path / 'run'}",
+               f"--config.reward_dir={tmp_path / 'nowhere'}")
+    assert out.returncode == 2 and "nowhere' does not exist" in out.stderr, out.stderr[-2000:]
