@@ -6,9 +6,12 @@ Layout (DESIGN.md): each response is stored after its prompt; the prompt is left
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -78,6 +81,19 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, rows):
         for i, row in enumerate(rows):
             yield i, row
+
+    def prepare(self) -> None:
+        """Write the array_record files without TFDS's download banner and progress bars (the
+        data is local; the stages report what was prepared themselves)."""
+        tfds.disable_progress_bar()
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.WARNING)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.download_and_prepare()
+        finally:
+            absl_logger.setLevel(level)
 
 
 def _preference_features(prompt_len: int, response_len: int):
@@ -170,7 +186,7 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
         builder = LocalBuilder(examples=splits,
                                features=_preference_features(max_prompt_len, max_response_len),
                                data_dir=str(data_dir), file_format="array_record")
-        builder.download_and_prepare()
+        builder.prepare()
         stats = {**rstats.as_dict(), **counts, "kind": kind, "annotators": annotators,
                  "num_responses": max(len(r["ranks"]) for r in rows),
                  "splits": {k: len(v) for k, v in splits.items()}}

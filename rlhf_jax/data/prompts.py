@@ -68,7 +68,7 @@ def build_prompt_dataset(path, tokenizer, out_dir, *, max_prompt_len: int,
         if n_val:
             splits["validation"] = [rows[i] for i in order[:n_val]]
         LocalBuilder(examples=splits, features=_features(max_prompt_len), data_dir=str(data_dir),
-                     file_format="array_record").download_and_prepare()
+                     file_format="array_record").prepare()
         stats = {**rstats.as_dict(), **counts, "kind": field,
                  "splits": {k: len(v) for k, v in splits.items()}}
         stats_file.write_text(json.dumps(stats, indent=2))

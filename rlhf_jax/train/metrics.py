@@ -121,7 +121,7 @@ class Progress:
         """Advance to `step` and show the chosen metrics."""
         if not self.enabled:
             return
-        shown = {k.split("/")[-1]: f"{metrics[k]:.4g}" for k in self.keys
+        shown = {k: f"{metrics[k]:.4g}" for k in self.keys
                  if metrics and k in metrics}
         if self._bar is not None:
             self._bar.update(step - self._last)

@@ -114,7 +114,7 @@ def test_progress_plain_lines_off_terminal():
     p = Progress(10, 0, ("train/loss",), stream=out)
     p.update(5, {"train/loss": 1.23456})
     p.close()
-    assert out.getvalue().strip() == "step 5 loss=1.235"
+    assert out.getvalue().strip() == "step 5 train/loss=1.235"  # the namespace is kept
 
 
 def test_overrides_of_optional_and_list_settings(tmp_path):
