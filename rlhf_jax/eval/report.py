@@ -36,23 +36,26 @@ def _plot_reward(rows: list[dict], out: Path) -> None:
 
 
 def _plot_overoptimisation(rows: list[dict], gold_key: str, out: Path) -> None:
-    """Gold and proxy score against KL over PPO iterations (Gao et al. 2022, fig. 1)."""
+    """Proxy and gold score against KL over PPO iterations (Gao et al. 2022, fig. 1), in two
+    panels that share the KL axis: each score on its own scale, the points joined in iteration
+    order, with a running mean over 5 iterations to read the trend through the noise."""
     import matplotlib.pyplot as plt
 
     step, kl, proxy, gold = _series(rows, "step", "kl/sequence", "score/reward_model", gold_key)
     smooth = lambda x: np.convolve(x, np.ones(5) / 5, mode="valid")  # noqa: E731
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    twin = ax.twinx()
-    ax.scatter(kl, proxy, s=8, alpha=0.35, color="C0")
-    twin.scatter(kl, gold, s=8, alpha=0.35, color="C1", marker="s")
-    if len(kl) >= 5:  # running means over 5 iterations, to read the trend through the noise
-        ax.plot(smooth(kl), smooth(proxy), color="C0", label="proxy (reward model, normalised)")
-        twin.plot(smooth(kl), smooth(gold), color="C1", label=f"gold ({gold_key.split('/')[-1]})")
-    ax.set(xlabel="KL(π ‖ π_ref) per response, nats (per-iteration estimate)",
-           ylabel="proxy score", title="PPO: proxy and gold score against KL")
-    twin.set_ylabel("gold score")
-    lines = ax.get_lines() + twin.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="lower right")
+    fig, axes = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True)
+    judge = gold_key.split("/")[-1]
+    for ax, values, color, name in ((axes[0], proxy, "C0", "proxy: reward model (normalised)"),
+                                    (axes[1], gold, "C1", f"gold: {judge}")):
+        ax.plot(kl, values, "o-", ms=3, lw=0.6, alpha=0.45, color=color,
+                label=f"{name}, each iteration in order")
+        if len(kl) >= 5:
+            ax.plot(smooth(kl), smooth(values), color=color, lw=2,
+                    label=f"{name}, running mean of 5")
+        ax.set_ylabel(name.split(":")[0] + " score")
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0].set_title("PPO: proxy and gold score against KL")
+    axes[1].set_xlabel("KL(π ‖ π_ref) per response, nats (per-iteration estimate)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -68,7 +71,8 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
     """Write the Markdown report to `report_path` and its plots into `plots_dir`; return the path.
 
     `info` holds the run's settings (run_dir, seed, stage_seconds, gold, annotator_temperatures,
-    and either preference_file or comparisons / gold_label_agreement); `evaluation` is {"before", "after"},
+    before_label — what the policy before PPO is — and either preference_file or comparisons /
+    gold_label_agreement); `evaluation` is {"before", "after"},
     each an `evaluate_policy` result.
     """
     import matplotlib
@@ -83,40 +87,53 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
     before, after = ev["before"]["summary"], ev["after"]["summary"]
     annot = {k.rsplit("/", 1)[-1]: v for k, v in reward_summary.items()
              if k.startswith("eval/accuracy_annotator/")}
-    lines = [
-        "# RLHF run report", "",
-        f"Run directory `{run}`, seed {info['seed']}. Stage times (s): " +
-        ", ".join(f"{k} {v:.0f}" for k, v in info["stage_seconds"].items()) +
-        f"; total {sum(info['stage_seconds'].values()):.0f} s.", "",
-        "## Reward model", "",
+    before_label = info.get("before_label", "before (SFT)")
+    pairs = int(reward_summary["eval/pairs"])
+    columns = [("gold", lambda x: _fmt(x["gold"])),
+               ("proxy (reward model)", lambda x: _fmt(x["proxy"])),
+               ("KL", lambda x: _fmt(x["kl"])),
+               ("length", lambda x: f"{x['length']['mean']:.1f}"),
+               ("ends with EOS", lambda x: f"{x['eos_fraction']:.2f}")]
+    # a column with the same value before and after says nothing: leave it out
+    columns = [(name, f) for name, f in columns if name in ("gold", "proxy (reward model)", "KL")
+               or f(before) != f(after)]
+    reward_text = (
         (f"Trained on the comparisons in `{info['preference_file']}`. "
          if "preference_file" in info else
          f"Trained on {info['comparisons']} comparisons of SFT samples by simulated annotators "
          f"(gold judge: {info['gold']}, Bradley–Terry temperatures "
          f"{info['annotator_temperatures']}). ") +
-        f"Held-out accuracy **{reward_summary['eval/accuracy']:.3f}** on "
-        f"{int(reward_summary['eval/pairs'])} pairs (chance 0.5); loss "
-        f"{reward_summary['eval/loss']:.3f}, ECE {reward_summary['eval/ece']:.3f}. Per "
-        "annotator: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(annot.items())) + "." +
+        f"Held-out accuracy **{reward_summary['eval/accuracy']:.3f}** on {pairs} pairs "
+        f"(chance 0.5); loss {reward_summary['eval/loss']:.3f}, ECE "
+        f"{reward_summary['eval/ece']:.3f}." +
+        (f" Per annotator: {', '.join(f'{k} {v:.3f}' for k, v in sorted(annot.items()))}."
+         if annot else "") +
+        (f" With only {pairs} held-out pairs, the accuracy's standard error is about "
+         f"{0.5 / np.sqrt(max(pairs, 1)):.2f}: read it as a rough figure." if pairs < 50 else "") +
         (f" The gold judge itself sides with {info['gold_label_agreement']:.3f} of all labels "
          "(ties count half): the noisy annotators cap what any reward model can reach."
-         if "gold_label_agreement" in info else ""), "",
+         if "gold_label_agreement" in info else ""))
+    lines = [
+        "# RLHF run report", "",
+        f"Run directory `{run}`, seed {info['seed']}. Stage times (s): " +
+        ", ".join(f"{k} {v:.0f}" for k, v in info["stage_seconds"].items()) +
+        f"; total {sum(info['stage_seconds'].values()):.0f} s.", "",
+        "## Reward model", "", reward_text, "",
         f"![reward accuracy]({rel}/reward_accuracy.png)", "",
         "## Policy before and after PPO", "",
         f"{before['samples']} samples each (mean ± standard error), KL to the reference "
-        "(the SFT policy) in nats per response.", "",
-        "| policy | gold | proxy (reward model) | KL | length | ends with EOS |",
-        "|---|---|---|---|---|---|",
-        f"| before (SFT) | {_fmt(before['gold'])} | {_fmt(before['proxy'])} | "
-        f"{_fmt(before['kl'])} | {before['length']['mean']:.1f} | {before['eos_fraction']:.2f} |",
-        f"| after PPO | {_fmt(after['gold'])} | {_fmt(after['proxy'])} | {_fmt(after['kl'])} | "
-        f"{after['length']['mean']:.1f} | {after['eos_fraction']:.2f} |", "",
+        f"({before_label.split('(')[-1].rstrip(')')} policy, where PPO started) in nats per "
+        "response.", "",
+        "| policy | " + " | ".join(name for name, _ in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+        f"| {before_label} | " + " | ".join(f(before) for _, f in columns) + " |",
+        "| after PPO | " + " | ".join(f(after) for _, f in columns) + " |", "",
         f"Gold improvement: **{after['gold']['mean'] - before['gold']['mean']:+.3f}**.", "",
         f"![gold and proxy vs KL]({rel}/gold_proxy_vs_kl.png)", "",
         "Where the proxy keeps rising while the gold score flattens or falls, the policy is "
         "exploiting the reward model rather than pleasing the judge (Gao et al. 2022).", "",
         "## Samples", ""]
-    for name, part in (("before (SFT)", ev["before"]), ("after PPO", ev["after"])):
+    for name, part in ((before_label, ev["before"]), ("after PPO", ev["after"])):
         lines += [f"### {name}", "", "| prompt | response | gold | proxy |", "|---|---|---|---|"]
         for r in part["rows"][:info.get("report_samples", 8)]:
             resp = r["response"].replace("|", "\\|") or "(empty)"

@@ -197,12 +197,20 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
                          defaults=train.config_to_dict(PipelineConfig()))
     record_run_config(layout.config, resolved)
     gold_fn, seconds = rl_eval.TEXT_TERMS[cfg.gold], {}
+    # a rerun (resuming, or redoing a finished run) keeps the times of the invocation that did
+    # each stage's work: run.json records a stage's time once the stage completes
+    earlier = (json.loads(layout.info.read_text()).get("stage_seconds", {})
+               if layout.info.is_file() else {})
 
     def timed(name, fn, *args):
         print(f"== {name} (stage {len(seconds) + 1})", flush=True)
         start = time.perf_counter()
         out = fn(*args)
-        seconds[name] = time.perf_counter() - start
+        if not getattr(out, "preempted", False):
+            seconds[name] = earlier.get(name, time.perf_counter() - start)
+            if train.is_main_process():
+                layout.info.parent.mkdir(parents=True, exist_ok=True)
+                layout.info.write_text(json.dumps({"stage_seconds": seconds}, indent=1))
         return out
 
     def preempted(name):
@@ -226,6 +234,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     info = {"seed": cfg.seed, "stage_seconds": seconds, **labels, "gold": cfg.gold,
             "annotator_temperatures": cfg.annotator_temperatures,
             "report_samples": cfg.report_samples, "run_dir": str(layout.root),
+            "before_label": "before (SFT)" if cfg.sft.steps > 0 else "before (initial policy)",
             "config": resolved}
     if train.is_main_process():
         layout.evaluation.write_text(json.dumps(ev, indent=1))

@@ -81,6 +81,31 @@ def test_report_from_run_data(tmp_path):
     text = path.read_text()
     assert "Held-out accuracy **0.734**" in text and "+0.750" in text
     assert "| before (SFT) | 0.125 ± 0.010" in text and "a\\|b" in text
+    # length and EOS fraction are the same before and after: those columns are left out
+    assert "| policy | gold | proxy (reward model) | KL |\n" in text and "length" not in text
+    assert "Per annotator: annotator_0 0.900." in text and "rough figure" not in text
     assert "![reward accuracy](figures/reward_accuracy.png)" in text
     assert (tmp_path / "figures" / "reward_accuracy.png").stat().st_size > 1000
     assert (tmp_path / "figures" / "gold_proxy_vs_kl.png").stat().st_size > 1000
+
+
+def test_report_without_annotators_on_few_pairs(tmp_path):
+    summ = {"gold": {"mean": 0.1, "stderr": 0.01}, "proxy": {"mean": 0.2, "stderr": 0.1},
+            "kl": {"mean": 0.0, "stderr": 0.0}, "length": {"mean": 4.0, "stderr": 0},
+            "eos_fraction": 0.5, "samples": 2}
+    after = dict(summ, length={"mean": 6.0, "stderr": 0})
+    sample = [{"prompt": "p", "response": "", "gold": 0.5, "proxy": 1.0}]
+    text = write_report(
+        tmp_path / "r.md", tmp_path / "p", info={
+            "seed": 1, "stage_seconds": {"ppo": 2.0}, "preference_file": "mine.jsonl",
+            "before_label": "before (initial policy)"},
+        reward_rows=[{"step": 1, "reward/accuracy": 0.6}, {"step": 1, "eval/accuracy": 0.6}],
+        reward_summary={"eval/accuracy": 0.6, "eval/pairs": 20, "eval/loss": 0.7,
+                        "eval/ece": 0.1},
+        ppo_rows=[{"step": s, "kl/sequence": 0.1 * s, "score/reward_model": 0.1,
+                   "reward_terms/vader": 0.2} for s in range(1, 4)],
+        evaluation={"before": {"summary": summ, "rows": sample},
+                    "after": {"summary": after, "rows": sample}}).read_text()
+    assert "Per annotator" not in text and "only 20 held-out pairs" in text
+    assert "| before (initial policy) |" in text and "### before (initial policy)" in text
+    assert "| length |" in text and "ends with EOS" not in text  # only length changed
