@@ -36,12 +36,12 @@ class CheckpointConfig:
     """
 
     directory: str = ""  # empty: not set yet (the stages fill in their run layout's)
-    save_every: int = 100
-    keep_last: int = 3
-    keep_best: int = 0
-    best_metric: str = ""
-    best_mode: str = "min"
-    async_save: bool = True
+    save_every: int = 100  # steps between checkpoints (and one at the end)
+    keep_last: int = 3  # newest checkpoints kept
+    keep_best: int = 0  # best checkpoints kept in addition, by best_metric
+    best_metric: str = ""  # evaluation metric that ranks checkpoints for keep_best
+    best_mode: str = "min"  # min or max: which direction is better
+    async_save: bool = True  # write checkpoints in the background
 
     def __post_init__(self):
         if self.save_every <= 0 or self.keep_last <= 0 or self.keep_best < 0:

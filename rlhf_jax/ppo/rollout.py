@@ -22,11 +22,11 @@ class RolloutConfig:
     """Reward shaping and advantage settings (defaults: Huang et al. 2023, "The N Implementation
     Details of RLHF with PPO"): γ = 1, λ = 0.95, k1 KL, whitened advantages."""
 
-    gamma: float = 1.0
-    lam: float = 0.95
-    kl_estimator: str = "k1"
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    kl_estimator: str = "k1"  # per-token KL estimate: k1 | k2 | k3
     missing_eos_penalty: float | None = None  # score given to responses without EOS
-    whiten_rewards: bool = False
+    whiten_rewards: bool = False  # rescale per-token rewards to unit variance (mean kept)
     # whiten advantages over the batch's tokens; None: yes for GAE, no for the critic-free
     # estimators, whose per-sequence advantages are already centred within each group (token
     # whitening would weight long responses more and can flip the sign of a group's winner)
@@ -60,7 +60,7 @@ class Rollout:
 
     `temperature` is the sampling temperature at which `logprobs` (and `ref_logprobs`) were
     computed; the PPO update recomputes log π at this same temperature, so its importance ratio
-    is exactly 1 on the weights that sampled (there is no second setting to disagree with it).
+    is 1 (up to float32 rounding) on the weights that sampled: there is no second setting.
     """
 
     prompt_tokens: jax.Array

@@ -29,10 +29,10 @@ class KLConfig:
     """β: "fixed", or "adaptive" toward `target` nats per sequence over `horizon` samples
     (Ziegler et al. 2019, §2.2)."""
 
-    controller: str = "fixed"
-    beta: float = 0.05
-    target: float = 6.0
-    horizon: float = 10000.0
+    controller: str = "fixed"  # fixed or adaptive beta
+    beta: float = 0.05  # KL penalty coefficient (the adaptive controller's start)
+    target: float = 6.0  # adaptive: KL per sequence to aim for, nats
+    horizon: float = 10000.0  # adaptive: samples over which beta moves by at most 20%
 
     def __post_init__(self):
         if self.controller not in ("fixed", "adaptive"):

@@ -21,13 +21,13 @@ class PPOConfig:
     """Update hyper-parameters (defaults: Huang et al. 2023). `ptx_coef` > 0 adds the
     pretraining log-likelihood term of PPO-ptx (Ouyang et al. 2022, eq. 2)."""
 
-    epochs: int = 4
-    num_minibatches: int = 1
-    clip: float = 0.2
-    value_clip: float = 0.2
-    value_coef: float = 0.1
-    entropy_coef: float = 0.0
-    ptx_coef: float = 0.0
+    epochs: int = 4  # passes over each rollout
+    num_minibatches: int = 1  # minibatches per epoch
+    clip: float = 0.2  # policy ratio clip epsilon
+    value_clip: float = 0.2  # value change clip around the rollout's values
+    value_coef: float = 0.1  # weight of the value loss
+    entropy_coef: float = 0.0  # weight of the entropy bonus
+    ptx_coef: float = 0.0  # weight of the pretraining NLL (PPO-ptx; 0: off)
 
 
 def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,

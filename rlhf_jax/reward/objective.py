@@ -18,10 +18,10 @@ class RewardLossConfig:
     (Σ_k r_k)² per comparison (Eisenstein et al. 2023).
     """
 
-    margin: float = 0.0
-    label_smoothing: float = 0.0
-    scalar_weight: float = 1.0
-    centering_coef: float = 0.0
+    margin: float = 0.0  # Bradley-Terry margin subtracted from the reward difference
+    label_smoothing: float = 0.0  # probability that a label is flipped (0 <= eps < 0.5)
+    scalar_weight: float = 1.0  # weight of the rating regression loss
+    centering_coef: float = 0.0  # weight of the (sum of rewards)^2 centering penalty
 
     def __post_init__(self):
         if not 0 <= self.label_smoothing < 0.5:

@@ -20,13 +20,13 @@ from rlhf_jax.sampling.processors import sample_token
 class SamplingConfig:
     """How to sample: length, temperature, top-k (0: off), top-p (1: off), greedy, EOS and pad."""
 
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    greedy: bool = False
-    eos_token_ids: tuple[int, ...] = ()
-    pad_token_id: int = 0
+    max_new_tokens: int  # response tokens sampled at most
+    temperature: float = 1.0  # logits are divided by it (log-probs are taken at it)
+    top_k: int = 0  # keep the k most likely tokens (0: off)
+    top_p: float = 1.0  # nucleus: smallest set with this much probability (1: off)
+    greedy: bool = False  # argmax instead of sampling
+    eos_token_ids: tuple[int, ...] = ()  # extra ids that end a response
+    pad_token_id: int = 0  # id after the end of a response
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:

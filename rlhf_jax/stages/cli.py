@@ -9,6 +9,7 @@ from rlhf_jax import train
 from rlhf_jax.checkpoint import NoReadableCheckpointError
 from rlhf_jax.data import DataFormatError
 from rlhf_jax.models import CheckpointFormatError, CorruptCheckpointError, UnsupportedConfigError
+from rlhf_jax.train.config_help import class_summary, config_help
 
 # Errors that a user's config, data, paths or checkpoints cause (each names what is wrong);
 # anything else is a bug and keeps its traceback.
@@ -19,8 +20,14 @@ USER_ERRORS = (train.ConfigError, DataFormatError, CheckpointFormatError, Corrup
 def run_script(stage: Callable, config_cls, argv: Sequence[str], default_config: str):
     """Parse `argv` against the config file, build `config_cls` and call `stage` with it.
 
-    A user error prints `error: <message>` on stderr and exits with status 2.
+    `--help` lists every config key with its default and description. A user error prints
+    `error: <message>` on stderr and exits with status 2.
     """
+    if "--help" in argv or "-h" in argv:
+        print(f"{class_summary(config_cls)}\n\nOverride any key with --config.KEY=VALUE "
+              f"(defaults from {default_config}):\n")
+        print("\n".join(config_help(config_cls())))
+        raise SystemExit(0)
     try:
         cfg = train.config_from_dict(config_cls, train.parse_config(argv, default_config))
         return stage(cfg)

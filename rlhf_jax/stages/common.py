@@ -34,13 +34,13 @@ class RunConfig:
     directory whose stored config differs from this one (see `layout.check_run_config`).
     """
 
-    run_dir: str = "runs/run"
-    seed: int = 0
-    mesh: str = "fsdp=-1"
-    sharding: str = "fsdp"
-    log_every: int = 10
+    run_dir: str = "runs/run"  # where the run's files go (layout: stages.RunLayout)
+    seed: int = 0  # seed of initialisation, data order and sampling
+    mesh: str = "fsdp=-1"  # device mesh axis sizes, e.g. fsdp=-1 or data=2,fsdp=2,tensor=2
+    sharding: str = "fsdp"  # logical-axis rule preset: dp | fsdp | fsdp_tp
+    log_every: int = 10  # steps between metric fetches (JSONL, TensorBoard, progress)
     max_consecutive_skips: int = 10  # stop after more non-finite steps than this in a row
-    allow_config_change: bool = False
+    allow_config_change: bool = False  # continue a run directory whose stored config differs
 
     def __post_init__(self):
         if self.log_every <= 0:

@@ -32,20 +32,24 @@ class PipelineConfig:
     skips SFT (then `policy_dir` is needed).
     """
 
-    run_dir: str = "runs/pipeline"
-    seed: int = 0
+    run_dir: str = "runs/pipeline"  # where every stage's files go (layout: stages.PipelineLayout)
+    seed: int = 0  # seed of every stage
+    # local HF directory to start from; empty: the tiny preset + built-in tokenizer
     policy_dir: str = ""
-    sft_file: str = ""
+    sft_file: str = ""  # JSONL/Parquet text field for SFT; empty: the built-in corpus
+    # your pairwise comparisons; empty: simulated annotators label SFT samples
     preference_file: str = ""
-    prompts_file: str = ""
+    prompts_file: str = ""  # JSONL/Parquet prompt field; empty: the built-in prompts
+    # the judge behind the simulated annotators and the report (eval.TEXT_TERMS)
     gold: str = "vader"
+    # one Bradley-Terry temperature per simulated annotator
     annotator_temperatures: str = "0.15,0.3,0.6"
-    comparisons: int = 1500
-    max_prompt_len: int = 8
-    max_new_tokens: int = 10
+    comparisons: int = 1500  # prompts whose sample pairs the simulated annotators label
+    max_prompt_len: int = 8  # prompt tokens kept in every stage
+    max_new_tokens: int = 10  # response tokens sampled in every stage
     eval_samples: int = 160  # responses per policy in the final evaluation
-    report_samples: int = 8
-    allow_config_change: bool = False
+    report_samples: int = 8  # samples per policy shown in the report
+    allow_config_change: bool = False  # continue a run directory whose stored config differs
     sft: SFTConfig = SFTConfig(steps=150, batch_size=32, data=SFTData(source="text"))
     reward: RewardConfig = RewardConfig(steps=300, batch_size=32, eval_every=50)
     ppo: PPOStageConfig = PPOStageConfig(steps=150, batch_size=32, kl=KLConfig(beta=0.02))

@@ -22,18 +22,19 @@ from rlhf_jax.train import ConfigError, OptimizerConfig
 class PromptData:
     """Prompts: the `prompt` field of a JSONL/Parquet `file` (empty: the built-in prompts)."""
 
-    file: str = ""
-    max_prompt_len: int = 8
-    on_error: str = "raise"
+    file: str = ""  # JSONL/Parquet with a prompt field; empty: the built-in prompts
+    max_prompt_len: int = 8  # prompt tokens kept (cut from the left)
+    on_error: str = "raise"  # raise: stop at a malformed record; skip: skip and count it
 
 
 @dataclasses.dataclass(frozen=True)
 class PtxData:
-    """PPO-ptx text (a `text` field; empty file: the built-in corpus), used when ppo.ptx_coef > 0."""
+    """PPO-ptx text (a `text` field; empty file: the built-in corpus), used when ppo.ptx_coef
+    > 0."""
 
-    file: str = ""
-    batch_size: int = 16
-    max_len: int = 24
+    file: str = ""  # JSONL/Parquet with a text field; empty: the built-in corpus
+    batch_size: int = 16  # text rows per iteration, over all processes
+    max_len: int = 24  # tokens per text row
 
 
 def _default_terms() -> dict:
@@ -56,21 +57,22 @@ class PPOStageConfig(RunConfig):
 
     run_dir: str = "runs/ppo"
     log_every: int = 5
-    policy_dir: str = ""
-    preset: str = "tiny-llama"
+    policy_dir: str = ""  # local HF directory of the policy (= reference); empty: preset
+    preset: str = "tiny-llama"  # built-in model size when policy_dir is empty
     reward_dir: str = "runs/reward/export"  # the export of RewardConfig's default run_dir
-    critic: str = "reward"
-    reward_std_coef: float = 0.0
+    critic: str = "reward"  # reward: critic initialised from the reward model; shared: value head
+    reward_std_coef: float = 0.0  # ensemble reward: score mean - k*std (0: the mean)
     prompts: PromptData = PromptData()
     sampling: SamplingConfig = SamplingConfig(max_new_tokens=10)
-    stop_tokens: str = ""
+    stop_tokens: str = ""  # comma-separated single tokens that end a response like EOS
     rollout: ppo.RolloutConfig = ppo.RolloutConfig(missing_eos_penalty=-1.0)
     kl: ppo.KLConfig = ppo.KLConfig()
     ppo: ppo.PPOConfig = ppo.PPOConfig(num_minibatches=2)
     ptx: PtxData = PtxData()
+    # text scorer name -> weight added to the score (0: off)
     reward_terms: dict = dataclasses.field(default_factory=_default_terms)
-    monitor_terms: str = ""
-    steps: int = 40
+    monitor_terms: str = ""  # comma-separated text scorers logged without weight
+    steps: int = 40  # PPO iterations in total
     batch_size: int = 32  # prompts per iteration (× rollout.group_size samples)
     optim: OptimizerConfig = OptimizerConfig(learning_rate=1e-4, total_steps=0,
                                              schedule="constant")

@@ -21,24 +21,24 @@ class RewardData:
     `builtin_pairs` comparisons by the built-in simulated annotators); ratings are declared on
     [rating_low, rating_high]; `on_error` is "raise" or "skip" for malformed records."""
 
-    train_file: str = ""
-    kind: str = "pairwise"
-    rating_low: float = 0.0
-    rating_high: float = 1.0
-    on_error: str = "raise"
-    validation_fraction: float = 0.1
-    builtin_pairs: int = 2000
-    max_prompt_len: int = 8
-    max_response_len: int = 10
+    train_file: str = ""  # JSONL/Parquet labels; empty: the built-in simulated annotators
+    kind: str = "pairwise"  # pairwise | ranking | rating | hh
+    rating_low: float = 0.0  # lowest rating the file's scale allows
+    rating_high: float = 1.0  # highest rating the file's scale allows
+    on_error: str = "raise"  # raise: stop at a malformed record; skip: skip and count it
+    validation_fraction: float = 0.1  # share of the records held out for evaluation
+    builtin_pairs: int = 2000  # comparisons the built-in task generates
+    max_prompt_len: int = 8  # prompt tokens kept (cut from the left)
+    max_response_len: int = 10  # response tokens kept
 
 
 @dataclasses.dataclass(frozen=True)
 class EarlyStopping:
     """Stop after `patience` evaluations without improvement of `metric` (0: never)."""
 
-    metric: str = "eval/loss"
-    patience: int = 0
-    mode: str = "min"
+    metric: str = "eval/loss"  # evaluation metric to watch
+    patience: int = 0  # evaluations without improvement before stopping (0: never)
+    mode: str = "min"  # min or max: which direction is better
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,17 +47,17 @@ class RewardConfig(RunConfig):
     from `model_dir` (local HF directory) or a randomly initialised `preset`."""
 
     run_dir: str = "runs/reward"
-    model_dir: str = ""
-    preset: str = "tiny-llama"
-    num_reward_outputs: int = 1
+    model_dir: str = ""  # local Hugging Face directory of the backbone; empty: the preset
+    preset: str = "tiny-llama"  # built-in model size when model_dir is empty
+    num_reward_outputs: int = 1  # reward heads: > 1 is an ensemble on one backbone
     dropout: float = 0.0  # embedding / attention / residual dropout while training
     data: RewardData = RewardData()
     loss: reward.RewardLossConfig = reward.RewardLossConfig(centering_coef=0.01)
-    steps: int = 300
-    batch_size: int = 32
+    steps: int = 300  # optimiser steps in total
+    batch_size: int = 32  # examples per step, over all processes
     optim: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, warmup_steps=20,
                                              total_steps=0, weight_decay=0.01)
-    eval_every: int = 50
+    eval_every: int = 50  # steps between held-out evaluations (0: never)
     early_stopping: EarlyStopping = EarlyStopping()
     normalise_samples: int = 512  # responses whose rewards the export normalises to mean 0, std 1
     checkpoint: CheckpointConfig = CheckpointConfig(save_every=50, keep_last=2, keep_best=1,

@@ -20,9 +20,10 @@ class SFTData:
     (the `text` field of a JSONL/Parquet `file`; empty file: the built-in corpus, with a tokenizer
     trained on it when there is no model_dir), rows of at most `max_len` tokens."""
 
+    # progression (synthetic tokens) or text (a JSONL/Parquet text field)
     source: str = "progression"
-    file: str = ""
-    max_len: int = 24
+    file: str = ""  # the text file; empty: the built-in corpus
+    max_len: int = 24  # tokens per text row (longer rows are cut)
 
     def __post_init__(self):
         if self.source not in ("progression", "text"):
@@ -35,14 +36,15 @@ class SFTConfig(RunConfig):
     initialised `preset`, with exact resume from the run directory."""
 
     run_dir: str = "runs/sft"
-    model_dir: str = ""
+    model_dir: str = ""  # local Hugging Face directory to start from; empty: the preset
+    # built-in model size when model_dir is empty (tiny-llama, tiny-gpt2, ...)
     preset: str = "tiny-llama"
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
     data: SFTData = SFTData()
-    steps: int = 200
-    batch_size: int = 16
+    steps: int = 200  # optimiser steps in total
+    batch_size: int = 16  # sequences per step, over all processes
     length: int = 32  # sequence length of the "progression" source
-    num_microbatches: int = 1
+    num_microbatches: int = 1  # gradient accumulation: micro-batches per step
     optim: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, warmup_steps=20,
                                              total_steps=0, weight_decay=0.01)
     checkpoint: CheckpointConfig = CheckpointConfig(save_every=50, keep_last=2)

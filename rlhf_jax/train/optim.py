@@ -20,17 +20,17 @@ class OptimizerConfig:
     ("reference", "transformer/wte") that receive no update and hold no optimiser state.
     """
 
-    learning_rate: float = 1e-5
-    warmup_steps: int = 0
-    total_steps: int = 1000
-    schedule: str = "cosine"
-    end_lr_fraction: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    learning_rate: float = 1e-5  # peak learning rate
+    warmup_steps: int = 0  # steps of linear warmup from 0
+    total_steps: int = 1000  # schedule length; 0: the stage's steps
+    schedule: str = "cosine"  # after warmup: cosine | linear | constant
+    end_lr_fraction: float = 0.0  # final rate as a fraction of the peak (cosine, linear)
+    b1: float = 0.9  # Adam first-moment decay
+    b2: float = 0.999  # Adam second-moment decay
+    eps: float = 1e-8  # Adam epsilon
+    weight_decay: float = 0.0  # decoupled weight decay (not on norms and biases)
     clip_norm: float = 1.0  # 0 disables global-norm clipping
-    frozen: tuple[str, ...] = ()
+    frozen: tuple[str, ...] = ()  # parameter path prefixes that are not trained
 
     def __post_init__(self):
         if self.schedule not in _SCHEDULES:

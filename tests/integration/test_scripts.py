@@ -33,3 +33,18 @@ def test_missing_reward_model_is_named(tmp_path):
     out = _run("train_ppo.py", f"--config.run_dir={tmp_path / 'run'}",
                f"--config.reward_dir={tmp_path / 'nowhere'}")
     assert out.returncode == 2 and "nowhere' does not exist" in out.stderr, out.stderr[-2000:]
+
+
+def test_help_lists_every_key_with_default_and_description():
+    out = _run("train_ppo.py", "--help")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--config.kl.beta=0.05  KL penalty coefficient" in out.stdout
+    assert "--config.rollout.advantage=\"gae\"" in out.stdout
+
+
+def test_every_config_key_has_a_description():
+    from rlhf_jax import stages
+    from rlhf_jax.train.config_help import missing_descriptions
+    for cls in (stages.SFTConfig, stages.RewardConfig, stages.PPOStageConfig,
+                stages.PipelineConfig):
+        assert missing_descriptions(cls) == [], cls.__name__
