@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from flax import struct
 
-from rlhf_jax.data.records import normalise_rating, read_records
+from rlhf_jax.data.records import check_data_file, normalise_rating, read_records, record_key
 
 PAD = -1  # stored padding; replaced by pad_token_id when batching
 
@@ -154,7 +154,7 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
     Built datasets are keyed by the file's contents and these arguments, and reused. Statistics
     (records read/kept/skipped, truncation counts, the annotators seen) are returned and saved.
     """
-    path = Path(path)
+    path = check_data_file(path)
     eos_id = tokenizer.eos_token_id if append_eos else None
     key = fingerprint(path, kind, type(tokenizer).__name__, len(tokenizer), eos_id,
                        max_prompt_len, max_response_len, rating_range, on_error,
@@ -181,8 +181,13 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
         order = np.random.default_rng(seed).permutation(len(rows))
         n_val = int(round(validation_fraction * len(rows)))
         splits = {"train": [rows[i] for i in order[n_val:]]}
-        if n_val:
-            splits["validation"] = [rows[i] for i in order[:n_val]]
+        # a held-out record that is an exact copy of a training record measures memory, not
+        # generalisation: leave it out of validation
+        train_keys = {record_key(records[i]) for i in order[n_val:]}
+        held_out = [i for i in order[:n_val] if record_key(records[i]) not in train_keys]
+        counts["validation_copies_of_training_dropped"] = n_val - len(held_out)
+        if held_out:
+            splits["validation"] = [rows[i] for i in held_out]
         builder = LocalBuilder(examples=splits,
                                features=_preference_features(max_prompt_len, max_response_len),
                                data_dir=str(data_dir), file_format="array_record")

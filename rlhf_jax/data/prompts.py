@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from rlhf_jax.data.preference import PAD, LocalBuilder, encode_prompt, fingerprint
-from rlhf_jax.data.records import read_records
+from rlhf_jax.data.records import check_data_file, read_records
 
 
 @dataclasses.dataclass
@@ -45,7 +45,7 @@ def build_prompt_dataset(path, tokenizer, out_dir, *, max_prompt_len: int,
     counted with `on_error="skip"`). Built datasets are keyed by the file's contents and these
     arguments, and reused.
     """
-    path = Path(path)
+    path = check_data_file(path)
     if field not in ("prompt", "text"):
         raise ValueError(f"field={field!r}: expected 'prompt' or 'text'")
     suffix = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []

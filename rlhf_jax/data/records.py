@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import stat
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -28,18 +30,38 @@ class RecordStats:
     kept: int = 0
     skipped: int = 0
     reasons: Counter = dataclasses.field(default_factory=Counter)
+    duplicates: int = 0  # kept records that repeat an earlier one exactly
 
     def as_dict(self) -> dict:
         """A JSON-friendly view."""
         return {"read": self.read, "kept": self.kept, "skipped": self.skipped,
-                "skip_reasons": dict(self.reasons)}
+                "skip_reasons": dict(self.reasons), "duplicates": self.duplicates}
+
+
+def record_key(record: dict) -> str:
+    """A canonical string of a validated record: equal for exact duplicates."""
+    return json.dumps(record, sort_keys=True)
+
+
+def check_data_file(path) -> Path:
+    """The path of a readable data file, or a `DataFormatError` saying what it is instead (missing,
+    a directory, a dangling link or a link loop)."""
+    path = Path(path)
+    try:
+        info = path.stat()  # follows symlinks: a loop or a dangling link fails here
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: data file does not exist") from None
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DataFormatError(f"{path}: is {'a directory' if path.is_dir() else 'not a file'}; "
+                              "expected a .jsonl or .parquet data file")
+    return path
 
 
 def iter_raw_records(path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed record) for a .jsonl / .json-lines or .parquet file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: data file does not exist")
+    path = check_data_file(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -53,8 +75,14 @@ def iter_raw_records(path) -> Iterator[tuple[int, Any]]:
     if path.suffix not in (".jsonl", ".json"):
         raise DataFormatError(f"{path}: unsupported file type {path.suffix!r}; expected .jsonl "
                               "or .parquet")
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield i, DataFormatError(f"{path}:{i}: not UTF-8 text (byte "
+                                         f"0x{raw[e.start]:02x} at column {e.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
@@ -89,7 +117,19 @@ def _text(rec: dict, field: str, where: str, optional: bool = False) -> Optional
     if not isinstance(value, str):
         raise DataFormatError(f"{where}: field {field!r} must be a string, got "
                               f"{type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataFormatError(f"{where}: field {field!r} holds an unpaired surrogate "
+                              f"{value[e.start]!r} at character {e.start}, not text") from None
     return value
+
+
+def _responses(values: list, fields: str, where: str) -> None:
+    """Responses must hold text, and differ if they are ranked differently."""
+    for v in values:
+        if not v.strip():
+            raise DataFormatError(f"{where}: {fields}: a response is empty or whitespace only")
 
 
 def _validate(rec: Any, kind: str, where: str, rating_range) -> dict:
@@ -108,6 +148,7 @@ def _validate(rec: Any, kind: str, where: str, rating_range) -> dict:
             except ValueError as e:
                 raise DataFormatError(f"{where}: fields 'chosen'/'rejected' without 'prompt' "
                                       f"must be dialogues sharing a prefix ({e})") from None
+        _responses([chosen, rejected], "fields 'chosen'/'rejected'", where)
         if chosen == rejected:
             raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' are identical")
         return {"prompt": prompt, "responses": [chosen, rejected], "ranks": [0, 1], **extra}
@@ -134,11 +175,19 @@ def _validate(rec: Any, kind: str, where: str, rating_range) -> dict:
         elif len(set(ranks)) < 2:
             raise DataFormatError(f"{where}: field 'ranks' ties every response; nothing is "
                                   "preferred")
+        _responses(responses, "field 'responses'", where)
+        for a in range(len(responses)):
+            for b in range(a):
+                if responses[a] == responses[b] and ranks[a] != ranks[b]:
+                    raise DataFormatError(f"{where}: field 'responses' has the same text at "
+                                          f"{b} and {a} with different ranks")
         return {"prompt": prompt, "responses": responses, "ranks": ranks, **extra}
     response = _text(rec, "response", where)
+    _responses([response], "field 'response'", where)
     rating = rec.get("rating")
-    if isinstance(rating, bool) or not isinstance(rating, (int, float)):
-        raise DataFormatError(f"{where}: field 'rating' must be a number")
+    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or \
+            not math.isfinite(rating):
+        raise DataFormatError(f"{where}: field 'rating' must be a finite number")
     low, high = rating_range
     if not low <= rating <= high:
         raise DataFormatError(f"{where}: field 'rating'={rating} is outside the declared range "
@@ -157,7 +206,8 @@ def read_records(path, kind: str, *, on_error: str = "raise",
     """Validated records in a common form: prompt, responses, ranks (+ rating, annotator, rationale).
 
     `kind` is "pairwise", "ranking", "rating" or "prompt" (prompts alone, for sampling); ratings
-    need their declared `rating_range`.
+    need their declared `rating_range`. Exact duplicates of an earlier record are kept and
+    counted (`stats.duplicates`); dataset builders keep them out of validation splits.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
@@ -167,11 +217,15 @@ def read_records(path, kind: str, *, on_error: str = "raise",
         if rating_range is None or len(rating_range) != 2 or rating_range[0] >= rating_range[1]:
             raise ValueError(f"rating data needs rating_range=(low, high) with low < high, got "
                              f"{rating_range!r}")
-    stats, out = RecordStats(), []
+    stats, out, seen = RecordStats(), [], set()
     for line, rec in iter_raw_records(path):
         stats.read += 1
         try:
-            out.append(_validate(rec, kind, f"{path}:{line}", rating_range))
+            record = _validate(rec, kind, f"{path}:{line}", rating_range)
+            key = record_key(record)
+            stats.duplicates += key in seen
+            seen.add(key)
+            out.append(record)
             stats.kept += 1
         except DataFormatError as e:
             if on_error == "raise":

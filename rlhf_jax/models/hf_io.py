@@ -122,6 +122,11 @@ def _base_prefix(cfg: TransformerConfig) -> str:
 
 # ------------------------------------------------------------------------------------- loading
 def _read_config_json(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointFormatError(f"{path}: model directory does not exist")
+    if not path.is_dir():
+        raise CheckpointFormatError(f"{path}: is a file; expected a Hugging Face model "
+                                    "directory (config.json + model.safetensors)")
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise CheckpointFormatError(f"{path}: no config.json; expected a Hugging Face model "
