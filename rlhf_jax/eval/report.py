@@ -102,7 +102,9 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
          if "preference_file" in info else
          f"Trained on {info['comparisons']} comparisons of SFT samples by simulated annotators "
          f"(gold judge: {info['gold']}, Bradley–Terry temperatures "
-         f"{info['annotator_temperatures']}). ") +
+         f"{info['annotator_temperatures']}"
+         + (f"; {info['pairs_with_an_empty_response']} pairs with an empty response left out"
+            if info.get("pairs_with_an_empty_response") else "") + "). ") +
         f"Held-out accuracy **{reward_summary['eval/accuracy']:.3f}** on {pairs} pairs "
         f"(chance 0.5); loss {reward_summary['eval/loss']:.3f}, ECE "
         f"{reward_summary['eval/ece']:.3f}." +

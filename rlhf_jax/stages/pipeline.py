@@ -129,11 +129,13 @@ def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir:
                        path) -> dict:
     """Pairs of policy samples for each prompt (sampled as PPO will sample), labelled by the
     simulated annotators, written to `path` as pairwise JSONL; returns the count and how often
-    the gold judge agrees with the labels."""
+    the gold judge agrees with the labels. Pairs with an empty response are left out (and
+    counted): there is no text to judge."""
     config, params = models.load_hf_checkpoint(policy_dir)
     tok = models.load_tokenizer(policy_dir, config)
     sampling = resolve_sampling(tok, ppo_cfg)
     pairs, key, all_texts = [], jax.random.key(cfg.seed + 100), _prompt_texts(cfg, cfg.comparisons)
+    empty = 0
     for chunk in range(0, cfg.comparisons, 250):
         texts = all_texts[chunk:chunk + 250]
         batch = _encode(tok, [t for t in texts for _ in (0, 1)], cfg.max_prompt_len)
@@ -141,13 +143,18 @@ def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir:
                        config=config, sampling=sampling)
         toks, mask = jax.device_get((out.tokens, out.mask))
         resp = [tok.decode(t[m > 0], skip_special_tokens=True) for t, m in zip(toks, mask)]
-        pairs += [(p, a, b) for p, a, b in zip(texts, resp[0::2], resp[1::2]) if a != b]
+        for p, a, b in zip(texts, resp[0::2], resp[1::2]):
+            if not (a.strip() and b.strip()):  # nothing to judge (the data check refuses it)
+                empty += 1
+            elif a != b:
+                pairs.append((p, a, b))
     temps = tuple(float(t) for t in cfg.annotator_temperatures.split(","))
     records = data.builtin.simulate_annotators(pairs, gold_fn, temperatures=temps, seed=cfg.seed)
     train.on_main_process(data.builtin.write_jsonl, path, records)
     agree = [np.sign(gold_fn(r["prompt"], r["chosen"]) - gold_fn(r["prompt"], r["rejected"]))
              for r in records]  # how often the judge itself sides with the label (ties: half)
-    return {"comparisons": len(records), "gold_label_agreement": float(np.mean(
+    return {"comparisons": len(records), "pairs_with_an_empty_response": empty,
+            "gold_label_agreement": float(np.mean(
         [1.0 if a > 0 else 0.5 if a == 0 else 0.0 for a in agree]))}
 
 
