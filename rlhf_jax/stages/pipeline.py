@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Optional
 
 import jax
@@ -176,6 +177,31 @@ def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_d
             for name, p in (("before", ref), ("after", after))}
 
 
+def check_inputs(cfg: PipelineConfig) -> None:
+    """Validate every user input of the run before any stage starts, so that a bad file or
+    directory fails in seconds rather than after minutes of training: the policy directory
+    (config and tokenizer), the preference, prompt and SFT files (every record, as the stages
+    will read them), and that the run directory can be written."""
+    if cfg.policy_dir:
+        models.load_tokenizer(cfg.policy_dir, models.load_hf_config(cfg.policy_dir))
+    rd = cfg.reward.data
+    for path, kind, on_error in ((cfg.preference_file, rd.kind, rd.on_error),
+                                 (cfg.prompts_file, "prompt", cfg.ppo.prompts.on_error),
+                                 (cfg.sft_file, "text", "raise")):
+        if path:
+            data.read_records(path, kind, on_error=on_error,
+                              rating_range=(rd.rating_low, rd.rating_high))
+    root = Path(cfg.run_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write_check_{jax.process_index()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise train.ConfigError(f"run_dir={cfg.run_dir!r} cannot be written ({e.strerror})") \
+            from None
+
+
 def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, prefs: str):
     """The SFT, reward and PPO configs with the pipeline's directories, seed and inputs."""
     common = dict(seed=cfg.seed, allow_config_change=cfg.allow_config_change)
@@ -201,6 +227,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     """Run every stage into `cfg.run_dir` (rerunning resumes each stage where it stopped) and
     write eval.json, run.json and report.md; return the headline numbers."""
     train.initialize()  # before anything touches JAX (the stages find it done)
+    check_inputs(cfg)
     layout = PipelineLayout(cfg.run_dir)
     resolved = train.config_to_dict(cfg)
     if any(layout.stage(name).config.is_file() for name in ("sft", "reward", "ppo")):

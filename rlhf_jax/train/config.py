@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import math
 import types
 from pathlib import Path
 from typing import Optional, Sequence
@@ -160,8 +161,10 @@ def _convert(value, annotation, where: str):
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation in (int, float, str, bool) and not isinstance(value, annotation) or (
-            annotation is int and isinstance(value, bool)):
+            annotation in (int, float) and isinstance(value, bool)):
         raise ConfigError(f"{where}={value!r}: expected {annotation.__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}={value!r}: expected a finite number")
     return value
 
 

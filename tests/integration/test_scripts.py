@@ -18,6 +18,7 @@ def _run(script, *args):
 
 @pytest.mark.parametrize("script,args,message", [
     ("train_sft.py", ["--config.stpes=3"], "unknown config key 'stpes'"),
+    ("train_sft.py", ["--config.optim.learning_rate=1e999"], "expected a finite number"),
     ("train_reward.py", ["--config.steps=ten"], "--config.steps='ten': expected int"),
     ("train_ppo.py", ["--config.rollout.advantage=ppo"], "advantage='ppo'"),
     ("rlhf_pipeline.py", ["--config.sft.steps=0"], "sft.steps=0 needs policy_dir"),
@@ -48,3 +49,22 @@ def test_every_config_key_has_a_description():
     for cls in (stages.SFTConfig, stages.RewardConfig, stages.PPOStageConfig,
                 stages.PipelineConfig):
         assert missing_descriptions(cls) == [], cls.__name__
+
+
+@pytest.mark.parametrize("case", ["empty_prompts", "missing_policy", "bad_preferences"])
+def test_pipeline_inputs_are_checked_before_any_stage(tmp_path, case):
+    run = tmp_path / "run"
+    if case == "empty_prompts":
+        (tmp_path / "prompts.jsonl").write_text("")
+        args, message = [f"--config.prompts_file={tmp_path / 'prompts.jsonl'}"], \
+            "prompts.jsonl: no valid prompt records (0 read)"
+    elif case == "missing_policy":
+        args, message = [f"--config.policy_dir={tmp_path / 'nowhere'}", "--config.sft.steps=0"], \
+            "nowhere: model directory does not exist"
+    else:
+        (tmp_path / "p.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "a"}\n')
+        args, message = [f"--config.preference_file={tmp_path / 'p.jsonl'}"], \
+            "p.jsonl:1: fields 'chosen' and 'rejected' are identical"
+    out = _run("rlhf_pipeline.py", f"--config.run_dir={run}", *args)
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    assert not (run / "sft").exists()  # nothing was trained first
