@@ -126,7 +126,7 @@ def _text(rec: dict, field: str, where: str, optional: bool = False) -> Optional
 
 
 def _responses(values: list, fields: str, where: str) -> None:
-    """Responses must hold text, and differ if they are ranked differently."""
+    """Every response must hold text (not only whitespace)."""
     for v in values:
         if not v.strip():
             raise DataFormatError(f"{where}: {fields}: a response is empty or whitespace only")

@@ -38,6 +38,11 @@ class ConfigMismatchError(ConfigError):
     """A run directory already holds a run with a different config."""
 
 
+def _under(*parts: str) -> property:
+    """A layout path: `root / parts...`."""
+    return property(lambda self: self.root.joinpath(*parts))
+
+
 @dataclasses.dataclass(frozen=True)
 class RunLayout:
     """Paths of one stage's run directory (see the module docstring)."""
@@ -47,41 +52,14 @@ class RunLayout:
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def export(self) -> Path:
-        return self.root / "export"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def eval_summary(self) -> Path:
-        return self.root / "eval_summary.json"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def built_data(self) -> Path:
-        return self.root / "data" / "built"
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.root / "tokenizer"
+    config = _under("config.json")
+    checkpoints = _under("checkpoints")
+    export = _under("export")
+    metrics = _under("metrics.jsonl")
+    tensorboard = _under("tensorboard")
+    eval_summary = _under("eval_summary.json")
+    built_data = _under("data", "built")
+    tokenizer = _under("tokenizer")
 
     def builtin_data(self, name: str) -> Path:
         """A data file the stage writes itself ("comparisons", "prompts", "corpus", "ptx")."""
@@ -112,29 +90,12 @@ class PipelineLayout:
         """The run directory of stage `name` ("sft", "reward", "ppo")."""
         return RunLayout(self.root / name)
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def comparisons(self) -> Path:
-        return self.root / "data" / "comparisons.jsonl"
-
-    @property
-    def evaluation(self) -> Path:
-        return self.root / "eval.json"
-
-    @property
-    def info(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
+    config = _under("config.json")
+    comparisons = _under("data", "comparisons.jsonl")
+    evaluation = _under("eval.json")
+    info = _under("run.json")
+    report = _under("report.md")
+    plots = _under("plots")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

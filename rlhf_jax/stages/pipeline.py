@@ -98,6 +98,19 @@ def _get(obj, path: str):
     return obj
 
 
+def _replace(obj, values: dict):
+    """`obj` (a frozen dataclass) with the dotted-path fields of `values` replaced."""
+    top, nested = {}, {}
+    for path, value in values.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    top.update({head: _replace(getattr(obj, head), sub) for head, sub in nested.items()})
+    return dataclasses.replace(obj, **top)
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineResult:
     """The headline numbers of a finished run (means with standard errors), or the stage that
@@ -203,24 +216,23 @@ def check_inputs(cfg: PipelineConfig) -> None:
 
 
 def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, prefs: str):
-    """The SFT, reward and PPO configs with the pipeline's directories, seed and inputs."""
-    common = dict(seed=cfg.seed, allow_config_change=cfg.allow_config_change)
-    sft = dataclasses.replace(cfg.sft, run_dir=str(layout.stage("sft").root),
-                              model_dir=cfg.policy_dir,
-                              data=dataclasses.replace(cfg.sft.data, file=cfg.sft_file), **common)
-    rm = dataclasses.replace(cfg.reward, run_dir=str(layout.stage("reward").root),
-                             model_dir=policy_dir, data=dataclasses.replace(
-                                 cfg.reward.data, train_file=prefs,
-                                 max_prompt_len=cfg.max_prompt_len,
-                                 max_response_len=cfg.max_new_tokens + 2), **common)
-    ppo_cfg = dataclasses.replace(
-        cfg.ppo, run_dir=str(layout.stage("ppo").root), policy_dir=policy_dir,
-        reward_dir=str(layout.stage("reward").export),
-        prompts=dataclasses.replace(cfg.ppo.prompts, file=cfg.prompts_file,
-                                    max_prompt_len=cfg.max_prompt_len),
-        sampling=dataclasses.replace(cfg.ppo.sampling, max_new_tokens=cfg.max_new_tokens),
-        monitor_terms=cfg.gold, **common)
-    return sft, rm, ppo_cfg
+    """The SFT, reward and PPO configs with the pipeline's directories, seed and inputs: exactly
+    the fields of `_PIPELINE_OWNED`, which the config refuses to have set otherwise."""
+    common = {"seed": cfg.seed, "allow_config_change": cfg.allow_config_change}
+    values = {
+        "sft": {**common, "run_dir": str(layout.stage("sft").root), "model_dir": cfg.policy_dir,
+                "data.file": cfg.sft_file, "data.source": "text"},
+        "reward": {**common, "run_dir": str(layout.stage("reward").root), "model_dir": policy_dir,
+                   "data.train_file": prefs, "data.max_prompt_len": cfg.max_prompt_len,
+                   "data.max_response_len": cfg.max_new_tokens + 2},
+        "ppo": {**common, "run_dir": str(layout.stage("ppo").root), "policy_dir": policy_dir,
+                "reward_dir": str(layout.stage("reward").export), "prompts.file": cfg.prompts_file,
+                "prompts.max_prompt_len": cfg.max_prompt_len,
+                "sampling.max_new_tokens": cfg.max_new_tokens, "monitor_terms": cfg.gold},
+    }
+    assert {k: set(v) for k, v in values.items()} == \
+        {k: set(v) for k, v in _PIPELINE_OWNED.items()}, "keep _PIPELINE_OWNED in step"
+    return tuple(_replace(getattr(cfg, stage), values[stage]) for stage in ("sft", "reward", "ppo"))
 
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:

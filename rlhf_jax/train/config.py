@@ -12,6 +12,7 @@ import importlib.util
 import json
 import math
 import types
+import typing
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -125,15 +126,8 @@ def parse_config(argv: Sequence[str], default_path: Optional[str] = None) -> Con
     return config
 
 
-def _field_types(cls) -> dict:
-    import typing
-    return typing.get_type_hints(cls)
-
-
 def _convert(value, annotation, where: str):
     """`value` (from a ConfigDict/JSON) as the field type `annotation`."""
-    import typing
-
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
@@ -147,8 +141,6 @@ def _convert(value, annotation, where: str):
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], where) if len(inner) == 1 else value
     if origin is tuple or annotation is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}={value!r}: expected a list")
         item = args[0] if args else None
@@ -174,7 +166,7 @@ def config_from_dict(cls, mapping, where: str = "config"):
     `ConfigError` naming the dotted key; keys left out keep the dataclass defaults."""
     if hasattr(mapping, "to_dict"):
         mapping = mapping.to_dict()
-    types_ = _field_types(cls)
+    types_ = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(mapping) - names)
     if unknown:

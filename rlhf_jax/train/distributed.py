@@ -58,12 +58,7 @@ def main_process_first(fn, *args, **kwargs):
     dataset): process 0 writes them once, the others find them ready and only read. With one
     process this is just the call.
     """
-    if jax.process_count() == 1:
-        return fn(*args, **kwargs)
-    from jax.experimental import multihost_utils
-
-    out = fn(*args, **kwargs) if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices(f"main_process_first:{getattr(fn, '__name__', fn)}")
+    out = on_main_process(fn, *args, **kwargs)
     return out if jax.process_index() == 0 else fn(*args, **kwargs)
 
 
