@@ -1,6 +1,11 @@
 """One process of a multi-host run (or the single-process reference): a few sharded train steps.
 
 argv: process_id num_processes port devices_per_process out.npz
+
+The mesh is `fsdp=2` over two devices in all: parameters are sharded across the two devices (one
+per process in the two-process run) and so is the batch. Every cross-device reduction therefore
+adds exactly two partial results, and a + b is the same float32 number in either order, so the
+two-process run must reproduce the one-process run bit for bit.
 """
 import os
 import sys
@@ -20,8 +25,8 @@ from rlhf_jax.train import compile_init, leaf_names  # noqa: E402
 
 if nproc > 1:
     train.initialize(f"127.0.0.1:{port}", nproc, pid)
-assert jax.device_count() == 4, jax.device_count()
-mesh, rules = sharding.make_mesh("data=2,fsdp=2"), sharding.logical_rules("fsdp")
+assert jax.device_count() == 2, jax.device_count()
+mesh, rules = sharding.make_mesh("fsdp=2"), sharding.logical_rules("fsdp")
 config, model, params = load_or_init_model("", "tiny-llama", mesh, rules, jax.random.key(0))
 tx = train.make_optimizer(train.OptimizerConfig(learning_rate=1e-2, total_steps=10), params)
 abstract, init = compile_init(lambda p: train.create_train_state(p, tx, 1), params)
