@@ -193,6 +193,10 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
                                data_dir=str(data_dir), file_format="array_record")
         builder.prepare()
         stats = {**rstats.as_dict(), **counts, "kind": kind, "annotators": annotators,
+                 "file": str(path), "prompts": len(rows),
+                 "responses": sum(len(r["ranks"]) for r in rows),
+                 "limits": {"max_prompt_len": max_prompt_len,
+                            "max_response_len": max_response_len},
                  "num_responses": max(len(r["ranks"]) for r in rows),
                  "splits": {k: len(v) for k, v in splits.items()}}
         stats_file.write_text(json.dumps(stats, indent=2))

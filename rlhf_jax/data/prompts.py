@@ -69,7 +69,8 @@ def build_prompt_dataset(path, tokenizer, out_dir, *, max_prompt_len: int,
             splits["validation"] = [rows[i] for i in order[:n_val]]
         LocalBuilder(examples=splits, features=_features(max_prompt_len), data_dir=str(data_dir),
                      file_format="array_record").prepare()
-        stats = {**rstats.as_dict(), **counts, "kind": field,
+        stats = {**rstats.as_dict(), **counts, "kind": field, "file": str(path),
+                 "prompts": len(rows), "limits": {"max_prompt_len": max_prompt_len},
                  "splits": {k: len(v) for k, v in splits.items()}}
         stats_file.write_text(json.dumps(stats, indent=2))
     stats = json.loads(stats_file.read_text())

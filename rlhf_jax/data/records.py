@@ -38,6 +38,34 @@ class RecordStats:
                 "skip_reasons": dict(self.reasons), "duplicates": self.duplicates}
 
 
+def describe_dataset(stats: dict, keys: Optional[dict] = None) -> str:
+    """One line for the end of data preparation: the file, the records kept and skipped, the
+    splits, and what was truncated with the limit that caused it (`keys` maps a limit such as
+    "max_prompt_len" to the config key that sets it, e.g. "data.max_prompt_len")."""
+    keys = keys or {}
+    limits = stats.get("limits", {})
+    parts = [f"{stats['read']} records read, {stats['kept']} kept, {stats['skipped']} skipped"
+             + (f" ({', '.join(f'{n} {r}' for r, n in stats['skip_reasons'].items())})"
+                if stats.get("skip_reasons") else "")]
+    if stats.get("duplicates"):
+        parts.append(f"{stats['duplicates']} exact duplicates")
+    splits = ", ".join(f"{k} {v}" for k, v in stats.get("splits", {}).items())
+    dropped = stats.get("validation_copies_of_training_dropped", 0)
+    parts.append(f"splits: {splits}" + (f" ({dropped} held-out copies of training records left "
+                                         "out)" if dropped else ""))
+    cut = []
+    for what, limit, total in (("prompts", "max_prompt_len", stats.get("prompts")),
+                               ("responses", "max_response_len", stats.get("responses"))):
+        n = stats.get(f"{what}_truncated")
+        if n is None:
+            continue
+        name = keys.get(limit, limit)
+        where = f"{name}={limits[limit]} tokens" if limit in limits else name
+        cut.append(f"{n}{f' of {total}' if total is not None else ''} {what} to {where}")
+    parts.append("truncated: " + ", ".join(cut) if cut else "nothing truncated")
+    return f"data {stats.get('file', '')} ({stats.get('kind', '?')}): " + "; ".join(parts)
+
+
 def record_key(record: dict) -> str:
     """A canonical string of a validated record: equal for exact duplicates."""
     return json.dumps(record, sort_keys=True)

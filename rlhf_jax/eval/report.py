@@ -71,8 +71,8 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
     """Write the Markdown report to `report_path` and its plots into `plots_dir`; return the path.
 
     `info` holds the run's settings (run_dir, seed, stage_seconds, gold, annotator_temperatures,
-    before_label — what the policy before PPO is — and either preference_file or comparisons /
-    gold_label_agreement); `evaluation` is {"before", "after"},
+    before_label — what the policy before PPO is —, data — one line per prepared dataset — and
+    either preference_file or comparisons / gold_label_agreement); `evaluation` is {"before", "after"},
     each an `evaluate_policy` result.
     """
     import matplotlib
@@ -120,6 +120,8 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
         f"Run directory `{run}`, seed {info['seed']}. Stage times (s): " +
         ", ".join(f"{k} {v:.0f}" for k, v in info["stage_seconds"].items()) +
         f"; total {sum(info['stage_seconds'].values()):.0f} s.", "",
+        *(["## Data", "", *(f"- {line}" for line in info["data"]), ""] if info.get("data")
+          else []),
         "## Reward model", "", reward_text, "",
         f"![reward accuracy]({rel}/reward_accuracy.png)", "",
         "## Policy before and after PPO", "",

@@ -24,6 +24,47 @@ class CorruptCheckpointError(ValueError):
     """A weights file is truncated or its header is malformed."""
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_header(path: str, header, data_len: int) -> None:
+    """Refuse a header that does not follow the format, naming the file and the tensor."""
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"{path}: header must be a JSON object of tensors, got "
+                                     f"{type(header).__name__}")
+    meta = header.get("__metadata__", {})
+    if meta is not None and not (isinstance(meta, dict)
+                                 and all(isinstance(v, str) for v in meta.values())):
+        raise CorruptCheckpointError(f"{path}: __metadata__ must be an object of strings")
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(entry, dict):
+            raise CorruptCheckpointError(f"{where}: expected an object with dtype, shape and "
+                                         f"data_offsets, got {type(entry).__name__}")
+        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
+        if missing:
+            raise CorruptCheckpointError(f"{where}: missing {', '.join(missing)}")
+        if entry["dtype"] not in _DTYPES:
+            raise CorruptCheckpointError(f"{where}: unsupported dtype {entry['dtype']!r} "
+                                         f"(expected one of {', '.join(_DTYPES)})")
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
+            raise CorruptCheckpointError(f"{where}: shape {shape!r} is not a list of "
+                                         "non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))):
+            raise CorruptCheckpointError(f"{where}: data_offsets {offsets!r} is not a list of two "
+                                         "integers")
+        begin, end = offsets
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[entry["dtype"]]).itemsize
+        if not 0 <= begin <= end <= data_len or end - begin != nbytes:
+            raise CorruptCheckpointError(
+                f"{where}: data_offsets {offsets} do not fit its shape {shape} or the file's "
+                f"{data_len} data bytes (truncated or corrupt file)")
+
+
 class SafetensorsFile:
     """Lazy access to the tensors of one .safetensors file (memory-mapped, nothing copied)."""
 
@@ -43,27 +84,19 @@ class SafetensorsFile:
                 header = json.loads(f.read(n))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise CorruptCheckpointError(f"{self.path}: header is not valid JSON ({e})") from e
+        _check_header(self.path, header, size - 8 - n)
         self.metadata = header.pop("__metadata__", {}) or {}
         self._entries = header
         self._data_start = 8 + n
-        data_len = size - self._data_start
-        for name, entry in header.items():
-            begin, end = entry.get("data_offsets", (0, -1))
-            if entry.get("dtype") not in _DTYPES:
-                raise CorruptCheckpointError(f"{self.path}: tensor {name!r} has unsupported "
-                                             f"dtype {entry.get('dtype')!r}")
-            nbytes = int(np.prod(entry["shape"], dtype=np.int64)) * np.dtype(
-                _DTYPES[entry["dtype"]]).itemsize
-            if not 0 <= begin <= end <= data_len or end - begin != nbytes:
-                raise CorruptCheckpointError(
-                    f"{self.path}: tensor {name!r} has data_offsets {[begin, end]} that do not fit "
-                    f"its shape {entry['shape']} or the file's {data_len} data bytes "
-                    "(truncated or corrupt file)")
         self._mmap = None
 
     def keys(self):
         """Tensor names in the file."""
         return list(self._entries)
+
+    def dtype(self, name: str) -> np.dtype:
+        """NumPy dtype of a tensor, without reading it."""
+        return np.dtype(_DTYPES[self._entries[name]["dtype"]])
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of a tensor, without reading it."""

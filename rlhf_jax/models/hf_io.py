@@ -156,7 +156,10 @@ def _open_weights(path: Path) -> dict[str, SafetensorsFile]:
     if (path / SAFE_INDEX).is_file():
         try:
             weight_map = json.loads((path / SAFE_INDEX).read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            if not (isinstance(weight_map, dict)
+                    and all(isinstance(v, str) for v in weight_map.values())):
+                raise TypeError("weight_map must map tensor names to file names")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
             raise CorruptCheckpointError(f"{path / SAFE_INDEX}: expected JSON with a "
                                          f"'weight_map' object ({e!r})") from e
         files = {}
@@ -225,6 +228,10 @@ def load_hf_checkpoint(path, *, shardings: Optional[Any] = None, lm_head: bool =
             raise CheckpointFormatError(
                 f"{f.path}: tensor {name!r} has shape {f.shape(name)}; config.json implies "
                 f"{entry.hf}")
+        if not jax.numpy.issubdtype(f.dtype(name), jax.numpy.floating):
+            raise CheckpointFormatError(
+                f"{f.path}: tensor {name!r} has dtype {f.dtype(name)}; weights must be floating "
+                "point (integer or boolean tensors are not cast)")
         used.add(name)
         ours = entry.to_ours(f.get(name))
         if shardings is None:

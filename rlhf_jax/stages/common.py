@@ -23,6 +23,15 @@ class StageResult:
     step: int
     preempted: bool
     metrics: dict = dataclasses.field(default_factory=dict)
+    data: tuple[str, ...] = ()  # one line per prepared dataset: counts, splits, truncation
+
+
+def data_note(stats: dict, keys: dict) -> str:
+    """`data.describe_dataset` of a prepared dataset, printed once (main process)."""
+    line = data.describe_dataset(stats, keys)
+    if train.is_main_process():
+        print(line, flush=True)
+    return line
 
 
 @dataclasses.dataclass(frozen=True)

@@ -271,20 +271,27 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     policy_dir = cfg.policy_dir if cfg.sft.steps <= 0 else str(layout.stage("sft").export)
     prefs = cfg.preference_file or str(layout.comparisons)
     sft, rm, ppo_cfg = stage_configs(cfg, layout, policy_dir, prefs)
-    if cfg.sft.steps > 0 and timed("sft", train_sft, sft).preempted:
-        return preempted("sft")
+    notes = []
+    if cfg.sft.steps > 0:
+        sft_result = timed("sft", train_sft, sft)
+        if sft_result.preempted:
+            return preempted("sft")
+        notes += sft_result.data
     labels = (timed("comparisons", sample_comparisons, cfg, ppo_cfg, policy_dir, gold_fn, prefs)
               if not cfg.preference_file else {"preference_file": prefs})
-    if timed("reward", train_reward_model, rm).preempted:
+    rm_result = timed("reward", train_reward_model, rm)
+    if rm_result.preempted:
         return preempted("reward")
     ppo_result = timed("ppo", train_ppo, ppo_cfg)
     if ppo_result.preempted:
         return preempted("ppo")
+    notes += rm_result.data + ppo_result.data
     ev = timed("evaluation", evaluate_before_after, cfg, ppo_cfg, ppo_result.export_dir, gold_fn)
     info = {"seed": cfg.seed, "stage_seconds": seconds, **labels, "gold": cfg.gold,
             "annotator_temperatures": cfg.annotator_temperatures,
             "report_samples": cfg.report_samples, "run_dir": str(layout.root),
             "before_label": "before (SFT)" if cfg.sft.steps > 0 else "before (initial policy)",
+            "data": notes,
             "config": resolved}
     if train.is_main_process():
         layout.evaluation.write_text(json.dumps(ev, indent=1))

@@ -13,7 +13,8 @@ from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.models import CheckpointFormatError, TransformerConfig
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.stages.common import (RunConfig, StageResult, builtin_file, check_batch_size,
-                                    optimizer_config, start_run, train_with_checkpoints)
+                                    data_note, optimizer_config, start_run,
+                                    train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import ConfigError, OptimizerConfig
 
@@ -195,14 +196,16 @@ def _reward_terms(cfg: PPOStageConfig, tokenizer) -> tuple:
 
 def _ptx_batches(cfg: PPOStageConfig, layout: RunLayout, tokenizer, pad_id: int):
     if cfg.ppo.ptx_coef <= 0:
-        return None
+        return None, None
     ptx_file = cfg.ptx.file or builtin_file(layout, "ptx", data.builtin.write_texts,
                                             seed=cfg.seed)
     ptx_ds = train.main_process_first(data.build_prompt_dataset, ptx_file, tokenizer,
                                       layout.built_data, max_prompt_len=cfg.ptx.max_len,
                                       field="text")
-    return data.prompt_batches(ptx_ds.splits["train"], cfg.ptx.batch_size // jax.process_count(),
-                               pad_id=pad_id, seed=cfg.seed + 1)
+    note = data_note(ptx_ds.stats, {"max_prompt_len": "ptx.max_len"})
+    return note, data.prompt_batches(ptx_ds.splits["train"],
+                                     cfg.ptx.batch_size // jax.process_count(), pad_id=pad_id,
+                                     seed=cfg.seed + 1)
 
 
 def train_ppo(cfg: PPOStageConfig, *,
@@ -231,10 +234,12 @@ def train_ppo(cfg: PPOStageConfig, *,
                                          layout.built_data,
                                          max_prompt_len=cfg.prompts.max_prompt_len,
                                          on_error=cfg.prompts.on_error)
+    notes = [data_note(prompt_ds.stats, {"max_prompt_len": "prompts.max_prompt_len"})]
+    ptx_note, ptx_batches = _ptx_batches(cfg, layout, tokenizer, pad_id)
+    notes += [ptx_note] if ptx_note else []
     batches = ppo.ZipBatches(
         data.prompt_batches(prompt_ds.splits["train"], cfg.batch_size // jax.process_count(),
-                            pad_id=pad_id, seed=cfg.seed),
-        _ptx_batches(cfg, layout, tokenizer, pad_id))
+                            pad_id=pad_id, seed=cfg.seed), ptx_batches)
     sampling = resolve_sampling(tokenizer, cfg)
     kl_init, kl_update = ppo.kl_controller(cfg.kl)
     tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), m.params)
@@ -272,7 +277,7 @@ def train_ppo(cfg: PPOStageConfig, *,
         progress_keys=("score/mean", "kl/sequence", "time/iteration"))
     if result.preempted:
         print(f"preempted at step {result.step}", flush=True)
-        return StageResult(str(layout.root), None, result.step, True)
+        return StageResult(str(layout.root), None, result.step, True, data=tuple(notes))
     with sharding.activation_sharding(mesh, rules):
         after = write_samples("after", result.state.params["policy"])
     models.save_hf_checkpoint(layout.export, m.config, result.state.params["policy"],
@@ -280,5 +285,6 @@ def train_ppo(cfg: PPOStageConfig, *,
     metrics = {"steps": result.step, "beta": float(result.state.helpers["kl"].beta),
                "reward_model_score_after": after["proxy"]["mean"]}
     print(json.dumps(metrics), flush=True)
-    return StageResult(str(layout.root), str(layout.export), result.step, False, metrics)
+    return StageResult(str(layout.root), str(layout.export), result.step, False, metrics,
+                       data=tuple(notes))
 

@@ -9,8 +9,9 @@ import jax
 from rlhf_jax import data, models, reward, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
-                                    builtin_tokenizer, check_batch_size, jit_train_step,
-                                    optimizer_config, start_run, train_with_checkpoints)
+                                    builtin_tokenizer, check_batch_size, data_note,
+                                    jit_train_step, optimizer_config, start_run,
+                                    train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import OptimizerConfig
 
@@ -67,6 +68,19 @@ class RewardConfig(RunConfig):
         super().__post_init__()
         if self.num_reward_outputs < 1:
             raise ValueError(f"num_reward_outputs={self.num_reward_outputs}: expected >= 1")
+        fraction = self.data.validation_fraction
+        if not 0 <= fraction < 1:
+            raise ValueError(f"data.validation_fraction={fraction}: expected 0 <= x < 1")
+        ck = self.checkpoint
+        needs_eval = [f"{k}={v}" for k, v in (
+            ("eval_every", self.eval_every), ("early_stopping.patience",
+                                              self.early_stopping.patience),
+            ("checkpoint.keep_best", ck.keep_best if ck.best_metric.startswith("eval/") else 0))
+            if v]
+        if fraction == 0 and needs_eval:
+            raise ValueError(f"data.validation_fraction=0 holds nothing out, but "
+                             f"{', '.join(needs_eval)} evaluate on the held-out split: set a "
+                             "fraction > 0 or turn those off (0)")
 
 
 def train_reward_model(cfg: RewardConfig) -> StageResult:
@@ -91,6 +105,12 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
         train_file, dc.kind, tokenizer, layout.built_data, max_prompt_len=dc.max_prompt_len,
         max_response_len=dc.max_response_len, rating_range=(dc.rating_low, dc.rating_high),
         on_error=dc.on_error, validation_fraction=dc.validation_fraction, seed=cfg.seed)
+    note = data_note(ds.stats, {k: f"data.{k}" for k in ("max_prompt_len", "max_response_len")})
+    held_out = "validation" in ds.splits
+    if dc.validation_fraction > 0 and not held_out:
+        raise ValueError(f"{train_file}: no held-out records are left with "
+                         f"data.validation_fraction={dc.validation_fraction} ({note}); use more "
+                         "records or a larger fraction")
     shape = dict(prompt_len=dc.max_prompt_len, num_responses=max(2, ds.num_responses),
                  pad_id=tokenizer.pad_token_id or 0)
     check_batch_size("batch_size", cfg.batch_size, mesh)
@@ -105,6 +125,8 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
         mesh, rules)
 
     def evaluate(state):
+        if not held_out:
+            return {}
         return reward.evaluate_comparisons(model, state.params, ds.splits["validation"],
                                            annotators=ds.annotators, batch_size=cfg.batch_size,
                                            **shape)
@@ -117,7 +139,7 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
         leaf_names=train.leaf_names(params), progress_keys=("train/loss", "reward/accuracy"))
     if result.preempted:
         print(f"preempted at step {result.step}", flush=True)
-        return StageResult(str(layout.root), None, result.step, True)
+        return StageResult(str(layout.root), None, result.step, True, data=(note,))
     params, norm = reward.normalise_reward_params(
         model, result.state.params, ds.splits["train"], max_samples=cfg.normalise_samples,
         batch_size=cfg.batch_size, **shape)
@@ -129,4 +151,5 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
                              metadata={"normalisation": norm})  # collective
     metrics = {k: v for k, v in summary.items() if k.startswith("eval/")}
     print(json.dumps(metrics), flush=True)
-    return StageResult(str(layout.root), str(layout.export), result.step, False, metrics)
+    return StageResult(str(layout.root), str(layout.export), result.step, False, metrics,
+                       data=(note,))

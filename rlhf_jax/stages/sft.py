@@ -8,8 +8,9 @@ import jax
 from rlhf_jax import data, losses, models, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
-                                    builtin_tokenizer, check_batch_size, jit_train_step,
-                                    optimizer_config, start_run, train_with_checkpoints)
+                                    builtin_tokenizer, check_batch_size, data_note,
+                                    jit_train_step, optimizer_config, start_run,
+                                    train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import OptimizerConfig
 
@@ -92,6 +93,7 @@ def train_sft(cfg: SFTConfig) -> StageResult:
                                                 num_microbatches=cfg.num_microbatches),
                           abstract, sharding.batch_sharding(mesh, rules))
     local = cfg.batch_size // jax.process_count()
+    notes = ()
     if tokenizer is None:
         batches = data.progression_batches(batch_size=local, length=cfg.length,
                                            vocab_size=config.vocab_size, seed=cfg.seed)
@@ -101,6 +103,7 @@ def train_sft(cfg: SFTConfig) -> StageResult:
         texts = train.main_process_first(
             data.build_prompt_dataset, text_file, tokenizer, layout.built_data,
             max_prompt_len=cfg.data.max_len, field="text", append_eos=True)
+        notes = (data_note(texts.stats, {"max_prompt_len": "data.max_len"}),)
         batches = data.prompt_batches(texts.splits["train"], local,
                                       pad_id=tokenizer.pad_token_id or 0, seed=cfg.seed)
     result = train_with_checkpoints(
@@ -109,7 +112,7 @@ def train_sft(cfg: SFTConfig) -> StageResult:
         leaf_names=train.leaf_names(params))
     print(f"{'preempted' if result.preempted else 'finished'} at step {result.step}", flush=True)
     if result.preempted:
-        return StageResult(str(layout.root), None, result.step, True)
+        return StageResult(str(layout.root), None, result.step, True, data=notes)
     models.save_hf_checkpoint(layout.export, config, result.state.params, tokenizer=tokenizer,
                               overwrite=True)  # collective: every process gathers
-    return StageResult(str(layout.root), str(layout.export), result.step, False)
+    return StageResult(str(layout.root), str(layout.export), result.step, False, data=notes)

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from rlhf_jax.data import (DataFormatError, build_preference_dataset, preference_batches,
-                           read_records, split_dialogue)
+from rlhf_jax.data import (DataFormatError, build_preference_dataset, describe_dataset,
+                           preference_batches, read_records, split_dialogue)
 from tests.hf_reference import train_tiny_tokenizer
 
 
@@ -78,6 +78,11 @@ def test_build_tokenise_and_load(tmp_path, tok):
     long_responses = sum((n_ids(r["chosen"]) + 1 > 4) + (n_ids(r["rejected"]) + 1 > 4)
                          for r in rows)
     assert ds.stats["responses_truncated"] == long_responses > 0
+    line = describe_dataset(ds.stats, {"max_prompt_len": "data.max_prompt_len"})
+    assert line == (f"data {path} (pairwise): 30 records read, 30 kept, 0 skipped; splits: "
+                    f"train 24, validation 6; truncated: {ds.stats['prompts_truncated']} of 30 "
+                    f"prompts to data.max_prompt_len=5 tokens, {long_responses} of 60 responses "
+                    "to max_response_len=4 tokens")
     assert ds.annotators == ["a0", "a1", "a2"]
     # prompt truncated from the left (keeps its end), response from the right (keeps its start)
     prompt_ids = tok("the cat sat on the mat 0", add_special_tokens=False)["input_ids"]

@@ -53,6 +53,11 @@ def test_every_artifact_in_one_run_directory(run):
     assert any("reward_terms/vader" in r for r in ppo_rows)  # the gold judge, monitored
     report = (run / "report.md").read_text()
     assert f"{ev['after']['summary']['gold']['mean']:.3f}" in report
+    # every prepared dataset, with what was truncated and which limit did it, is repeated
+    data_lines = [x for x in report.splitlines() if x.startswith("- data ")]
+    assert [x.split(" (")[1].split(")")[0] for x in data_lines] == ["text", "pairwise", "prompt"]
+    assert "truncated: " in data_lines[1] and "responses to data.max_response_len=" in \
+        data_lines[1]
 
 
 def test_local_checkpoint_and_preference_file(run, tmp_path):

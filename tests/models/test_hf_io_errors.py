@@ -73,6 +73,71 @@ def test_truncated_file_detected(saved):
         load_hf_checkpoint(path)
 
 
+def _rewrite_header(path, edit):
+    """Replace the JSON header of a safetensors file by `edit(header)`, keeping the data bytes."""
+    import struct
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    blob = json.dumps(edit(json.loads(raw[8:8 + n]))).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
+
+
+def _drop(key):
+    def edit(h):
+        del h["model.norm.weight"][key]
+        return h
+    return edit
+
+
+def _set_entry(key, value):
+    def edit(h):
+        h["model.norm.weight"][key] = value
+        return h
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda h: list(h.values()), "header must be a JSON object of tensors, got list"),
+    (lambda h: {**h, "model.norm.weight": [1, 2]}, "'model.norm.weight': expected an object"),
+    (_drop("shape"), "'model.norm.weight': missing shape"),
+    (_drop("data_offsets"), "'model.norm.weight': missing data_offsets"),
+    (_set_entry("shape", "64"), r"'model.norm.weight': shape '64' is not a list"),
+    (_set_entry("shape", [True]), r"shape \[True\] is not a list of non-negative"),
+    (_set_entry("shape", [-64]), r"shape \[-64\] is not a list of non-negative"),
+    (_set_entry("data_offsets", ["0", "256"]), r"data_offsets \['0', '256'\] is not a list of "
+                                               "two integers"),
+    (_set_entry("data_offsets", [0]), r"data_offsets \[0\] is not a list of two"),
+    (_set_entry("dtype", "F8_E4M3"), "unsupported dtype 'F8_E4M3'"),
+    (lambda h: {**h, "__metadata__": {"format": 1}}, "__metadata__ must be an object of strings"),
+])
+def test_malformed_header_named(saved, edit, message):
+    _, _, path = saved
+    _rewrite_header(path / "model.safetensors", edit)
+    with pytest.raises(CorruptCheckpointError, match="model.safetensors.*" + message):
+        load_hf_checkpoint(path)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_, np.uint8])
+def test_non_float_weights_refused(saved, dtype):
+    _, _, path = saved
+    f = SafetensorsFile(path / "model.safetensors")
+    tensors = {k: np.array(f.get(k)) for k in f.keys()}
+    tensors["model.norm.weight"] = tensors["model.norm.weight"].astype(dtype)
+    save_safetensors(str(path / "model.safetensors"), tensors, {"format": "pt"})
+    with pytest.raises(CheckpointFormatError, match=f"'model.norm.weight' has dtype "
+                                                    f"{np.dtype(dtype)}; weights must be floating"):
+        load_hf_checkpoint(path)
+
+
+def test_malformed_index_named(saved):
+    _, _, path = saved
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a"]}))
+    with pytest.raises(CorruptCheckpointError, match="index.json: expected JSON with a "
+                                                     "'weight_map' object"):
+        load_hf_checkpoint(path)
+
+
 def test_unused_tensors_warned(saved, caplog):
     _, params, path = saved
     f = SafetensorsFile(path / "model.safetensors")

@@ -112,3 +112,19 @@ def test_config_from_dict_names_the_bad_key():
         train.config_from_dict(stages.PPOStageConfig, {"steps": "ten"})
     with pytest.raises(train.ConfigError, match="critic='value'"):
         train.config_from_dict(stages.PPOStageConfig, {"critic": "value"})
+
+
+def test_reward_config_refuses_evaluation_without_a_held_out_split():
+    no_val = stages.RewardData(validation_fraction=0.0)
+    with pytest.raises(ValueError, match=r"data.validation_fraction=0 holds nothing out, but "
+                                         r"eval_every=50, checkpoint.keep_best=1 evaluate"):
+        stages.RewardConfig(data=no_val)
+    with pytest.raises(ValueError, match="early_stopping.patience=3"):
+        stages.RewardConfig(data=no_val, eval_every=0, early_stopping=stages.EarlyStopping(
+            patience=3), checkpoint=dataclasses.replace(stages.RewardConfig().checkpoint,
+                                                        keep_best=0))
+    with pytest.raises(ValueError, match=r"data.validation_fraction=1.0: expected 0 <= x < 1"):
+        stages.RewardConfig(data=stages.RewardData(validation_fraction=1.0))
+    # evaluation off: no held-out split is needed
+    stages.RewardConfig(data=no_val, eval_every=0, checkpoint=dataclasses.replace(
+        stages.RewardConfig().checkpoint, keep_best=0))
