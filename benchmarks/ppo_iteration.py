@@ -6,7 +6,8 @@ transformers, loaded by both), the same prompts, `prompts × samples` completion
 to the frozen reference, one pass of `minibatches` AdamW steps, float32. Ours runs in RLOO mode
 for the comparison; our PPO iteration (GAE with a separate critic initialised from the reward
 model, 1 epoch) is timed beside it. Prints the per-iteration median and our generate / score /
-update split.
+update split. TRL runs on CUDA when torch sees a GPU (else on the CPU; `--peer-device cpu` forces
+the CPU).
 """
 import argparse
 import json
@@ -90,7 +91,7 @@ def ours(directory, tok, prompts, args, advantage):
                                       for key in splits[0]}
 
 
-def trl_seconds(directory, tok, texts, args):
+def trl_seconds(directory, tok, texts, args, cuda):
     """Median seconds per iteration of TRL's RLOOTrainer (generation + scoring + update)."""
     import torch
     import transformers
@@ -107,6 +108,8 @@ def trl_seconds(directory, tok, texts, args):
 
     class Clock(transformers.TrainerCallback):
         def on_step_end(self, targs, tstate, control, **kw):
+            if cuda:  # wait for the step's queued GPU work before reading the clock
+                torch.cuda.synchronize()
             stamps.append(time.perf_counter())
 
     cfg = RLOOConfig(output_dir=os.path.join(directory, "trl"), report_to="none",
@@ -116,7 +119,7 @@ def trl_seconds(directory, tok, texts, args):
                      generation_kwargs={"min_new_tokens": args.new_tokens}, beta=args.beta,
                      learning_rate=1e-5, max_grad_norm=1.0, weight_decay=0.0,
                      lr_scheduler_type="constant", logging_steps=10**6, save_strategy="no",
-                     max_steps=(args.iterations + 1) * args.minibatches, use_cpu=True,
+                     max_steps=(args.iterations + 1) * args.minibatches, use_cpu=not cuda,
                      bf16=False, fp16=False, disable_dropout=True, shuffle_dataset=False,
                      normalize_advantages=False, temperature=1.0, top_k=0, top_p=1.0, seed=0,
                      dataloader_num_workers=0)
@@ -140,7 +143,12 @@ def main():
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--beta", type=float, default=0.05)
+    p.add_argument("--peer-device", choices=("auto", "cpu"), default="auto",
+                   help="auto: TRL on CUDA when torch sees a GPU")
     args = p.parse_args()
+    import torch
+
+    cuda = args.peer_device == "auto" and torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as directory:
         tok = build_models(directory, args.layers, args.width, args.heads)
         texts = [data.builtin.PROMPTS[i % len(data.builtin.PROMPTS)] for i in range(args.prompts)]
@@ -150,14 +158,16 @@ def main():
                    "mask": np.array([[0] * (length - len(e)) + [1] * len(e) for e in enc])}
         rloo_s, rloo_split = ours(directory, tok, prompts, args, "rloo")
         ppo_s, ppo_split = ours(directory, tok, prompts, args, "gae")
-        peer_s = trl_seconds(directory, tok, texts, args)
+        peer_s = trl_seconds(directory, tok, texts, args, cuda)
     print(json.dumps({"ours_rloo_split_s": rloo_split, "ours_ppo_split_s": ppo_split}))
     print(f"config: {args.prompts} prompts x {args.samples} samples x {args.new_tokens} new "
-          f"tokens, GPT-2 {args.layers}x{args.width}, {args.minibatches} minibatches, f32")
+          f"tokens, GPT-2 {args.layers}x{args.width}, {args.minibatches} minibatches, f32; "
+          f"TRL on {'cuda' if cuda else 'cpu'}")
     print(f"ours RLOO {rloo_s:.3f} s/iter, ours PPO {ppo_s:.3f} s/iter, "
           f"TRL RLOOTrainer {peer_s:.3f} s/iter")
     report("ppo_iteration", peer_s / rloo_s, ours_rloo_s=rloo_s, ours_ppo_s=ppo_s,
-           peer_s=peer_s, device=jax.devices()[0].platform)
+           peer_s=peer_s, device=jax.devices()[0].platform,
+           peer_device="cuda" if cuda else "cpu")
 
 
 if __name__ == "__main__":
