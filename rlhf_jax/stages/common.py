@@ -4,6 +4,7 @@ preemption)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
@@ -78,11 +79,26 @@ def resolved_config(cfg) -> dict:
     return train.config_to_dict(cfg)
 
 
+def check_writable(run_dir: str) -> None:
+    """Create `run_dir` if needed and prove it can be written, or raise a `ConfigError` naming
+    it (a path through a file, a read-only place), before any work starts."""
+    root = Path(run_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write_check_{jax.process_index()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise train.ConfigError(f"run_dir={run_dir!r} cannot be written ({e.strerror})") \
+            from None
+
+
 def start_run(cfg, layout: RunLayout):
-    """Start the distributed runtime when configured, check the config against the run
-    directory (see `check_run_config`; the config is recorded when training starts), and build
-    the device mesh: (mesh, rules)."""
+    """Start the distributed runtime when configured, check that the run directory can be
+    written and that the config matches the one recorded there (see `check_run_config`; the
+    config is recorded when training starts), and build the device mesh: (mesh, rules)."""
     train.initialize()
+    check_writable(cfg.run_dir)
     check_run_config(layout.config, resolved_config(cfg), allow_change=cfg.allow_config_change,
                      defaults=resolved_config(type(cfg)()))
     return sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 from typing import Optional
 
 import jax
@@ -14,6 +13,7 @@ import numpy as np
 from rlhf_jax import data, eval as rl_eval, models, reward, train
 from rlhf_jax.ppo import KLConfig
 from rlhf_jax.sampling import generate
+from rlhf_jax.stages.common import check_writable
 from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
 from rlhf_jax.stages.ppo import PPOStageConfig, resolve_sampling, train_ppo
 from rlhf_jax.stages.reward import RewardConfig, train_reward_model
@@ -204,15 +204,7 @@ def check_inputs(cfg: PipelineConfig) -> None:
         if path:
             data.read_records(path, kind, on_error=on_error,
                               rating_range=(rd.rating_low, rd.rating_high))
-    root = Path(cfg.run_dir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write_check_{jax.process_index()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise train.ConfigError(f"run_dir={cfg.run_dir!r} cannot be written ({e.strerror})") \
-            from None
+    check_writable(cfg.run_dir)
 
 
 def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, prefs: str):

@@ -1,4 +1,5 @@
-"""Exact resume: SIGKILL at a random step, rerun, and the final parameters are bitwise equal."""
+"""Exact resume: SIGKILL at a random step of the SFT, reward-model and PPO stages, rerun, and the
+exported parameters are bitwise equal to an uninterrupted run's, with every step logged once."""
 import json
 import os
 import random
@@ -15,14 +16,26 @@ from rlhf_jax.models._safetensors import SafetensorsFile
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = 24
+STEPS = {"sft": 24, "reward": 16, "ppo": 8}
+SAVE_EVERY = {"sft": 4, "reward": 4, "ppo": 2}
+PROGRESS_KEY = {"sft": "train/loss", "reward": "train/loss", "ppo": "score/mean"}
 
 
-def _cmd(run_dir):
-    return [sys.executable, "-u", str(ROOT / "experiments" / "train_sft.py"),
-            f"--config.run_dir={run_dir}", f"--config.steps={STEPS}", "--config.log_every=1",
-            "--config.checkpoint.save_every=4", "--config.batch_size=8", "--config.length=16",
-            "--config.optim.warmup_steps=4"]
+def _cmd(stage, run_dir, reward_dir=None):
+    common = [f"--config.run_dir={run_dir}", f"--config.steps={STEPS[stage]}",
+              "--config.log_every=1", f"--config.checkpoint.save_every={SAVE_EVERY[stage]}"]
+    extra = {
+        "sft": ["--config.batch_size=8", "--config.length=16", "--config.optim.warmup_steps=4"],
+        "reward": ["--config.batch_size=16", "--config.optim.warmup_steps=4",
+                   "--config.eval_every=8", "--config.data.builtin_pairs=200",
+                   "--config.normalise_samples=64"],
+        "ppo": [f"--config.reward_dir={reward_dir}", "--config.batch_size=8",
+                "--config.eval_prompts=8", "--config.sampling.max_new_tokens=6",
+                "--config.kl.controller=adaptive", "--config.kl.target=0.01",
+                "--config.kl.horizon=20"],
+    }[stage]
+    script = {"sft": "train_sft.py", "reward": "train_reward.py", "ppo": "train_ppo.py"}[stage]
+    return [sys.executable, "-u", str(ROOT / "experiments" / script), *common, *extra]
 
 
 def _env():
@@ -32,16 +45,16 @@ def _env():
     return env
 
 
-def _run(run_dir):
-    out = subprocess.run(_cmd(run_dir), env=_env(), capture_output=True, text=True, timeout=600)
+def _run(cmd):
+    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout + out.stderr
 
 
-def _run_until(run_dir, stop_step, sig):
+def _run_until(cmd, stop_step, sig):
     """Start a run and send `sig` once it reports step `stop_step`; return (returncode, output)."""
-    proc = subprocess.Popen(_cmd(run_dir), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -53,8 +66,12 @@ def _run_until(run_dir, stop_step, sig):
 
 
 def _final_params(run_dir):
-    f = SafetensorsFile(Path(run_dir) / "export" / "model.safetensors")
-    return {k: np.array(f.get(k)) for k in f.keys()}
+    """Every tensor the run exported (the reward model's head and normalisation included)."""
+    out = {}
+    for path in sorted((Path(run_dir) / "export").glob("*.safetensors")):
+        f = SafetensorsFile(path)
+        out.update({f"{path.name}/{k}": np.array(f.get(k)) for k in f.keys()})
+    return out
 
 
 def _assert_bitwise_equal(a, b):
@@ -63,47 +80,71 @@ def _assert_bitwise_equal(a, b):
         assert np.array_equal(a[k], b[k]), k
 
 
-def _assert_each_step_logged_once(run_dir):
-    """Steps logged after the restored checkpoint and before the kill are dropped on resume."""
+def _metrics(run_dir):
+    """metrics.jsonl rows without the timings (which differ from run to run)."""
     rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in rows if "train/loss" in r]
-    assert steps == list(range(1, STEPS + 1)), steps
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def _assert_metrics_as_uninterrupted(stage, run_dir, reference_dir):
+    """Steps logged after the restored checkpoint and before the kill are dropped on resume, and
+    what the resumed run logs (losses, scores, the adaptive β) equals the uninterrupted run's."""
+    rows = _metrics(run_dir)
+    steps = [r["step"] for r in rows if PROGRESS_KEY[stage] in r]
+    assert steps == list(range(1, STEPS[stage] + 1)), steps
+    assert rows == _metrics(reference_dir)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """Final parameters of the uninterrupted run."""
-    run_dir = tmp_path_factory.mktemp("straight")
-    _run(run_dir)
-    return _final_params(run_dir)
+def references(tmp_path_factory):
+    """Exported parameters of uninterrupted runs of each stage (PPO uses the reward model)."""
+    root = tmp_path_factory.mktemp("straight")
+    for stage in ("sft", "reward", "ppo"):
+        _run(_cmd(stage, root / stage, reward_dir=root / "reward" / "export"))
+    return root, {stage: _final_params(root / stage) for stage in ("sft", "reward", "ppo")}
 
 
-def test_sigkill_at_random_step_then_resume_is_bitwise_exact(tmp_path, reference):
-    kill_at = random.Random().randint(9, STEPS - 3)
-    code, out = _run_until(tmp_path / "killed", kill_at, signal.SIGKILL)
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
+def test_sigkill_at_random_step_then_resume_is_bitwise_exact(tmp_path, references, stage):
+    root, params = references
+    cmd = _cmd(stage, tmp_path / "killed", reward_dir=root / "reward" / "export")
+    kill_at = random.Random().randint(SAVE_EVERY[stage] + 1, STEPS[stage] - 1)
+    code, out = _run_until(cmd, kill_at, signal.SIGKILL)
     assert code == -signal.SIGKILL, out[-2000:]
     assert not (tmp_path / "killed" / "export").exists()
     # Saves are asynchronous: whatever was finalised before the kill is what a rerun resumes from
     # (an unfinished save is only a temporary directory and must be ignored).
     finished = sorted(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir()
                       if p.name.isdigit())
-    resumed = _run(tmp_path / "killed")
+    resumed = _run(cmd)
     if finished:
         assert f"resumed from step {finished[-1]}" in resumed, (finished, resumed[-2000:])
-        assert finished[-1] % 4 == 0 and finished[-1] <= kill_at
+        assert finished[-1] % SAVE_EVERY[stage] == 0 and finished[-1] <= kill_at
     else:
         assert "resumed from step" not in resumed
-    _assert_bitwise_equal(_final_params(tmp_path / "killed"), reference)
-    _assert_each_step_logged_once(tmp_path / "killed")
+    _assert_bitwise_equal(_final_params(tmp_path / "killed"), params[stage])
+    _assert_metrics_as_uninterrupted(stage, tmp_path / "killed", root / stage)
 
 
-def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path, reference):
-    code, out = _run_until(tmp_path / "run", 7, signal.SIGTERM)
+def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path, references):
+    cmd = _cmd("sft", tmp_path / "run")
+    code, out = _run_until(cmd, 7, signal.SIGTERM)
     assert code == 0, out[-2000:]
     stopped = int(out.strip().rsplit("preempted at step ", 1)[1].split()[0])
     assert stopped >= 7
     assert (tmp_path / "run" / "checkpoints" / str(stopped)).is_dir()
-    resumed = _run(tmp_path / "run")
+    resumed = _run(cmd)
     assert f"resumed from step {stopped}" in resumed
-    _assert_bitwise_equal(_final_params(tmp_path / "run"), reference)
-    _assert_each_step_logged_once(tmp_path / "run")
+    _assert_bitwise_equal(_final_params(tmp_path / "run"), references[1]["sft"])
+    _assert_metrics_as_uninterrupted("sft", tmp_path / "run", references[0] / "sft")
+
+
+def test_ppo_run_records_its_kl_state_timings_and_samples(references):
+    """What the bitwise resume above relies on: the adaptive β moves (so restoring it matters),
+    and a PPO run logs its time split and the initial policy's samples."""
+    rows = [json.loads(x) for x in (references[0] / "ppo" / "metrics.jsonl").open()]
+    betas = [r["kl/beta"] for r in rows if "kl/beta" in r]
+    assert len(betas) == STEPS["ppo"] and len(set(betas)) == len(betas)
+    assert {"time/generate", "time/score", "time/update"} <= set(rows[-1])
+    before = [json.loads(x) for x in (references[0] / "ppo" / "samples_before.jsonl").open()]
+    assert len(before) == 8 and all("response" in r for r in before)

@@ -30,6 +30,15 @@ def test_user_error_is_one_line_and_status_2(script, args, message, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("script", ["train_sft.py", "train_reward.py"])
+def test_run_dir_that_cannot_be_written_is_named(script, tmp_path):
+    (tmp_path / "file").write_text("")
+    out = _run(script, f"--config.run_dir={tmp_path / 'file' / 'run'}", "--config.steps=30")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.startswith(f"error: run_dir='{tmp_path / 'file' / 'run'}' cannot be "
+                                 "written (Not a directory)"), out.stderr[-2000:]
+
+
 def test_missing_reward_model_is_named(tmp_path):
     out = _run("train_ppo.py", f"--config.run_dir={tmp_path / 'run'}",
                f"--config.reward_dir={tmp_path / 'nowhere'}")
