@@ -24,9 +24,11 @@ def main():
     args, extra = p.parse_known_args()
     base = train.config_from_dict(stages.PipelineConfig, train.parse_config(extra, DEFAULT))
     rows = []
+    cache = (os.path.join(args.run_dir, "compile_cache") if base.compile_cache == "auto"
+             else base.compile_cache)  # one for all seeds: their programs are the same
     for seed in map(int, args.seeds.split(",")):
         cfg = dataclasses.replace(base, run_dir=os.path.join(args.run_dir, f"seed_{seed}"),
-                                  seed=seed)
+                                  seed=seed, compile_cache=cache)
         stages.run_pipeline(cfg)
         layout = stages.PipelineLayout(cfg.run_dir)
         ev = json.loads(layout.evaluation.read_text())

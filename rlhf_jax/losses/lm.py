@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from rlhf_jax.models.logprobs import token_logprobs
+from rlhf_jax.models.logprobs import predicted_logprobs, token_logprobs
 
 
 def next_token_nll_sum(logits_btv, tokens_bt, loss_mask_bt):
@@ -15,6 +15,15 @@ def next_token_nll_sum(logits_btv, tokens_bt, loss_mask_bt):
     nll = -token_logprobs(logits_btv[:, :-1], tokens_bt[:, 1:])
     mask = loss_mask_bt[:, 1:].astype(jnp.float32)
     return jnp.sum(nll * mask), jnp.sum(mask)
+
+
+def model_nll_sum(out, params, config, tokens_bt, loss_mask_bt):
+    """`next_token_nll_sum` from a `DecoderModel` output: over the full logits, or with
+    `config.logit_chunk` > 0 from the hidden states in vocabulary chunks (call the model with
+    `skip_logits=True` then; see `models.predicted_logprobs`)."""
+    logp, _ = predicted_logprobs(out, params, config, tokens_bt[:, 1:], 1)
+    mask = loss_mask_bt[:, 1:].astype(jnp.float32)
+    return jnp.sum(-logp * mask), jnp.sum(mask)
 
 
 def next_token_targets(mask_bt):

@@ -1,7 +1,6 @@
 """PPO objectives over response tokens (Schulman et al. 2017), as masked sums and counts."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 
@@ -31,7 +30,3 @@ def clipped_value_loss(values_bt, old_values_bt, returns_bt, mask_bt, *, clip: f
     return jnp.sum(loss * mask), jnp.sum(mask)
 
 
-def token_entropy(logits_btv, temperature: float = 1.0):
-    """Entropy −Σ p log p of softmax(logits / T) at every position [B, T]."""
-    logp = jax.nn.log_softmax(logits_btv.astype(jnp.float32) / temperature, axis=-1)
-    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)

@@ -1,6 +1,7 @@
 """Flax decoder-only transformers (GPT-2 and Llama families), heads, configs, HF import/export."""
-from rlhf_jax.models.config import (RopeScaling, TransformerConfig, UnsupportedConfigError,
-                                    preset, rope_inv_freq)
+from rlhf_jax.models.config import (REMAT_POLICIES, RopeScaling, TransformerConfig,
+                                    UnsupportedConfigError, check_model_options, preset,
+                                    rope_inv_freq)
 from rlhf_jax.models.transformer import (DecoderModel, ModelOutput, RewardHead, Transformer,
                                          init_cache, init_params, last_token_index, logical_axes,
                                          positions_from_mask)
@@ -9,5 +10,6 @@ from rlhf_jax.models.hf_io import (CheckpointFormatError, load_hf_checkpoint, lo
 from rlhf_jax.models._safetensors import CorruptCheckpointError
 from rlhf_jax.models.hf_config import config_from_hf, config_to_hf
 from rlhf_jax.models.loading import load_or_init_model
-from rlhf_jax.models.logprobs import (response_logits, response_logprobs,
-                                      response_token_logprobs, token_logprobs)
+from rlhf_jax.models.logprobs import (chunked_logprobs, predicted_logprobs, response_logits,
+                                      response_logprobs, response_token_logprobs,
+                                      token_entropy, token_logprobs, unembedding)

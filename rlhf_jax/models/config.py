@@ -16,6 +16,28 @@ SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+# What a rematerialised block keeps from its forward pass for the backward pass (Chen et al.
+# 2016, "Training deep nets with sublinear memory cost"); everything else is recomputed.
+REMAT_POLICIES = {
+    "none": None,  # no rematerialisation: every intermediate is kept
+    "full": "nothing_saveable",  # keep only the block's inputs; recompute the whole block
+    "dots": "dots_saveable",  # keep every matmul output (attention scores included)
+    "dots_no_batch": "dots_with_no_batch_dims_saveable",  # keep projections, recompute attention
+}
+
+
+def check_model_options(remat: str, attention: str, logit_chunk: int = 0,
+                        prefix: str = "") -> None:
+    """Refuse an unknown rematerialisation policy or attention kernel, or a negative vocabulary
+    chunk, naming the value."""
+    if isinstance(logit_chunk, bool) or not isinstance(logit_chunk, int) or logit_chunk < 0:
+        raise ValueError(f"{prefix}logit_chunk={logit_chunk!r}: expected an int >= 0")
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"{prefix}remat={remat!r}: expected one of {tuple(REMAT_POLICIES)}")
+    if attention not in ("xla", "jax", "cudnn"):
+        raise ValueError(f"{prefix}attention={attention!r}: expected 'xla', 'jax' or 'cudnn'")
+
+
 class UnsupportedConfigError(ValueError):
     """A Hugging Face config uses a feature that rlhf_jax does not implement."""
 
@@ -69,7 +91,10 @@ class TransformerConfig:
     resid_dropout: float = 0.0
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False  # rematerialise each block in the backward pass
+    remat: str = "none"  # rematerialisation of each block in the backward pass: REMAT_POLICIES
+    attention: str = "xla"  # attention kernel: "xla" (ours), "jax" (jax.nn.dot_product_attention
+    # on XLA) or "cudnn" (jax.nn.dot_product_attention's fused cuDNN kernel: GPU, bf16/fp16)
+    logit_chunk: int = 0  # vocabulary chunk for teacher-forced log-probs (0: full [B, T, V])
     bos_token_id: Optional[int] = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: Optional[int] = None
@@ -116,6 +141,10 @@ class TransformerConfig:
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"TransformerConfig.{name}={rate}: expected 0 <= rate < 1")
+        if isinstance(self.remat, bool):  # the former on/off switch
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        check_model_options(self.remat, self.attention, self.logit_chunk,
+                            prefix="TransformerConfig.")
         if isinstance(self.eos_token_ids, int):
             object.__setattr__(self, "eos_token_ids", (self.eos_token_ids,))
         object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))

@@ -136,12 +136,39 @@ class Attention(nn.Module):
             q = apply_rotary(q, positions_bt, inv_freq)
             k = apply_rotary(k, positions_bt, inv_freq)
         q = nn.with_logical_constraint(q, (BATCH, LENGTH, ACT_HEADS, None))
-        # Keys/values are kept as [B, KV, S, hd] (the cache layout): attention over the cache is
-        # then a batched matmul with no per-step transpose of the cache.
+        b, t = x_btd.shape[:2]
+        prefill = cache is not None and isinstance(cache_index, int) and cache_index == 0
+        if cfg.attention != "xla" and (cache is None or prefill) and not (
+                cfg.attn_dropout > 0 and not deterministic):
+            # Training, scoring and the prompt's prefill through jax.nn.dot_product_attention:
+            # causality is the kernel's own flag and padding a [B, 1, 1, T] key mask, so no
+            # [B, H, T, T] mask is built; with attention="cudnn" (GPU, bf16/fp16) cuDNN's flash
+            # attention never materialises the scores either (Dao et al. 2022). A prefill fills
+            # slots 0..T−1 of an empty cache, so its queries see exactly these keys.
+            kf = nn.with_logical_constraint(k, (BATCH, LENGTH, ACT_KV_HEADS, None))
+            vf = nn.with_logical_constraint(v, (BATCH, LENGTH, ACT_KV_HEADS, None))
+            out = jax.nn.dot_product_attention(
+                q, kf.astype(q.dtype), vf.astype(q.dtype),
+                mask=(slot_mask_bs[:, :t] > 0)[:, None, None], is_causal=True,
+                implementation="cudnn" if cfg.attention == "cudnn" else "xla")
+            new_cache = None
+            if prefill:
+                kv = {"k": k, "v": v}
+                new_cache = {
+                    name: jax.lax.dynamic_update_slice_in_dim(
+                        cache[name], nn.with_logical_constraint(
+                            kv[name].transpose(0, 2, 1, 3), (BATCH, ACT_KV_HEADS, LENGTH, None)
+                        ).astype(cache[name].dtype), 0, axis=2)
+                    for name in ("k", "v")}
+            return self._out(out), new_cache
+        # XLA's own path (attention="xla"; and decode steps, attention dropout): explicit
+        # scores, a [B, T, S] visibility mask without a head axis. Keys/values are kept as
+        # [B, KV, S, hd] (the cache layout): attention over the cache is then a batched matmul
+        # with no per-step transpose of the cache; a decode step's scores are only [B, H, 1, S],
+        # and the step is bound by reading the weights and the cache.
         k = nn.with_logical_constraint(k.transpose(0, 2, 1, 3), (BATCH, ACT_KV_HEADS, LENGTH, None))
         v = nn.with_logical_constraint(v.transpose(0, 2, 1, 3), (BATCH, ACT_KV_HEADS, LENGTH, None))
 
-        b, t = x_btd.shape[:2]
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
                                                     cache_index, axis=2)
@@ -165,10 +192,14 @@ class Attention(nn.Module):
             probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=False)
         out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(probs.dtype))
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
-        out = nn.with_logical_constraint(out, (BATCH, LENGTH, ACT_HEADS, None))
-        out = Proj((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg.out_bias,
-                   in_dims=2, name="out", **dense)(out)
-        return out, new_cache
+        return self._out(out), new_cache
+
+    def _out(self, out_bthd):
+        cfg = self.config
+        out = nn.with_logical_constraint(out_bthd, (BATCH, LENGTH, ACT_HEADS, None))
+        return Proj((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg.out_bias,
+                    in_dims=2, name="out", dtype=cfg.compute_dtype,
+                    param_dtype=cfg.params_dtype)(out)
 
 
 class MLP(nn.Module):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from rlhf_jax.models.config import TransformerConfig
+from rlhf_jax.models.config import REMAT_POLICIES, TransformerConfig
 from rlhf_jax.models.layers import (ACT_EMBED, ACT_VOCAB, BATCH, LENGTH, Block, LayerNorm,
                                     RMSNorm, _init, _ones, _zeros)
 
@@ -60,7 +60,9 @@ class Transformer(nn.Module):
         if cfg.is_gpt2:
             self.wpe = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, name="wpe",
                                 embedding_init=_init(0.01, ("position", "embed")), **emb)
-        block = nn.remat(Block, static_argnums=(5, 6)) if cfg.remat else Block
+        policy = REMAT_POLICIES[cfg.remat]
+        block = Block if policy is None else nn.remat(
+            Block, static_argnums=(5, 6), policy=getattr(jax.checkpoint_policies, policy))
         self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
         norm_cls = LayerNorm if cfg.is_gpt2 else RMSNorm
         self.final_norm = norm_cls(eps=cfg.norm_eps, name="final_norm", **{
@@ -143,7 +145,8 @@ class DecoderModel(nn.Module):
     Parameters: {"transformer": ..., "lm_head": ... (untied only), "value_head": ...,
     "reward_head": ...}. `model.apply({"params": params}, tokens, mask)` is pure; pass
     `deterministic=False` and a "dropout" rng to switch dropout on; `last_logits_only=True`
-    computes logits for the final position only ([B, 1, V]).
+    computes logits for the final position only ([B, 1, V]); `skip_logits=True` none at all (for
+    `models.predicted_logprobs` with `config.logit_chunk`).
     """
 
     config: TransformerConfig
@@ -172,12 +175,12 @@ class DecoderModel(nn.Module):
 
     def __call__(self, tokens_bt, attention_mask=None, position_ids=None, *, cache=None,
                  cache_index=0, deterministic: bool = True,
-                 last_logits_only: bool = False) -> ModelOutput:
+                 last_logits_only: bool = False, skip_logits: bool = False) -> ModelOutput:
         hidden, new_cache = self.transformer(tokens_bt, attention_mask, position_ids,
                                              cache=cache, cache_index=cache_index,
                                              deterministic=deterministic)
         out = {"hidden": hidden, "cache": new_cache}
-        if "lm" in self.heads:
+        if "lm" in self.heads and not skip_logits:
             h = hidden[:, -1:] if last_logits_only else hidden  # prefill needs the last only
             logits = (self.transformer.attend(h) if self.config.tie_word_embeddings
                       else self.lm_head(h))

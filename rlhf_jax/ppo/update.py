@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax.losses import (clipped_value_loss, next_token_nll_sum, next_token_targets,
-                             ppo_policy_loss, token_entropy)
-from rlhf_jax.models import (DecoderModel, TransformerConfig, response_logits,
-                             response_token_logprobs)
+from rlhf_jax.losses import (clipped_value_loss, model_nll_sum, next_token_targets,
+                             ppo_policy_loss)
+from rlhf_jax.models import DecoderModel, TransformerConfig
+from rlhf_jax.models.logprobs import predicted_logprobs
 from rlhf_jax.ppo.advantages import masked_mean
 from rlhf_jax.ppo.rollout import Rollout, sequence_values
 
@@ -39,11 +39,15 @@ def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,
     # values from the separate critic, the policy's value head, or none (critic-free advantages)
     shared = "critic" not in params and "value_head" in params["policy"]
     heads = ("lm", "value") if shared else ("lm",)
-    out = DecoderModel(config, heads=heads).apply({"params": params["policy"]}, tokens, mask)
+    chunked = config.logit_chunk > 0
+    out = DecoderModel(config, heads=heads).apply({"params": params["policy"]}, tokens, mask,
+                                                  skip_logits=chunked)
     p = mb.prompt_tokens.shape[1]
     rmask = mb.response_mask
     # log π at the temperature the rollout was sampled at (the ratio is 1 on unchanged weights)
-    logp = response_token_logprobs(out.logits, p, mb.response_tokens, rmask, mb.temperature)
+    logp, token_ent = predicted_logprobs(out, params["policy"], config, mb.response_tokens, p,
+                                         mb.temperature, entropy=True)
+    logp = jnp.where(rmask > 0, logp, 0.0)
     if shared:
         values = out.values[:, p - 1:-1]
     elif "critic" in params:
@@ -54,17 +58,17 @@ def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,
     pg_sum, count, pg_metrics = ppo_policy_loss(logp, mb.logprobs, mb.advantages, rmask,
                                                 clip=ppo.clip)
     vf_sum, _ = clipped_value_loss(values, mb.values, mb.returns, rmask, clip=ppo.value_clip)
-    entropy = masked_mean(token_entropy(response_logits(out.logits, p), mb.temperature), rmask)
+    entropy = masked_mean(token_ent, rmask)
     denom = jnp.maximum(count, 1.0)
     loss = pg_sum / denom + ppo.value_coef * vf_sum / denom - ppo.entropy_coef * entropy
     metrics = {"ppo/policy_loss": pg_sum / denom, "ppo/value_loss": vf_sum / denom,
                "ppo/entropy": entropy, "ppo/clipfrac": pg_metrics["ppo/clipfrac"] / denom,
                "ppo/approx_kl": pg_metrics["ppo/approx_kl"] / denom}
     if ptx is not None:
-        text_logits = DecoderModel(config, heads=("lm",)).apply(
-            {"params": params["policy"]}, ptx["tokens"], ptx["mask"]).logits
-        nll_sum, n = next_token_nll_sum(text_logits, ptx["tokens"],
-                                        next_token_targets(ptx["mask"]))
+        text = DecoderModel(config, heads=("lm",)).apply(
+            {"params": params["policy"]}, ptx["tokens"], ptx["mask"], skip_logits=chunked)
+        nll_sum, n = model_nll_sum(text, params["policy"], config, ptx["tokens"],
+                                   next_token_targets(ptx["mask"]))
         ptx_nll = nll_sum / jnp.maximum(n, 1.0)
         loss = loss + ppo.ptx_coef * ptx_nll
         metrics["ppo/ptx_nll"] = ptx_nll

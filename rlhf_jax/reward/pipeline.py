@@ -54,7 +54,9 @@ def normalise_reward_params(model, params, source, *, max_samples: int = 512, **
     flat = flat.reshape(len(flat), -1)
     head = params["reward_head"]
     gain, bias = normalised_head(np.asarray(head["gain"]), np.asarray(head["bias"]), flat)
-    new_head = dict(head, gain=jax.numpy.asarray(gain), bias=jax.numpy.asarray(bias))
+    # placed as the old head was, so that scoring with the new params reuses the compiled program
+    new_head = dict(head, gain=jax.device_put(gain, getattr(head["gain"], "sharding", None)),
+                    bias=jax.device_put(bias, getattr(head["bias"], "sharding", None)))
     stats = {"mean_before": flat.mean(0).tolist(), "std_before": flat.std(0).tolist(),
              "samples": int(len(flat))}
     return {**params, "reward_head": new_head}, stats

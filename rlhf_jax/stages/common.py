@@ -51,12 +51,24 @@ class RunConfig:
     log_every: int = 10  # steps between metric fetches (JSONL, TensorBoard, progress)
     max_consecutive_skips: int = 10  # stop after more non-finite steps than this in a row
     allow_config_change: bool = False  # continue a run directory whose stored config differs
+    remat: str = "none"  # trained models' block remat: none | full | dots | dots_no_batch
+    attention: str = "xla"  # trained models' attention: xla | jax | cudnn (GPU, bf16)
+    logit_chunk: int = 0  # vocabulary chunk of teacher-forced log-probs (0: full logits)
+    # compiled programs cached across stages and runs: auto (<run_dir>/compile_cache), off, or a
+    # directory; a JAX_COMPILATION_CACHE_DIR of yours is kept (train.enable_compilation_cache)
+    compile_cache: str = "auto"
 
     def __post_init__(self):
+        models.check_model_options(self.remat, self.attention, self.logit_chunk)
         if self.log_every <= 0:
             raise ValueError(f"log_every={self.log_every}: expected > 0")
         if self.max_consecutive_skips < 0:
             raise ValueError(f"max_consecutive_skips={self.max_consecutive_skips}: expected >= 0")
+
+
+def model_overrides(cfg: RunConfig) -> dict:
+    """The model settings a stage's config chooses for the models it trains."""
+    return {"remat": cfg.remat, "attention": cfg.attention, "logit_chunk": cfg.logit_chunk}
 
 
 def optimizer_config(optim: OptimizerConfig, steps: int) -> OptimizerConfig:
@@ -95,10 +107,13 @@ def check_writable(run_dir: str) -> None:
 
 def start_run(cfg, layout: RunLayout):
     """Start the distributed runtime when configured, check that the run directory can be
-    written and that the config matches the one recorded there (see `check_run_config`; the
-    config is recorded when training starts), and build the device mesh: (mesh, rules)."""
+    written, turn on the compilation cache (`cfg.compile_cache`), check that the config matches
+    the one recorded there (see `check_run_config`; the config is recorded when training
+    starts), and build the device mesh: (mesh, rules)."""
     train.initialize()
     check_writable(cfg.run_dir)
+    train.enable_compilation_cache(str(layout.compile_cache) if cfg.compile_cache == "auto"
+                                   else cfg.compile_cache)  # before anything compiles
     check_run_config(layout.config, resolved_config(cfg), allow_change=cfg.allow_config_change,
                      defaults=resolved_config(type(cfg)()))
     return sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)

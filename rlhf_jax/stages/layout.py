@@ -10,9 +10,12 @@ A stage's run directory holds:
     samples_*.jsonl    policy samples (before/after PPO)
     data/              files written for the run (built-in data, tokenised TFDS datasets)
     tokenizer/         a tokenizer trained for the run (built-in corpus)
+    compile_cache/     JAX's compiled programs (`compile_cache="auto"`; see
+                       `train.enable_compilation_cache`)
 
 The end-to-end pipeline puts one such directory per stage (sft/, reward/, ppo/) under its own
-root, next to data/comparisons.jsonl, eval.json, run.json, report.md and plots/.
+root, next to data/comparisons.jsonl, eval.json, run.json, report.md, plots/ and the
+compile_cache/ that all its stages share.
 """
 from __future__ import annotations
 
@@ -28,10 +31,11 @@ from rlhf_jax.train.config import ConfigError
 # Keys (matched by their last dotted component) that may change between a run and its
 # continuation without making it another run: how long it runs (the learning-rate schedule's
 # length is recorded separately as optim.total_steps, so a schedule that depends on it still
-# counts), how often it logs and saves, where it runs and what it evaluates at the end.
+# counts), how often it logs and saves, where it runs and what it evaluates at the end, and
+# where it caches compiled programs.
 RESUME_SAFE_KEYS = ("run_dir", "steps", "log_every", "allow_config_change", "save_every",
                     "keep_last", "async_save", "mesh", "sharding", "eval_samples",
-                    "report_samples")
+                    "report_samples", "compile_cache")
 
 
 class ConfigMismatchError(ConfigError):
@@ -60,6 +64,7 @@ class RunLayout:
     eval_summary = _under("eval_summary.json")
     built_data = _under("data", "built")
     tokenizer = _under("tokenizer")
+    compile_cache = _under("compile_cache")
 
     def builtin_data(self, name: str) -> Path:
         """A data file the stage writes itself ("comparisons", "prompts", "corpus", "ptx")."""
@@ -96,6 +101,7 @@ class PipelineLayout:
     info = _under("run.json")
     report = _under("report.md")
     plots = _under("plots")
+    compile_cache = _under("compile_cache")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -23,8 +23,8 @@ from rlhf_jax.stages.sft import SFTConfig, SFTData, train_sft
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """The whole run. Each stage's settings are its own config (`sft`, `reward`, `ppo`); the
-    pipeline sets their run directories, seeds and inputs (model_dir / policy_dir, data files,
-    prompt and response lengths) from its fields below.
+    pipeline sets their run directories, seeds, compilation cache and inputs (model_dir /
+    policy_dir, data files, prompt and response lengths) from its fields below.
 
     `policy_dir`: a local HF directory to start from (with its tokenizer); empty: the tiny preset
     with a tokenizer trained on the built-in corpus. `preference_file`: your pairwise
@@ -51,6 +51,9 @@ class PipelineConfig:
     eval_samples: int = 160  # responses per policy in the final evaluation
     report_samples: int = 8  # samples per policy shown in the report
     allow_config_change: bool = False  # continue a run directory whose stored config differs
+    # compiled programs cached for all stages: auto (<run_dir>/compile_cache), off, or a
+    # directory; a JAX_COMPILATION_CACHE_DIR of yours is kept (train.enable_compilation_cache)
+    compile_cache: str = "auto"
     sft: SFTConfig = SFTConfig(steps=150, batch_size=32, data=SFTData(source="text"))
     reward: RewardConfig = RewardConfig(steps=300, batch_size=32, eval_every=50)
     ppo: PPOStageConfig = PPOStageConfig(steps=150, batch_size=32, kl=KLConfig(beta=0.02))
@@ -78,15 +81,17 @@ class PipelineConfig:
 # Fields of the stage configs that the pipeline sets itself, and from what.
 _PIPELINE_OWNED = {
     "sft": {"run_dir": "run_dir", "seed": "seed", "model_dir": "policy_dir",
-            "allow_config_change": "allow_config_change", "data.file": "sft_file",
+            "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
+            "data.file": "sft_file",
             "data.source": "the built-in text task"},
     "reward": {"run_dir": "run_dir", "seed": "seed", "model_dir": "the SFT export or policy_dir",
-               "allow_config_change": "allow_config_change",
+               "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
                "data.train_file": "preference_file", "data.max_prompt_len": "max_prompt_len",
                "data.max_response_len": "max_new_tokens"},
     "ppo": {"run_dir": "run_dir", "seed": "seed", "policy_dir": "the SFT export or policy_dir",
             "reward_dir": "the reward stage's export",
-            "allow_config_change": "allow_config_change", "prompts.file": "prompts_file",
+            "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
+            "prompts.file": "prompts_file",
             "prompts.max_prompt_len": "max_prompt_len",
             "sampling.max_new_tokens": "max_new_tokens", "monitor_terms": "gold"},
 }
@@ -210,7 +215,8 @@ def check_inputs(cfg: PipelineConfig) -> None:
 def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, prefs: str):
     """The SFT, reward and PPO configs with the pipeline's directories, seed and inputs: exactly
     the fields of `_PIPELINE_OWNED`, which the config refuses to have set otherwise."""
-    common = {"seed": cfg.seed, "allow_config_change": cfg.allow_config_change}
+    common = {"seed": cfg.seed, "allow_config_change": cfg.allow_config_change,
+              "compile_cache": _compile_cache(cfg, layout)}
     values = {
         "sft": {**common, "run_dir": str(layout.stage("sft").root), "model_dir": cfg.policy_dir,
                 "data.file": cfg.sft_file, "data.source": "text"},
@@ -227,6 +233,11 @@ def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, 
     return tuple(_replace(getattr(cfg, stage), values[stage]) for stage in ("sft", "reward", "ppo"))
 
 
+def _compile_cache(cfg: PipelineConfig, layout: PipelineLayout) -> str:
+    """The one compilation cache of every stage: "auto" is the pipeline's, not each stage's."""
+    return str(layout.compile_cache) if cfg.compile_cache == "auto" else cfg.compile_cache
+
+
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     """Run every stage into `cfg.run_dir` (rerunning resumes each stage where it stopped) and
     write eval.json, run.json and report.md; return the headline numbers."""
@@ -238,6 +249,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         check_run_config(layout.config, resolved, allow_change=cfg.allow_config_change,
                          defaults=train.config_to_dict(PipelineConfig()))
     record_run_config(layout.config, resolved)
+    train.enable_compilation_cache(_compile_cache(cfg, layout))  # before anything compiles
     gold_fn, seconds = rl_eval.TEXT_TERMS[cfg.gold], {}
     # a rerun (resuming, or redoing a finished run) keeps the times of the invocation that did
     # each stage's work: run.json records a stage's time once the stage completes

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 
@@ -13,7 +13,7 @@ from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.models import CheckpointFormatError, TransformerConfig
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.stages.common import (RunConfig, StageResult, builtin_file, check_batch_size,
-                                    data_note, optimizer_config, start_run,
+                                    data_note, model_overrides, optimizer_config, start_run,
                                     train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import ConfigError, OptimizerConfig
@@ -116,12 +116,12 @@ class PPOModels:
 
 
 def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: str, mesh, rules,
-                    key) -> PPOModels:
+                    key, model_options: Optional[dict] = None) -> PPOModels:
     """The reward model from its export; the policy from a local HF directory (or `preset`,
     randomly initialised, with the reward model's vocabulary); the reference as a frozen copy of
     the policy; the critic initialised from the reward model (`critic="reward"`), a value head
     on the policy (`critic="shared"`) or none (`critic="none"`, for critic-free advantages).
-    The two tokenizers must agree."""
+    The two tokenizers must agree. `model_options` (remat, attention) apply to every model."""
     if critic not in ("reward", "shared", "none"):
         raise ConfigError(f"critic={critic!r}: expected 'reward', 'shared' or 'none'")
     if not os.path.isdir(reward_dir):
@@ -130,12 +130,14 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
             "`python experiments/train_reward.py` or point --config.reward_dir at a reward "
             "model export")
     rm_config, rm_params, rm_meta = reward.load_reward_model(reward_dir)
+    rm_config = rm_config.replace(**(model_options or {}))
     rm_model = models.DecoderModel(rm_config, heads=("reward",),
                                    num_reward_outputs=rm_meta["num_outputs"])
     rm_params = sharding.shard_params(rm_params, models.logical_axes(rm_model), mesh, rules)
     tokenizer = models.load_tokenizer(reward_dir, rm_config)
     heads = ("lm", "value") if critic == "shared" else ("lm",)
-    overrides = {} if policy_dir else {"vocab_size": rm_config.vocab_size}
+    overrides = {**(model_options or {}),
+                 **({} if policy_dir else {"vocab_size": rm_config.vocab_size})}
     config, _, policy = models.load_or_init_model(policy_dir, preset, mesh, rules, key,
                                                   heads=heads, **overrides)
     if policy_dir:
@@ -223,7 +225,8 @@ def train_ppo(cfg: PPOStageConfig, *,
     check_batch_sizes(cfg, mesh)
     critic = cfg.critic if cfg.rollout.advantage == "gae" else "none"
     m = load_ppo_models(cfg.policy_dir, cfg.reward_dir, preset=cfg.preset, critic=critic,
-                        mesh=mesh, rules=rules, key=jax.random.fold_in(key, 0))
+                        mesh=mesh, rules=rules, key=jax.random.fold_in(key, 0),
+                        model_options=model_overrides(cfg))
     if cfg.reward_std_coef > 0 and m.reward_outputs < 2:
         raise ConfigError(f"reward_std_coef={cfg.reward_std_coef} needs an ensemble reward "
                           f"model, but {cfg.reward_dir} has one head")

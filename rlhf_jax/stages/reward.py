@@ -10,7 +10,7 @@ from rlhf_jax import data, models, reward, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
                                     builtin_tokenizer, check_batch_size, data_note,
-                                    jit_train_step, optimizer_config, start_run,
+                                    jit_train_step, model_overrides, optimizer_config, start_run,
                                     train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import OptimizerConfig
@@ -92,7 +92,7 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
     drop = dict(embd_dropout=cfg.dropout, attn_dropout=cfg.dropout, resid_dropout=cfg.dropout)
     config, model, params = models.load_or_init_model(
         cfg.model_dir, cfg.preset, mesh, rules, jax.random.fold_in(key, 0), heads=("reward",),
-        num_reward_outputs=cfg.num_reward_outputs, **drop)
+        num_reward_outputs=cfg.num_reward_outputs, **drop, **model_overrides(cfg))
     if cfg.model_dir:
         tokenizer = models.load_tokenizer(cfg.model_dir, config)
     else:  # built-in task: simulated annotators and a tokenizer trained on its corpus
@@ -140,11 +140,12 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
     if result.preempted:
         print(f"preempted at step {result.step}", flush=True)
         return StageResult(str(layout.root), None, result.step, True, data=(note,))
-    params, norm = reward.normalise_reward_params(
-        model, result.state.params, ds.splits["train"], max_samples=cfg.normalise_samples,
-        batch_size=cfg.batch_size, **shape)
-    summary = {**evaluate(result.state.replace(params=params)), "normalisation": norm,
-               "data": ds.stats, "steps": result.step, "stopped_early": result.stopped_early}
+    with sharding.activation_sharding(mesh, rules):  # as in training: reuses its eval program
+        params, norm = reward.normalise_reward_params(
+            model, result.state.params, ds.splits["train"], max_samples=cfg.normalise_samples,
+            batch_size=cfg.batch_size, **shape)
+        summary = {**evaluate(result.state.replace(params=params)), "normalisation": norm,
+                   "data": ds.stats, "steps": result.step, "stopped_early": result.stopped_early}
     if train.is_main_process():
         reward.write_summary(layout.eval_summary, summary)
     reward.save_reward_model(layout.export, config, params, tokenizer=tokenizer,

@@ -9,7 +9,7 @@ from rlhf_jax import data, losses, models, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
                                     builtin_tokenizer, check_batch_size, data_note,
-                                    jit_train_step, optimizer_config, start_run,
+                                    jit_train_step, model_overrides, optimizer_config, start_run,
                                     train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import OptimizerConfig
@@ -73,7 +73,7 @@ def train_sft(cfg: SFTConfig) -> StageResult:
     tokenizer, overrides = _tokenizer(cfg, layout)
     config, model, params = models.load_or_init_model(
         cfg.model_dir, cfg.preset, mesh, rules, jax.random.fold_in(key, 0), dtype=cfg.dtype,
-        **overrides)
+        **overrides, **model_overrides(cfg))
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise models.CheckpointFormatError(
             f"{cfg.model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's "
@@ -84,9 +84,10 @@ def train_sft(cfg: SFTConfig) -> StageResult:
         lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1)), params)
 
     def sum_loss(p, batch, rng):
-        logits = model.apply({"params": p}, batch["tokens"], batch["mask"]).logits
-        total, count = losses.next_token_nll_sum(logits, batch["tokens"],
-                                                 losses.next_token_targets(batch["mask"]))
+        out = model.apply({"params": p}, batch["tokens"], batch["mask"],
+                          skip_logits=config.logit_chunk > 0)
+        total, count = losses.model_nll_sum(out, p, config, batch["tokens"],
+                                            losses.next_token_targets(batch["mask"]))
         return total, (count, {"train/nll": total})
 
     step = jit_train_step(train.make_train_step(sum_loss, tx,

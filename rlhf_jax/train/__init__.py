@@ -1,4 +1,5 @@
 """Train state, optimiser factory, the training loop (the impure shell), metrics, configs."""
+from rlhf_jax.train.compile_cache import enable_compilation_cache
 from rlhf_jax.train.config import (ConfigError, apply_override, config_from_dict, config_to_dict,
                                    load_config_file, parse_config)
 from rlhf_jax.train.distributed import (global_batch_from_local, initialize, is_main_process,

@@ -47,7 +47,10 @@ def _weights(run_dir):
 
 
 def test_shared_value_head_ptx_and_text_terms(tmp_path, reward_dir):
-    rows = _ppo(tmp_path / "v", reward_dir, steps=2, critic="shared",
+    # with the vocabulary in chunks (log-probs, entropy and the ptx NLL) and rematerialised
+    # blocks, as a large model would run
+    rows = _ppo(tmp_path / "v", reward_dir, steps=2, critic="shared", logit_chunk=96,
+                remat="dots_no_batch",
                 **{"ppo.ptx_coef": 0.1, "ptx.batch_size": 8, "reward_terms.repetition": -1.0,
                    "stop_tokens": "good"})
     last = rows[-1]
@@ -59,7 +62,8 @@ def test_shared_value_head_ptx_and_text_terms(tmp_path, reward_dir):
 def test_ensemble_reward_model_drives_critic_free_ppo(tmp_path, reward_dir):
     """A reward model with 3 heads drives RLOO with the conservative score mean − k·std; a
     critic-free run loads no critic, so nothing regresses values toward zero."""
-    ensemble = _reward_model(tmp_path / "rm3", num_reward_outputs=3)
+    ensemble = _reward_model(tmp_path / "rm3", num_reward_outputs=3, steps=4, eval_every=2,
+                             checkpoint={"save_every": 4}, optim={"warmup_steps": 1})
     rows = _ppo(tmp_path / "p", ensemble, steps=2, reward_std_coef=0.5,
                 **{"rollout.advantage": "rloo", "rollout.group_size": 2})
     assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["score/reward_model"])

@@ -128,3 +128,34 @@ def test_reward_config_refuses_evaluation_without_a_held_out_split():
     # evaluation off: no held-out split is needed
     stages.RewardConfig(data=no_val, eval_every=0, checkpoint=dataclasses.replace(
         stages.RewardConfig().checkpoint, keep_best=0))
+
+
+def test_stages_keep_the_compilation_cache_already_configured(tmp_path):
+    """tests/conftest.py gives the session one cache (JAX_COMPILATION_CACHE_DIR): the stages
+    run in the tests keep it rather than each writing its own under its run directory."""
+    import os
+
+    import jax
+    from rlhf_jax.stages.common import start_run
+    cfg = stages.SFTConfig(run_dir=str(tmp_path / "sft"))
+    assert cfg.compile_cache == "auto"
+    start_run(cfg, stages.RunLayout(cfg.run_dir))
+    assert jax.config.jax_compilation_cache_dir == os.environ["JAX_COMPILATION_CACHE_DIR"]
+    assert not stages.RunLayout(cfg.run_dir).compile_cache.exists()
+
+
+def test_the_pipeline_gives_its_stages_one_compilation_cache(tmp_path):
+    from rlhf_jax.stages.pipeline import stage_configs
+    layout = stages.PipelineLayout(tmp_path / "run")
+    for setting, expected in (("auto", str(layout.compile_cache)), ("off", "off"),
+                              ("/cache", "/cache")):
+        cfg = stages.PipelineConfig(run_dir=str(layout.root), compile_cache=setting)
+        assert {c.compile_cache for c in stage_configs(cfg, layout, "policy", "prefs")} == \
+            {expected}
+    with pytest.raises(ValueError, match="sft.compile_cache is set by the pipeline"):
+        stages.PipelineConfig(sft=dataclasses.replace(stages.PipelineConfig().sft,
+                                                      compile_cache="off"))
+    # a run continues wherever its programs are cached
+    path = tmp_path / "config.json"
+    stages.record_run_config(path, {"seed": 0, "compile_cache": "auto"})
+    stages.check_run_config(path, {"seed": 0, "compile_cache": "/elsewhere"})
