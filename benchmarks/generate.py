@@ -2,8 +2,9 @@
 
 Same config, same batch (B=16, prompt 32, 64 new tokens, temperature 1, no top-k/top-p, no EOS so
 both produce every token), float32 by default (`--dtype bfloat16` stores and computes both models
-in bfloat16), measured in this process; the PyTorch peer runs on CUDA when torch sees a GPU.
-`--model llama-1.1b` swaps in a random 1.1B Llama (TinyLlama-1.1B's shape). Also prints ms per
+in bfloat16), measured in this process on `--device` (auto: ours on JAX's default backend, the
+PyTorch peer on CUDA when torch sees a GPU; see `_common`). `--model llama-1.1b` swaps in a
+random 1.1B Llama (TinyLlama-1.1B's shape). Also prints ms per
 decode step against the memory-bandwidth bound: (parameter + KV-cache bytes per step) / copy
 bandwidth.
 """
@@ -13,23 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _common import report, time_fn
-from rlhf_jax.models import DecoderModel, TransformerConfig, config_to_hf, init_params, preset
+from _common import add_common_args, model_config, report, select_devices, time_fn
+from rlhf_jax.models import DecoderModel, config_to_hf, init_params
 from rlhf_jax.sampling import SamplingConfig, generate, kv_cache_bytes
-
-# TinyLlama-1.1B's shape (22 layers, width 2048, 32 query / 4 KV heads, SwiGLU 5632, vocab 32000).
-LLAMA_1B = dict(model_type="llama", vocab_size=32000, hidden_size=2048, num_layers=22,
-                num_heads=32, num_kv_heads=4, intermediate_size=5632,
-                max_position_embeddings=2048, norm_eps=1e-5, qkv_bias=False, out_bias=False,
-                mlp_bias=False, tie_word_embeddings=False, bos_token_id=1, eos_token_ids=(2,))
-
-
-def model_config(name: str, dtype: str) -> TransformerConfig:
-    """Our config for `--model`, with parameters stored and computed in `dtype`."""
-    if name == "llama-1.1b":
-        return TransformerConfig(**LLAMA_1B, dtype=dtype, param_dtype=dtype)
-    return preset(name, dtype=dtype, param_dtype=dtype)
-
 
 def copy_bandwidth(nbytes: int = 512 * 2**20) -> float:
     """Bytes/s moved (read + write) by a large array copy: XLA's on an accelerator, else the better
@@ -50,10 +37,9 @@ def main():
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="parameter and compute dtype of both models")
-    parser.add_argument("--model", choices=("gpt2-small", "llama-1.1b"), default="gpt2-small")
+    add_common_args(parser)
     args = parser.parse_args()
+    devices = select_devices(args.device)
     cfg = model_config(args.model, args.dtype)
     rng = np.random.default_rng(0)
     prompts = rng.integers(0, cfg.vocab_size, (args.batch, args.prompt), dtype=np.int32)
@@ -82,7 +68,7 @@ def main():
 
     import torch
     import transformers
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = devices.torch
     torch_dtype = getattr(torch, args.dtype)
     with torch.device(device):  # random init directly on the device (fast for the 1.1B model)
         hf = transformers.AutoModelForCausalLM.from_config(config_to_hf(cfg))
@@ -95,8 +81,7 @@ def main():
             out = hf.generate(input_ids=ids, attention_mask=am, max_new_tokens=args.new,
                               min_new_tokens=args.new, do_sample=True, temperature=1.0, top_k=0,
                               top_p=1.0, pad_token_id=0, eos_token_id=None)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        devices.sync()
         assert out.shape[1] == args.prompt + args.new
 
     peer_s = time_fn(peer, repeats=args.repeats)
@@ -105,7 +90,7 @@ def main():
     step_bytes = param_bytes + kv_cache_bytes(cfg, args.batch, args.prompt, args.new)
     bound_ms = step_bytes / bw * 1e3
     print(f"config: {args.model} B={args.batch} prompt={args.prompt} new={args.new} {args.dtype}, "
-          f"sampling T=1; torch device={device} threads={torch.get_num_threads()}")
+          f"sampling T=1; {devices.describe()}")
     print(f"ours (jax {jax.__version__}): {ours_s:.2f} s, {n_new / ours_s:,.1f} new tok/s; "
           f"prefill {prefill_s * 1e3:.0f} ms, decode step {step_ms:.1f} ms")
     print(f"peer (transformers {transformers.__version__} generate, torch {torch.__version__}): "
@@ -113,9 +98,9 @@ def main():
     print(f"memory bound: {step_bytes / 2**20:.0f} MiB per step (params + KV cache) at "
           f"{bw / 1e9:.1f} GB/s copy bandwidth = {bound_ms:.1f} ms; step/bound = "
           f"{step_ms / bound_ms:.2f}")
-    report("generate", peer_s / ours_s, ours_tok_s=n_new / ours_s, peer_tok_s=n_new / peer_s,
-           step_ms=step_ms, bound_ms=bound_ms, bound_frac=bound_ms / step_ms,
-           device=jax.default_backend())
+    report("generate", peer_s / ours_s, device=devices.jax, dtype=args.dtype, model=args.model,
+           peer_device=device, ours_tok_s=n_new / ours_s, peer_tok_s=n_new / peer_s,
+           step_ms=step_ms, bound_ms=bound_ms, bound_frac=bound_ms / step_ms)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
-"""Reward-model train step on a random GPT-2-small: rlhf_jax vs TRL's RewardTrainer (PyTorch).
+"""Reward-model train step on a random model: rlhf_jax vs TRL's RewardTrainer (PyTorch).
 
-Same config, 8 preference pairs of 128 tokens, float32, Bradley–Terry loss and AdamW on both
-sides, measured in this process. Prints pairs/s, achieved FLOP/s and its fraction of a large f32
-matmul's FLOP/s measured here (the better of JAX and PyTorch).
+Same config (`--model`, GPT-2-small by default), 8 preference pairs of 128 tokens by default,
+Bradley–Terry loss and AdamW on both sides, measured in this process on `--device` (see
+`_common`). `--dtype bfloat16` is mixed precision on both sides: float32 weights and optimiser
+state, bfloat16 compute (ours: `dtype="bfloat16"`, TRL: `bf16=True`, i.e. torch autocast).
+`--remat` sets our rematerialisation and TRL's `gradient_checkpointing` follows it (on exactly when
+ours is not "none"). TRL's own default is `gradient_checkpointing=True` (TRL 1.16, `_BaseConfig`
+in trl/trainer/base_config.py, inherited by RewardConfig): it recomputes each layer's forward in
+the backward pass, which cost TRL ~33% of its step time on the 2-core CPU (issue #13) when it was
+left on; it is set explicitly here. Prints pairs/s, achieved FLOP/s and MFU: its fraction of a large matmul's FLOP/s
+measured here (bfloat16 4096³ on a GPU; the run's dtype at 2048³ on the CPU).
 """
 import argparse
 import statistics
@@ -13,18 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _common import matmul_peak_flops, report, time_fn
+from _common import (add_common_args, check_attention, fmt_flops, matmul_peak, model_config,
+                     peer_checkpointing, report, select_devices, time_fn, train_flops)
 from rlhf_jax.data import PreferenceBatch
-from rlhf_jax.models import DecoderModel, config_to_hf, init_params, preset
+from rlhf_jax.models import DecoderModel, config_to_hf, init_params
 from rlhf_jax.reward import RewardLossConfig, make_reward_loss
 from rlhf_jax.train import OptimizerConfig, create_train_state, make_optimizer, make_train_step
-
-
-def train_flops(cfg, sequences: int, length: int) -> float:
-    """≈ 3 × forward matmul FLOPs (backward costs two forwards); no LM head in a reward model."""
-    d, f = cfg.hidden_size, cfg.intermediate_size
-    per_token = 2 * cfg.num_layers * (4 * d * d + 2 * d * f) + 4 * cfg.num_layers * length * d
-    return 3 * sequences * length * per_token
 
 
 def ours_seconds(cfg, tokens, repeats):
@@ -33,6 +34,7 @@ def ours_seconds(cfg, tokens, repeats):
     tx = make_optimizer(OptimizerConfig(learning_rate=1e-5, weight_decay=0.0, clip_norm=1.0,
                                         total_steps=1000, schedule="constant"), params)
     state = create_train_state(params, tx, 0)
+    del params
     b, _, t = tokens.shape
     batch = PreferenceBatch(
         tokens=jnp.asarray(tokens), mask=jnp.ones(tokens.shape, jnp.int32),
@@ -46,18 +48,22 @@ def ours_seconds(cfg, tokens, repeats):
     def run():
         holder[0], metrics = step(holder[0], batch)
         metrics["train/loss"].block_until_ready()
-    return time_fn(run, warmup=1, repeats=repeats)
+    seconds = time_fn(run, warmup=1, repeats=repeats)
+    holder.clear()  # free the train state before the peer runs on the same device
+    return seconds
 
 
-def peer_seconds(cfg, tokens, repeats):
+def peer_seconds(cfg, tokens, repeats, devices, *, bf16, checkpointing):
     import datasets
+    import torch
     import transformers
+    from tokenizers import Tokenizer, models
     from trl import RewardConfig, RewardTrainer
 
     hf_cfg = config_to_hf(cfg)
     hf_cfg.num_labels, hf_cfg.pad_token_id = 1, cfg.vocab_size - 1
-    model = transformers.GPT2ForSequenceClassification(hf_cfg).float()
-    from tokenizers import Tokenizer, models
+    with torch.device(devices.torch):  # random init on the device (fast for the 1.1B model)
+        model = transformers.AutoModelForSequenceClassification.from_config(hf_cfg).float()
     # the collator pads with this tokenizer's pad id; the sequences need no padding
     tok = transformers.PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, "<unk>")),
@@ -70,16 +76,19 @@ def peer_seconds(cfg, tokens, repeats):
 
     class Timer(transformers.TrainerCallback):
         def on_step_begin(self, *a, **k):
+            devices.sync()
             start[0] = time.perf_counter()
 
         def on_step_end(self, *a, **k):
+            devices.sync()  # the step's queued GPU work belongs to the step
             times.append(time.perf_counter() - start[0])
 
     args = RewardConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=tokens.shape[0],
                         max_steps=repeats + 2, learning_rate=1e-5, max_grad_norm=1.0,
-                        logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True,
-                        max_length=None, dataloader_num_workers=0, disable_tqdm=True,
-                        center_rewards_coefficient=None, bf16=False, fp16=False)
+                        logging_steps=10**6, save_strategy="no", report_to=[],
+                        use_cpu=not devices.cuda, max_length=None, dataloader_num_workers=0,
+                        disable_tqdm=True, center_rewards_coefficient=None, bf16=bf16, fp16=False,
+                        gradient_checkpointing=checkpointing)
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                             callbacks=[Timer()])
     assert len(ds) == n
@@ -92,25 +101,38 @@ def main():
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    add_common_args(parser, attention=True, remat=True)
     args = parser.parse_args()
-    cfg = preset("gpt2-small")
+    devices = select_devices(args.device)
+    check_attention(args.attention, devices, args.dtype)
+    cfg = model_config(args.model, args.dtype, param_dtype="float32", remat=args.remat,
+                       attention=args.attention)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size - 1, (args.pairs, 2, args.length), dtype=np.int32)
-    flops = train_flops(cfg, 2 * args.pairs, args.length)
+    flops = train_flops(cfg, 2 * args.pairs, args.length, lm_head=False)  # a scalar head, no LM
     ours_s = ours_seconds(cfg, tokens, args.repeats)
     import torch
     import trl
-    peer_s = peer_seconds(cfg, tokens, args.repeats)
-    peak = max(matmul_peak_flops().values())
-    print(f"config: gpt2-small reward model, {args.pairs} pairs x {args.length} tokens, float32, "
-          f"AdamW; {flops / 1e9:.0f} GFLOP per step; torch threads={torch.get_num_threads()}")
-    print(f"ours (jax {jax.__version__}): {ours_s:.2f} s/step, {args.pairs / ours_s:.2f} pairs/s, "
-          f"{flops / ours_s / 1e9:.1f} GFLOP/s")
-    print(f"peer (trl {trl.__version__} RewardTrainer, torch {torch.__version__}): {peer_s:.2f} "
-          f"s/step, {args.pairs / peer_s:.2f} pairs/s, {flops / peer_s / 1e9:.1f} GFLOP/s")
-    report("reward_step", peer_s / ours_s, ours_pairs_s=args.pairs / ours_s,
-           peer_pairs_s=args.pairs / peer_s, ours_gflop_s=flops / ours_s / 1e9,
-           peak_gflop_s=peak / 1e9, peak_frac=flops / ours_s / peak, device=jax.default_backend())
+    checkpointing = peer_checkpointing(args.remat)
+    peer_s = peer_seconds(cfg, tokens, args.repeats, devices, bf16=args.dtype == "bfloat16",
+                          checkpointing=checkpointing)
+    peak = matmul_peak(devices, args.dtype)
+    ours_f, peer_f = flops / ours_s, flops / peer_s
+    print(f"config: {args.model} reward model, {args.pairs} pairs x {args.length} tokens, "
+          f"{args.dtype} compute / float32 weights, AdamW; ours remat={args.remat} attention="
+          f"{args.attention}, TRL gradient_checkpointing={checkpointing}; {flops / 1e9:.3g} GFLOP "
+          f"per step; {devices.describe()}")
+    print(f"ours (jax {jax.__version__}): {ours_s:.3f} s/step, {args.pairs / ours_s:.2f} pairs/s, "
+          f"{fmt_flops(ours_f)}, MFU {ours_f / peak.ours:.2f}")
+    print(f"peer (trl {trl.__version__} RewardTrainer, torch {torch.__version__}): {peer_s:.3f} "
+          f"s/step, {args.pairs / peer_s:.2f} pairs/s, {fmt_flops(peer_f)}, "
+          f"MFU {peer_f / peak.peer:.2f}")
+    print(peak.describe())
+    report("reward_step", peer_s / ours_s, device=devices.jax, dtype=args.dtype, model=args.model,
+           peer_device=devices.torch, remat=args.remat, peer_checkpointing=checkpointing,
+           ours_pairs_s=args.pairs / ours_s, peer_pairs_s=args.pairs / peer_s,
+           ours_tflop_s=ours_f / 1e12, peer_tflop_s=peer_f / 1e12, peak_tflop_s=peak.ours / 1e12,
+           ours_mfu=ours_f / peak.ours, peer_mfu=peer_f / peak.peer)
 
 
 if __name__ == "__main__":
