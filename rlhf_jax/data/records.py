@@ -61,7 +61,8 @@ def describe_dataset(stats: dict, keys: Optional[dict] = None) -> str:
             continue
         name = keys.get(limit, limit)
         where = f"{name}={limits[limit]} tokens" if limit in limits else name
-        cut.append(f"{n}{f' of {total}' if total is not None else ''} {what} to {where}")
+        noun = "texts" if stats.get("kind") == "text" and what == "prompts" else what
+        cut.append(f"{n}{f' of {total}' if total is not None else ''} {noun} to {where}")
     parts.append("truncated: " + ", ".join(cut) if cut else "nothing truncated")
     return f"data {stats.get('file', '')} ({stats.get('kind', '?')}): " + "; ".join(parts)
 
