@@ -66,6 +66,11 @@ class RunConfig:
             raise ValueError(f"max_consecutive_skips={self.max_consecutive_skips}: expected >= 0")
 
 
+def shardings_of(tree):
+    """The shardings of a tree of arrays (for `train.create_train_state(param_shardings=)`)."""
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
 def model_overrides(cfg: RunConfig) -> dict:
     """The model settings a stage's config chooses for the models it trains."""
     return {"remat": cfg.remat, "attention": cfg.attention, "logit_chunk": cfg.logit_chunk}

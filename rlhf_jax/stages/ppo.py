@@ -13,8 +13,8 @@ from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.models import CheckpointFormatError, TransformerConfig
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.stages.common import (RunConfig, StageResult, builtin_file, check_batch_size,
-                                    data_note, model_overrides, optimizer_config, start_run,
-                                    train_with_checkpoints)
+                                    data_note, model_overrides, optimizer_config, shardings_of,
+                                    start_run, train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import ConfigError, OptimizerConfig
 
@@ -248,7 +248,8 @@ def train_ppo(cfg: PPOStageConfig, *,
     tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), m.params)
     abstract, init_state = train.compile_init(
         lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
-                                           helpers={"kl": kl_init()}), m.params)
+                                           helpers={"kl": kl_init()},
+                                           param_shardings=shardings_of(m.params)), m.params)
     score_fn = m.scorer(cfg.reward_std_coef)
     step = ppo.make_ppo_step(
         config=m.config, critic_config=m.critic_config, ref_params=m.ref_params,

@@ -10,8 +10,8 @@ from rlhf_jax import data, models, reward, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
                                     builtin_tokenizer, check_batch_size, data_note,
-                                    jit_train_step, model_overrides, optimizer_config, start_run,
-                                    train_with_checkpoints)
+                                    jit_train_step, model_overrides, optimizer_config, shardings_of,
+                                    start_run, train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import OptimizerConfig
 
@@ -116,7 +116,8 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
     check_batch_size("batch_size", cfg.batch_size, mesh)
     tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params)
     abstract, init_state = train.compile_init(
-        lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1)), params)
+        lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
+                                           param_shardings=shardings_of(params)), params)
     loss = reward.make_reward_loss(model, cfg.loss, dropout=cfg.dropout > 0)
     step = jit_train_step(train.make_train_step(loss, tx), abstract,
                           sharding.batch_sharding(mesh, rules, 1))

@@ -31,10 +31,22 @@ class TrainState:
 
 
 def create_train_state(params: Any, tx: optax.GradientTransformation, seed_or_key,
-                       helpers: Any = None) -> TrainState:
-    """A step-0 state; `seed_or_key` is an int seed or a typed PRNG key."""
+                       helpers: Any = None, param_shardings: Any = None) -> TrainState:
+    """A step-0 state; `seed_or_key` is an int seed or a typed PRNG key.
+
+    `param_shardings` (a tree of shardings shaped like `params`; pass it when calling this under
+    jit, e.g. through `compile_init`) lays every optimiser-state leaf that mirrors a parameter
+    (Adam's moments) out like that parameter. Without it the compiler sees zeros with no data
+    dependence on the parameters and replicates them, so under FSDP each device would hold
+    whole moments (ZeRO's point, Rajbhandari et al. 2020, is that it holds only its shard).
+    """
     key = jax.random.key(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+    opt_state = tx.init(params)
+    if param_shardings is not None:
+        opt_state = optax.tree_map_params(
+            tx, lambda leaf, sharding: jax.lax.with_sharding_constraint(leaf, sharding),
+            opt_state, param_shardings, transform_non_params=lambda leaf: leaf)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       rng=jax.random.key_data(key), helpers={} if helpers is None else helpers)
 
 

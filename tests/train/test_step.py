@@ -145,3 +145,29 @@ def test_step_key_derived_from_step():
     assert float(m0["train/k"]) != float(m1["train/k"])
     expected = jax.random.uniform(jax.random.fold_in(jax.random.key(7), 0))
     assert float(m0["train/k"]) == pytest.approx(float(expected))
+
+
+def test_adam_moments_are_sharded_like_their_parameters():
+    """Under FSDP on 8 devices each device holds a 1/8 slice of each moment, not a copy."""
+    from rlhf_jax import sharding, train
+    from rlhf_jax.models import load_or_init_model
+    mesh, rules = sharding.make_mesh("fsdp=8"), sharding.logical_rules("fsdp")
+    _, _, params = load_or_init_model("", "tiny-llama", mesh, rules, jax.random.key(0),
+                                      heads=("lm", "value"))
+    tx = train.make_optimizer(OptimizerConfig(learning_rate=1e-3, total_steps=10), params)
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    abstract, init = train.compile_init(
+        lambda p: train.create_train_state(p, tx, 1, param_shardings=shardings), params)
+    state = init()
+    adam = state.opt_state.inner_states["trainable"].inner_state[1][0]
+    for moments in (adam.mu, adam.nu):
+        flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
+        flat_m = dict(jax.tree_util.tree_flatten_with_path(moments)[0])
+        for path, p in flat_p:
+            assert flat_m[path].sharding.is_equivalent_to(p.sharding, p.ndim), path
+    emb = adam.mu["transformer"]["wte"]["embedding"]
+    assert emb.addressable_shards[0].data.size == emb.size // 8
+    # the abstract restore target says the same
+    sharded = [a for a in jax.tree.leaves(abstract.opt_state) if a.ndim and
+               a.sharding.spec != jax.sharding.PartitionSpec()]
+    assert len(sharded) >= len(jax.tree.leaves(params))
