@@ -1,0 +1,630 @@
+"""Memory budget of the real jitted steps at 1B and 8B, measured without a GPU.
+
+For Llama-family configs of TinyLlama-1.1B's and Llama-3-8B's shapes (bfloat16 parameters,
+AdamW moments and compute by default, `--param-dtype`), this compiles the programs the stages
+run — allocating nothing: every argument is a `jax.ShapeDtypeStruct` carrying its sharding under
+the FSDP preset (`sharding.make_mesh("fsdp=-1")`, `sharding.logical_rules("fsdp")`), the train
+state is laid out by `train.compile_init` as the stages do — and prints XLA's memory analysis
+per device for
+
+* reward: the reward stage's step (`reward.make_reward_loss` → `train.make_train_step` →
+  `stages.common.jit_train_step`, state donated), 16 pairs × 512 tokens;
+* sft: the SFT stage's step (its `sum_loss`, next-token NLL), 32 sequences × 512 tokens;
+* ppo_update: `ppo.ppo_update` (policy and separate critic trained by one AdamW, epochs ×
+  minibatches in one scan, `--ppo-minibatches 1`: all 64 rollouts in each gradient step),
+  rollouts of 64 × (256 prompt + 256 response) tokens;
+* ppo_score: `ppo.score_responses` (reference log-probs, critic values, reward-model scores);
+* decode: `sampling.generate` (KV cache, 256 new tokens after 256-token prompts, batch 64).
+
+args, out, alias and temp are `compiled.memory_analysis()`'s argument, output, alias (donated
+inputs reused as outputs) and temporary sizes; a program's peak is taken as args + out − alias
++ temp (all it allocates; an upper bound, as outputs need not be live at the temporaries' peak).
+A PPO iteration keeps four models on the devices — policy and critic with their AdamW moments,
+the frozen reference and the reward model — while each program runs, and only some are its
+arguments: +resid adds the live state a program does not take (reference + reward model for
+the update; the moments for scoring; critic, moments, reference and reward model for
+decoding), and total = peak + resid is what a device must hold. Training steps use
+`--remat full` by default (each block keeps only its input for the backward pass);
+`--logit-chunk` (default 8192) computes teacher-forced log-probs over vocabulary chunks when the
+library has the option (`TransformerConfig.logit_chunk`; otherwise it prints "logit_chunk: not
+available"), so [B, T, V] logits never exist.
+
+The train state comes from `train.create_train_state` under `train.compile_init`, passing
+`param_shardings` as the stages do where the library has it (each AdamW moment split like its
+parameter); without it the moments came out replicated on every device under FSDP.
+`--opt-state sharded` forces the split layout whatever the library does.
+
+Each device count runs in a child process of this script (`--devices N`, with
+XLA_FLAGS=--xla_force_host_platform_device_count=N set before JAX starts, CPU backend, FSDP
+over all N); the parent collects their JSON lines and prints one table, then "what
+dominates" per step: the largest of trained state (params + moments + gradients), frozen
+models and temporaries, the analytic sizes beside them (logits [B, T, V] float32, attention
+scores [B, H, T, T] float32 per layer, block inputs kept for the backward pass, KV cache), and
+the groups of temporaries live at the peak of XLA's schedule (from a dump of each compile:
+buffer assignment, live ranges, op names; `--no-breakdown` skips it).
+
+Three things differ from a GPU compile; the table estimates the first. (1) XLA:CPU drops
+jax.checkpoint's optimization barriers before scheduling (XLA:GPU after), so its schedule may
+recompute every layer of a rematerialised backward right after the forward pass and keep it
+all live; temp* / total* estimate the same program with one layer's backward values live at a
+time (see `live_at_peak`). (2) XLA:CPU upcasts bfloat16 matmul operands to float32 here, so
+float32 copies of weights and activations appear among its temporaries. (3) Under FSDP,
+XLA:CPU gathers weights and all-reduces weight gradients at full size in float32 (no
+reduce-scatter), so the sharded runs hold full-size float32 gradients a GPU would
+reduce-scatter. XLA:CPU's default scheduler also lengthens live ranges to run independent ops
+on threads in parallel; `--cpu-scheduler memory` (default) turns that off. Read these as the
+CPU compiler's account of the programs, not a GPU measurement.
+
+Baseline: the reward step at 1B on one device needed ~85 GiB of temporaries, measured on an
+H100 before this change (issue #13). Targets: reward-step temporaries ≤ 16 GiB at 1B on one
+device; the PPO update, all four models resident, within 60 GiB at 1B on one device and per
+device at 8B with FSDP over 8. The last line is `memory: ratio=<85 / reward-step temp at 1B>
+reward_1b_temp_gib=<temp> ppo_1b_gib=<ppo_update total, 1 device> ppo_8b_fsdp8_gib=<ppo_update
+total per device, 8 devices>`, XLA:CPU's numbers as measured (the line before it gives the
+estimates).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+GIB = 2.0 ** 30
+BASELINE_TEMP_GIB = 85.0  # reward step, 1B, 1 device: H100, before this change
+STEPS = ("reward", "sft", "ppo_update", "ppo_score", "decode")
+# TinyLlama-1.1B's shape (as benchmarks/_common.LLAMA_1B) and Llama-3-8B's.
+LLAMA = {
+    "1b": dict(model_type="llama", vocab_size=32000, hidden_size=2048, num_layers=22,
+               num_heads=32, num_kv_heads=4, intermediate_size=5632,
+               max_position_embeddings=2048, norm_eps=1e-5, qkv_bias=False, out_bias=False,
+               mlp_bias=False, tie_word_embeddings=False, bos_token_id=1, eos_token_ids=(2,)),
+    "8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, num_layers=32,
+               num_heads=32, num_kv_heads=8, intermediate_size=14336,
+               max_position_embeddings=8192, rope_theta=500000.0, norm_eps=1e-5,
+               qkv_bias=False, out_bias=False, mlp_bias=False, tie_word_embeddings=False,
+               bos_token_id=128000, eos_token_ids=(128001,)),
+    # a smoke-test size (not part of the default run)
+    "tiny": dict(model_type="llama", vocab_size=256, hidden_size=64, num_layers=2, num_heads=4,
+                 num_kv_heads=2, intermediate_size=128, max_position_embeddings=1024,
+                 qkv_bias=False, out_bias=False, mlp_bias=False, tie_word_embeddings=False),
+}
+MARK = "MEMJSON "
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="1b,8b", help="comma-separated: 1b, 8b (tiny: smoke test)")
+    p.add_argument("--steps", default=",".join(STEPS),
+                   help=f"comma-separated subset of {','.join(STEPS)}; 'ppo' means "
+                        "ppo_update,ppo_score,decode")
+    p.add_argument("--device-counts", default="1,8",
+                   help="fake CPU device counts, one child process each (FSDP over all)")
+    p.add_argument("--devices", type=int, default=0, help=argparse.SUPPRESS)  # child mode
+    p.add_argument("--param-dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                   help="parameter (and AdamW moment) storage dtype")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                   help="compute dtype")
+    p.add_argument("--remat", choices=("none", "full", "dots", "dots_no_batch"), default="full",
+                   help="block rematerialisation of the training steps (default full)")
+    p.add_argument("--attention", default="",
+                   help="the models' attention kernel (TransformerConfig.attention: xla, jax; "
+                        "cudnn needs a GPU); empty: the library's default")
+    p.add_argument("--logit-chunk", type=int, default=8192,
+                   help="vocabulary chunk of teacher-forced log-probs (0: full logits)")
+    p.add_argument("--pairs", type=int, default=16)
+    p.add_argument("--reward-length", type=int, default=512)
+    p.add_argument("--sft-batch", type=int, default=32)
+    p.add_argument("--sft-length", type=int, default=512)
+    p.add_argument("--rollouts", type=int, default=64)
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--response-len", type=int, default=256)
+    p.add_argument("--ppo-epochs", type=int, default=4)
+    p.add_argument("--ppo-minibatches", type=int, default=1,
+                   help="minibatches per epoch (1: the whole rollout is one gradient step)")
+    p.add_argument("--opt-state", choices=("as-built", "sharded"), default="as-built",
+                   help="AdamW moments as the stages lay them out (train.create_train_state "
+                        "under train.compile_init), or forced to split like their parameters")
+    p.add_argument("--top", type=int, default=4,
+                   help="groups of temporaries live at the peak listed per step")
+    p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                   help="skip the live-at-peak breakdown (it dumps each compile to a temp dir)")
+    p.add_argument("--cpu-scheduler", choices=("memory", "concurrency"), default="memory",
+                   help="XLA:CPU's HLO scheduler: memory-minimising (default), or its own "
+                        "default, which lengthens live ranges to run ops on threads in parallel")
+    args = p.parse_args(argv)
+    args.sizes = [s for s in args.sizes.split(",") if s]
+    steps = []
+    for s in filter(None, args.steps.split(",")):
+        steps += ["ppo_update", "ppo_score", "decode"] if s == "ppo" else [s]
+    bad = [s for s in steps if s not in STEPS] + [s for s in args.sizes if s not in LLAMA]
+    if bad:
+        p.error(f"unknown step or size {bad}; steps: {STEPS}, sizes: {tuple(LLAMA)}")
+    args.steps = list(dict.fromkeys(steps))
+    return args
+
+
+# ---- what is live at the peak: XLA's own buffer assignment and live ranges ------------------
+
+def _hlo_ops(path: str, names: set) -> dict:
+    """The JAX op (metadata op_name) behind each named HLO value. A fusion without metadata
+    takes the op of its fused computation (its root's, or a rematerialised one inside it);
+    a value still without one (a wrapped convert, say) takes its first operand's."""
+    info, comp_op, comp = {}, {}, None
+    with open(path) as f:
+        for line in f:
+            if not line.startswith(" "):
+                head = re.match(r"(?:ENTRY\s+)?%?([\w.\-]+) .*\{\s*$", line)
+                comp = head.group(1) if head else comp
+                continue
+            m = re.match(r"\s*(ROOT\s+)?%?([\w.\-]+) = [^(]*\(%?([\w.\-]*)", line)
+            if not m:
+                continue
+            op = re.search(r'op_name="([^"]*)"', line)
+            op = op.group(1) if op else ""
+            if op and (m.group(1) or "rematted_computation" in op
+                       or not comp_op.get(comp)):
+                if "rematted_computation" not in comp_op.get(comp, ""):
+                    comp_op[comp] = op
+            called = re.search(r"calls=%?([\w.\-]+)", line)
+            info[m.group(2)] = (op, called.group(1) if called else None, m.group(3))
+
+    def resolve(name, hops=0):
+        op, called, first = info.get(name, ("", None, None))
+        op = op or comp_op.get(called, "")
+        return op if op or hops >= 3 or not first else resolve(first, hops + 1)
+    return {n: resolve(n) for n in names}
+
+
+def _short(op: str) -> str:
+    op = re.sub(r"block_\d+", "block_N", op)
+    op = re.sub(r"^jit\([^)]*\)/", "", op).replace("rematted_computation", "remat")
+    return op.replace("transpose(jvp(DecoderModel))", "bwd").replace("jvp(DecoderModel)", "fwd")
+
+
+def live_at_peak(dump_dir: str, top: int, weight_elements=frozenset()) -> dict:
+    """The temporaries live at the peak of the program's schedule, from the dump of one compile
+    (`xla_dump_to`): `*buffer-assignment.txt` gives each value of the preallocated temporary
+    allocation its size and shape, `*live-range.txt` its live range over the flattened schedule,
+    `*cpu_after_optimizations.txt` the JAX op that made it.
+
+    Returns {"live": bytes at the peak, "groups": the largest groups live there (by shape and
+    op, layer numbers folded into block_N), "ordered": the peak if the values of at most one
+    layer's backward pass were live at a time, "ordered_groups": the groups live then}.
+
+    "ordered" estimates what a schedule that keeps jax.checkpoint's barriers holds. The backward
+    of a rematerialised block recomputes its forward behind an optimization barrier on the
+    block's inputs and incoming cotangent, so nothing of layer k's backward can start before
+    the cotangent of layer k + 1 exists. XLA:GPU removes the barriers after scheduling; XLA:CPU
+    removes them before (OptimizationBarrierExpander runs ahead of its scheduler), so the CPU
+    schedule may recompute every layer right after the forward pass and keep it all live. The
+    estimate counts, at every point of the schedule, the values of the backward of checkpointed
+    blocks (op names `transpose(...)/checkpoint/.../block_<k>/`) of one layer only — the
+    largest — except those with a weight's element count (`weight_elements`: gradients and
+    gathered weights, which legitimately accumulate over layers).
+    """
+    import numpy as np
+
+    def one(pattern):
+        found = [f for f in os.listdir(dump_dir) if f.endswith(pattern)]
+        return os.path.join(dump_dir, found[0]) if found else None
+    files = [one("buffer-assignment.txt"), one("live-range.txt"),
+             one("cpu_after_optimizations.txt")]
+    if None in files:
+        return {"live": 0, "groups": [], "ordered": 0, "ordered_groups": []}
+    sizes, temp = {}, False
+    with open(files[0]) as f:
+        for line in f:
+            if line.startswith("allocation"):
+                temp = "preallocated-temp" in line
+            m = re.match(r" value: <\d+ ([\w.\-]+) @\S+> \(size=(\d+),offset=\d+\): (\S+)",
+                         line)
+            if m and temp:
+                sizes[m.group(1)] = (int(m.group(2)), m.group(3).split("{")[0])
+    ranges = []
+    with open(files[1]) as f:
+        for line in f:
+            m = re.match(r"\s+([\w.\-]+)\{[\d,]*\}:(\d+)-(\d+)$", line)
+            if m and m.group(1) in sizes:
+                ranges.append((m.group(1), int(m.group(2)), int(m.group(3))))
+    if not ranges:
+        return {"live": 0, "groups": [], "ordered": 0, "ordered_groups": []}
+    ops = _hlo_ops(files[2], {r[0] for r in ranges})
+    steps = max(r[2] for r in ranges) + 2
+    layers: dict = {}  # (model path, layer) of a layer's backward values -> row of `remat`
+    rows = []
+    for name, a, b in ranges:
+        layer = re.search(r"transpose\(.*?/checkpoint/(?:.*/)?block_(\d+)/", ops.get(name, ""))
+        shape = sizes[name][1]
+        elements = math.prod(int(d) for d in re.findall(r"\d+", shape.split("[", 1)[1]))
+        if layer and elements not in weight_elements:  # not a weight or its gradient
+            key = (ops[name][:layer.start()], layer.group(1))
+            rows.append(layers.setdefault(key, len(layers)))
+        else:
+            rows.append(-1)
+    other = np.zeros(steps, np.int64)
+    remat = np.zeros((max(len(layers), 1), steps), np.int64)
+    for (name, a, b), row in zip(ranges, rows):
+        target = other if row < 0 else remat[row]
+        target[a] += sizes[name][0]
+        target[b + 1] -= sizes[name][0]
+    other, remat = np.cumsum(other), np.cumsum(remat, axis=1)
+    live_t, ordered_t = other + remat.sum(0), other + remat.max(0)
+
+    def groups_at(t: int, layer_row=None) -> list[dict]:
+        found: dict = {}
+        for (name, a, b), row in zip(ranges, rows):
+            if a <= t <= b and (layer_row is None or row in (-1, layer_row)):
+                op = _short(ops.get(name, ""))
+                size, shape = sizes[name]
+                g = found.setdefault((shape, op), {"shape": shape, "op": op[-90:] or "(fusion)",
+                                                   "bytes": 0, "count": 0})
+                g["bytes"] += size
+                g["count"] += 1
+        return sorted(found.values(), key=lambda g: -g["bytes"])[:top]
+
+    at, at_ordered = int(np.argmax(live_t)), int(np.argmax(ordered_t))
+    return {"live": int(live_t[at]), "groups": groups_at(at),
+            "ordered": int(ordered_t[at_ordered]),
+            "ordered_groups": groups_at(at_ordered, int(np.argmax(remat[:, at_ordered])))}
+
+
+# ---- the child: compile each step on this process's devices -----------------------------------
+
+def child(args) -> None:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from rlhf_jax import data, losses, models, ppo, reward, sharding, train
+    from rlhf_jax.sampling import SamplingConfig, generate, kv_cache_bytes
+    from rlhf_jax.stages.common import jit_train_step
+
+    if jax.device_count() != args.devices:
+        raise SystemExit(f"--devices {args.devices}: JAX sees {jax.device_count()} devices "
+                         "(run without --devices: the parent sets XLA_FLAGS)")
+    if args.cpu_scheduler == "memory" and "concurrency_optimized_scheduler=false" not in \
+            os.environ.get("XLA_FLAGS", ""):
+        print("warning: XLA_FLAGS lacks --xla_cpu_enable_concurrency_optimized_scheduler=false; "
+              "XLA:CPU's default scheduler is measured (run without --devices)", flush=True)
+    mesh, rules = sharding.make_mesh("fsdp=-1"), sharding.logical_rules("fsdp")
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    fields = {f.name for f in dataclasses.fields(models.TransformerConfig)}
+    chunk_ok = "logit_chunk" in fields
+    chunk = args.logit_chunk if chunk_ok else 0
+    if not chunk_ok:
+        print("logit_chunk: not available", flush=True)
+    ppo_fields = {f.name for f in dataclasses.fields(ppo.PPOConfig)}
+
+    def emit(**row):
+        print(MARK + json.dumps(row), flush=True)
+
+    def nbytes(tree) -> int:
+        """Bytes per device of a pytree of sharded `ShapeDtypeStruct`s (its first shard)."""
+        total = 0
+        for x in jax.tree.leaves(tree):
+            shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
+            total += math.prod(shape) * jnp.dtype(x.dtype).itemsize
+        return total
+
+    def abstract_params(model):
+        shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
+        shs = sharding.param_shardings(shapes, models.logical_axes(model), mesh, rules)
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, shs)
+
+    def weight_elements(*trees) -> frozenset:
+        """Element counts of the weights, whole and per device (to tell gradients apart)."""
+        leaves = [x for t in trees for x in jax.tree.leaves(t)]
+        return frozenset([math.prod(x.shape) for x in leaves] +
+                         [math.prod(x.sharding.shard_shape(x.shape)) for x in leaves])
+
+    def batch_struct(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype,
+                                    sharding=sharding.batch_sharding(mesh, rules, len(shape)))
+
+    def train_state(params, helpers=None):
+        tx = train.make_optimizer(train.OptimizerConfig(learning_rate=1e-5, total_steps=1000,
+                                                        weight_decay=0.01), params)
+        extra = {}  # as the stages call it: moments laid out like their parameters
+        if "param_shardings" in inspect.signature(train.create_train_state).parameters:
+            extra["param_shardings"] = jax.tree.map(lambda x: x.sharding, params)
+        abstract, _ = train.compile_init(
+            lambda p: train.create_train_state(p, tx, jax.random.key(1), helpers=helpers,
+                                               **extra), params)
+        if args.opt_state == "sharded":  # each moment split like its parameter
+            replicated = NamedSharding(mesh, PartitionSpec())
+            shs = optax.tree_map_params(
+                tx, lambda _, sh: sh, abstract.opt_state,
+                jax.tree.map(lambda x: x.sharding, params),
+                transform_non_params=lambda _: replicated)
+            abstract = abstract.replace(opt_state=jax.tree.map(
+                lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                abstract.opt_state, shs))
+        return tx, abstract
+
+    def measure(step, size, cfg, lower, *, resident=0, trained=0, opt=0, frozen=0,
+                analytic=None, weights=frozenset()):
+        """Lower and compile `lower()`'s program and emit its memory analysis as a JSON line."""
+        start = time.perf_counter()
+        with sharding.activation_sharding(mesh, rules):
+            lowered = lower()
+        opts = {}
+        with tempfile.TemporaryDirectory(prefix="memory_dump_") as dump:
+            if args.breakdown:
+                opts["xla_dump_to"] = dump
+            compiled = lowered.compile(compiler_options=opts)
+            seconds = time.perf_counter() - start
+            found = (live_at_peak(dump, args.top, weights) if args.breakdown
+                     else {"live": 0, "groups": [], "ordered": 0, "ordered_groups": []})
+        m = compiled.memory_analysis()
+        peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+                + m.temp_size_in_bytes)
+        # the barrier-order estimate: XLA's temporaries less what early recomputation added
+        ordered = m.temp_size_in_bytes - (found["live"] - found["ordered"])
+        emit(size=size, devices=args.devices, step=step, compile_s=seconds,
+             args=m.argument_size_in_bytes, out=m.output_size_in_bytes,
+             alias=m.alias_size_in_bytes, temp=m.temp_size_in_bytes, peak=peak,
+             resident=resident, total=peak + resident, trained=trained, opt=opt, frozen=frozen,
+             analytic=analytic or {}, live_temp=found["live"], top=found["groups"],
+             ordered_top=found["ordered_groups"],
+             ordered_temp=ordered if args.breakdown else None,
+             ordered_total=peak + resident - m.temp_size_in_bytes + ordered
+             if args.breakdown else None, remat=cfg.remat,
+             logit_chunk=getattr(cfg, "logit_chunk", None), attention=cfg.attention)
+        del compiled
+
+    for size in args.sizes:
+        base = dict(LLAMA[size], dtype=args.dtype, param_dtype=args.param_dtype)
+        if args.attention:
+            base["attention"] = args.attention
+        if chunk_ok:  # a chunk wider than the vocabulary would only pad it
+            base["logit_chunk"] = min(chunk, LLAMA[size]["vocab_size"])
+        cfg = models.TransformerConfig(**base, remat=args.remat)
+        infer = models.TransformerConfig(**base)  # decoding and scoring: no backward pass
+        itemsize = jnp.dtype(args.dtype).itemsize
+        h, v, layers, d = cfg.num_heads, cfg.vocab_size, cfg.num_layers, cfg.hidden_size
+
+        def acts(seqs, length, models_n=1, lm=True, scored=0):
+            """Analytic per-device sizes for `seqs` sequences of `length` tokens."""
+            b = max(seqs // shards, 1)
+            out = {"attn_scores_per_layer_f32": b * h * length * length * 4,
+                   "block_inputs": models_n * layers * b * length * d * itemsize}
+            if lm:
+                # full logits cover every position; chunked ones only the scored positions
+                out["logits_f32"] = (b * (scored or length) * min(chunk, v) * 4 if chunk
+                                     else b * length * v * 4)
+            return out
+
+        if "reward" in args.steps:
+            model = models.DecoderModel(cfg, heads=("reward",))
+            tx, state = train_state(abstract_params(model))
+            b, t = args.pairs, args.reward_length
+            batch = data.PreferenceBatch(
+                tokens=batch_struct((b, 2, t), jnp.int32), mask=batch_struct((b, 2, t), jnp.int32),
+                ranks=batch_struct((b, 2), jnp.int32), valid=batch_struct((b, 2), jnp.int32),
+                is_comparison=batch_struct((b,), jnp.int32), rating=batch_struct((b,), jnp.float32),
+                has_rating=batch_struct((b,), jnp.int32), annotator=batch_struct((b,), jnp.int32),
+                weight=batch_struct((b,), jnp.float32), prompt_len=0)
+            loss = reward.make_reward_loss(model, reward.RewardLossConfig(centering_coef=0.01))
+            step = jit_train_step(train.make_train_step(loss, tx), state,
+                                  sharding.batch_sharding(mesh, rules, 1))
+            measure("reward", size, cfg, lambda: step.lower(state, batch),
+                    weights=weight_elements(state.params),
+                    trained=nbytes(state.params), opt=nbytes(state.opt_state),
+                    analytic=acts(2 * b, t, lm=False))
+
+        if "sft" in args.steps:
+            model = models.DecoderModel(cfg)
+            tx, state = train_state(abstract_params(model))
+
+            def sum_loss(p, batch, rng):  # as stages/sft.py's train_sft
+                out = model.apply({"params": p}, batch["tokens"], batch["mask"],
+                                  skip_logits=getattr(cfg, "logit_chunk", 0) > 0)
+                total, count = losses.model_nll_sum(out, p, cfg, batch["tokens"],
+                                                    losses.next_token_targets(batch["mask"]))
+                return total, (count, {"train/nll": total})
+
+            shape = (args.sft_batch, args.sft_length)
+            batch = {"tokens": batch_struct(shape, jnp.int32),
+                     "mask": batch_struct(shape, jnp.int32)}
+            step = jit_train_step(train.make_train_step(sum_loss, tx), state,
+                                  sharding.batch_sharding(mesh, rules))
+            measure("sft", size, cfg, lambda: step.lower(state, batch),
+                    weights=weight_elements(state.params),
+                    trained=nbytes(state.params), opt=nbytes(state.opt_state),
+                    analytic=acts(*shape))
+
+        if not {"ppo_update", "ppo_score", "decode"} & set(args.steps):
+            continue
+        policy = abstract_params(models.DecoderModel(cfg))
+        critic = abstract_params(models.DecoderModel(cfg, heads=("value",)))
+        rm = abstract_params(models.DecoderModel(cfg, heads=("reward",)))
+        ref = policy  # a frozen copy of the policy: same shapes and shardings
+        tx, state = train_state({"policy": policy, "critic": critic},
+                                helpers={"kl": ppo.fixed_kl_init(0.05)})
+        b, pl, nl = args.rollouts, args.prompt_len, args.response_len
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        prompt = batch_struct((b, pl), jnp.int32)
+        resp = batch_struct((b, nl), jnp.int32)
+        sizes = dict(policy=nbytes(state.params["policy"]), critic=nbytes(state.params["critic"]),
+                     opt=nbytes(state.opt_state), ref=nbytes(ref), rm=nbytes(rm))
+        frozen = sizes["ref"] + sizes["rm"]
+
+        if "ppo_update" in args.steps:
+            f32 = lambda: batch_struct((b, nl), jnp.float32)  # noqa: E731
+            rollout = ppo.Rollout(
+                prompt_tokens=prompt, prompt_mask=prompt, response_tokens=resp,
+                response_mask=resp, logprobs=f32(), ref_logprobs=f32(), values=f32(),
+                scores=batch_struct((b,), jnp.float32), kl=f32(), rewards=f32(),
+                advantages=f32(), returns=f32(), ended_with_eos=batch_struct((b,), jnp.bool_),
+                temperature=1.0)
+            extra = {"logit_chunk": chunk} if "logit_chunk" in ppo_fields else {}
+            ppo_cfg = ppo.PPOConfig(epochs=args.ppo_epochs, num_minibatches=args.ppo_minibatches,
+                                    **extra)
+            measure("ppo_update", size, cfg, lambda: ppo.ppo_update.lower(
+                state.params, state.opt_state, rollout, key, None, config=cfg, ppo=ppo_cfg,
+                tx=tx, critic_config=cfg), resident=frozen,
+                weights=weight_elements(state.params),
+                trained=sizes["policy"] + sizes["critic"], opt=sizes["opt"], frozen=frozen,
+                analytic=acts(b // args.ppo_minibatches, pl + nl, models_n=2, scored=nl))
+
+        if "ppo_score" in args.steps:
+            scorer = reward.reward_model_scorer(infer)
+            measure("ppo_score", size, infer, lambda: ppo.score_responses.lower(
+                state.params, ref, rm, prompt, prompt, resp, resp, config=infer,
+                critic_config=infer, temperature=1.0, score_fn=scorer,
+                with_values=True), resident=sizes["opt"],
+                trained=sizes["policy"] + sizes["critic"], opt=sizes["opt"], frozen=frozen,
+                analytic={k: v for k, v in acts(b, pl + nl, scored=nl).items()
+                          if k != "block_inputs"})
+
+        if "decode" in args.steps:
+            sampling = SamplingConfig(max_new_tokens=nl)
+            measure("decode", size, infer, lambda: generate.lower(
+                state.params["policy"], prompt, prompt, key, config=infer,
+                sampling=sampling),
+                resident=sizes["critic"] + sizes["opt"] + frozen, trained=sizes["policy"],
+                opt=sizes["opt"], frozen=frozen,
+                analytic={"kv_cache": kv_cache_bytes(infer, max(b // shards, 1), pl, nl),
+                          "logits_f32": max(b // shards, 1) * v * 4})
+
+
+# ---- the parent: one child per device count, then the table -----------------------------------
+
+def child_command(args, devices: int) -> list[str]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--devices", str(devices)]
+    for name in ("sizes", "steps"):
+        cmd += [f"--{name}", ",".join(getattr(args, name))]
+    for name in ("param_dtype", "dtype", "remat", "logit_chunk", "pairs", "reward_length",
+                 "sft_batch", "sft_length", "rollouts", "prompt_len", "response_len",
+                 "ppo_epochs", "ppo_minibatches", "top", "cpu_scheduler", "opt_state",
+                 "attention"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return cmd + ([] if args.breakdown else ["--no-breakdown"])
+
+
+def gib(x: float) -> str:
+    return f"{x / GIB:.2f}"
+
+
+def dominant(row: dict) -> str:
+    """The largest part of the device's total: the trained state (parameters, AdamW moments and
+    the gradients, ≈ parameters), the frozen models, or the temporaries (and of those, the
+    largest group live at the peak)."""
+    training = row["step"] in ("reward", "sft", "ppo_update")
+    parts = {"trained state (params+moments+grads)":
+             (2 * row["trained"] + row["opt"]) if training else row["trained"] + row["opt"],
+             "frozen models": row["frozen"], "temporaries": row["temp"]}
+    name = max(parts, key=parts.get)
+    text = f"{name} ({gib(parts[name])})"
+    if row["top"]:
+        t = row["top"][0]
+        text += (f"; largest at the temp peak: {t['count']} x {t['shape']} = {gib(t['bytes'])} "
+                 f"({t['op']})")
+    return text
+
+
+def est(row: dict, key: str) -> str:
+    return "-" if row.get(key) is None else gib(row[key])
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (f"{'size':<5}{'dev':>4} {'step':<11}{'args':>8}{'out':>8}{'alias':>8}{'temp':>8}"
+            f"{'peak':>8}{'+resid':>8}{'total':>8} |{'temp*':>7}{'total*':>8}{'compile':>9}")
+    print("GiB per device (XLA:CPU's memory analysis); peak = args + out - alias + temp; "
+          "+resid = live state the program does not take; total = peak + resid.\n"
+          "temp*, total*: estimates with one layer's backward values live at a time, as in a "
+          "schedule that keeps jax.checkpoint's barriers (see live_at_peak)")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['size']:<5}{r['devices']:>4} {r['step']:<11}{gib(r['args']):>8}"
+              f"{gib(r['out']):>8}{gib(r['alias']):>8}{gib(r['temp']):>8}{gib(r['peak']):>8}"
+              f"{gib(r['resident']):>8}{gib(r['total']):>8} |{est(r, 'ordered_temp'):>7}"
+              f"{est(r, 'ordered_total'):>8}{r['compile_s']:>8.1f}s")
+    print("\nwhat dominates (GiB per device):")
+    for r in rows:
+        an = ", ".join(f"{k}={gib(v)}" for k, v in r["analytic"].items())
+        print(f"  {r['size']} x{r['devices']} {r['step']}: {dominant(r)}")
+        print(f"      trained params {gib(r['trained'])}, AdamW moments {gib(r['opt'])}, frozen "
+              f"models {gib(r['frozen'])}; analytic: {an}")
+        if r["top"]:
+            print(f"      temporaries live at the schedule's peak ({gib(r['live_temp'])}):")
+            for t in r["top"]:
+                print(f"        {gib(t['bytes']):>7} = {t['count']:>3} x {t['shape']:<22} "
+                      f"{t['op']}")
+        if r.get("ordered_top") and r["ordered_temp"] < r["temp"]:
+            print(f"      at the estimate's peak ({gib(r['ordered_temp'])}), one layer's "
+                  "backward values live:")
+            for t in r["ordered_top"]:
+                print(f"        {gib(t['bytes']):>7} = {t['count']:>3} x {t['shape']:<22} "
+                      f"{t['op']}")
+
+
+def main():
+    args = parse_args()
+    if args.devices:
+        return child(args)
+    start = time.perf_counter()
+    rows, failed = [], []
+    for n in [int(c) for c in args.device_counts.split(",") if c]:
+        flags = f" --xla_force_host_platform_device_count={n}"
+        if args.cpu_scheduler == "memory":  # as a flag: compiler_options does not reach it
+            flags += " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + flags).strip())
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(child_command(args, n), env=env, stdout=subprocess.PIPE,
+                                text=True)
+        for line in proc.stdout:
+            if line.startswith(MARK):
+                row = json.loads(line[len(MARK):])
+                rows.append(row)
+                print(f"[{n} device(s)] {row['size']} {row['step']}: temp {gib(row['temp'])} "
+                      f"GiB, total {gib(row['total'])} GiB (compiled in {row['compile_s']:.1f}"
+                      " s)", flush=True)
+            else:
+                print(f"[{n} device(s)] {line.rstrip()}", flush=True)
+        if proc.wait():
+            failed.append(f"{n} device(s): exit {proc.returncode}")
+        print(f"[{n} device(s)] child finished in {time.perf_counter() - t0:.0f} s", flush=True)
+    first = rows[0] if rows else {"logit_chunk": "?", "attention": "?"}
+    print(f"\nconfig: param_dtype={args.param_dtype} dtype={args.dtype}; training steps "
+          f"remat={args.remat} (decoding and scoring: none); logit_chunk={first['logit_chunk']}; "
+          f"attention={first['attention']}; FSDP preset (mesh fsdp=-1) on the CPU backend, "
+          f"{args.cpu_scheduler} scheduler; AdamW moments {args.opt_state}; PPO "
+          f"epochs={args.ppo_epochs} minibatches={args.ppo_minibatches}; "
+          f"wall {time.perf_counter() - start:.0f} s")
+    print_table(rows)
+    if failed:
+        print("FAILED: " + "; ".join(failed))
+
+    def pick(size, devices, step, key):
+        for r in rows:
+            if (r["size"], r["devices"], r["step"]) == (size, devices, step) and \
+                    r.get(key) is not None:
+                return r[key] / GIB
+        return float("nan")
+    if any(r.get("ordered_temp") is not None for r in rows):
+        print(f"estimate with one layer's backward live at a time: reward_1b_temp_gib="
+              f"{pick('1b', 1, 'reward', 'ordered_temp'):.2f} ppo_1b_gib="
+              f"{pick('1b', 1, 'ppo_update', 'ordered_total'):.2f} ppo_8b_fsdp8_gib="
+              f"{pick('8b', 8, 'ppo_update', 'ordered_total'):.2f}")
+    temp = pick("1b", 1, "reward", "temp")
+    ratio = BASELINE_TEMP_GIB / temp if temp == temp and temp > 0 else float("nan")
+    print(f"memory: ratio={ratio:.2f} reward_1b_temp_gib={temp:.2f} "
+          f"ppo_1b_gib={pick('1b', 1, 'ppo_update', 'total'):.2f} "
+          f"ppo_8b_fsdp8_gib={pick('8b', 8, 'ppo_update', 'total'):.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
