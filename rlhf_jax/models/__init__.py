@@ -10,6 +10,5 @@ from rlhf_jax.models.hf_io import (CheckpointFormatError, load_hf_checkpoint, lo
 from rlhf_jax.models._safetensors import CorruptCheckpointError
 from rlhf_jax.models.hf_config import config_from_hf, config_to_hf
 from rlhf_jax.models.loading import load_or_init_model
-from rlhf_jax.models.logprobs import (chunked_logprobs, predicted_logprobs, response_logits,
-                                      response_logprobs, response_token_logprobs,
+from rlhf_jax.models.logprobs import (chunked_logprobs, predicted_logprobs, response_logprobs,
                                       token_entropy, token_logprobs, unembedding)

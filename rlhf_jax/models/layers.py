@@ -137,6 +137,15 @@ class Attention(nn.Module):
             k = apply_rotary(k, positions_bt, inv_freq)
         q = nn.with_logical_constraint(q, (BATCH, LENGTH, ACT_HEADS, None))
         b, t = x_btd.shape[:2]
+        # The cache keeps keys/values as [B, KV, S, hd]: attention over the cache is then a
+        # batched matmul with no per-step transpose of the cache.
+        cache_axes = (BATCH, ACT_KV_HEADS, LENGTH, None)
+        kc = nn.with_logical_constraint(k.transpose(0, 2, 1, 3), cache_axes)
+        vc = nn.with_logical_constraint(v.transpose(0, 2, 1, 3), cache_axes)
+        new_cache = None if cache is None else {
+            name: jax.lax.dynamic_update_slice_in_dim(cache[name], x.astype(cache[name].dtype),
+                                                      cache_index, axis=2)
+            for name, x in (("k", kc), ("v", vc))}
         prefill = cache is not None and isinstance(cache_index, int) and cache_index == 0
         if cfg.attention != "xla" and (cache is None or prefill) and not (
                 cfg.attn_dropout > 0 and not deterministic):
@@ -145,38 +154,17 @@ class Attention(nn.Module):
             # [B, H, T, T] mask is built; with attention="cudnn" (GPU, bf16/fp16) cuDNN's flash
             # attention never materialises the scores either (Dao et al. 2022). A prefill fills
             # slots 0..T−1 of an empty cache, so its queries see exactly these keys.
-            kf = nn.with_logical_constraint(k, (BATCH, LENGTH, ACT_KV_HEADS, None))
-            vf = nn.with_logical_constraint(v, (BATCH, LENGTH, ACT_KV_HEADS, None))
+            k = nn.with_logical_constraint(k, (BATCH, LENGTH, ACT_KV_HEADS, None))
+            v = nn.with_logical_constraint(v, (BATCH, LENGTH, ACT_KV_HEADS, None))
             out = jax.nn.dot_product_attention(
-                q, kf.astype(q.dtype), vf.astype(q.dtype),
+                q, k.astype(q.dtype), v.astype(q.dtype),
                 mask=(slot_mask_bs[:, :t] > 0)[:, None, None], is_causal=True,
                 implementation="cudnn" if cfg.attention == "cudnn" else "xla")
-            new_cache = None
-            if prefill:
-                kv = {"k": k, "v": v}
-                new_cache = {
-                    name: jax.lax.dynamic_update_slice_in_dim(
-                        cache[name], nn.with_logical_constraint(
-                            kv[name].transpose(0, 2, 1, 3), (BATCH, ACT_KV_HEADS, LENGTH, None)
-                        ).astype(cache[name].dtype), 0, axis=2)
-                    for name in ("k", "v")}
             return self._out(out), new_cache
         # XLA's own path (attention="xla"; and decode steps, attention dropout): explicit
-        # scores, a [B, T, S] visibility mask without a head axis. Keys/values are kept as
-        # [B, KV, S, hd] (the cache layout): attention over the cache is then a batched matmul
-        # with no per-step transpose of the cache; a decode step's scores are only [B, H, 1, S],
-        # and the step is bound by reading the weights and the cache.
-        k = nn.with_logical_constraint(k.transpose(0, 2, 1, 3), (BATCH, ACT_KV_HEADS, LENGTH, None))
-        v = nn.with_logical_constraint(v.transpose(0, 2, 1, 3), (BATCH, ACT_KV_HEADS, LENGTH, None))
-
-        if cache is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
-                                                    cache_index, axis=2)
-            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
-                                                    cache_index, axis=2)
-            new_cache = {"k": k, "v": v}
-        else:
-            new_cache = None
+        # scores, a [B, T, S] visibility mask without a head axis; a decode step's scores are
+        # only [B, H, 1, S], and the step is bound by reading the weights and the cache.
+        k, v = (kc, vc) if cache is None else (new_cache["k"], new_cache["v"])
         s = k.shape[2]
         q_slots = cache_index + jnp.arange(t)
         visible_bts = (jnp.arange(s)[None, :] <= q_slots[:, None])[None] & (

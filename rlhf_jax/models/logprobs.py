@@ -1,9 +1,10 @@
 """Token log-probabilities: the one place where logits become log π(token).
 
 Every consumer — the sampler's draw, the reference policy's scoring of a rollout, the PPO
-update's ratio, evaluation's KL and the language-modelling NLL — goes through `token_logprobs`,
-so the same token gets the same log-probability wherever it is computed (DESIGN.md: at the
-sampling temperature, over response tokens only).
+update's ratio, evaluation's KL and the language-modelling NLL — goes through `token_logprobs`
+(teacher-forced ones through `predicted_logprobs`, which uses it, or its vocabulary-chunked
+equivalent `chunked_logprobs`), so the same token gets the same log-probability wherever it is
+computed (DESIGN.md: at the sampling temperature, over response tokens only).
 """
 from __future__ import annotations
 
@@ -98,18 +99,6 @@ def predicted_logprobs(out, params, config: TransformerConfig, next_tokens, star
     logits = out.logits[:, start - 1:start - 1 + n]
     return (token_logprobs(logits, next_tokens, temperature),
             token_entropy(logits, temperature) if entropy else None)
-
-
-def response_logits(logits_btv, prompt_len: int):
-    """The logits that predict the response tokens: positions P−1 .. T−2 of prompt + response."""
-    return logits_btv[:, prompt_len - 1:-1]
-
-
-def response_token_logprobs(logits_btv, prompt_len: int, response_tokens, response_mask,
-                            temperature: float = 1.0):
-    """log π(y_t | x, y_<t) [B, N] from the logits of the whole prompt + response; 0 where masked."""
-    logp = token_logprobs(response_logits(logits_btv, prompt_len), response_tokens, temperature)
-    return jnp.where(response_mask > 0, logp, 0.0)
 
 
 @partial(jax.jit, static_argnames=("config", "temperature"))
