@@ -5,7 +5,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "rlhf_jax"
 # lower index = lower layer; a module may import its own layer or lower ones
 LAYERS = [("sharding", "checkpoint"), ("data",), ("models",), ("sampling",), ("losses",),
-          ("reward", "ppo", "eval", "train"), ("stages",)]
+          ("reward", "ppo", "offline", "eval", "train"), ("stages",)]
 ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward")}
 
 

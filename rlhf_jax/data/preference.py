@@ -33,7 +33,8 @@ class PreferenceBatch:
     tokens/mask [B, K, P+R]: prompt left-padded, response right-padded. `ranks` [B, K] (0 best);
     `valid` [B, K] marks real responses; `is_comparison` [B] rows with ≥ 2 ranked responses;
     `rating` [B] in [−1, 1] where `has_rating`; `annotator` [B] index into the dataset's
-    annotator list (−1: none); `weight` [B] is 0 for padding rows.
+    annotator list (−1: none); `weight` [B] is 0 for padding rows; `index` [B] the row's position
+    in its source (e.g. to look up values cached per example).
     """
 
     tokens: np.ndarray
@@ -45,6 +46,7 @@ class PreferenceBatch:
     has_rating: np.ndarray
     annotator: np.ndarray
     weight: np.ndarray
+    index: np.ndarray = None
     prompt_len: int = struct.field(pytree_node=False, default=0)
 
 
@@ -151,7 +153,9 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
                              append_eos: bool = True) -> PreferenceDataset:
     """Validate, tokenise and write a local file as a TFDS dataset with train/validation splits.
 
-    Built datasets are keyed by the file's contents and these arguments, and reused. Statistics
+    Binary feedback (`kind="binary"`) is stored as a rating of +1 (desirable) or −1
+    (undesirable). Built datasets are keyed by the file's contents and these arguments, and
+    reused. Statistics
     (records read/kept/skipped, truncation counts, the annotators seen) are returned and saved.
     """
     path = check_data_file(path)
@@ -170,11 +174,14 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
         for rec in records:
             prompt, responses = tokenize_record(rec, tokenizer, max_prompt_len,
                                                 max_response_len, eos_id, counts)
-            rating = rec.get("rating")
+            if "label" in rec:  # binary feedback: desirable +1, undesirable −1
+                rating = 2.0 * rec["label"] - 1.0
+            else:
+                rating = rec.get("rating")
+                rating = None if rating is None else normalise_rating(rating, *rating_range)
             rows.append({"prompt": prompt, "responses": responses,
                          "ranks": np.asarray(rec["ranks"], np.int32),
-                         "rating": np.float32(0.0 if rating is None else
-                                              normalise_rating(rating, *rating_range)),
+                         "rating": np.float32(0.0 if rating is None else rating),
                          "has_rating": np.int32(rating is not None),
                          "annotator": np.int32(index.get(rec["annotator_id"], -1)),
                          "rationale": rec["rationale"]})
@@ -210,8 +217,8 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
                              num_responses=stats["num_responses"])
 
 
-def _to_rows(example: dict, num_responses: int, pad_id: int) -> dict:
-    """One stored example → arrays [K, P+R] in the batch layout."""
+def _to_rows(example: dict, num_responses: int, pad_id: int, index: int = 0) -> dict:
+    """One stored example (at `index` of its source) → arrays [K, P+R] in the batch layout."""
     prompt, responses = example["prompt"], example["responses"]
     k = responses.shape[0]
     if k > num_responses:
@@ -227,7 +234,8 @@ def _to_rows(example: dict, num_responses: int, pad_id: int) -> dict:
     return {"tokens": np.where(seq == PAD, pad_id, seq), "mask": (seq != PAD).astype(np.int32),
             "ranks": ranks, "valid": valid, "is_comparison": np.int32(k >= 2),
             "rating": np.float32(example["rating"]), "has_rating": np.int32(example["has_rating"]),
-            "annotator": np.int32(example["annotator"]), "weight": np.float32(1.0)}
+            "annotator": np.int32(example["annotator"]), "weight": np.float32(1.0),
+            "index": np.int32(index)}
 
 
 def _stack(rows: Sequence[dict], prompt_len: int) -> PreferenceBatch:
@@ -247,12 +255,14 @@ def preference_batches(sources: Sequence, batch_size: int, *, prompt_len: int,
     """
     per_host = []
     for src in sources:
-        ds = grain.MapDataset.source(src)[jax.process_index()::jax.process_count()]
+        ds = grain.MapDataset.source(src).map_with_index(
+            lambda i, ex, n=len(src): (i % n, ex))  # a repeat passes on i + epoch·n
+        ds = ds[jax.process_index()::jax.process_count()]
         if shuffle:
             ds = ds.shuffle(seed=seed)
         per_host.append(ds)
     ds = per_host[0] if len(per_host) == 1 else grain.MapDataset.mix(per_host, weights)
-    ds = ds.repeat(num_epochs).map(lambda ex: _to_rows(ex, num_responses, pad_id))
+    ds = ds.repeat(num_epochs).map(lambda ie: _to_rows(ie[1], num_responses, pad_id, ie[0]))
     if num_epochs is None:
         ds = ds.batch(batch_size, drop_remainder=True, batch_fn=lambda r: _stack(r, prompt_len))
     else:

@@ -14,7 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-KINDS = ("pairwise", "ranking", "rating", "prompt", "text")
+KINDS = ("pairwise", "ranking", "rating", "binary", "prompt", "text")
+# what a binary-feedback `label` may be: desirable / undesirable, or thumbs up 1 / down 0
+BINARY_LABELS = {"desirable": 1, "undesirable": 0, 1: 1, 0: 0}
 ASSISTANT = "\n\nAssistant:"
 
 
@@ -213,6 +215,14 @@ def _validate(rec: Any, kind: str, where: str, rating_range) -> dict:
         return {"prompt": prompt, "responses": responses, "ranks": ranks, **extra}
     response = _text(rec, "response", where)
     _responses([response], "field 'response'", where)
+    if kind == "binary":  # thumbs up/down (KTO's unpaired feedback)
+        label = rec.get("label")
+        if isinstance(label, bool) or not isinstance(label, (str, int)) or \
+                label not in BINARY_LABELS:
+            raise DataFormatError(f"{where}: field 'label'={label!r} must be 'desirable' or "
+                                  "'undesirable' (or thumbs 1 / 0)")
+        return {"prompt": prompt, "responses": [response], "ranks": [0],
+                "label": BINARY_LABELS[label], **extra}
     rating = rec.get("rating")
     if isinstance(rating, bool) or not isinstance(rating, (int, float)) or \
             not math.isfinite(rating):
@@ -234,8 +244,9 @@ def read_records(path, kind: str, *, on_error: str = "raise",
                  rating_range: Optional[tuple[float, float]] = None) -> tuple[list[dict], RecordStats]:
     """Validated records in a common form: prompt, responses, ranks (+ rating, annotator, rationale).
 
-    `kind` is "pairwise", "ranking", "rating" or "prompt" (prompts alone, for sampling); ratings
-    need their declared `rating_range`. Exact duplicates of an earlier record are kept and
+    `kind` is "pairwise", "ranking", "rating", "binary" (a response labelled desirable or
+    undesirable: `label` 1 / 0), "prompt" (prompts alone, for sampling) or "text"; ratings need
+    their declared `rating_range`. Exact duplicates of an earlier record are kept and
     counted (`stats.duplicates`); dataset builders keep them out of validation splits.
     """
     if kind not in KINDS:

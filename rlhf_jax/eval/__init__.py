@@ -1,4 +1,5 @@
 """Metrics and scorers: packaged text judges, policy evaluation, the run report."""
-from rlhf_jax.eval.policy import evaluate_policy
+from rlhf_jax.eval.policy import best_of_n_kl, evaluate_best_of_n, evaluate_policy
 from rlhf_jax.eval.report import write_report
-from rlhf_jax.eval.scorers import TEXT_TERMS, repetition_fraction, vader_compound, word_count
+from rlhf_jax.eval.scorers import (TEXT_TERMS, repetition_fraction, vader_compound,
+                                   vader_diverse, word_count)

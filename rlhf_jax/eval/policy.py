@@ -57,8 +57,43 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
                      "gold": gold_fn(prompt, response) if gold_fn else float("nan"),
                      "proxy": float(s), "kl": float(k),
                      "length": int(rm.sum()), "eos": bool(eos)})
+    return {"summary": _summarise(rows), "rows": rows}
+
+
+def _summarise(rows: list[dict]) -> dict:
+    """Mean ± standard error of gold, proxy, KL and length over judged rows, the EOS fraction
+    and the count."""
     column = lambda name: np.array([r[name] for r in rows], np.float64)  # noqa: E731
     summary = {name: _summary(column(name)) for name in ("gold", "proxy", "kl", "length")}
     summary["eos_fraction"] = float(column("eos").mean())
     summary["samples"] = len(rows)
-    return {"summary": summary, "rows": rows}
+    return summary
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(π_best-of-n ‖ π) = log n − (n − 1)/n nats, the analytic value for best-of-n sampling
+    with distinct samples (Stiennon et al. 2020, appendix G.3; Gao et al. 2022, eq. 1)."""
+    return float(np.log(n) - (n - 1) / n)
+
+
+def evaluate_best_of_n(ref_params, config: TransformerConfig, prompts: dict, key, *, n: int,
+                       sampling: SamplingConfig, tokenizer, proxy_fn: Callable, proxy_params,
+                       gold_fn: Optional[Callable[[str, str], float]] = None,
+                       chunk: int = 256) -> dict:
+    """Best-of-n reranking: sample `n` responses per prompt row from the policy, keep the one
+    the proxy (reward model) scores highest, and judge it as `evaluate_policy` does. The KL
+    is the analytic `best_of_n_kl(n)` for every row (the sampled-token estimate is 0: the
+    samples come from the reference itself). Rows are sampled in chunks of `chunk`."""
+    tokens, mask = (np.asarray(x) for x in jax.device_get((prompts["tokens"], prompts["mask"])))
+    rep_t, rep_m = np.repeat(tokens, n, axis=0), np.repeat(mask, n, axis=0)
+    rows = []
+    for start in range(0, len(rep_t), chunk):
+        part = {"tokens": rep_t[start:start + chunk], "mask": rep_m[start:start + chunk]}
+        rows += evaluate_policy(ref_params, ref_params, config, part,
+                                jax.random.fold_in(key, start), sampling=sampling,
+                                tokenizer=tokenizer, gold_fn=gold_fn, proxy_fn=proxy_fn,
+                                proxy_params=proxy_params)["rows"]
+    kl = best_of_n_kl(n)
+    best = [max(rows[i:i + n], key=lambda r: r["proxy"]) for i in range(0, len(rows), n)]
+    best = [{**r, "kl": kl} for r in best]
+    return {"summary": {**_summarise(best), "n": n}, "rows": best}

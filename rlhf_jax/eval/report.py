@@ -61,19 +61,55 @@ def _plot_overoptimisation(rows: list[dict], gold_key: str, out: Path) -> None:
     plt.close(fig)
 
 
+def _plot_offline(rows: list[dict], method: str, out: Path) -> None:
+    """An offline method's objective and its implicit-reward accuracy over training steps."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+    step, loss = _series(rows, "step", "train/loss")
+    axes[0].plot(step, loss, alpha=0.6, label="training batches")
+    step, loss = _series(rows, "step", "eval/loss")
+    axes[0].plot(step, loss, "o-", label="held-out comparisons")
+    axes[0].set(ylabel="loss", title=f"{method}: objective and implicit-reward accuracy")
+    axes[0].legend(loc="upper right", fontsize=8)
+    for key, style, name in (("rewards/accuracy", "-", "training batches"),
+                             ("eval/rewards/accuracy", "o-", "held-out comparisons")):
+        step, acc = _series(rows, "step", key)
+        if step:
+            axes[1].plot(step, acc, style, label=name)
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+    axes[1].set(xlabel="step", ylabel="implicit-reward accuracy")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+# how the report names each method's trained policy
+METHOD_NAMES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "best_of_n": "best-of-n",
+                "dpo": "DPO", "cdpo": "cDPO", "rdpo": "robust DPO", "ipo": "IPO",
+                "simpo": "SimPO", "orpo": "ORPO", "kto": "KTO", "awr": "AWR",
+                "filtered_bc": "filtered BC"}
+
+
+def rel_of(plots: Path, report_path: Path) -> str:
+    """The plots directory relative to the report (for Markdown image links)."""
+    return Path(os.path.relpath(plots, report_path.parent)).as_posix()
+
+
 def _fmt(s: dict) -> str:
     return f"{s['mean']:.3f} ± {s['stderr']:.3f}"
 
 
 def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
-                 reward_summary: dict, ppo_rows: list[dict], evaluation: dict,
+                 reward_summary: dict, policy_rows: list[dict], evaluation: dict,
                  gold_key: str = "reward_terms/vader") -> Path:
     """Write the Markdown report to `report_path` and its plots into `plots_dir`; return the path.
 
     `info` holds the run's settings (run_dir, seed, stage_seconds, gold, annotator_temperatures,
-    before_label — what the policy before PPO is —, data — one line per prepared dataset — and
-    either preference_file or comparisons / gold_label_agreement); `evaluation` is {"before", "after"},
-    each an `evaluate_policy` result.
+    method — ppo by default — and best_of_n, before_label — what the policy before training is
+    —, data — one line per prepared dataset — and either preference_file or comparisons /
+    gold_label_agreement); `policy_rows` are the policy stage's metric rows (none for
+    best-of-n); `evaluation` is {"before", "after"}, each an `evaluate_policy` result.
     """
     import matplotlib
 
@@ -81,8 +117,24 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
     report_path, plots = Path(report_path), Path(plots_dir)
     plots.mkdir(parents=True, exist_ok=True)
     _plot_reward(reward_rows, plots / "reward_accuracy.png")
-    _plot_overoptimisation(ppo_rows, gold_key, plots / "gold_proxy_vs_kl.png")
-    rel = Path(os.path.relpath(plots, report_path.parent)).as_posix()
+    method = info.get("method", "ppo")
+    name = METHOD_NAMES.get(method, method)
+    if method in ("ppo", "rloo", "grpo"):
+        _plot_overoptimisation(policy_rows, gold_key, plots / "gold_proxy_vs_kl.png")
+        figure = [f"![gold and proxy vs KL]({rel_of(plots, report_path)}/gold_proxy_vs_kl.png)",
+                  "", "Where the proxy keeps rising while the gold score flattens or falls, the "
+                  "policy is exploiting the reward model rather than pleasing the judge (Gao et "
+                  "al. 2022).", ""]
+    elif method == "best_of_n":
+        figure = [f"Best-of-{info.get('best_of_n')}: no training; each response is the one the "
+                  "reward model prefers among that many samples of the starting policy, whose "
+                  "KL is the analytic log n − (n − 1)/n.", ""]
+    else:
+        _plot_offline(policy_rows, name, plots / "training.png")
+        figure = [f"![training]({rel_of(plots, report_path)}/training.png)", "",
+                  f"{name} learns from the comparisons directly; the reward model only judges "
+                  "the result.", ""]
+    rel = rel_of(plots, report_path)
     ev, run = evaluation, info.get("run_dir", report_path.parent)
     before, after = ev["before"]["summary"], ev["after"]["summary"]
     annot = {k.rsplit("/", 1)[-1]: v for k, v in reward_summary.items()
@@ -101,7 +153,9 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
         (f"Trained on the comparisons in `{info['preference_file']}`. "
          if "preference_file" in info else
          f"Trained on {info['comparisons']} comparisons of SFT samples by simulated annotators "
-         f"(gold judge: {info['gold']}, Bradley–Terry temperatures "
+         + (f"(judging by {info['annotator_judge']}; gold judge: {info['gold']}, "
+            if info.get("annotator_judge") else f"(gold judge: {info['gold']}, ") +
+         "Bradley–Terry temperatures "
          f"{info['annotator_temperatures']}"
          + (f"; {info['pairs_with_an_empty_response']} pairs with an empty response left out"
             if info.get("pairs_with_an_empty_response") else "") + "). ") +
@@ -124,21 +178,19 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
           else []),
         "## Reward model", "", reward_text, "",
         f"![reward accuracy]({rel}/reward_accuracy.png)", "",
-        "## Policy before and after PPO", "",
+        f"## Policy before and after {name}", "",
         f"{before['samples']} samples each (mean ± standard error), KL to the reference "
-        f"({before_label.split('(')[-1].rstrip(')')} policy, where PPO started) in nats per "
+        f"({before_label.split('(')[-1].rstrip(')')} policy, where {name} started) in nats per "
         "response.", "",
         "| policy | " + " | ".join(name for name, _ in columns) + " |",
         "|---" * (len(columns) + 1) + "|",
         f"| {before_label} | " + " | ".join(f(before) for _, f in columns) + " |",
-        "| after PPO | " + " | ".join(f(after) for _, f in columns) + " |", "",
+        f"| after {name} | " + " | ".join(f(after) for _, f in columns) + " |", "",
         f"Gold improvement: **{after['gold']['mean'] - before['gold']['mean']:+.3f}**.", "",
-        f"![gold and proxy vs KL]({rel}/gold_proxy_vs_kl.png)", "",
-        "Where the proxy keeps rising while the gold score flattens or falls, the policy is "
-        "exploiting the reward model rather than pleasing the judge (Gao et al. 2022).", "",
+        *figure,
         "## Samples", ""]
-    for name, part in ((before_label, ev["before"]), ("after PPO", ev["after"])):
-        lines += [f"### {name}", "", "| prompt | response | gold | proxy |", "|---|---|---|---|"]
+    for title, part in ((before_label, ev["before"]), (f"after {name}", ev["after"])):
+        lines += [f"### {title}", "", "| prompt | response | gold | proxy |", "|---|---|---|---|"]
         for r in part["rows"][:info.get("report_samples", 8)]:
             resp = r["response"].replace("|", "\\|") or "(empty)"
             lines.append(f"| {r['prompt']} | {resp} | {r['gold']:.3f} | {r['proxy']:.3f} |")

@@ -35,4 +35,13 @@ def word_count(prompt: str, response: str) -> float:
     return float(len(response.split()))
 
 
-TEXT_TERMS = {"vader": vader_compound, "repetition": repetition_fraction, "words": word_count}
+def vader_diverse(prompt: str, response: str) -> float:
+    """VADER's compound sentiment times the share of distinct words, (1 − repetition): a judge
+    that likes positive text but not a positive word repeated. Against annotators who judge by
+    VADER alone it is a gold score that the annotators' signal only partly captures, the
+    setting in which optimising a learned reward first helps and then hurts (Gao et al. 2022)."""
+    return vader_compound(prompt, response) * (1.0 - repetition_fraction(prompt, response))
+
+
+TEXT_TERMS = {"vader": vader_compound, "vader_diverse": vader_diverse,
+              "repetition": repetition_fraction, "words": word_count}

@@ -4,6 +4,8 @@ from rlhf_jax.stages.cli import USER_ERRORS, run_script
 from rlhf_jax.stages.common import RunConfig, StageResult
 from rlhf_jax.stages.layout import (ConfigMismatchError, PipelineLayout, RunLayout,
                                     check_run_config, record_run_config)
+from rlhf_jax.stages.compare import CompareConfig, compare_methods
+from rlhf_jax.stages.offline import OfflineConfig, OfflineData, train_offline
 from rlhf_jax.stages.pipeline import PipelineConfig, PipelineResult, run_pipeline
 from rlhf_jax.stages.ppo import (PPOStageConfig, PromptData, PtxData, load_ppo_models,
                                  resolve_sampling, stop_token_ids, train_ppo)

@@ -27,6 +27,23 @@ class StageResult:
     data: tuple[str, ...] = ()  # one line per prepared dataset: counts, splits, truncation
 
 
+def labelled_dataset(dc, train_file: str, tokenizer, layout: RunLayout, seed: int):
+    """The prepared preference dataset of a stage's data settings `dc` (a `RewardData`): built
+    once by the main process, its one-line description printed, and refused when
+    `dc.validation_fraction` > 0 leaves no held-out records. Returns (dataset, line)."""
+    ds = train.main_process_first(
+        data.build_preference_dataset, train_file, dc.kind, tokenizer, layout.built_data,
+        max_prompt_len=dc.max_prompt_len, max_response_len=dc.max_response_len,
+        rating_range=(dc.rating_low, dc.rating_high), on_error=dc.on_error,
+        validation_fraction=dc.validation_fraction, seed=seed)
+    note = data_note(ds.stats, {k: f"data.{k}" for k in ("max_prompt_len", "max_response_len")})
+    if dc.validation_fraction > 0 and "validation" not in ds.splits:
+        raise ValueError(f"{train_file}: no held-out records are left with "
+                         f"data.validation_fraction={dc.validation_fraction} ({note}); use more "
+                         "records or a larger fraction")
+    return ds, note
+
+
 def data_note(stats: dict, keys: dict) -> str:
     """`data.describe_dataset` of a prepared dataset, printed once (main process)."""
     line = data.describe_dataset(stats, keys)

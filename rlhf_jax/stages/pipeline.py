@@ -10,10 +10,11 @@ from typing import Optional
 import jax
 import numpy as np
 
-from rlhf_jax import data, eval as rl_eval, models, reward, train
+from rlhf_jax import data, eval as rl_eval, models, offline, reward, train
 from rlhf_jax.ppo import KLConfig
 from rlhf_jax.sampling import generate
 from rlhf_jax.stages.common import check_writable
+from rlhf_jax.stages.offline import OfflineConfig, train_offline
 from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
 from rlhf_jax.stages.ppo import PPOStageConfig, resolve_sampling, train_ppo
 from rlhf_jax.stages.reward import RewardConfig, train_reward_model
@@ -22,9 +23,16 @@ from rlhf_jax.stages.sft import SFTConfig, SFTData, train_sft
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """The whole run. Each stage's settings are its own config (`sft`, `reward`, `ppo`); the
-    pipeline sets their run directories, seeds, compilation cache and inputs (model_dir /
-    policy_dir, data files, prompt and response lengths) from its fields below.
+    """The whole run. Each stage's settings are its own config (`sft`, `reward`, `ppo`,
+    `offline`); the pipeline sets their run directories, seeds, compilation cache and inputs
+    (model_dir / policy_dir, data files, prompt and response lengths) from its fields below.
+
+    `method` picks how the policy learns from the comparisons: "ppo" (GAE with a critic),
+    "rloo" or "grpo" (critic-free, `group_size` samples per prompt) against the reward model,
+    "best_of_n" (no training: `best_of_n` samples of the starting policy reranked by the
+    reward model), or an offline method straight from the comparisons (`offline.METHODS`:
+    dpo, cdpo, rdpo, ipo, simpo, orpo, kto, awr, filtered_bc). The reward model is trained in
+    every case: it is the proxy the report measures.
 
     `policy_dir`: a local HF directory to start from (with its tokenizer); empty: the tiny preset
     with a tokenizer trained on the built-in corpus. `preference_file`: your pairwise
@@ -43,6 +51,8 @@ class PipelineConfig:
     prompts_file: str = ""  # JSONL/Parquet prompt field; empty: the built-in prompts
     # the judge behind the simulated annotators and the report (eval.TEXT_TERMS)
     gold: str = "vader"
+    # the simulated annotators' own judge when it differs from gold; empty: gold
+    annotator_judge: str = ""
     # one Bradley-Terry temperature per simulated annotator
     annotator_temperatures: str = "0.15,0.3,0.6"
     comparisons: int = 1500  # prompts whose sample pairs the simulated annotators label
@@ -50,6 +60,11 @@ class PipelineConfig:
     max_new_tokens: int = 10  # response tokens sampled in every stage
     eval_samples: int = 160  # responses per policy in the final evaluation
     report_samples: int = 8  # samples per policy shown in the report
+    # ppo | rloo | grpo | best_of_n | dpo | cdpo | rdpo | ipo | simpo | orpo | kto | awr |
+    # filtered_bc
+    method: str = "ppo"
+    group_size: int = 4  # rloo / grpo: samples per prompt
+    best_of_n: int = 16  # best_of_n: samples per prompt reranked by the reward model
     allow_config_change: bool = False  # continue a run directory whose stored config differs
     # compiled programs cached for all stages: auto (<run_dir>/compile_cache), off, or a
     # directory; a JAX_COMPILATION_CACHE_DIR of yours is kept (train.enable_compilation_cache)
@@ -57,10 +72,23 @@ class PipelineConfig:
     sft: SFTConfig = SFTConfig(steps=150, batch_size=32, data=SFTData(source="text"))
     reward: RewardConfig = RewardConfig(steps=300, batch_size=32, eval_every=50)
     ppo: PPOStageConfig = PPOStageConfig(steps=150, batch_size=32, kl=KLConfig(beta=0.02))
+    offline: OfflineConfig = OfflineConfig(steps=200, batch_size=32, eval_every=50)
 
     def __post_init__(self):
-        if self.gold not in rl_eval.TEXT_TERMS:
-            raise ValueError(f"gold={self.gold!r}: expected one of {sorted(rl_eval.TEXT_TERMS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r}: expected one of {', '.join(METHODS)}")
+        if self.method in ("rloo", "grpo") and self.group_size < 2:
+            raise ValueError(f"group_size={self.group_size}: {self.method} needs >= 2 samples "
+                             "per prompt")
+        if self.best_of_n < 1:
+            raise ValueError(f"best_of_n={self.best_of_n}: expected >= 1")
+        if self.method in offline.METHODS:
+            offline.check_method_kind(self.method, self.reward.data.kind, "reward.data.kind")
+        for name in ("gold", "annotator_judge"):
+            value = getattr(self, name)
+            if value not in rl_eval.TEXT_TERMS and (value or name == "gold"):
+                raise ValueError(f"{name}={value!r}: expected one of "
+                                 f"{sorted(rl_eval.TEXT_TERMS)}")
         if self.sft.steps <= 0 and not self.policy_dir:
             raise ValueError("sft.steps=0 needs policy_dir (the policy to start PPO from)")
         try:
@@ -78,6 +106,10 @@ class PipelineConfig:
                                      f"set {source} instead")
 
 
+PPO_FAMILY = ("ppo", "rloo", "grpo")
+METHODS = PPO_FAMILY + ("best_of_n",) + offline.METHODS
+STAGES = ("sft", "reward", "ppo", "offline")
+
 # Fields of the stage configs that the pipeline sets itself, and from what.
 _PIPELINE_OWNED = {
     "sft": {"run_dir": "run_dir", "seed": "seed", "model_dir": "policy_dir",
@@ -93,7 +125,14 @@ _PIPELINE_OWNED = {
             "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
             "prompts.file": "prompts_file",
             "prompts.max_prompt_len": "max_prompt_len",
-            "sampling.max_new_tokens": "max_new_tokens", "monitor_terms": "gold"},
+            "sampling.max_new_tokens": "max_new_tokens", "monitor_terms": "gold",
+            "rollout.advantage": "method", "rollout.group_size": "group_size"},
+    "offline": {"run_dir": "run_dir", "seed": "seed",
+                "policy_dir": "the SFT export or policy_dir",
+                "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
+                "data.train_file": "preference_file", "data.kind": "reward.data.kind",
+                "data.max_prompt_len": "max_prompt_len",
+                "data.max_response_len": "max_new_tokens", "loss.method": "method"},
 }
 
 
@@ -147,9 +186,9 @@ def _encode(tokenizer, texts, length: int) -> dict:
 def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir: str, gold_fn,
                        path) -> dict:
     """Pairs of policy samples for each prompt (sampled as PPO will sample), labelled by the
-    simulated annotators, written to `path` as pairwise JSONL; returns the count and how often
-    the gold judge agrees with the labels. Pairs with an empty response are left out (and
-    counted): there is no text to judge."""
+    simulated annotators (judging by `cfg.annotator_judge`, else `gold_fn`), written to `path`
+    as pairwise JSONL; returns the count and how often the gold judge agrees with the labels.
+    Pairs with an empty response are left out (and counted): there is no text to judge."""
     config, params = models.load_hf_checkpoint(policy_dir)
     tok = models.load_tokenizer(policy_dir, config)
     sampling = resolve_sampling(tok, ppo_cfg)
@@ -168,7 +207,8 @@ def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir:
             elif a != b:
                 pairs.append((p, a, b))
     temps = tuple(float(t) for t in cfg.annotator_temperatures.split(","))
-    records = data.builtin.simulate_annotators(pairs, gold_fn, temperatures=temps, seed=cfg.seed)
+    judge = rl_eval.TEXT_TERMS[cfg.annotator_judge] if cfg.annotator_judge else gold_fn
+    records = data.builtin.simulate_annotators(pairs, judge, temperatures=temps, seed=cfg.seed)
     train.on_main_process(data.builtin.write_jsonl, path, records)
     agree = [np.sign(gold_fn(r["prompt"], r["chosen"]) - gold_fn(r["prompt"], r["rejected"]))
              for r in records]  # how often the judge itself sides with the label (ties: half)
@@ -177,12 +217,12 @@ def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir:
         [1.0 if a > 0 else 0.5 if a == 0 else 0.0 for a in agree]))}
 
 
-def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir: str,
-                          gold_fn) -> dict:
-    """Gold, proxy and KL of the reference (the policy PPO started from) and the trained policy
-    on the same prompts, sampled and scored as in PPO (`ppo_cfg`)."""
+def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig,
+                          policy_dir: Optional[str], gold_fn) -> dict:
+    """Gold, proxy and KL of the reference (the policy training started from) and the trained
+    policy at `policy_dir` on the same prompts, sampled and scored as in PPO (`ppo_cfg`); with
+    `policy_dir=None`, "after" is best-of-`cfg.best_of_n` reranking of the reference."""
     config, ref = models.load_hf_checkpoint(ppo_cfg.policy_dir)
-    _, after = models.load_hf_checkpoint(policy_dir)
     rm_config, rm_params, rm_meta = reward.load_reward_model(ppo_cfg.reward_dir)
     tok = models.load_tokenizer(ppo_cfg.policy_dir, config)
     prompts = _encode(tok, _prompt_texts(cfg, cfg.eval_samples), cfg.max_prompt_len)
@@ -191,8 +231,14 @@ def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_d
     kw = dict(sampling=resolve_sampling(tok, ppo_cfg), tokenizer=tok, gold_fn=gold_fn,
               proxy_fn=proxy, proxy_params=rm_params)
     key = jax.random.key(cfg.seed + 200)
-    return {name: rl_eval.evaluate_policy(p, ref, config, prompts, key, **kw)
-            for name, p in (("before", ref), ("after", after))}
+    out = {"before": rl_eval.evaluate_policy(ref, ref, config, prompts, key, **kw)}
+    if policy_dir is None:
+        out["after"] = rl_eval.evaluate_best_of_n(ref, config, prompts, key, n=cfg.best_of_n,
+                                                  **kw)
+    else:
+        _, after = models.load_hf_checkpoint(policy_dir)
+        out["after"] = rl_eval.evaluate_policy(after, ref, config, prompts, key, **kw)
+    return out
 
 
 def check_inputs(cfg: PipelineConfig) -> None:
@@ -213,8 +259,9 @@ def check_inputs(cfg: PipelineConfig) -> None:
 
 
 def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, prefs: str):
-    """The SFT, reward and PPO configs with the pipeline's directories, seed and inputs: exactly
-    the fields of `_PIPELINE_OWNED`, which the config refuses to have set otherwise."""
+    """The SFT, reward, PPO and offline configs with the pipeline's directories, seed and
+    inputs: exactly the fields of `_PIPELINE_OWNED`, which the config refuses to have set
+    otherwise."""
     common = {"seed": cfg.seed, "allow_config_change": cfg.allow_config_change,
               "compile_cache": _compile_cache(cfg, layout)}
     values = {
@@ -226,11 +273,18 @@ def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, 
         "ppo": {**common, "run_dir": str(layout.stage("ppo").root), "policy_dir": policy_dir,
                 "reward_dir": str(layout.stage("reward").export), "prompts.file": cfg.prompts_file,
                 "prompts.max_prompt_len": cfg.max_prompt_len,
-                "sampling.max_new_tokens": cfg.max_new_tokens, "monitor_terms": cfg.gold},
+                "sampling.max_new_tokens": cfg.max_new_tokens, "monitor_terms": cfg.gold,
+                "rollout.advantage": cfg.method if cfg.method in ("rloo", "grpo") else "gae",
+                "rollout.group_size": cfg.group_size if cfg.method in ("rloo", "grpo") else 1},
+        "offline": {**common, "run_dir": str(layout.stage("offline").root),
+                    "policy_dir": policy_dir, "data.train_file": prefs,
+                    "data.kind": cfg.reward.data.kind, "data.max_prompt_len": cfg.max_prompt_len,
+                    "data.max_response_len": cfg.max_new_tokens + 2,
+                    "loss.method": cfg.method if cfg.method in offline.METHODS else "dpo"},
     }
     assert {k: set(v) for k, v in values.items()} == \
         {k: set(v) for k, v in _PIPELINE_OWNED.items()}, "keep _PIPELINE_OWNED in step"
-    return tuple(_replace(getattr(cfg, stage), values[stage]) for stage in ("sft", "reward", "ppo"))
+    return tuple(_replace(getattr(cfg, stage), values[stage]) for stage in STAGES)
 
 
 def _compile_cache(cfg: PipelineConfig, layout: PipelineLayout) -> str:
@@ -245,7 +299,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     check_inputs(cfg)
     layout = PipelineLayout(cfg.run_dir)
     resolved = train.config_to_dict(cfg)
-    if any(layout.stage(name).config.is_file() for name in ("sft", "reward", "ppo")):
+    if any(layout.stage(name).config.is_file() for name in STAGES):
         check_run_config(layout.config, resolved, allow_change=cfg.allow_config_change,
                          defaults=train.config_to_dict(PipelineConfig()))
     record_run_config(layout.config, resolved)
@@ -274,7 +328,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
 
     policy_dir = cfg.policy_dir if cfg.sft.steps <= 0 else str(layout.stage("sft").export)
     prefs = cfg.preference_file or str(layout.comparisons)
-    sft, rm, ppo_cfg = stage_configs(cfg, layout, policy_dir, prefs)
+    sft, rm, ppo_cfg, off_cfg = stage_configs(cfg, layout, policy_dir, prefs)
     notes = []
     if cfg.sft.steps > 0:
         sft_result = timed("sft", train_sft, sft)
@@ -286,12 +340,20 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     rm_result = timed("reward", train_reward_model, rm)
     if rm_result.preempted:
         return preempted("reward")
-    ppo_result = timed("ppo", train_ppo, ppo_cfg)
-    if ppo_result.preempted:
-        return preempted("ppo")
-    notes += rm_result.data + ppo_result.data
-    ev = timed("evaluation", evaluate_before_after, cfg, ppo_cfg, ppo_result.export_dir, gold_fn)
+    notes += rm_result.data
+    policy_rows, trained = [], None
+    if cfg.method != "best_of_n":
+        stage, run, stage_cfg = (("ppo", train_ppo, ppo_cfg) if cfg.method in PPO_FAMILY
+                                 else ("offline", train_offline, off_cfg))
+        result = timed(cfg.method, run, stage_cfg)
+        if result.preempted:
+            return preempted(cfg.method)
+        notes += result.data
+        policy_rows, trained = layout.stage(stage).read_metrics(), result.export_dir
+    ev = timed("evaluation", evaluate_before_after, cfg, ppo_cfg, trained, gold_fn)
     info = {"seed": cfg.seed, "stage_seconds": seconds, **labels, "gold": cfg.gold,
+            "method": cfg.method, "best_of_n": cfg.best_of_n,
+            "annotator_judge": cfg.annotator_judge,
             "annotator_temperatures": cfg.annotator_temperatures,
             "report_samples": cfg.report_samples, "run_dir": str(layout.root),
             "before_label": "before (SFT)" if cfg.sft.steps > 0 else "before (initial policy)",
@@ -304,7 +366,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             layout.report, layout.plots, info=info,
             reward_rows=layout.stage("reward").read_metrics(),
             reward_summary=json.loads(layout.stage("reward").eval_summary.read_text()),
-            ppo_rows=layout.stage("ppo").read_metrics(), evaluation=ev,
+            policy_rows=policy_rows, evaluation=ev,
             gold_key=f"reward_terms/{cfg.gold}")
     b, a = ev["before"]["summary"], ev["after"]["summary"]
     result = PipelineResult(str(layout.root), str(layout.report), b["gold"], a["gold"],

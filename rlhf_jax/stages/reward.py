@@ -9,7 +9,7 @@ import jax
 from rlhf_jax import data, models, reward, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
-                                    builtin_tokenizer, check_batch_size, data_note,
+                                    builtin_tokenizer, check_batch_size, labelled_dataset,
                                     jit_train_step, model_overrides, optimizer_config, shardings_of,
                                     start_run, train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
@@ -18,12 +18,12 @@ from rlhf_jax.train import OptimizerConfig
 
 @dataclasses.dataclass(frozen=True)
 class RewardData:
-    """Labels: a JSONL/Parquet `train_file` of `kind` pairwise | ranking | rating | hh (empty:
+    """Labels: a JSONL/Parquet `train_file` of `kind` pairwise | ranking | rating | binary (empty:
     `builtin_pairs` comparisons by the built-in simulated annotators); ratings are declared on
     [rating_low, rating_high]; `on_error` is "raise" or "skip" for malformed records."""
 
     train_file: str = ""  # JSONL/Parquet labels; empty: the built-in simulated annotators
-    kind: str = "pairwise"  # pairwise | ranking | rating | hh
+    kind: str = "pairwise"  # pairwise (HH dialogues too) | ranking | rating | binary
     rating_low: float = 0.0  # lowest rating the file's scale allows
     rating_high: float = 1.0  # highest rating the file's scale allows
     on_error: str = "raise"  # raise: stop at a malformed record; skip: skip and count it
@@ -100,17 +100,8 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
     train_file = dc.train_file or builtin_file(layout, "comparisons",
                                                data.builtin.write_comparisons,
                                                n=dc.builtin_pairs, seed=cfg.seed)
-    ds = train.main_process_first(
-        data.build_preference_dataset,
-        train_file, dc.kind, tokenizer, layout.built_data, max_prompt_len=dc.max_prompt_len,
-        max_response_len=dc.max_response_len, rating_range=(dc.rating_low, dc.rating_high),
-        on_error=dc.on_error, validation_fraction=dc.validation_fraction, seed=cfg.seed)
-    note = data_note(ds.stats, {k: f"data.{k}" for k in ("max_prompt_len", "max_response_len")})
+    ds, note = labelled_dataset(dc, train_file, tokenizer, layout, cfg.seed)
     held_out = "validation" in ds.splits
-    if dc.validation_fraction > 0 and not held_out:
-        raise ValueError(f"{train_file}: no held-out records are left with "
-                         f"data.validation_fraction={dc.validation_fraction} ({note}); use more "
-                         "records or a larger fraction")
     shape = dict(prompt_len=dc.max_prompt_len, num_responses=max(2, ds.num_responses),
                  pad_id=tokenizer.pad_token_id or 0)
     check_batch_size("batch_size", cfg.batch_size, mesh)

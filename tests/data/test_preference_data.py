@@ -29,11 +29,19 @@ def tok(tmp_path_factory):
     ("ranking", {"prompt": "p", "responses": ["a", "b"], "ranks": [0, -1]}, r"field 'ranks'"),
     ("rating", {"prompt": "p", "response": "a", "rating": 11}, r"'rating'=11 is outside the "
                                                                 r"declared range \[1, 10\]"),
+    ("binary", {"prompt": "p", "response": "a", "label": "good"}, r"data.jsonl:2: field "
+     r"'label'='good' must be 'desirable' or 'undesirable' \(or thumbs 1 / 0\)"),
+    ("binary", {"prompt": "p", "response": "a", "label": True}, r"field 'label'=True must be"),
+    ("binary", {"prompt": "p", "response": "a", "label": 2}, r"field 'label'=2 must be"),
+    ("binary", {"prompt": "p", "response": "a"}, r"field 'label'=None must be"),
+    ("binary", {"prompt": "p", "response": " ", "label": 1}, r"field 'response': a response "
+                                                              r"is empty"),
 ])
 def test_malformed_record_named(tmp_path, kind, row, match):
     good = {"pairwise": {"prompt": "p", "chosen": "a", "rejected": "b"},
             "ranking": {"prompt": "p", "responses": ["a", "b"]},
-            "rating": {"prompt": "p", "response": "a", "rating": 3}}[kind]
+            "rating": {"prompt": "p", "response": "a", "rating": 3},
+            "binary": {"prompt": "p", "response": "a", "label": "desirable"}}[kind]
     path = _jsonl(tmp_path / "data.jsonl", [good, row, good])
     with pytest.raises(DataFormatError, match=match):
         read_records(path, kind, rating_range=(1, 10))
@@ -138,3 +146,20 @@ def test_mixed_ratings_and_pairs(tmp_path, tok):
     assert b.is_comparison.sum() == 4 and b.has_rating.sum() == 4
     assert np.allclose(b.rating[b.has_rating == 1], 1.0)  # 7 on [1, 7] → 1
     assert (b.valid[b.has_rating == 1] == [1, 0]).all()
+
+
+def test_binary_feedback_is_a_rating_of_plus_or_minus_one(tmp_path, tok):
+    rows = [{"prompt": "p", "response": "good day", "label": "desirable", "annotator_id": "u1"},
+            {"prompt": "p", "response": "bad day", "label": "undesirable"},
+            {"prompt": "q", "response": "fine", "label": 1},
+            {"prompt": "q", "response": "awful", "label": 0}]
+    ds = build_preference_dataset(_jsonl(tmp_path / "thumbs.jsonl", rows), "binary", tok,
+                                  tmp_path / "built", max_prompt_len=4, max_response_len=4,
+                                  validation_fraction=0.0)
+    assert ds.stats["kind"] == "binary" and ds.annotators == ["u1"]
+    batch = next(preference_batches([ds.splits["train"]], 4, prompt_len=4, num_responses=1,
+                                    shuffle=False, num_epochs=1))
+    assert batch.has_rating.tolist() == [1, 1, 1, 1] and batch.is_comparison.tolist() == [0] * 4
+    by_index = dict(zip(batch.index.tolist(), batch.rating.tolist()))
+    labels = {i: ds.splits["train"][i]["rating"] for i in range(4)}
+    assert by_index == labels and sorted(labels.values()) == [-1.0, -1.0, 1.0, 1.0]

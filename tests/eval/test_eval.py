@@ -76,7 +76,7 @@ def test_report_from_run_data(tmp_path):
     info = {"seed": 0, "stage_seconds": {"sft": 1.0}, "comparisons": 100, "gold": "vader",
             "annotator_temperatures": "1", "gold_label_agreement": 0.8}
     path = write_report(tmp_path / "report.md", tmp_path / "figures", info=info,
-                        reward_rows=rows, reward_summary=summary, ppo_rows=ppo_rows,
+                        reward_rows=rows, reward_summary=summary, policy_rows=ppo_rows,
                         evaluation=ev)
     text = path.read_text()
     assert "Held-out accuracy **0.734**" in text and "+0.750" in text
@@ -102,10 +102,51 @@ def test_report_without_annotators_on_few_pairs(tmp_path):
         reward_rows=[{"step": 1, "reward/accuracy": 0.6}, {"step": 1, "eval/accuracy": 0.6}],
         reward_summary={"eval/accuracy": 0.6, "eval/pairs": 20, "eval/loss": 0.7,
                         "eval/ece": 0.1},
-        ppo_rows=[{"step": s, "kl/sequence": 0.1 * s, "score/reward_model": 0.1,
+        policy_rows=[{"step": s, "kl/sequence": 0.1 * s, "score/reward_model": 0.1,
                    "reward_terms/vader": 0.2} for s in range(1, 4)],
         evaluation={"before": {"summary": summ, "rows": sample},
                     "after": {"summary": after, "rows": sample}}).read_text()
     assert "Per annotator" not in text and "only 20 held-out pairs" in text
     assert "| before (initial policy) |" in text and "### before (initial policy)" in text
     assert "| length |" in text and "ends with EOS" not in text  # only length changed
+
+
+@pytest.mark.parametrize("method", ["dpo", "best_of_n"])
+def test_report_names_the_method_and_its_figure(tmp_path, method):
+    summ = {"gold": {"mean": 0.1, "stderr": 0.01}, "proxy": {"mean": 0.2, "stderr": 0.1},
+            "kl": {"mean": 0.5, "stderr": 0.1}, "length": {"mean": 4.0, "stderr": 0},
+            "eos_fraction": 0.5, "samples": 2}
+    sample = [{"prompt": "p", "response": "r", "gold": 0.5, "proxy": 1.0}]
+    rows = [{"step": s, "train/loss": 0.7 - s / 100, "rewards/accuracy": 0.5 + s / 100}
+            for s in range(1, 11)] + [{"step": 10, "eval/loss": 0.6,
+                                       "eval/rewards/accuracy": 0.7}]
+    text = write_report(
+        tmp_path / "r.md", tmp_path / "p", info={
+            "seed": 0, "stage_seconds": {method: 1.0}, "preference_file": "mine.jsonl",
+            "method": method, "best_of_n": 4},
+        reward_rows=[{"step": 1, "reward/accuracy": 0.6}, {"step": 1, "eval/accuracy": 0.6}],
+        reward_summary={"eval/accuracy": 0.6, "eval/pairs": 80, "eval/loss": 0.7,
+                        "eval/ece": 0.1},
+        policy_rows=rows if method == "dpo" else [],
+        evaluation={"before": {"summary": summ, "rows": sample},
+                    "after": {"summary": summ, "rows": sample}}).read_text()
+    name = {"dpo": "DPO", "best_of_n": "best-of-n"}[method]
+    assert f"## Policy before and after {name}" in text and f"| after {name} |" in text
+    assert ("![training](p/training.png)" in text) == (method == "dpo")
+    assert ("Best-of-4: no training" in text) == (method == "best_of_n")
+    assert (tmp_path / "p" / "training.png").exists() == (method == "dpo")
+    assert "gold_proxy_vs_kl" not in text
+
+
+def test_best_of_n_kl_is_the_analytic_value():
+    from rlhf_jax.eval import best_of_n_kl
+
+    # exact KL of best-of-n over M equally likely responses with distinct rewards: the k-th
+    # worst is picked with probability (k/M)^n − ((k−1)/M)^n; as M grows it tends to the
+    # continuous value log n − (n − 1)/n, with an O(n/M) gap
+    m = 200_000
+    k = np.arange(1, m + 1, dtype=np.float64)
+    for n in (1, 2, 16):
+        p = (k / m) ** n - ((k - 1) / m) ** n
+        exact = float(np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300) * m), 0.0)))
+        assert best_of_n_kl(n) == pytest.approx(exact, abs=1e-3)

@@ -61,14 +61,17 @@ def test_every_artifact_in_one_run_directory(run):
 
 
 def test_local_checkpoint_and_preference_file(run, tmp_path):
-    """The same command on a user's HF directory and comparisons file (no SFT, no simulation)."""
+    """The same command on a user's HF directory and comparisons file (no SFT, no simulation),
+    learning with KTO straight from the comparisons instead of PPO."""
     prefs = tmp_path / "prefs.jsonl"
     lines = (run / "data" / "comparisons.jsonl").read_text().splitlines()[:120]
     prefs.write_text("\n".join(lines) + "\n")
     out = tmp_path / "mine"
     overrides = train.parse_config([f"--config.run_dir={out}", "--config.sft.steps=0",
                                     f"--config.policy_dir={run / 'sft' / 'export'}",
-                                    f"--config.preference_file={prefs}", *TINY[2:]],
+                                    f"--config.preference_file={prefs}", *TINY[2:],
+                                    "--config.method=kto", "--config.offline.steps=6",
+                                    "--config.offline.eval_every=3"],
                                    str(ROOT / "experiments" / "configs" / "pipeline.py"))
     cfg = train.config_from_dict(stages.PipelineConfig, overrides)
     result = stages.run_pipeline(cfg)
@@ -76,9 +79,14 @@ def test_local_checkpoint_and_preference_file(run, tmp_path):
     assert result.gold_after["mean"] == json.loads((out / "eval.json").read_text())[
         "after"]["summary"]["gold"]["mean"]
     info = json.loads((out / "run.json").read_text())
-    assert "sft" not in info["stage_seconds"] and info["preference_file"] == str(prefs)
-    assert not (out / "sft").exists()
-    assert f"comparisons in `{prefs}`" in (out / "report.md").read_text()
+    assert set(info["stage_seconds"]) == {"reward", "kto", "evaluation"}
+    assert info["preference_file"] == str(prefs) and info["method"] == "kto"
+    assert not (out / "sft").exists() and not (out / "ppo").exists()
+    report = (out / "report.md").read_text()
+    assert f"comparisons in `{prefs}`" in report and "| after KTO |" in report
+    rows = [json.loads(x) for x in (out / "offline" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/loss" in r] == [3, 6]
+    assert "kto/kl_reference_point" in rows[-1] or "kto/kl_reference_point" in rows[-2]
     summary = json.loads((out / "reward" / "eval_summary.json").read_text())
     assert summary["data"]["read"] == 120
 

@@ -22,6 +22,13 @@ def _run(script, *args):
     ("train_reward.py", ["--config.steps=ten"], "--config.steps='ten': expected int"),
     ("train_ppo.py", ["--config.rollout.advantage=ppo"], "advantage='ppo'"),
     ("rlhf_pipeline.py", ["--config.sft.steps=0"], "sft.steps=0 needs policy_dir"),
+    ("rlhf_pipeline.py", ["--config.method=ppo2"], "method='ppo2': expected one of ppo, rloo"),
+    ("rlhf_pipeline.py", ["--config.offline.loss.method=kto"],
+     "offline.loss.method is set by the pipeline (from method)"),
+    ("train_offline.py", ["--config.loss.method=dpo", "--config.data.kind=binary",
+                          "--config.data.train_file=thumbs.jsonl"],
+     "data.kind='binary': method 'dpo' learns from pairwise | ranking records"),
+    ("train_offline.py", ["--config.reference=none"], "reference='none': expected 'cached'"),
 ])
 def test_user_error_is_one_line_and_status_2(script, args, message, tmp_path):
     out = _run(script, f"--config.run_dir={tmp_path / 'run'}", *args)

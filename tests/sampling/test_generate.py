@@ -1,6 +1,5 @@
 """generate(): parity with transformers, teacher-forced log-probs, EOS/pad, tracing, sharding."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

@@ -1,0 +1,110 @@
+"""What an offline step reads besides the batch: KTO's mismatched completions and the
+reference policy's log-probabilities, cached once per dataset or left to the step."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+import jax
+import numpy as np
+
+from rlhf_jax.data import preference_batches
+from rlhf_jax.data.preference import _to_rows
+from rlhf_jax.offline.objective import reference_logprobs
+
+
+def partner_rows(source, index: np.ndarray, *, num_responses: int, pad_id: int) -> dict:
+    """KTO's mismatched completions for the rows at `index` of `source`: the row's prompt with
+    the first response of example (index + 1) mod N. Fixed per example, so the reference's
+    log-probs of them can be cached. Returns {"tokens", "mask"} [B, P+R]."""
+    n = len(source)
+    tokens, mask = [], []
+    for i in np.asarray(index).tolist():
+        own = _to_rows(source[i], num_responses, pad_id)
+        other = _to_rows(source[(i + 1) % n], num_responses, pad_id)
+        p = source[i]["prompt"].size
+        tokens.append(np.concatenate([own["tokens"][0, :p], other["tokens"][0, p:]]))
+        mask.append(np.concatenate([own["mask"][0, :p], other["mask"][0, p:]]))
+    return {"tokens": np.stack(tokens), "mask": np.stack(mask)}
+
+
+class OfflineInputs:
+    """Wraps a per-process `PreferenceBatch` iterator over `source` into the offline step's
+    inputs: {"batch"}, plus "partners" for KTO and "reference" (looked up by row index) when a
+    reference cache is given. Its position is the wrapped iterator's (exact resume)."""
+
+    def __init__(self, batches: Iterator, source, *, kto: bool, num_responses: int,
+                 pad_id: int, cache: Optional[dict] = None):
+        self.batches, self.source, self.kto, self.cache = batches, source, kto, cache
+        self.num_responses, self.pad_id = num_responses, pad_id
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.batches)
+        out = {"batch": batch}
+        if self.kto:
+            out["partners"] = partner_rows(self.source, batch.index,
+                                           num_responses=self.num_responses, pad_id=self.pad_id)
+        if self.cache is not None:
+            out["reference"] = {k: v[batch.index] for k, v in self.cache.items()}
+        return out
+
+    def get_state(self):
+        """The wrapped iterator's position."""
+        return self.batches.get_state()
+
+    def set_state(self, state):
+        """Restore the wrapped iterator's position."""
+        self.batches.set_state(state)
+
+
+def compute_reference_cache(model, ref_params, source, *, batch_size: int, prompt_len: int,
+                            num_responses: int, pad_id: int, kto: bool, place) -> dict:
+    """The reference policy's log-prob sums of every example of `source` in one jitted pass:
+    {"responses": [N, K]} (+ {"partners": [N]} for KTO), float32, indexed like the source.
+
+    Each process reads its share of the rows; `place` makes the global (sharded) inputs from
+    them (`train.global_batch_from_local`), and the results are gathered to every process.
+    """
+    from jax.experimental import multihost_utils
+
+    score = jax.jit(lambda p, b, pt: reference_logprobs(model, p, b, pt))
+    n = len(source)
+    cache = {"responses": np.zeros((n, num_responses), np.float32)}
+    if kto:
+        cache["partners"] = np.zeros((n,), np.float32)
+    local = batch_size // jax.process_count()
+    for batch in preference_batches([source], local, prompt_len=prompt_len,
+                                    num_responses=num_responses, pad_id=pad_id, num_epochs=1,
+                                    shuffle=False):
+        partners = (partner_rows(source, batch.index, num_responses=num_responses,
+                                 pad_id=pad_id) if kto else None)
+        out = score(ref_params, place(batch), place(partners) if kto else None)
+        index, weight = place(batch.index), place(batch.weight)
+        out, index, weight = multihost_utils.process_allgather((out, index, weight), tiled=True)
+        keep = np.asarray(weight) > 0
+        for k, v in out.items():
+            cache[k][np.asarray(index)[keep]] = np.asarray(v)[keep]
+    return cache
+
+
+def cached_reference(path, key: dict, compute) -> dict:
+    """The reference cache stored at `path` (.npz) when it was made for `key` (the dataset and
+    the reference model), else `compute()`, saved there by the main process (atomically)."""
+    path = Path(path)
+    meta = path.with_suffix(".json")
+    if path.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    cache = compute()
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez(tmp, **cache)
+        os.replace(tmp, path)
+        meta.write_text(json.dumps(key))
+    return cache

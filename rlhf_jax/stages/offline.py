@@ -1,0 +1,209 @@
+"""Offline preference optimisation and offline RL from logged feedback as a library function:
+`train_offline(OfflineConfig(...))` — DPO, cDPO, robust DPO, IPO, SimPO, ORPO, KTO, AWR and
+filtered behaviour cloning on comparisons, rankings, binary feedback or ratings."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+
+from rlhf_jax import data, models, offline, sharding, train
+from rlhf_jax.checkpoint import CheckpointConfig
+from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
+                                    builtin_tokenizer, check_batch_size, labelled_dataset,
+                                    model_overrides, optimizer_config, shardings_of, start_run,
+                                    train_with_checkpoints)
+from rlhf_jax.stages.layout import RunLayout
+from rlhf_jax.stages.reward import RewardData
+from rlhf_jax.train import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineData(RewardData):
+    """Logged feedback: a JSONL/Parquet `train_file` of `kind` pairwise | ranking | binary |
+    rating (which kinds a method reads: `offline.METHOD_KINDS`); empty: `builtin_pairs`
+    comparisons of the built-in task. Ratings are declared on [rating_low, rating_high]."""
+
+    kind: str = "pairwise"  # pairwise (HH dialogues too) | ranking | binary | rating
+    max_response_len: int = 12  # response tokens kept (EOS included)
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineConfig(RunConfig):
+    """A policy trained from logged feedback alone, starting from `policy_dir` (a local HF
+    directory, which is also the frozen reference) or a randomly initialised `preset`.
+
+    `reference`: "cached" scores the data with the reference once (one jitted pass before
+    training, stored with the run) and drops the reference weights; "step" keeps them and
+    scores each batch in the step. Both give the same loss.
+    """
+
+    run_dir: str = "runs/offline"
+    policy_dir: str = ""  # local Hugging Face directory of the policy; empty: the preset
+    preset: str = "tiny-llama"  # built-in model size when policy_dir is empty
+    data: OfflineData = OfflineData()
+    loss: offline.OfflineLossConfig = offline.OfflineLossConfig()
+    reference: str = "cached"  # cached (one pass before training) | step (every step)
+    steps: int = 200  # optimiser steps in total
+    batch_size: int = 32  # rows per step, over all processes
+    num_microbatches: int = 1  # gradient accumulation: micro-batches per step
+    optim: OptimizerConfig = OptimizerConfig(learning_rate=3e-4, warmup_steps=10,
+                                             total_steps=0, weight_decay=0.0)
+    eval_every: int = 50  # steps between held-out evaluations (0: never)
+    checkpoint: CheckpointConfig = CheckpointConfig(save_every=50, keep_last=2)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.reference not in ("cached", "step"):
+            raise ValueError(f"reference={self.reference!r}: expected 'cached' or 'step'")
+        dc = self.data
+        if dc.kind not in ("pairwise", "ranking", "binary", "rating"):
+            raise ValueError(f"data.kind={dc.kind!r}: expected pairwise, ranking, binary or "
+                             "rating")
+        offline.check_method_kind(self.loss.method, dc.kind)
+        if not dc.train_file and dc.kind != "pairwise":
+            raise ValueError(f"data.kind={dc.kind!r} needs data.train_file: the built-in data "
+                             "are pairwise comparisons")
+        if not 0 <= dc.validation_fraction < 1:
+            raise ValueError(f"data.validation_fraction={dc.validation_fraction}: expected "
+                             "0 <= x < 1")
+        if dc.validation_fraction == 0 and self.eval_every:
+            raise ValueError(f"data.validation_fraction=0 holds nothing out, but eval_every="
+                             f"{self.eval_every} evaluates on the held-out split: set a "
+                             "fraction > 0 or eval_every=0")
+
+
+def _reference_identity(cfg: OfflineConfig) -> dict:
+    """What the reference policy is, for the cache key: the directory's weight files (names,
+    sizes, modification times) or the preset and seed it was initialised from."""
+    if not cfg.policy_dir:
+        return {"preset": cfg.preset, "seed": cfg.seed}
+    files = sorted(Path(cfg.policy_dir).glob("*.safetensors*")) + \
+        sorted(Path(cfg.policy_dir).glob("config.json"))
+    return {"policy_dir": str(Path(cfg.policy_dir).resolve()),
+            "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+
+
+def _tokenizer(cfg: OfflineConfig, layout: RunLayout):
+    if cfg.policy_dir:
+        return models.load_tokenizer(cfg.policy_dir, models.load_hf_config(cfg.policy_dir)), {}
+    tokenizer = builtin_tokenizer(layout)
+    return tokenizer, {"vocab_size": len(tokenizer)}
+
+
+def train_offline(cfg: OfflineConfig) -> StageResult:
+    """Train with `cfg.loss.method` on the logged feedback, evaluating the same objective and
+    its implicit-reward accuracy on the held-out split; export the policy (and tokenizer) to
+    `<run_dir>/export`. Rerunning resumes exactly; SIGTERM saves and returns a preempted result.
+    """
+    layout = RunLayout(cfg.run_dir)
+    mesh, rules = start_run(cfg, layout)
+    key, dc, lc = jax.random.key(cfg.seed), cfg.data, cfg.loss
+    tokenizer, overrides = _tokenizer(cfg, layout)
+    config, model, params = models.load_or_init_model(
+        cfg.policy_dir, cfg.preset, mesh, rules, jax.random.fold_in(key, 0), **overrides,
+        **model_overrides(cfg))
+    if len(tokenizer) > config.vocab_size:
+        raise models.CheckpointFormatError(
+            f"{cfg.policy_dir}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"vocab_size is {config.vocab_size}")
+    train_file = dc.train_file or builtin_file(layout, "comparisons",
+                                               data.builtin.write_comparisons,
+                                               n=dc.builtin_pairs, seed=cfg.seed)
+    ds, note = labelled_dataset(dc, train_file, tokenizer, layout, cfg.seed)
+    held_out = "validation" in ds.splits
+    check_batch_size("batch_size", cfg.batch_size, mesh,
+                     [("num_microbatches", cfg.num_microbatches)])
+    pad_id, kto = tokenizer.pad_token_id or 0, lc.method == "kto"
+    shape = dict(prompt_len=dc.max_prompt_len, num_responses=max(1, ds.num_responses),
+                 pad_id=pad_id)
+    place = lambda tree: train.global_batch_from_local(tree, mesh, rules)  # noqa: E731
+    ref_params, caches = None, {}
+    if lc.uses_reference:
+        ref_params = jax.tree.map(lambda x: x.copy(), params)  # the update donates the policy
+        if cfg.reference == "cached":
+            ident = _reference_identity(cfg)
+            for split, source in ds.splits.items():
+                caches[split] = offline.cached_reference(
+                    layout.built_data / f"reference-{split}.npz",
+                    {"data": ds.stats, "split": split, "reference": ident, "kto": kto,
+                     "model": repr(config)},
+                    lambda: offline.compute_reference_cache(
+                        model, ref_params, source, batch_size=cfg.batch_size, kto=kto,
+                        place=place, **shape))
+            ref_params = None  # no second copy of the weights while training
+    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params)
+    abstract, init_state = train.compile_init(
+        lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
+                                           param_shardings=shardings_of(params)), params)
+
+    def step_fn(state, inputs):
+        loss = offline.make_offline_loss(model, lc, inputs.get("ref_params"))
+        rest = {k: v for k, v in inputs.items() if k != "ref_params"}
+        return train.make_train_step(loss, tx, num_microbatches=cfg.num_microbatches)(state, rest)
+
+    def inputs_sharding(with_ref: bool):
+        batch_sh = sharding.batch_sharding(mesh, rules, 1)
+        sh = {"batch": batch_sh}
+        if kto:
+            sh["partners"] = batch_sh
+        if caches:
+            sh["reference"] = batch_sh
+        if with_ref and ref_params is not None:
+            sh["ref_params"] = shardings_of(ref_params)
+        return sh
+
+    state_sh = jax.tree.map(lambda a: a.sharding, abstract)
+    jitted = jax.jit(step_fn, in_shardings=(state_sh, inputs_sharding(True)),
+                     out_shardings=(state_sh, None), donate_argnums=0)
+    extra = {} if ref_params is None else {"ref_params": ref_params}
+    step = lambda state, inputs: jitted(state, {**inputs, **extra})  # noqa: E731
+
+    def inputs(split: str, local_iter):
+        return GlobalBatches(offline.OfflineInputs(
+            local_iter, ds.splits[split], kto=kto, num_responses=shape["num_responses"],
+            pad_id=pad_id, cache=caches.get(split)), mesh, rules)
+
+    local = cfg.batch_size // jax.process_count()
+    batches = inputs("train", data.preference_batches([ds.splits["train"]], local,
+                                                      seed=cfg.seed, **shape))
+    eval_sums = jax.jit(lambda p, x: offline.make_offline_loss(
+        model, lc, x.get("ref_params"))(p, {k: v for k, v in x.items() if k != "ref_params"},
+                                        None))
+
+    def evaluate(state):
+        if not held_out:
+            return {}
+        total, count, sums = 0.0, 0.0, {}
+        for x in inputs("validation", data.preference_batches(
+                [ds.splits["validation"]], local, num_epochs=1, shuffle=False, **shape)):
+            loss, (n, metric) = jax.device_get(eval_sums(state.params, {**x, **extra}))
+            total, count = total + float(loss), count + float(n)
+            for k, v in metric.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        count = max(count, 1.0)
+        return {"eval/loss": total / count, "eval/count": count,
+                **{f"eval/{k}": v / count for k, v in sums.items()}}
+
+    result = train_with_checkpoints(
+        cfg, layout, step=step, abstract_state=abstract, init_state=init_state,
+        batches=batches, mesh=mesh, rules=rules, eval_fn=evaluate, eval_every=cfg.eval_every,
+        leaf_names=train.leaf_names(params),
+        progress_keys=("train/loss", "rewards/accuracy") if lc.method in offline.PAIRWISE
+        else ("train/loss",))
+    if result.preempted:
+        print(f"preempted at step {result.step}", flush=True)
+        return StageResult(str(layout.root), None, result.step, True, data=(note,))
+    with sharding.activation_sharding(mesh, rules):
+        metrics = evaluate(result.state)
+    if train.is_main_process():
+        layout.eval_summary.write_text(json.dumps(
+            {**metrics, "method": lc.method, "steps": result.step, "data": ds.stats}, indent=1))
+    models.save_hf_checkpoint(layout.export, config, result.state.params, tokenizer=tokenizer,
+                              overwrite=True)  # collective: every process gathers
+    print(json.dumps(metrics), flush=True)
+    return StageResult(str(layout.root), str(layout.export), result.step, False, metrics,
+                       data=(note,))
+

@@ -1,0 +1,65 @@
+"""The method comparison's quick version, as a user runs it: every method learns from one
+seed's shared comparisons and reward model, and the report holds the frontier, the table and
+the over-optimisation section (the default study runs two seeds; one keeps this test short)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhf_jax.stages.compare import rises_then_falls
+from rlhf_jax.stages.pipeline import METHODS
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("compare")
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "compare_methods.py"),
+                          "--quick", "--config.seeds=0", "--config.workers=2",
+                          f"--config.run_dir={run_dir}"], env=env, capture_output=True,
+                         text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir
+
+
+def test_every_method_is_in_the_report(study):
+    results = json.loads((study / "results.json").read_text())
+    assert [r["method"] for r in results["rows"]] == list(METHODS)
+    report = (study / "report.md").read_text()
+    for name in ("PPO", "RLOO", "GRPO", "best-of-n", "DPO", "cDPO", "robust DPO", "IPO",
+                 "SimPO", "ORPO", "KTO", "AWR", "filtered BC"):
+        assert f"| {name} |" in report, name
+    assert (study / "plots" / "frontier.png").stat().st_size > 10_000
+    assert (study / "plots" / "overoptimisation.png").stat().st_size > 5_000
+    assert "## Over-optimisation" in report and "- seed 0: the gold score" in report
+
+
+def test_methods_share_the_start_and_move_away_from_it(study):
+    runs = json.loads((study / "results.json").read_text())["runs"]
+    before = {r["before_gold"]["mean"] for r in runs}
+    assert len(before) == 1  # the same starting policy, prompts and sampling key for all
+    by_method = {r["method"]: r for r in runs}
+    assert by_method["best_of_n"]["after_kl"]["mean"] == pytest.approx(math.log(2) - 0.5)
+    for method, r in by_method.items():
+        if method != "best_of_n":  # every trained policy has left the reference
+            assert r["after_kl"]["mean"] > 0.01, method
+    traj = by_method["ppo"]["trajectory"]
+    assert [t["step"] for t in traj] == list(range(1, len(traj) + 1)) and len(traj) == 8
+
+
+def test_rises_then_falls_detects_the_shape():
+    up_down = [{"gold": g, "kl": i} for i, g in enumerate([0, .1, .2, .4, .6, .8, .8, .6, .4,
+                                                           .2, .1, 0, 0])]
+    assert rises_then_falls(up_down)["observed"]
+    rising = [{"gold": i / 10, "kl": i} for i in range(12)]
+    assert not rises_then_falls(rising)["observed"]
+    assert rises_then_falls(rising[:3]) == {"observed": False, "reason": "3 iterations are "
+                                                                         "too few"}
