@@ -283,7 +283,8 @@ def write_comparison_report(cfg: CompareConfig, results: list[dict], peaks: dict
     verdicts = {seed: rises_then_falls(t) for seed, t in trajectories.items()}
     lines = [
         "# Method comparison", "",
-        f"Built-in task, seeds {cfg.seeds}{' (quick: one setting per method, tiny budgets)' if cfg.quick else ''}. "
+        f"Built-in task, seeds {cfg.seeds}"
+        + (" (quick: one setting per method, tiny budgets)" if cfg.quick else "") + ". "
         f"For each seed one SFT policy, one set of comparisons by simulated annotators judging "
         f"by `{cfg.annotator_judge}`, and one reward model trained on them are shared by every "
         f"method; the gold judge is `{cfg.gold}`. Every number is a mean over the "
@@ -293,7 +294,8 @@ def write_comparison_report(cfg: CompareConfig, results: list[dict], peaks: dict
                                      "competing for the cores)" if cfg.workers > 1 else "") +
         ".", "",
         "![gold vs KL](plots/frontier.png)", "",
-        "| method | setting | gold after | gold gain | proxy gain | KL (nats) | train s | peak RSS MiB |",
+        "| method | setting | gold after | gold gain | proxy gain | KL (nats) | train s "
+        "| peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(

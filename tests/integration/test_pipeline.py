@@ -71,6 +71,7 @@ def test_local_checkpoint_and_preference_file(run, tmp_path):
                                     f"--config.policy_dir={run / 'sft' / 'export'}",
                                     f"--config.preference_file={prefs}", *TINY[2:],
                                     "--config.method=kto", "--config.offline.steps=6",
+                                    "--config.offline.optim.warmup_steps=2",
                                     "--config.offline.eval_every=3"],
                                    str(ROOT / "experiments" / "configs" / "pipeline.py"))
     cfg = train.config_from_dict(stages.PipelineConfig, overrides)
