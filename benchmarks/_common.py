@@ -135,6 +135,26 @@ def time_fn(fn, *, warmup: int = 1, repeats: int = 3) -> float:
 
 # ---- model FLOPs (matmuls only; the convention of MFU, Chowdhery et al. 2022, app. B) ----------
 
+def trainer_step_timer(devices: Devices):
+    """(callback, times): a transformers `TrainerCallback` that appends each optimiser step's
+    seconds to `times`, syncing the device at both ends (the step's queued GPU work belongs to
+    the step)."""
+    import transformers
+
+    times, start = [], [0.0]
+
+    class Timer(transformers.TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            devices.sync()
+            start[0] = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            devices.sync()
+            times.append(time.perf_counter() - start[0])
+
+    return Timer(), times
+
+
 def matmul_params(cfg: TransformerConfig, *, lm_head: bool = True) -> int:
     """Weights that take part in a matmul per token: attention, MLP (3 matrices for SwiGLU), and
     the LM head (untied or tied) when asked."""

@@ -5,7 +5,8 @@
 #   TINY=1 DEADLINE=300 bash benchmarks/gpu_suite.sh  # CPU smoke test: tiny models, float32
 #
 # Runs forward, reward_step, generate and ppo_iteration at GPT-2-small and at a TinyLlama-1.1B-
-# shaped model (TINY=1: tiny-gpt2 and tiny-llama), ours against the PyTorch / TRL peer on the same
+# shaped model (TINY=1: tiny-gpt2 and tiny-llama), then dpo_step at GPT-2-small (last, so that it
+# takes only the time the others leave), ours against the PyTorch / TRL peer on the same
 # device and dtype. Every run gets the time that is left of DEADLINE (seconds, default 480) and is
 # killed when it runs out; a run is skipped when less than MIN_LEFT seconds (default 20) remain.
 # The last line of each script (`name: ratio=... device=... dtype=...`) feeds the table.
@@ -50,6 +51,7 @@ if [ "$TINY" = 1 ]; then
   DEVICE=${DEVICE:-cpu}; DTYPE=float32; SMALL=tiny-gpt2; LARGE=tiny-llama
   FWD="--batch 2 --length 16 --repeats 1"; FWD_L=$FWD
   RWD="--pairs 2 --length 16 --repeats 1"; RWD_L="$RWD --remat full"
+  DPO="--pairs 2 --length 16 --repeats 1"
   GEN="--batch 2 --prompt 8 --new 4 --repeats 1"; GEN_L=$GEN
   RL="--prompts 2 --samples 2 --new-tokens 4 --iterations 2"; RL_L="$RL --no-ppo"
 else
@@ -57,6 +59,7 @@ else
   FWD="--batch 8 --length 512 --repeats 10"; FWD_L=$FWD
   RWD="--pairs 16 --length 512 --repeats 5"
   RWD_L="--pairs 16 --length 512 --repeats 3 --remat full"
+  DPO="--pairs 16 --length 512 --repeats 5"
   GEN="--batch 64 --repeats 2"; GEN_L="--batch 32 --repeats 2"
   RL="--prompts 16 --samples 4 --new-tokens 64 --iterations 5"
   RL_L="--prompts 8 --samples 4 --new-tokens 64 --iterations 3 --no-ppo"
@@ -73,6 +76,7 @@ RUNS=(
   "reward_step $LARGE|reward_step.py|--model $LARGE $RWD_L --attention $ATTN"
   "generate $LARGE|generate.py|--model $LARGE $GEN_L"
   "ppo_iteration $LARGE|ppo_iteration.py|--model $LARGE $RL_L --attention $ATTN"
+  "dpo_step $SMALL|dpo_step.py|--model $SMALL $DPO --attention $ATTN"
 )
 
 echo "gpu_suite: $PY, $COMMON, deadline ${DEADLINE}s, logs in $LOGDIR"
@@ -130,10 +134,14 @@ for i in "${!LABELS[@]}"; do
                peer="$(field peer_tok_s "$line") new tok/s";;
     ppo_iteration*) ours="RLOO $(field ours_rloo_s "$line") s, PPO $(field ours_ppo_s "$line") s"
                     peer="$(field peer_s "$line") s";;
+    dpo_step*) ours="$(field ours_pairs_s "$line") pairs/s, cached"
+               ours="$ours $(field ours_cached_pairs_s "$line")"
+               ours="$ours (ratio $(field cached_ratio "$line"))"
+               peer="$(field peer_pairs_s "$line") pairs/s, precomputed"
+               peer="$peer $(field peer_cached_pairs_s "$line")";;
   esac
   echo "| ${LABELS[$i]} | ${STATUS[$i]} | $(field ratio "$line") | $ours | $peer |" \
        "$(field ours_mfu "$line") / $(field peer_mfu "$line") |" \
        "$(field device "$line") / $(field peer_device "$line") |"
 done
-echo "| dpo_step | not available yet (no DPO benchmark exists) | - | - | - | - | - |"
 exit "$FAILED"

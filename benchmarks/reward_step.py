@@ -14,14 +14,14 @@ measured here (bfloat16 4096³ on a GPU; the run's dtype at 2048³ on the CPU).
 import argparse
 import statistics
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from _common import (add_common_args, check_attention, fmt_flops, matmul_peak, model_config,
-                     peer_checkpointing, report, select_devices, time_fn, train_flops)
+                     peer_checkpointing, report, select_devices, time_fn, train_flops,
+                     trainer_step_timer)
 from rlhf_jax.data import PreferenceBatch
 from rlhf_jax.models import DecoderModel, config_to_hf, init_params
 from rlhf_jax.reward import RewardLossConfig, make_reward_loss
@@ -72,16 +72,7 @@ def peer_seconds(cfg, tokens, repeats, devices, *, bf16, checkpointing):
     rows = np.concatenate([tokens] * (repeats + 2))
     ds = datasets.Dataset.from_dict({"chosen_ids": rows[:, 0].tolist(),
                                      "rejected_ids": rows[:, 1].tolist()})
-    times, start = [], [0.0]
-
-    class Timer(transformers.TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            devices.sync()
-            start[0] = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            devices.sync()  # the step's queued GPU work belongs to the step
-            times.append(time.perf_counter() - start[0])
+    timer, times = trainer_step_timer(devices)
 
     args = RewardConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=tokens.shape[0],
                         max_steps=repeats + 2, learning_rate=1e-5, max_grad_norm=1.0,
@@ -90,7 +81,7 @@ def peer_seconds(cfg, tokens, repeats, devices, *, bf16, checkpointing):
                         disable_tqdm=True, center_rewards_coefficient=None, bf16=bf16, fp16=False,
                         gradient_checkpointing=checkpointing)
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                            callbacks=[Timer()])
+                            callbacks=[timer])
     assert len(ds) == n
     trainer.train()
     return statistics.median(times[2:])

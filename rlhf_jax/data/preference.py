@@ -60,6 +60,7 @@ class PreferenceDataset:
     max_prompt_len: int
     max_response_len: int
     num_responses: int
+    fingerprint: str = ""  # the file's contents and every build setting (seed included)
 
 
 class LocalBuilder(tfds.core.GeneratorBasedBuilder):
@@ -214,7 +215,7 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
     sources = builder.as_data_source()
     return PreferenceDataset(splits=dict(sources), stats=stats, annotators=stats["annotators"],
                              max_prompt_len=max_prompt_len, max_response_len=max_response_len,
-                             num_responses=stats["num_responses"])
+                             num_responses=stats["num_responses"], fingerprint=key)
 
 
 def _to_rows(example: dict, num_responses: int, pad_id: int, index: int = 0) -> dict:

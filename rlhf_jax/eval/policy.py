@@ -71,8 +71,9 @@ def _summarise(rows: list[dict]) -> dict:
 
 
 def best_of_n_kl(n: int) -> float:
-    """KL(π_best-of-n ‖ π) = log n − (n − 1)/n nats, the analytic value for best-of-n sampling
-    with distinct samples (Stiennon et al. 2020, appendix G.3; Gao et al. 2022, eq. 1)."""
+    """KL(π_best-of-n ‖ π) = log n − (n − 1)/n nats (Stiennon et al. 2020, appendix G.3; Gao et
+    al. 2022, eq. 1): exact when the n samples never repeat, an upper bound otherwise (Beirami
+    et al. 2024), so a policy that often repeats a response is closer than this."""
     return float(np.log(n) - (n - 1) / n)
 
 
@@ -82,8 +83,8 @@ def evaluate_best_of_n(ref_params, config: TransformerConfig, prompts: dict, key
                        chunk: int = 256) -> dict:
     """Best-of-n reranking: sample `n` responses per prompt row from the policy, keep the one
     the proxy (reward model) scores highest, and judge it as `evaluate_policy` does. The KL
-    is the analytic `best_of_n_kl(n)` for every row (the sampled-token estimate is 0: the
-    samples come from the reference itself). Rows are sampled in chunks of `chunk`."""
+    is the analytic `best_of_n_kl(n)` for every row (an upper bound when samples repeat; the
+    sampled-token estimate is 0: the samples come from the reference itself). Rows are sampled in chunks of `chunk`."""
     tokens, mask = (np.asarray(x) for x in jax.device_get((prompts["tokens"], prompts["mask"])))
     rep_t, rep_m = np.repeat(tokens, n, axis=0), np.repeat(mask, n, axis=0)
     rows = []

@@ -72,12 +72,19 @@ def _plot_offline(rows: list[dict], method: str, out: Path) -> None:
     axes[0].plot(step, loss, "o-", label="held-out comparisons")
     axes[0].set(ylabel="loss", title=f"{method}: objective and implicit-reward accuracy")
     axes[0].legend(loc="upper right", fontsize=8)
+    drawn = False
     for key, style, name in (("rewards/accuracy", "-", "training batches"),
                              ("eval/rewards/accuracy", "o-", "held-out comparisons")):
         step, acc = _series(rows, "step", key)
         if step:
             axes[1].plot(step, acc, style, label=name)
-    axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+            drawn = True
+    if drawn:
+        axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+        axes[1].legend(loc="lower right", fontsize=8)
+    else:  # KTO, AWR, filtered BC: no pairs to order
+        axes[1].text(0.5, 0.5, "no implicit-reward accuracy: the method reads no pairs",
+                     ha="center", va="center", transform=axes[1].transAxes)
     axes[1].set(xlabel="step", ylabel="implicit-reward accuracy")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -127,8 +134,9 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
                   "al. 2022).", ""]
     elif method == "best_of_n":
         figure = [f"Best-of-{info.get('best_of_n')}: no training; each response is the one the "
-                  "reward model prefers among that many samples of the starting policy, whose "
-                  "KL is the analytic log n − (n − 1)/n.", ""]
+                  "reward model prefers among that many samples of the starting policy; its KL "
+                  "is the analytic log n − (n − 1)/n, exact for distinct samples and an upper "
+                  "bound when they repeat.", ""]
     else:
         _plot_offline(policy_rows, name, plots / "training.png")
         figure = [f"![training]({rel_of(plots, report_path)}/training.png)", "",

@@ -66,12 +66,14 @@ def simpo_loss(policy_chosen, policy_rejected, len_chosen, len_rejected, *, beta
     return -jax.nn.log_sigmoid(reward_c - reward_r - gamma), _pair_metrics(reward_c, reward_r)
 
 
-def kto_reference_point(policy_mismatched, ref_mismatched):
+def kto_reference_point(policy_mismatched, ref_mismatched, weight=None):
     """KTO's reference point z₀ (Ethayarajh et al. 2024, §4.1): the batch estimate of
     KL(π ‖ π_ref) from completions paired with unrelated prompts, max(0, mean(log π − log π_ref)),
-    with no gradient."""
+    with no gradient; `weight` (0 for padding rows) makes the mean a weighted one."""
     pm, rm = _f32(policy_mismatched, ref_mismatched)
-    return jax.lax.stop_gradient(jnp.maximum(jnp.mean(pm - rm), 0.0))
+    w = jnp.ones_like(pm) if weight is None else jnp.asarray(weight, jnp.float32)
+    mean = jnp.sum(w * (pm - rm)) / jnp.maximum(jnp.sum(w), 1.0)
+    return jax.lax.stop_gradient(jnp.maximum(mean, 0.0))
 
 
 def kto_loss(policy_logp, ref_logp, desirable, reference_point, *, beta: float = 0.1,

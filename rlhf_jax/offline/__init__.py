@@ -5,4 +5,4 @@ from rlhf_jax.offline.objective import (METHOD_KINDS, METHODS, PAIRWISE, USES_RE
                                         make_offline_loss, offline_loss_sums, reference_logprobs,
                                         sequence_logprobs)
 from rlhf_jax.offline.inputs import (OfflineInputs, cached_reference, compute_reference_cache,
-                                     partner_rows)
+                                     epoch_batches, partner_rows)

@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 import jax
 import numpy as np
 
-from rlhf_jax.data import preference_batches
+from rlhf_jax.data import PreferenceBatch, preference_batches
 from rlhf_jax.data.preference import _to_rows
 from rlhf_jax.offline.objective import reference_logprobs
 
@@ -78,9 +78,8 @@ def compute_reference_cache(model, ref_params, source, *, batch_size: int, promp
     if kto:
         cache["partners"] = np.zeros((n,), np.float32)
     local = batch_size // jax.process_count()
-    for batch in preference_batches([source], local, prompt_len=prompt_len,
-                                    num_responses=num_responses, pad_id=pad_id, num_epochs=1,
-                                    shuffle=False):
+    for batch in epoch_batches(source, local, prompt_len=prompt_len,
+                               num_responses=num_responses, pad_id=pad_id):
         partners = (partner_rows(source, batch.index, num_responses=num_responses,
                                  pad_id=pad_id) if kto else None)
         out = score(ref_params, place(batch), place(partners) if kto else None)
@@ -92,19 +91,54 @@ def compute_reference_cache(model, ref_params, source, *, batch_size: int, promp
     return cache
 
 
+def epoch_batches(source, local_batch: int, *, prompt_len: int, num_responses: int,
+                  pad_id: int):
+    """One pass over `source` in order, this process's share, in the same number of batches on
+    every process (⌈⌈N/P⌉ / local_batch⌉; shares differ by a row when P does not divide N, and
+    a collective in the consumer must not wait on a process that has finished): batches past a
+    process's share are weight-0 copies of the first example."""
+    n_batches = -(-(-(-len(source) // jax.process_count())) // local_batch)
+    it = preference_batches([source], local_batch, prompt_len=prompt_len,
+                            num_responses=num_responses, pad_id=pad_id, num_epochs=1,
+                            shuffle=False)
+    fill = None
+    for _ in range(n_batches):
+        batch = next(it, None)
+        if batch is None:
+            if fill is None:
+                row = _to_rows(source[0], num_responses, pad_id)
+                fill = PreferenceBatch(**{k: np.stack([v] * local_batch) for k, v in row.items()},
+                                       prompt_len=prompt_len)
+                fill = fill.replace(weight=np.zeros_like(fill.weight))
+            batch = fill
+        yield batch
+
+
 def cached_reference(path, key: dict, compute) -> dict:
-    """The reference cache stored at `path` (.npz) when it was made for `key` (the dataset and
-    the reference model), else `compute()`, saved there by the main process (atomically)."""
-    path = Path(path)
-    meta = path.with_suffix(".json")
-    if path.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
+    """The reference cache stored at `path` (.npz, its `key` inside) when it was made for `key`
+    (the built dataset and the reference model), else `compute()`, saved there by the main
+    process (atomically). Process 0 decides for all, so every process computes (a collective)
+    or none does."""
+    path, want = Path(path), json.dumps(key, sort_keys=True)
+    found = None
+    if jax.process_index() == 0 and path.is_file():
         with np.load(path) as f:
-            return {k: f[k] for k in f.files}
+            if "__key__" in f.files and str(f["__key__"]) == want:
+                found = {k: f[k] for k in f.files if k != "__key__"}
+    reuse = found is not None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        reuse = bool(multihost_utils.broadcast_one_to_all(np.int32(reuse)))
+        if reuse and found is None:
+            with np.load(path) as f:  # process 0 saw it: the run directory is shared
+                found = {k: f[k] for k in f.files if k != "__key__"}
+    if reuse:
+        return found
     cache = compute()
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, **cache)
+        np.savez(tmp, __key__=np.array(want), **cache)
         os.replace(tmp, path)
-        meta.write_text(json.dumps(key))
     return cache

@@ -153,7 +153,8 @@ def offline_loss_sums(cfg: OfflineLossConfig, logp, lengths, batch,
     method uses one) and, for KTO, the policy's log-probs of the mismatched completions.
 
     The count is the number of pairs (pairwise methods) or of responses (KTO, AWR, filtered
-    BC) in the batch, so that `accumulate_gradients` divides once by it.
+    BC: the kept ones) in the batch, so that `accumulate_gradients` divides once by it. KTO's
+    reference point, AWR's baseline and filtered BC's ranking are statistics of this batch.
     """
     m, w = cfg.method, batch.weight
     if m in PAIRWISE:
@@ -167,7 +168,7 @@ def offline_loss_sums(cfg: OfflineLossConfig, logp, lengths, batch,
         weight = worse * w[:, None]
     elif m == "kto":
         reward, labelled = logged_rewards(batch)
-        z0 = losses.kto_reference_point(policy_partners, ref["partners"])
+        z0 = losses.kto_reference_point(policy_partners, ref["partners"], w)
         loss, metrics = losses.kto_loss(logp, ref["responses"], reward > 0, z0, beta=cfg.beta,
                                         desirable_weight=cfg.desirable_weight,
                                         undesirable_weight=cfg.undesirable_weight)
@@ -188,14 +189,16 @@ def offline_loss_sums(cfg: OfflineLossConfig, logp, lengths, batch,
             loss, metrics = losses.filtered_bc_loss(flat(logp), flat(reward), flat(weight) > 0,
                                                     top_fraction=cfg.top_fraction)
             loss = loss.reshape(logp.shape)
-            metrics = {"bc/kept": metrics["bc/kept"].reshape(logp.shape),
+            kept = metrics["bc/kept"].reshape(logp.shape)
+            # the NLL is averaged over the kept responses (ReST, RAFT): the kept share is not
+            # also a learning-rate factor
+            share = jnp.sum(kept) / jnp.maximum(jnp.sum(weight), 1.0)
+            weight = weight * kept
+            metrics = {"bc/kept_fraction": jnp.broadcast_to(share, logp.shape),
                        "bc/threshold": jnp.broadcast_to(metrics["bc/threshold"], logp.shape)}
         metrics["rewards/logged"] = reward
     count = jnp.sum(weight)
     sums = {k: jnp.sum(jnp.broadcast_to(v, loss.shape) * weight) for k, v in metrics.items()}
-    if m in ("awr",):  # the largest weight in the batch, as a sum that divides back to it
-        sums["awr/weight_max"] = jnp.max(jnp.where(weight > 0, metrics["awr/weight"], 0.0)) \
-            * count
     return jnp.sum(loss * weight), (count, sums)
 
 

@@ -31,10 +31,10 @@ from rlhf_jax.stages.pipeline import (METHODS, PPO_FAMILY, PipelineConfig, _repl
 from rlhf_jax.stages.ppo import train_ppo
 
 # Each method's sweep: the setting that trades reward against staying near the start, and its
-# values (weakest pull away from the reference first). The offline methods take the same
-# optimiser steps × batch rows as PPO takes iterations × samples; RLOO / GRPO sample
-# `group_size` responses for a quarter of the prompts, so every online method sees as many
-# responses per iteration.
+# values (weakest pull away from the reference first). Budgets are the pipeline's defaults:
+# PPO / RLOO / GRPO 150 iterations of 32 sampled responses (RLOO / GRPO: `group_size` = 4 for
+# each of 8 prompts), the offline methods 200 steps of 32 rows (a comparison's two responses
+# each), best-of-n n samples per evaluation prompt; the report states them.
 SWEEPS = {
     "ppo": ("ppo.kl.beta", (0.1, 0.02, 0.0)),
     "rloo": ("ppo.kl.beta", (0.1, 0.02)),
@@ -76,6 +76,9 @@ class CompareConfig:
     def __post_init__(self):
         if self.workers < 1:
             raise ValueError(f"workers={self.workers}: expected >= 1")
+        for name, items in (("seeds", self.seeds.split(",")), ("methods", self.method_list)):
+            if len(set(items)) != len(items):
+                raise ValueError(f"{name}={getattr(self, name)!r} names one twice")
         unknown = [m for m in self.method_list if m not in METHODS]
         if unknown or not self.method_list:
             raise ValueError(f"methods={self.methods!r}: expected some of {', '.join(METHODS)}")
@@ -148,6 +151,7 @@ def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
         ev = evaluate_before_after(pcfg, ppo_cfg, trained, gold_fn)
         entry = {"method": method, "key": key, "value": value, "seed": seed,
                  "train_seconds": seconds,
+                 "eval_seconds": time.perf_counter() - start - seconds,
                  **{f"{w}_{q}": ev[w]["summary"][q] for w in ("before", "after")
                     for q in ("gold", "proxy", "kl")}}
         if (method, value) == OVEROPTIMISATION:
@@ -273,12 +277,15 @@ def write_comparison_report(cfg: CompareConfig, results: list[dict], peaks: dict
                      "gold_gain": _mean_se(gain("gold")), "proxy_gain": _mean_se(gain("proxy")),
                      "kl": _mean_se([r["after_kl"]["mean"] for r in per_seed]),
                      "seconds": float(np.mean([r["train_seconds"] for r in per_seed])),
+                     "eval_seconds": float(np.mean([r.get("eval_seconds", float("nan"))
+                                                    for r in per_seed])),
                      "peak": max(peaks[(method, r["seed"])] for r in per_seed),
                      "seeds": len(per_seed)})
     before["gold"] = _mean_se([r["before_gold"]["mean"] for r in results
                                if (r["method"], r["value"]) == (results[0]["method"],
                                                                 results[0]["value"])])
     trajectories = {r["seed"]: r["trajectory"] for r in results if r.get("trajectory")}
+    base = base_config(cfg, cfg.seed_list[0])
     _plots(rows, before, trajectories, cfg.gold, root / "plots")
     verdicts = {seed: rises_then_falls(t) for seed, t in trajectories.items()}
     lines = [
@@ -295,20 +302,28 @@ def write_comparison_report(cfg: CompareConfig, results: list[dict], peaks: dict
         ".", "",
         "![gold vs KL](plots/frontier.png)", "",
         "| method | setting | gold after | gold gain | proxy gain | KL (nats) | train s "
-        "| peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|"]
+        "| eval s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {METHOD_NAMES.get(r['method'], r['method'])} | {r['key'].split('.')[-1]} = "
             f"{r['value']} | {r['gold'][0]:.3f} ± {r['gold'][1]:.3f} | "
             f"{r['gold_gain'][0]:+.3f} ± {r['gold_gain'][1]:.3f} | "
             f"{r['proxy_gain'][0]:+.3f} ± {r['proxy_gain'][1]:.3f} | "
-            f"{r['kl'][0]:.2f} ± {r['kl'][1]:.2f} | {r['seconds']:.1f} | {r['peak']:.0f} |")
+            f"{r['kl'][0]:.2f} ± {r['kl'][1]:.2f} | {r['seconds']:.1f} | "
+            f"{r['eval_seconds']:.1f} | {r['peak']:.0f} |")
     lines += ["", f"Starting policy's gold score: {before['gold'][0]:.3f} ± "
-              f"{before['gold'][1]:.3f}. KL of best-of-n is the analytic log n − (n − 1)/n. "
-              "Train seconds include compilation (shared through the compilation cache, so the "
-              "first setting of a shape pays it); peak RSS is the resident memory of the "
-              "process that ran the method's sweep (host memory: JAX runs on the CPU here).",
+              f"{before['gold'][1]:.3f}. Budgets: PPO, RLOO and GRPO "
+              f"{base.ppo.steps} iterations of {base.ppo.batch_size} sampled responses; the "
+              f"offline methods {base.offline.steps} steps of {base.offline.batch_size} "
+              "rows; best-of-n no training. KL of best-of-n is the analytic log n − (n − 1)/n, "
+              "exact for distinct samples and an upper bound when samples repeat (Beirami et "
+              "al. 2024). Train seconds include compilation (shared through the compilation "
+              "cache, so the first setting of a shape pays it); eval seconds are the before "
+              "and after evaluation (for best-of-n, its n samples per prompt); peak RSS is the "
+              "resident memory of the process that ran the method's sweep (host memory: JAX "
+              "runs on the CPU here). A method rerun after a crash resumes its finished "
+              "settings, whose times then are not their training's.",
               "", "## Over-optimisation", ""]
     if trajectories:
         lines += [f"Setting: PPO with β = {OVEROPTIMISATION[1]} (no KL penalty) against the "

@@ -63,6 +63,10 @@ class OfflineConfig(RunConfig):
             raise ValueError(f"data.kind={dc.kind!r}: expected pairwise, ranking, binary or "
                              "rating")
         offline.check_method_kind(self.loss.method, dc.kind)
+        if self.num_microbatches > 1 and self.loss.method in ("kto", "awr", "filtered_bc"):
+            raise ValueError(f"num_microbatches={self.num_microbatches}: {self.loss.method}'s "
+                             "reference point / baseline / kept share is a statistic of the "
+                             "whole batch, which micro-batches would change; use 1")
         if not dc.train_file and dc.kind != "pairwise":
             raise ValueError(f"data.kind={dc.kind!r} needs data.train_file: the built-in data "
                              "are pairwise comparisons")
@@ -125,14 +129,15 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
         ref_params = jax.tree.map(lambda x: x.copy(), params)  # the update donates the policy
         if cfg.reference == "cached":
             ident = _reference_identity(cfg)
-            for split, source in ds.splits.items():
-                caches[split] = offline.cached_reference(
-                    layout.built_data / f"reference-{split}.npz",
-                    {"data": ds.stats, "split": split, "reference": ident, "kto": kto,
-                     "model": repr(config)},
-                    lambda: offline.compute_reference_cache(
-                        model, ref_params, source, batch_size=cfg.batch_size, kto=kto,
-                        place=place, **shape))
+            with sharding.activation_sharding(mesh, rules):  # as the step is compiled
+                for split, source in ds.splits.items():
+                    caches[split] = offline.cached_reference(
+                        layout.built_data / f"reference-{split}.npz",
+                        {"data": ds.fingerprint, "split": split, "reference": ident,
+                         "kto": kto, "model": repr(config)},
+                        lambda: offline.compute_reference_cache(
+                            model, ref_params, source, batch_size=cfg.batch_size, kto=kto,
+                            place=place, **shape))
             ref_params = None  # no second copy of the weights while training
     tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params)
     abstract, init_state = train.compile_init(
@@ -177,8 +182,8 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
         if not held_out:
             return {}
         total, count, sums = 0.0, 0.0, {}
-        for x in inputs("validation", data.preference_batches(
-                [ds.splits["validation"]], local, num_epochs=1, shuffle=False, **shape)):
+        for x in inputs("validation", offline.epoch_batches(ds.splits["validation"], local,
+                                                            **shape)):
             loss, (n, metric) = jax.device_get(eval_sums(state.params, {**x, **extra}))
             total, count = total + float(loss), count + float(n)
             for k, v in metric.items():

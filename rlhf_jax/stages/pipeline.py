@@ -132,7 +132,10 @@ _PIPELINE_OWNED = {
                 "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
                 "data.train_file": "preference_file", "data.kind": "reward.data.kind",
                 "data.max_prompt_len": "max_prompt_len",
-                "data.max_response_len": "max_new_tokens", "loss.method": "method"},
+                "data.max_response_len": "max_new_tokens", "loss.method": "method",
+                "data.rating_low": "reward.data.rating_low",
+                "data.rating_high": "reward.data.rating_high",
+                "data.on_error": "reward.data.on_error"},
 }
 
 
@@ -262,6 +265,7 @@ def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, 
     """The SFT, reward, PPO and offline configs with the pipeline's directories, seed and
     inputs: exactly the fields of `_PIPELINE_OWNED`, which the config refuses to have set
     otherwise."""
+    rd = cfg.reward.data
     common = {"seed": cfg.seed, "allow_config_change": cfg.allow_config_change,
               "compile_cache": _compile_cache(cfg, layout)}
     values = {
@@ -280,7 +284,12 @@ def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, 
                     "policy_dir": policy_dir, "data.train_file": prefs,
                     "data.kind": cfg.reward.data.kind, "data.max_prompt_len": cfg.max_prompt_len,
                     "data.max_response_len": cfg.max_new_tokens + 2,
-                    "loss.method": cfg.method if cfg.method in offline.METHODS else "dpo"},
+                    "data.rating_low": rd.rating_low, "data.rating_high": rd.rating_high,
+                    "data.on_error": rd.on_error,
+                    # unused unless the method is offline: one that reads the data's kind
+                    "loss.method": cfg.method if cfg.method in offline.METHODS else next(
+                        m for m in offline.METHODS
+                        if rd.kind in offline.METHOD_KINDS[m])},
     }
     assert {k: set(v) for k, v in values.items()} == \
         {k: set(v) for k, v in _PIPELINE_OWNED.items()}, "keep _PIPELINE_OWNED in step"

@@ -49,10 +49,11 @@ def test_methods_share_the_start_and_move_away_from_it(study):
     by_method = {r["method"]: r for r in runs}
     assert by_method["best_of_n"]["after_kl"]["mean"] == pytest.approx(math.log(2) - 0.5)
     for method, r in by_method.items():
-        if method != "best_of_n":  # every trained policy has left the reference (IPO at
-            # β = 0.5 least: its target log-ratio gap is 1/(2β) = 1; the reference's own
-            # estimate is 0 up to float32 rounding, ~1e-6)
-            assert r["after_kl"]["mean"] > 1e-3, method
+        if method != "best_of_n":  # every trained policy has left the reference: the k1
+            # estimate Σ log π − log π_ref over its samples is 0 up to float32 rounding (~1e-6)
+            # for the reference itself, and nonzero once the policy moved; after a few steps it
+            # is small and noisy over 32 samples (either sign), so only its size is checked
+            assert abs(r["after_kl"]["mean"]) > 1e-4, method
     traj = by_method["ppo"]["trajectory"]
     assert [t["step"] for t in traj] == list(range(1, len(traj) + 1)) and len(traj) == 8
 

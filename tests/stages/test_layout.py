@@ -159,3 +159,20 @@ def test_the_pipeline_gives_its_stages_one_compilation_cache(tmp_path):
     path = tmp_path / "config.json"
     stages.record_run_config(path, {"seed": 0, "compile_cache": "auto"})
     stages.check_run_config(path, {"seed": 0, "compile_cache": "/elsewhere"})
+
+
+def test_pipeline_stage_configs_for_every_method_on_rating_data(tmp_path):
+    """The offline stage's config is built for every method; on rating data it must not refuse
+    a PPO run (its unused method is one that reads ratings), and an offline method gets the
+    reward data's rating scale and error policy."""
+    from rlhf_jax.stages.pipeline import stage_configs
+
+    data = stages.RewardData(kind="rating", rating_low=1.0, rating_high=10.0, on_error="skip")
+    for method in ("ppo", "best_of_n", "awr"):
+        cfg = stages.PipelineConfig(method=method, reward=stages.RewardConfig(data=data))
+        *_, off = stage_configs(cfg, stages.PipelineLayout(tmp_path), "p", "prefs.jsonl")
+        assert off.loss.method == "awr"
+        assert (off.data.kind, off.data.rating_low, off.data.rating_high, off.data.on_error) \
+            == ("rating", 1.0, 10.0, "skip")
+    with pytest.raises(ValueError, match="method 'dpo' learns from pairwise"):
+        stages.PipelineConfig(method="dpo", reward=stages.RewardConfig(data=data))
