@@ -15,19 +15,16 @@ from rlhf_jax.data.preference import _to_rows
 from rlhf_jax.offline.objective import reference_logprobs
 
 
-def partner_rows(source, index: np.ndarray, *, num_responses: int, pad_id: int) -> dict:
-    """KTO's mismatched completions for the rows at `index` of `source`: the row's prompt with
-    the first response of example (index + 1) mod N. Fixed per example, so the reference's
+def partner_rows(source, batch, *, num_responses: int, pad_id: int) -> dict:
+    """KTO's mismatched completions for a batch read from `source`: each row's prompt with the
+    first response of example (index + 1) mod N. Fixed per example, so the reference's
     log-probs of them can be cached. Returns {"tokens", "mask"} [B, P+R]."""
-    n = len(source)
-    tokens, mask = [], []
-    for i in np.asarray(index).tolist():
-        own = _to_rows(source[i], num_responses, pad_id)
-        other = _to_rows(source[(i + 1) % n], num_responses, pad_id)
-        p = source[i]["prompt"].size
-        tokens.append(np.concatenate([own["tokens"][0, :p], other["tokens"][0, p:]]))
-        mask.append(np.concatenate([own["mask"][0, :p], other["mask"][0, p:]]))
-    return {"tokens": np.stack(tokens), "mask": np.stack(mask)}
+    n, p = len(source), batch.prompt_len
+    others = [_to_rows(source[(i + 1) % n], num_responses, pad_id)
+              for i in np.asarray(batch.index).tolist()]
+    return {k: np.concatenate([getattr(batch, k)[:, 0, :p],
+                               np.stack([o[k][0, p:] for o in others])], axis=1)
+            for k in ("tokens", "mask")}
 
 
 class OfflineInputs:
@@ -47,8 +44,8 @@ class OfflineInputs:
         batch = next(self.batches)
         out = {"batch": batch}
         if self.kto:
-            out["partners"] = partner_rows(self.source, batch.index,
-                                           num_responses=self.num_responses, pad_id=self.pad_id)
+            out["partners"] = partner_rows(self.source, batch, num_responses=self.num_responses,
+                                           pad_id=self.pad_id)
         if self.cache is not None:
             out["reference"] = {k: v[batch.index] for k, v in self.cache.items()}
         return out
@@ -62,6 +59,10 @@ class OfflineInputs:
         self.batches.set_state(state)
 
 
+# one compile per model and batch shape, shared by every split and call
+_score = jax.jit(reference_logprobs, static_argnums=0)
+
+
 def compute_reference_cache(model, ref_params, source, *, batch_size: int, prompt_len: int,
                             num_responses: int, pad_id: int, kto: bool, place) -> dict:
     """The reference policy's log-prob sums of every example of `source` in one jitted pass:
@@ -72,7 +73,6 @@ def compute_reference_cache(model, ref_params, source, *, batch_size: int, promp
     """
     from jax.experimental import multihost_utils
 
-    score = jax.jit(lambda p, b, pt: reference_logprobs(model, p, b, pt))
     n = len(source)
     cache = {"responses": np.zeros((n, num_responses), np.float32)}
     if kto:
@@ -80,9 +80,9 @@ def compute_reference_cache(model, ref_params, source, *, batch_size: int, promp
     local = batch_size // jax.process_count()
     for batch in epoch_batches(source, local, prompt_len=prompt_len,
                                num_responses=num_responses, pad_id=pad_id):
-        partners = (partner_rows(source, batch.index, num_responses=num_responses,
-                                 pad_id=pad_id) if kto else None)
-        out = score(ref_params, place(batch), place(partners) if kto else None)
+        partners = (partner_rows(source, batch, num_responses=num_responses, pad_id=pad_id)
+                    if kto else None)
+        out = _score(model, ref_params, place(batch), place(partners) if kto else None)
         index, weight = place(batch.index), place(batch.weight)
         out, index, weight = multihost_utils.process_allgather((out, index, weight), tiled=True)
         keep = np.asarray(weight) > 0
