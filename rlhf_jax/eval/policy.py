@@ -41,11 +41,13 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
     (reward-model) score `proxy_fn(proxy_params, prompt_tokens, prompt_mask, response_tokens, response_mask)`, the
     sequence KL(π ‖ π_ref) estimated by Σ_t log π(y_t) − log π_ref(y_t) over the sampled tokens
     (k1, at the sampling temperature), the response length and the fraction ending in EOS.
+    The reference is read with adapters off (`config.without_lora()`): with LoRA, pass the
+    policy's own parameters as `ref_params`.
     """
     tokens, mask = prompts["tokens"], prompts["mask"]
     out = generate(params, tokens, mask, key, config=config, sampling=sampling)
     ref_logp, proxy = _judge(ref_params, proxy_params, tokens, mask, out.tokens, out.mask,
-                             config=config, temperature=sampling.temperature,
+                             config=config.without_lora(), temperature=sampling.temperature,
                              proxy_fn=proxy_fn or _no_proxy)
     kl = jnp.sum((out.logprobs - ref_logp) * out.mask, axis=1)
     host = jax.device_get((tokens, mask, out.tokens, out.mask, kl, proxy, out.ended_with_eos))

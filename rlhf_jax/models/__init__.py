@@ -1,5 +1,6 @@
 """Flax decoder-only transformers (GPT-2 and Llama families), heads, configs, HF import/export."""
-from rlhf_jax.models.config import (REMAT_POLICIES, RopeScaling, TransformerConfig,
+from rlhf_jax.models.config import (LORA_TARGETS, REMAT_POLICIES, LoraConfig, RopeScaling,
+                                    TransformerConfig,
                                     UnsupportedConfigError, check_model_options, preset,
                                     rope_inv_freq)
 from rlhf_jax.models.transformer import (DecoderModel, ModelOutput, RewardHead, Transformer,
@@ -12,3 +13,6 @@ from rlhf_jax.models.hf_config import config_from_hf, config_to_hf
 from rlhf_jax.models.loading import load_or_init_model
 from rlhf_jax.models.logprobs import (chunked_logprobs, predicted_logprobs, response_logprobs,
                                       token_entropy, token_logprobs, unembedding)
+from rlhf_jax.models.lora import (adapter_params, add_adapters, count_params, frozen_base,
+                                  has_adapters, merge_adapters, strip_adapters)
+from rlhf_jax.models.peft_io import load_peft_adapter, save_peft_adapter

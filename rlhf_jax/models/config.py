@@ -38,6 +38,63 @@ def check_model_options(remat: str, attention: str, logit_chunk: int = 0,
         raise ValueError(f"{prefix}attention={attention!r}: expected 'xla', 'jax' or 'cudnn'")
 
 
+# Projections that can carry a low-rank adapter. GPT-2 fuses q, k and v into one projection
+# (c_attn) and has no gate; its MLP's c_fc is "up" and c_proj "down".
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters W + s·A·B on the `targets` projections (LoRA, Hu et al. 2022, eq. 3).
+
+    A has shape [in, r] (Kaiming-uniform, as PEFT), B [r, out] (zeros, so the adapted model
+    equals the base at step 0). The scale s is α/r, or α/√r with `rslora` (Kalajdzievic 2023).
+    `dropout` applies to the adapter's input where the stage trains with dropout (SFT, reward
+    modelling). `dtype` is the adapters' storage dtype (float32 beside a bfloat16 base keeps small
+    updates). rank 0: no adapters.
+    """
+
+    rank: int = 0  # adapter rank r; 0: no adapters (full fine-tuning)
+    alpha: float = 16.0  # scale numerator α
+    dropout: float = 0.0  # dropout on the adapter input while training with dropout
+    rslora: bool = False  # scale α/√r instead of α/r (rank-stabilised LoRA)
+    targets: tuple[str, ...] = ("q", "k", "v", "o")  # of q,k,v,o,gate,up,down
+    dtype: str = "float32"  # adapter parameter dtype
+
+    def __post_init__(self):
+        if isinstance(self.targets, str):
+            object.__setattr__(self, "targets", tuple(
+                t.strip() for t in self.targets.split(",") if t.strip()))
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
+            raise ValueError(f"lora.rank={self.rank!r}: expected an int >= 0")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown:
+            raise ValueError(f"lora.targets has {unknown}; expected names from {LORA_TARGETS}")
+        if self.rank and not self.targets:
+            raise ValueError(f"lora.rank={self.rank} but lora.targets is empty")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout={self.dropout}: expected 0 <= rate < 1")
+        if not self.alpha > 0:
+            raise ValueError(f"lora.alpha={self.alpha}: expected > 0")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"lora.dtype={self.dtype!r}: expected one of {_DTYPES}")
+
+    @property
+    def enabled(self) -> bool:
+        """True when adapters are on (rank > 0)."""
+        return self.rank > 0
+
+    @property
+    def scale(self) -> float:
+        """s = α/r (α/√r with rsLoRA)."""
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+    def on(self, target: str) -> bool:
+        """Whether projection `target` carries an adapter."""
+        return self.enabled and target in self.targets
+
+
 class UnsupportedConfigError(ValueError):
     """A Hugging Face config uses a feature that rlhf_jax does not implement."""
 
@@ -95,6 +152,7 @@ class TransformerConfig:
     attention: str = "xla"  # attention kernel: "xla" (ours), "jax" (jax.nn.dot_product_attention
     # on XLA) or "cudnn" (jax.nn.dot_product_attention's fused cuDNN kernel: GPU, bf16/fp16)
     logit_chunk: int = 0  # vocabulary chunk for teacher-forced log-probs (0: full [B, T, V])
+    lora: LoraConfig = LoraConfig()  # low-rank adapters (rank 0: none)
     bos_token_id: Optional[int] = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: Optional[int] = None
@@ -145,6 +203,16 @@ class TransformerConfig:
             object.__setattr__(self, "remat", "full" if self.remat else "none")
         check_model_options(self.remat, self.attention, self.logit_chunk,
                             prefix="TransformerConfig.")
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", LoraConfig(**self.lora))
+        if self.lora.enabled and self.is_gpt2:
+            fused = [t for t in ("q", "k", "v") if t in self.lora.targets]
+            if fused and len(fused) != 3:
+                raise ValueError(f"lora.targets={','.join(self.lora.targets)}: GPT-2 fuses q, k "
+                                 "and v into one projection (c_attn); target all three or none")
+            if "gate" in self.lora.targets:
+                raise ValueError("lora.targets names 'gate', which GPT-2's MLP does not have "
+                                 "(its projections are 'up' = c_fc and 'down' = c_proj)")
         if isinstance(self.eos_token_ids, int):
             object.__setattr__(self, "eos_token_ids", (self.eos_token_ids,))
         object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
@@ -168,6 +236,11 @@ class TransformerConfig:
     def replace(self, **changes) -> "TransformerConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    def without_lora(self) -> "TransformerConfig":
+        """The base model: the same config with adapters off. Applied to an adapted model's
+        parameters it ignores the adapter leaves, so it is the frozen reference at no cost."""
+        return self if not self.lora.enabled else self.replace(lora=LoraConfig())
 
     def check_length(self, length: int) -> None:
         """Refuse a sequence length that the model cannot attend over exactly."""

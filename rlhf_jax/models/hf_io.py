@@ -284,14 +284,18 @@ def save_hf_checkpoint(path, config: TransformerConfig, params: dict, *, tokeniz
     Call it on every process of a multi-host run: the parameters are gathered collectively, and
     process 0 writes.
 
-    Tensors are written in files of at most `max_shard_bytes` (with an index when there are
-    several), converted one file at a time. The directory is assembled under a temporary name and
+    A model with LoRA adapters is written merged (W + s·A·B, `lora.merge_adapters`): the
+    directory is a plain model. Tensors are written in files of at most `max_shard_bytes` (with
+    an index when there are several), converted one file at a time. The directory is assembled under a temporary name and
     moved into place, so an existing checkpoint is never left half-overwritten; an existing
     non-empty directory is refused unless `overwrite=True`.
     """
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
+    from rlhf_jax.models.lora import merge_adapters
+
+    config, params = merge_adapters(config, params)
     out_dtype = np.dtype(jax.numpy.dtype(dtype or config.param_dtype))
     prefix = _base_prefix(config)
     entries = _tensor_map(config)

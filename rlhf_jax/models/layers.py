@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.config import TransformerConfig, rope_inv_freq
+from rlhf_jax.models.config import LoraConfig, TransformerConfig, rope_inv_freq
 
 # Logical axis names of activations (parameters use "embed", "vocab", "heads", ...).
 BATCH, LENGTH, ACT_EMBED, ACT_HEADS, ACT_KV_HEADS, ACT_MLP, ACT_VOCAB = (
@@ -85,7 +85,9 @@ class Proj(nn.Module):
     """y = x · W (+ b), contracting the last `in_dims` axes of x with W[in..., out...].
 
     Unlike `nn.DenseGeneral`, the kernel is created in its final shape, so its logical axis names
-    always match its rank.
+    always match its rank. With an enabled `lora`, y += s · (x · A) · B with A [in..., r] and
+    B [r, out...] (Hu et al. 2022, eq. 3): A carries the kernel's input axis names and B its
+    output names, so adapters shard like their base weight; the rank axis is replicated.
     """
 
     features: tuple[int, ...]
@@ -95,17 +97,37 @@ class Proj(nn.Module):
     param_dtype: jnp.dtype
     in_dims: int = 1
     std: float = 0.02
+    lora: Optional[LoraConfig] = None
 
     @nn.compact
-    def __call__(self, x):
-        shape = x.shape[x.ndim - self.in_dims:] + tuple(self.features)
+    def __call__(self, x, deterministic: bool = True):
+        in_shape = x.shape[x.ndim - self.in_dims:]
+        shape = in_shape + tuple(self.features)
         kernel = self.param("kernel", _init(self.std, self.kernel_axes), shape, self.param_dtype)
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_dims)
         if self.use_bias:
             bias = self.param("bias", _zeros(self.kernel_axes[self.in_dims:]),
                               tuple(self.features), self.param_dtype)
             y = y + bias.astype(self.dtype)
+        if self.lora is not None and self.lora.enabled:
+            y = y + self._adapter(x, in_shape, deterministic)
         return y
+
+    def _adapter(self, x, in_shape, deterministic):
+        lora, r = self.lora, self.lora.rank
+        # PEFT's init: A ~ U(±1/√fan_in) (kaiming_uniform with a=√5), B = 0
+        a_init = nn.initializers.variance_scaling(
+            1.0 / 3.0, "fan_in", "uniform", in_axis=tuple(range(self.in_dims)), out_axis=-1)
+        a = self.param("lora_a", nn.with_logical_partitioning(
+            a_init, self.kernel_axes[:self.in_dims] + ("lora_rank",)), in_shape + (r,),
+            jnp.dtype(lora.dtype))
+        b = self.param("lora_b", _zeros(("lora_rank",) + self.kernel_axes[self.in_dims:]),
+                       (r,) + tuple(self.features), jnp.dtype(lora.dtype))
+        if lora.dropout > 0 and not deterministic:
+            x = nn.Dropout(lora.dropout)(x, deterministic=False)
+        xa = jnp.tensordot(x.astype(self.dtype), a.astype(self.dtype), axes=self.in_dims)
+        return jnp.tensordot(xa, b.astype(self.dtype), axes=1) * jnp.asarray(lora.scale,
+                                                                            self.dtype)
 
 
 class Attention(nn.Module):
@@ -123,14 +145,16 @@ class Attention(nn.Module):
         cfg = self.config
         h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dense = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+        lora = cfg.lora
         if cfg.is_gpt2:
             qkv = Proj((3, h, hd), ("embed", "qkv", "heads", "head_dim"), cfg.qkv_bias,
-                       name="qkv", **dense)(x_btd)
+                       name="qkv", lora=lora if lora.on("q") else None, **dense)(
+                           x_btd, deterministic)
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         else:
             def proj(name, n, axis):
                 return Proj((n, hd), ("embed", axis, "head_dim"), cfg.qkv_bias, name=name,
-                            **dense)(x_btd)
+                            lora=lora if lora.on(name) else None, **dense)(x_btd, deterministic)
             q, k, v = proj("q", h, "heads"), proj("k", kv, "kv_heads"), proj("v", kv, "kv_heads")
             inv_freq = jnp.asarray(rope_inv_freq(cfg))
             q = apply_rotary(q, positions_bt, inv_freq)
@@ -160,7 +184,7 @@ class Attention(nn.Module):
                 q, k.astype(q.dtype), v.astype(q.dtype),
                 mask=(slot_mask_bs[:, :t] > 0)[:, None, None], is_causal=True,
                 implementation="cudnn" if cfg.attention == "cudnn" else "xla")
-            return self._out(out), new_cache
+            return self._out(out, deterministic), new_cache
         # XLA's own path (attention="xla"; and decode steps, attention dropout): explicit
         # scores, a [B, T, S] visibility mask without a head axis; a decode step's scores are
         # only [B, H, 1, S], and the step is bound by reading the weights and the cache.
@@ -180,14 +204,14 @@ class Attention(nn.Module):
             probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=False)
         out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(probs.dtype))
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
-        return self._out(out), new_cache
+        return self._out(out, deterministic), new_cache
 
-    def _out(self, out_bthd):
+    def _out(self, out_bthd, deterministic):
         cfg = self.config
         out = nn.with_logical_constraint(out_bthd, (BATCH, LENGTH, ACT_HEADS, None))
         return Proj((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg.out_bias,
-                    in_dims=2, name="out", dtype=cfg.compute_dtype,
-                    param_dtype=cfg.params_dtype)(out)
+                    in_dims=2, name="out", dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                    lora=cfg.lora if cfg.lora.on("o") else None)(out, deterministic)
 
 
 class MLP(nn.Module):
@@ -196,23 +220,24 @@ class MLP(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, x_btd):
+    def __call__(self, x_btd, deterministic: bool = True):
         cfg = self.config
-        dense = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                     use_bias=cfg.mlp_bias, bias_init=_zeros(("mlp",)))
-        up_init = _init(0.02, ("embed", "mlp"))
         f = cfg.intermediate_size
+
+        def proj(name, target, features, axes):
+            return Proj((features,), axes, cfg.mlp_bias, name=name, dtype=cfg.compute_dtype,
+                        param_dtype=cfg.params_dtype,
+                        lora=cfg.lora if cfg.lora.on(target) else None)
+
         if cfg.is_gpt2:
-            hidden = jax.nn.gelu(nn.Dense(f, name="fc", kernel_init=up_init, **dense)(x_btd),
+            hidden = jax.nn.gelu(proj("fc", "up", f, ("embed", "mlp"))(x_btd, deterministic),
                                  approximate=True)
         else:
-            gate = nn.Dense(f, name="gate", kernel_init=up_init, **dense)(x_btd)
-            up = nn.Dense(f, name="up", kernel_init=up_init, **dense)(x_btd)
+            gate = proj("gate", "gate", f, ("embed", "mlp"))(x_btd, deterministic)
+            up = proj("up", "up", f, ("embed", "mlp"))(x_btd, deterministic)
             hidden = jax.nn.silu(gate) * up
         hidden = nn.with_logical_constraint(hidden, (BATCH, LENGTH, ACT_MLP))
-        dense["bias_init"] = _zeros(("embed",))
-        return nn.Dense(cfg.hidden_size, name="down",
-                        kernel_init=_init(0.02, ("mlp", "embed")), **dense)(hidden)
+        return proj("down", "down", cfg.hidden_size, ("mlp", "embed"))(hidden, deterministic)
 
 
 class Block(nn.Module):
@@ -230,6 +255,6 @@ class Block(nn.Module):
             norm_cls(name="attn_norm", **norm)(x_btd), slot_mask_bs, positions_bt, cache,
             cache_index, deterministic)
         x_btd = x_btd + drop(attn_out, deterministic=deterministic or cfg.resid_dropout == 0)
-        mlp_out = MLP(cfg, name="mlp")(norm_cls(name="mlp_norm", **norm)(x_btd))
+        mlp_out = MLP(cfg, name="mlp")(norm_cls(name="mlp_norm", **norm)(x_btd), deterministic)
         x_btd = x_btd + drop(mlp_out, deterministic=deterministic or cfg.resid_dropout == 0)
         return nn.with_logical_constraint(x_btd, (BATCH, LENGTH, ACT_EMBED)), new_cache

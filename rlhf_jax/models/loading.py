@@ -8,6 +8,7 @@ import jax
 from rlhf_jax import sharding
 from rlhf_jax.models.config import preset
 from rlhf_jax.models.hf_io import load_hf_checkpoint, load_hf_config
+from rlhf_jax.models.lora import adapter_params, add_adapters
 from rlhf_jax.models.transformer import DecoderModel, init_params, logical_axes
 
 
@@ -17,8 +18,9 @@ def load_or_init_model(model_dir: str, preset_name: str, mesh, rules, key, *,
     """(config, model, params): from a local Hugging Face directory, else a random preset.
 
     Parameters are created directly in their shardings. From a checkpoint, only the heads it
-    lacks (value, reward) are randomly initialised: the unused part of the jitted init is dropped
-    by the compiler, so the backbone never exists twice.
+    lacks (value, reward) and the LoRA adapters (`overrides["lora"]`) are randomly initialised:
+    the unused part of the jitted init is dropped by the compiler, so the backbone never exists
+    twice.
     """
     config = (load_hf_config(model_dir) if model_dir else
               preset(preset_name)).replace(**overrides)
@@ -32,6 +34,16 @@ def load_or_init_model(model_dir: str, preset_name: str, mesh, rules, key, *,
             shardings={k: shardings[k] for k in ("transformer", "lm_head") if k in shardings},
             **overrides)
     fresh = {k: s for k, s in shardings.items() if k not in loaded}
-    params = jax.jit(lambda k: {name: p for name, p in init_params(model, k).items()
-                                if name in fresh}, out_shardings=fresh)(key)
-    return config, model, {**params, **loaded}
+    fresh.update({k: v for k, v in adapter_params(
+        {k: s for k, s in shardings.items() if k in loaded}).items()})
+
+    def init(k):
+        return _pick(init_params(model, k), fresh)
+    params = jax.jit(init, out_shardings=fresh)(key)
+    return config, model, add_adapters(loaded, params)
+
+
+def _pick(tree, like):
+    """The part of `tree` with the structure of `like` (nested dicts)."""
+    return {k: _pick(tree[k], v) if isinstance(v, dict) else tree[k] for k, v in like.items()}
+

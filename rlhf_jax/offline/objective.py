@@ -202,13 +202,16 @@ def offline_loss_sums(cfg: OfflineLossConfig, logp, lengths, batch,
     return jnp.sum(loss * weight), (count, sums)
 
 
-def make_offline_loss(model: DecoderModel, cfg: OfflineLossConfig, ref_params=None):
+def make_offline_loss(model: DecoderModel, cfg: OfflineLossConfig, ref_params=None,
+                      reference_model: DecoderModel | None = None):
     """`sum_loss(params, inputs, rng)` for `train.make_train_step`. `inputs` holds "batch" (a
     `PreferenceBatch`), for KTO "partners" (each row's prompt with another example's response,
     {"tokens", "mask"} [B, P+R]: the pairs (x, y') whose log-ratio estimates KL(π ‖ π_ref) for
     the reference point, Ethayarajh et al. 2024, §4.1), and, when the method uses a reference,
     either "reference" (its cached `reference_logprobs`) or nothing, in which case the frozen
-    `ref_params` score the batch in the step."""
+    `ref_params` score the batch in the step. With `reference_model` (LoRA: the same model with
+    adapters off, `config.without_lora()`) and no `ref_params`, the reference is that model over
+    the policy's own parameters: the frozen base, with no second copy."""
     kto = cfg.method == "kto"
 
     def sum_loss(params, inputs, rng):
@@ -218,7 +221,10 @@ def make_offline_loss(model: DecoderModel, cfg: OfflineLossConfig, ref_params=No
         ref = None
         if cfg.uses_reference:
             ref = inputs.get("reference")
-            if ref is None:
+            if ref is None and ref_params is None and reference_model is not None:
+                ref = reference_logprobs(reference_model, jax.lax.stop_gradient(params), batch,
+                                         inputs.get("partners"))
+            elif ref is None:
                 ref = reference_logprobs(model, ref_params, batch, inputs.get("partners"))
         partners = None
         if kto:  # the reference point carries no gradient

@@ -107,12 +107,17 @@ def score_responses(params, ref_params, score_params, prompt_tokens, prompt_mask
     """(reference log-probs [B, N], values [B, N], scores [B]) of sampled responses, in one jit.
 
     `params` is {"policy": ...} (its value head is the critic) or {"policy": ..., "critic": ...};
+    `ref_params` None means the policy's own weights with LoRA adapters off (the reference of a
+    LoRA policy, Hu et al. 2022: no second copy of the base);
     `score_fn(score_params, prompt_tokens, prompt_mask, response_tokens, response_mask) -> [B]`
     is the reward model (`reward.reward_model_scorer`) or a programmatic reward. Without
     `with_values` (critic-free advantages) the values are zeros.
     """
     seq = (prompt_tokens, prompt_mask, response_tokens, response_mask)
-    ref_logprobs = response_logprobs(ref_params, *seq, config=config, temperature=temperature)
+    # the reference is read with adapters off: with LoRA it is the policy's own base weights
+    ref = params["policy"] if ref_params is None else ref_params
+    ref_logprobs = response_logprobs(ref, *seq, config=config.without_lora(),
+                                     temperature=temperature)
     values = (_values(params, config, critic_config, *seq) if with_values
               else jnp.zeros(response_tokens.shape, jnp.float32))
     return ref_logprobs, values, score_fn(score_params, *seq)

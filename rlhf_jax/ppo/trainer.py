@@ -86,7 +86,8 @@ def make_ppo_step(*, config: TransformerConfig, ref_params: Any, score_params: A
     `rollout.group_size` k each prompt is sampled k times. The key of iteration s is
     fold_in(run key, s), so a resumed run draws exactly what the uninterrupted one did. Metrics
     include the rollout statistics, the update's losses, β, and the seconds spent in generate /
-    score / update. `place_batch` puts host batches on the mesh (e.g.
+    score / update. `ref_params` None: the reference is the policy's own weights with LoRA
+    adapters off. `place_batch` puts host batches on the mesh (e.g.
     `train.global_batch_from_local`); by default they go to the default device.
     """
     put = place_batch or (lambda tree: jax.tree.map(jnp.asarray, tree))
@@ -106,9 +107,13 @@ def make_ppo_step(*, config: TransformerConfig, ref_params: Any, score_params: A
         metrics = rollout_metrics(ro, kl_state.beta)
         clock = time.perf_counter()
         ptx = None if batch.get("ptx") is None else put(dict(batch["ptx"]))
+        # frozen leaves (LoRA's base, shared with the reference) are not donated to the update
+        trainable, frozen = tx.split(state.params) if getattr(tx, "freezes", False) \
+            else (state.params, None)
         params, opt_state, update_metrics = ppo_update(
-            state.params, state.opt_state, ro, jax.random.fold_in(key, 1), ptx, config=config,
-            critic_config=critic_config, ppo=ppo, tx=tx)
+            trainable, state.opt_state, ro, jax.random.fold_in(key, 1), ptx, frozen,
+            config=config, critic_config=critic_config, ppo=ppo, tx=tx)
+        params = params if frozen is None else tx.merge(params, frozen)
         jax.block_until_ready(params)
         stats["time/update"] = time.perf_counter() - clock
         new_kl = kl_update(kl_state, metrics["kl/sequence"], tokens.shape[0])

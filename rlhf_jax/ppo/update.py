@@ -77,7 +77,7 @@ def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,
 
 @partial(jax.jit, static_argnames=("config", "critic_config", "ppo", "tx"),
          donate_argnums=(0, 1))
-def ppo_update(params, opt_state, rollout: Rollout, key, ptx_batch=None, *,
+def ppo_update(params, opt_state, rollout: Rollout, key, ptx_batch=None, frozen=None, *,
                config: TransformerConfig, ppo: PPOConfig, tx: optax.GradientTransformation,
                critic_config: TransformerConfig | None = None):
     """Run `epochs` passes of `num_minibatches` shuffled minibatches; return params, opt state
@@ -88,10 +88,16 @@ def ppo_update(params, opt_state, rollout: Rollout, key, ptx_batch=None, *,
     `critic_config`); one optimiser updates both.
     `ptx_batch` ({"tokens", "mask"} [M, T], M divisible by num_minibatches) is the PPO-ptx
     text: minibatch i of every epoch uses its i-th slice.
+    `frozen` holds the leaves `tx` (a `train.Optimizer` with a freeze rule, e.g. LoRA's base)
+    does not train, with None at the trainable ones, which `params` then holds (see
+    `Optimizer.split`): they are read, not differentiated, and not donated, so arrays shared
+    with the reference or the reward model stay valid. Returns the trainable part only.
     """
     if "policy" not in params:
         raise ValueError("params must be {'policy': ...} or {'policy': ..., 'critic': ...}; got "
                          f"keys {sorted(params)}")
+    if frozen is not None and not getattr(tx, "freezes", False):
+        raise ValueError("frozen leaves were passed, but tx freezes nothing")
     b, nm = rollout.response_tokens.shape[0], ppo.num_minibatches
     if b % nm:
         raise ValueError(f"rollout batch {b} is not divisible by num_minibatches={nm}")
@@ -104,22 +110,27 @@ def ppo_update(params, opt_state, rollout: Rollout, key, ptx_batch=None, *,
             raise ValueError(f"ptx batch {m} is not divisible by num_minibatches={nm}")
         ptx_chunks = jax.tree.map(lambda x: x.reshape(nm, m // nm, *x.shape[1:]), ptx_batch)
     mb_size = b // nm
-    grad_fn = jax.value_and_grad(partial(_loss, config=config, critic_config=critic_config,
-                                         ppo=ppo), has_aux=True)
+    loss_fn = partial(_loss, config=config, critic_config=critic_config, ppo=ppo)
+    trainable = params
+
+    def full(t):
+        return t if frozen is None else tx.merge(t, frozen)
+    grad_fn = jax.value_and_grad(lambda t, mb, ptx: loss_fn(full(t), mb, ptx), has_aux=True)
 
     def minibatch_step(carry, xs):
-        params, opt_state = carry
+        trainable, opt_state = carry
         idx, i = xs
         mb = jax.tree.map(lambda x: x[idx], rollout)
         ptx = None if ptx_batch is None else jax.tree.map(lambda x: x[i], ptx_chunks)
-        (loss, metrics), grads = grad_fn(params, mb, ptx)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), {**metrics, "ppo/loss": loss}
+        (loss, metrics), grads = grad_fn(trainable, mb, ptx)
+        updates, opt_state = tx.update(grads, opt_state, full(trainable))
+        return (optax.apply_updates(trainable, updates), opt_state), {**metrics,
+                                                                     "ppo/loss": loss}
 
     def epoch(carry, epoch_key):
         order = jax.random.permutation(epoch_key, b).reshape(nm, mb_size)
         return jax.lax.scan(minibatch_step, carry, (order, jnp.arange(nm)))
 
     keys = jax.random.split(key, ppo.epochs)
-    (params, opt_state), metrics = jax.lax.scan(epoch, (params, opt_state), keys)
-    return params, opt_state, jax.tree.map(jnp.mean, metrics)
+    (trainable, opt_state), metrics = jax.lax.scan(epoch, (trainable, opt_state), keys)
+    return trainable, opt_state, jax.tree.map(jnp.mean, metrics)

@@ -57,7 +57,8 @@ class RunConfig:
     """Settings every stage has: where it runs, its seed, its device mesh, how often it logs.
 
     `mesh` gives axis sizes over the devices ("fsdp=-1", "data=2,fsdp=2,tensor=2"); `sharding`
-    the logical-axis rule preset (dp | fsdp | fsdp_tp). `allow_config_change` continues a run
+    the logical-axis rule preset (dp | fsdp | fsdp_tp). `lora` puts low-rank adapters on the
+    models the stage trains (`--config.lora.rank=16 --config.lora.targets=q,k,v,o`). `allow_config_change` continues a run
     directory whose stored config differs from this one (see `layout.check_run_config`).
     """
 
@@ -74,6 +75,9 @@ class RunConfig:
     # compiled programs cached across stages and runs: auto (<run_dir>/compile_cache), off, or a
     # directory; a JAX_COMPILATION_CACHE_DIR of yours is kept (train.enable_compilation_cache)
     compile_cache: str = "auto"
+    # LoRA adapters on the trained models (rank 0: full fine-tuning); the base is frozen, the
+    # export is merged and the adapter alone is written in PEFT's format to <run_dir>/adapter
+    lora: models.LoraConfig = models.LoraConfig()
 
     def __post_init__(self):
         models.check_model_options(self.remat, self.attention, self.logit_chunk)
@@ -90,7 +94,24 @@ def shardings_of(tree):
 
 def model_overrides(cfg: RunConfig) -> dict:
     """The model settings a stage's config chooses for the models it trains."""
-    return {"remat": cfg.remat, "attention": cfg.attention, "logit_chunk": cfg.logit_chunk}
+    return {"remat": cfg.remat, "attention": cfg.attention, "logit_chunk": cfg.logit_chunk,
+            "lora": cfg.lora}
+
+
+def freeze_rule(cfg: RunConfig):
+    """The optimiser's frozen-leaf rule for a stage that trains one model: with LoRA the base
+    (backbone and LM head) is frozen and adapters and added heads train; None otherwise."""
+    return models.frozen_base("") if cfg.lora.enabled else None
+
+
+def export_policy(layout: RunLayout, config, params, tokenizer) -> None:
+    """Write the trained model to `layout.export` (adapters merged: a plain Hugging Face
+    directory) and, with LoRA, the adapter alone in PEFT's format to `layout.adapter`.
+    Collective: call it on every process."""
+    models.save_hf_checkpoint(layout.export, config, params, tokenizer=tokenizer,
+                              overwrite=True)
+    if config.lora.enabled:
+        models.save_peft_adapter(layout.adapter, config, params)
 
 
 def optimizer_config(optim: OptimizerConfig, steps: int) -> OptimizerConfig:

@@ -59,6 +59,7 @@ class RunLayout:
     config = _under("config.json")
     checkpoints = _under("checkpoints")
     export = _under("export")
+    adapter = _under("adapter")  # LoRA runs: the adapter alone, in PEFT's format
     metrics = _under("metrics.jsonl")
     tensorboard = _under("tensorboard")
     eval_summary = _under("eval_summary.json")

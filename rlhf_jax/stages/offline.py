@@ -12,8 +12,9 @@ import jax
 from rlhf_jax import data, models, offline, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
-                                    builtin_tokenizer, check_batch_size, labelled_dataset,
-                                    model_overrides, optimizer_config, shardings_of, start_run,
+                                    builtin_tokenizer, check_batch_size, export_policy,
+                                    freeze_rule, labelled_dataset, model_overrides,
+                                    optimizer_config, shardings_of, start_run,
                                     train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.stages.reward import RewardData
@@ -125,8 +126,10 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
                  pad_id=pad_id)
     place = lambda tree: train.global_batch_from_local(tree, mesh, rules)  # noqa: E731
     ref_params, caches = None, {}
+    # LoRA: the reference is the policy's own base with adapters off (no copy of the weights)
+    ref_model = models.DecoderModel(config.without_lora()) if config.lora.enabled else None
     if lc.uses_reference:
-        ref_params = jax.tree.map(lambda x: x.copy(), params)  # the update donates the policy
+        ref_params = params if ref_model else jax.tree.map(lambda x: x.copy(), params)
         if cfg.reference == "cached":
             ident = _reference_identity(cfg)
             with sharding.activation_sharding(mesh, rules):  # as the step is compiled
@@ -136,16 +139,18 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
                         {"data": ds.fingerprint, "split": split, "reference": ident,
                          "kto": kto, "model": repr(config)},
                         lambda: offline.compute_reference_cache(
-                            model, ref_params, source, batch_size=cfg.batch_size, kto=kto,
-                            place=place, **shape))
+                            ref_model or model, ref_params, source, batch_size=cfg.batch_size,
+                            kto=kto, place=place, **shape))
+        if cfg.reference == "cached" or ref_model is not None:
             ref_params = None  # no second copy of the weights while training
-    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params)
+    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params,
+                              freeze=freeze_rule(cfg))
     abstract, init_state = train.compile_init(
         lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
                                            param_shardings=shardings_of(params)), params)
 
     def step_fn(state, inputs):
-        loss = offline.make_offline_loss(model, lc, inputs.get("ref_params"))
+        loss = offline.make_offline_loss(model, lc, inputs.get("ref_params"), ref_model)
         rest = {k: v for k, v in inputs.items() if k != "ref_params"}
         return train.make_train_step(loss, tx, num_microbatches=cfg.num_microbatches)(state, rest)
 
@@ -175,8 +180,8 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
     batches = inputs("train", data.preference_batches([ds.splits["train"]], local,
                                                       seed=cfg.seed, **shape))
     eval_sums = jax.jit(lambda p, x: offline.make_offline_loss(
-        model, lc, x.get("ref_params"))(p, {k: v for k, v in x.items() if k != "ref_params"},
-                                        None))
+        model, lc, x.get("ref_params"), ref_model)(
+            p, {k: v for k, v in x.items() if k != "ref_params"}, None))
 
     def evaluate(state):
         if not held_out:
@@ -206,8 +211,7 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
     if train.is_main_process():
         layout.eval_summary.write_text(json.dumps(
             {**metrics, "method": lc.method, "steps": result.step, "data": ds.stats}, indent=1))
-    models.save_hf_checkpoint(layout.export, config, result.state.params, tokenizer=tokenizer,
-                              overwrite=True)  # collective: every process gathers
+    export_policy(layout, config, result.state.params, tokenizer)  # collective
     print(json.dumps(metrics), flush=True)
     return StageResult(str(layout.root), str(layout.export), result.step, False, metrics,
                        data=(note,))

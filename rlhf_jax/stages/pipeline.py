@@ -69,6 +69,10 @@ class PipelineConfig:
     # compiled programs cached for all stages: auto (<run_dir>/compile_cache), off, or a
     # directory; a JAX_COMPILATION_CACHE_DIR of yours is kept (train.enable_compilation_cache)
     compile_cache: str = "auto"
+    # LoRA adapters for the reward model and the policy stage (and SFT when it starts from a
+    # policy_dir: a randomly initialised preset is trained fully); rank 0: full fine-tuning
+    lora: models.LoraConfig = models.LoraConfig()
+    lora_reward: bool = True  # with lora.rank > 0: the reward model trains adapters too
     sft: SFTConfig = SFTConfig(steps=150, batch_size=32, data=SFTData(source="text"))
     reward: RewardConfig = RewardConfig(steps=300, batch_size=32, eval_every=50)
     ppo: PPOStageConfig = PPOStageConfig(steps=150, batch_size=32, kl=KLConfig(beta=0.02))
@@ -112,22 +116,24 @@ STAGES = ("sft", "reward", "ppo", "offline")
 
 # Fields of the stage configs that the pipeline sets itself, and from what.
 _PIPELINE_OWNED = {
-    "sft": {"run_dir": "run_dir", "seed": "seed", "model_dir": "policy_dir",
+    "sft": {"run_dir": "run_dir", "seed": "seed", "model_dir": "policy_dir", "lora": "lora",
             "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
             "data.file": "sft_file",
             "data.source": "the built-in text task"},
     "reward": {"run_dir": "run_dir", "seed": "seed", "model_dir": "the SFT export or policy_dir",
+               "lora": "lora and lora_reward",
                "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
                "data.train_file": "preference_file", "data.max_prompt_len": "max_prompt_len",
                "data.max_response_len": "max_new_tokens"},
     "ppo": {"run_dir": "run_dir", "seed": "seed", "policy_dir": "the SFT export or policy_dir",
+            "lora": "lora",
             "reward_dir": "the reward stage's export",
             "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
             "prompts.file": "prompts_file",
             "prompts.max_prompt_len": "max_prompt_len",
             "sampling.max_new_tokens": "max_new_tokens", "monitor_terms": "gold",
             "rollout.advantage": "method", "rollout.group_size": "group_size"},
-    "offline": {"run_dir": "run_dir", "seed": "seed",
+    "offline": {"run_dir": "run_dir", "seed": "seed", "lora": "lora",
                 "policy_dir": "the SFT export or policy_dir",
                 "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
                 "data.train_file": "preference_file", "data.kind": "reward.data.kind",
@@ -267,11 +273,13 @@ def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, 
     otherwise."""
     rd = cfg.reward.data
     common = {"seed": cfg.seed, "allow_config_change": cfg.allow_config_change,
-              "compile_cache": _compile_cache(cfg, layout)}
+              "compile_cache": _compile_cache(cfg, layout), "lora": cfg.lora}
     values = {
         "sft": {**common, "run_dir": str(layout.stage("sft").root), "model_dir": cfg.policy_dir,
+                "lora": cfg.lora if cfg.policy_dir else models.LoraConfig(),
                 "data.file": cfg.sft_file, "data.source": "text"},
         "reward": {**common, "run_dir": str(layout.stage("reward").root), "model_dir": policy_dir,
+                   "lora": cfg.lora if cfg.lora_reward else models.LoraConfig(),
                    "data.train_file": prefs, "data.max_prompt_len": cfg.max_prompt_len,
                    "data.max_response_len": cfg.max_new_tokens + 2},
         "ppo": {**common, "run_dir": str(layout.stage("ppo").root), "policy_dir": policy_dir,

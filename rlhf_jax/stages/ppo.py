@@ -13,7 +13,7 @@ from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.models import CheckpointFormatError, TransformerConfig
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.stages.common import (RunConfig, StageResult, builtin_file, check_batch_size,
-                                    data_note, model_overrides, optimizer_config, shardings_of,
+                                    data_note, export_policy, model_overrides, optimizer_config, shardings_of,
                                     start_run, train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import ConfigError, OptimizerConfig
@@ -62,6 +62,7 @@ class PPOStageConfig(RunConfig):
     preset: str = "tiny-llama"  # built-in model size when policy_dir is empty
     reward_dir: str = "runs/reward/export"  # the export of RewardConfig's default run_dir
     critic: str = "reward"  # reward: critic initialised from the reward model; shared: value head
+    critic_lora: bool = True  # with lora.rank > 0: the critic trains adapters (False: all weights)
     reward_std_coef: float = 0.0  # ensemble reward: score mean - k*std (0: the mean)
     prompts: PromptData = PromptData()
     sampling: SamplingConfig = SamplingConfig(max_new_tokens=10)
@@ -102,13 +103,24 @@ class PPOModels:
     reward_params: Any
     reward_outputs: int
     tokenizer: Any
-    ref_params: Any
+    ref_params: Any  # None with LoRA: the policy's own weights with adapters off
     params: dict
+    critic_lora: bool = False  # the separate critic carries adapters (same lora config)
 
     @property
     def critic_config(self):
         """The separate critic's config, or None when the value head is on the policy."""
-        return self.reward_config if "critic" in self.params else None
+        if "critic" not in self.params:
+            return None
+        return self.reward_config.replace(lora=self.config.lora) if self.critic_lora \
+            else self.reward_config
+
+    def freeze_rule(self):
+        """The optimiser's frozen-leaf rule: with LoRA the policy's base (and an adapted
+        critic's) train no weights but their adapters; None without LoRA."""
+        if not self.config.lora.enabled:
+            return None
+        return models.frozen_base(*(("policy", "critic") if self.critic_lora else ("policy",)))
 
     def scorer(self, std_coef: float = 0.0) -> reward.reward_model_scorer:
         """The reward model as a PPO score_fn (ensemble: mean − std_coef·std)."""
@@ -116,12 +128,16 @@ class PPOModels:
 
 
 def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: str, mesh, rules,
-                    key, model_options: Optional[dict] = None) -> PPOModels:
+                    key, model_options: Optional[dict] = None,
+                    critic_lora: bool = True) -> PPOModels:
     """The reward model from its export; the policy from a local HF directory (or `preset`,
     randomly initialised, with the reward model's vocabulary); the reference as a frozen copy of
     the policy; the critic initialised from the reward model (`critic="reward"`), a value head
     on the policy (`critic="shared"`) or none (`critic="none"`, for critic-free advantages).
-    The two tokenizers must agree. `model_options` (remat, attention) apply to every model."""
+    The two tokenizers must agree. `model_options` (remat, attention, lora) apply to every
+    trained model. With LoRA (`model_options["lora"]`) the reference is the policy's own base
+    with adapters off (no copy), and a critic initialised from the reward model shares the
+    reward model's backbone arrays and trains adapters (`critic_lora`) or all its weights."""
     if critic not in ("reward", "shared", "none"):
         raise ConfigError(f"critic={critic!r}: expected 'reward', 'shared' or 'none'")
     if not os.path.isdir(reward_dir):
@@ -130,14 +146,15 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
             "`python experiments/train_reward.py` or point --config.reward_dir at a reward "
             "model export")
     rm_config, rm_params, rm_meta = reward.load_reward_model(reward_dir)
-    rm_config = rm_config.replace(**(model_options or {}))
+    options = dict(model_options or {})
+    lora = options.get("lora", models.LoraConfig())
+    rm_config = rm_config.replace(**{k: v for k, v in options.items() if k != "lora"})
     rm_model = models.DecoderModel(rm_config, heads=("reward",),
                                    num_reward_outputs=rm_meta["num_outputs"])
     rm_params = sharding.shard_params(rm_params, models.logical_axes(rm_model), mesh, rules)
     tokenizer = models.load_tokenizer(reward_dir, rm_config)
     heads = ("lm", "value") if critic == "shared" else ("lm",)
-    overrides = {**(model_options or {}),
-                 **({} if policy_dir else {"vocab_size": rm_config.vocab_size})}
+    overrides = {**options, **({} if policy_dir else {"vocab_size": rm_config.vocab_size})}
     config, _, policy = models.load_or_init_model(policy_dir, preset, mesh, rules, key,
                                                   heads=heads, **overrides)
     if policy_dir:
@@ -150,12 +167,31 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
         raise CheckpointFormatError(f"policy vocab_size {config.vocab_size} != reward model "
                                     f"vocab_size {rm_config.vocab_size}")
     copy = lambda tree: jax.tree.map(lambda x: x.copy(), tree)  # noqa: E731 - the update donates
-    ref = {k: v for k, v in copy(policy).items() if k != "value_head"}
+    # LoRA: the reference is the frozen base itself, read with adapters off
+    ref = None if lora.enabled else {k: v for k, v in copy(policy).items() if k != "value_head"}
     params = {"policy": policy}
+    critic_lora = critic_lora and lora.enabled and critic == "reward"
     if critic == "reward":
-        params["critic"] = copy(reward.critic_from_reward_model(rm_params))
+        critic_params = reward.critic_from_reward_model(rm_params)
+        if critic_lora:  # frozen backbone shared with the reward model; fresh adapters
+            cmodel = models.DecoderModel(rm_config.replace(lora=lora), heads=("value",))
+            axes = models.logical_axes(cmodel)
+            fresh = jax.jit(lambda k: models.adapter_params(models.init_params(cmodel, k)))(
+                jax.random.fold_in(key, 1))
+            fresh = sharding.shard_params(fresh, models.adapter_params(axes), mesh, rules)
+            critic_params = models.add_adapters(critic_params, fresh)
+            critic_params["value_head"] = copy(critic_params["value_head"])
+        else:
+            critic_params = copy(critic_params)
+        params["critic"] = critic_params
     return PPOModels(config, rm_config, rm_params, int(rm_meta["num_outputs"]), tokenizer, ref,
-                     params)
+                     params, critic_lora)
+
+
+def _reference(m: PPOModels, state):
+    """The reference policy's weights: the state's own policy with LoRA (read with adapters
+    off; the arrays `m` was loaded with have been donated to the first update), else the copy."""
+    return state.params["policy"] if m.ref_params is None else m.ref_params
 
 
 def stop_token_ids(tokenizer, spec: str) -> tuple:
@@ -226,7 +262,7 @@ def train_ppo(cfg: PPOStageConfig, *,
     critic = cfg.critic if cfg.rollout.advantage == "gae" else "none"
     m = load_ppo_models(cfg.policy_dir, cfg.reward_dir, preset=cfg.preset, critic=critic,
                         mesh=mesh, rules=rules, key=jax.random.fold_in(key, 0),
-                        model_options=model_overrides(cfg))
+                        model_options=model_overrides(cfg), critic_lora=cfg.critic_lora)
     if cfg.reward_std_coef > 0 and m.reward_outputs < 2:
         raise ConfigError(f"reward_std_coef={cfg.reward_std_coef} needs an ensemble reward "
                           f"model, but {cfg.reward_dir} has one head")
@@ -245,7 +281,8 @@ def train_ppo(cfg: PPOStageConfig, *,
                             pad_id=pad_id, seed=cfg.seed), ptx_batches)
     sampling = resolve_sampling(tokenizer, cfg)
     kl_init, kl_update = ppo.kl_controller(cfg.kl)
-    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), m.params)
+    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), m.params,
+                              freeze=m.freeze_rule())
     abstract, init_state = train.compile_init(
         lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
                                            helpers={"kl": kl_init()},
@@ -263,8 +300,8 @@ def train_ppo(cfg: PPOStageConfig, *,
     eval_prompts = train.global_batch_from_local(next(eval_src), mesh, rules)
     gold_fn = rl_eval.TEXT_TERMS.get(cfg.monitor_terms.split(",")[0])
 
-    def write_samples(name, params) -> dict:
-        result = rl_eval.evaluate_policy(params, m.ref_params, m.config, eval_prompts,
+    def write_samples(name, params, reference) -> dict:
+        result = rl_eval.evaluate_policy(params, reference, m.config, eval_prompts,
                                          jax.random.fold_in(key, 2), sampling=sampling,
                                          tokenizer=tokenizer, gold_fn=gold_fn,
                                          proxy_fn=score_fn, proxy_params=m.reward_params)
@@ -276,16 +313,16 @@ def train_ppo(cfg: PPOStageConfig, *,
     result = train_with_checkpoints(
         cfg, layout, step=step, abstract_state=abstract, init_state=init_state,
         batches=batches, mesh=mesh, rules=rules,
-        before=lambda state: write_samples("before", m.ref_params),
+        before=lambda state: write_samples("before", *[_reference(m, state)] * 2),
         leaf_names=train.leaf_names(m.params),
         progress_keys=("score/mean", "kl/sequence", "time/iteration"))
     if result.preempted:
         print(f"preempted at step {result.step}", flush=True)
         return StageResult(str(layout.root), None, result.step, True, data=tuple(notes))
     with sharding.activation_sharding(mesh, rules):
-        after = write_samples("after", result.state.params["policy"])
-    models.save_hf_checkpoint(layout.export, m.config, result.state.params["policy"],
-                              tokenizer=tokenizer, overwrite=True)  # collective
+        after = write_samples("after", result.state.params["policy"],
+                              _reference(m, result.state))
+    export_policy(layout, m.config, result.state.params["policy"], tokenizer)  # collective
     metrics = {"steps": result.step, "beta": float(result.state.helpers["kl"].beta),
                "reward_model_score_after": after["proxy"]["mean"]}
     print(json.dumps(metrics), flush=True)

@@ -9,9 +9,10 @@ import jax
 from rlhf_jax import data, models, reward, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
-                                    builtin_tokenizer, check_batch_size, labelled_dataset,
-                                    jit_train_step, model_overrides, optimizer_config, shardings_of,
-                                    start_run, train_with_checkpoints)
+                                    builtin_tokenizer, check_batch_size, freeze_rule,
+                                    jit_train_step, labelled_dataset, model_overrides,
+                                    optimizer_config, shardings_of, start_run,
+                                    train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import OptimizerConfig
 
@@ -105,11 +106,13 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
     shape = dict(prompt_len=dc.max_prompt_len, num_responses=max(2, ds.num_responses),
                  pad_id=tokenizer.pad_token_id or 0)
     check_batch_size("batch_size", cfg.batch_size, mesh)
-    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params)
+    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params,
+                              freeze=freeze_rule(cfg))
     abstract, init_state = train.compile_init(
         lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
                                            param_shardings=shardings_of(params)), params)
-    loss = reward.make_reward_loss(model, cfg.loss, dropout=cfg.dropout > 0)
+    loss = reward.make_reward_loss(model, cfg.loss, dropout=cfg.dropout > 0 or (
+        cfg.lora.enabled and cfg.lora.dropout > 0))
     step = jit_train_step(train.make_train_step(loss, tx), abstract,
                           sharding.batch_sharding(mesh, rules, 1))
     batches = GlobalBatches(data.preference_batches(
@@ -141,7 +144,9 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
     if train.is_main_process():
         reward.write_summary(layout.eval_summary, summary)
     reward.save_reward_model(layout.export, config, params, tokenizer=tokenizer,
-                             metadata={"normalisation": norm})  # collective
+                             metadata={"normalisation": norm})  # collective; adapters merged
+    if config.lora.enabled:  # the backbone's adapter alone (the head is in the export)
+        models.save_peft_adapter(layout.adapter, config, params)
     metrics = {k: v for k, v in summary.items() if k.startswith("eval/")}
     print(json.dumps(metrics), flush=True)
     return StageResult(str(layout.root), str(layout.export), result.step, False, metrics,

@@ -9,7 +9,7 @@ from rlhf_jax import data, losses, models, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
                                     builtin_tokenizer, check_batch_size, data_note,
-                                    jit_train_step, model_overrides, optimizer_config, shardings_of,
+                                    export_policy, freeze_rule, jit_train_step, model_overrides, optimizer_config, shardings_of,
                                     start_run, train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import OptimizerConfig
@@ -79,14 +79,18 @@ def train_sft(cfg: SFTConfig) -> StageResult:
             f"{cfg.model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's "
             f"vocab_size is {config.vocab_size}")
     check_batch_size("batch_size", cfg.batch_size, mesh)
-    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params)
+    tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params,
+                              freeze=freeze_rule(cfg))
     abstract, init_state = train.compile_init(
         lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
                                            param_shardings=shardings_of(params)), params)
 
+    dropout = config.lora.enabled and config.lora.dropout > 0  # adapter dropout (PEFT's)
+
     def sum_loss(p, batch, rng):
         out = model.apply({"params": p}, batch["tokens"], batch["mask"],
-                          skip_logits=config.logit_chunk > 0)
+                          skip_logits=config.logit_chunk > 0, deterministic=not dropout,
+                          rngs={"dropout": rng} if dropout else None)
         total, count = losses.model_nll_sum(out, p, config, batch["tokens"],
                                             losses.next_token_targets(batch["mask"]))
         return total, (count, {"train/nll": total})
@@ -115,6 +119,5 @@ def train_sft(cfg: SFTConfig) -> StageResult:
     print(f"{'preempted' if result.preempted else 'finished'} at step {result.step}", flush=True)
     if result.preempted:
         return StageResult(str(layout.root), None, result.step, True, data=notes)
-    models.save_hf_checkpoint(layout.export, config, result.state.params, tokenizer=tokenizer,
-                              overwrite=True)  # collective: every process gathers
+    export_policy(layout, config, result.state.params, tokenizer)  # collective
     return StageResult(str(layout.root), str(layout.export), result.step, False, data=notes)

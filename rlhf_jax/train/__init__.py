@@ -9,8 +9,9 @@ from rlhf_jax.train.early_stopping import (EarlyStoppingState, early_stopping_in
                                            early_stopping_update)
 from rlhf_jax.train.loop import LoopResult, NonFiniteError, run_training
 from rlhf_jax.train.metrics import MetricBuffer, MetricWriter, Progress
-from rlhf_jax.train.optim import (OptimizerConfig, decay_mask, frozen_labels,
-                                  learning_rate_schedule, make_optimizer)
+from rlhf_jax.train.optim import (Optimizer, OptimizerConfig, apply_updates, decay_mask,
+                                  frozen_labels, learning_rate_schedule, make_optimizer,
+                                  merge_trees)
 from rlhf_jax.train.state import (TrainState, accumulate_gradients, create_train_state,
                                   make_train_step)
 from rlhf_jax.train.setup import compile_init, leaf_names

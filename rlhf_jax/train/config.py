@@ -58,8 +58,11 @@ def _parse_value(key: str, text: str, current):
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise ConfigError(f"--config.{key}={text!r}: expected {expected.__name__}, got text that "
-                          "does not parse as one") from None
+        if isinstance(current, (list, tuple)):  # comma-separated words: q,k,v,o
+            value = [t.strip() for t in text.split(",") if t.strip()]
+        else:
+            raise ConfigError(f"--config.{key}={text!r}: expected {expected.__name__}, got "
+                              "text that does not parse as one") from None
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(current, tuple) and isinstance(value, list):

@@ -1,8 +1,9 @@
-"""Optimiser factory: AdamW with warmup + schedule, global-norm clipping, decay masks, frozen trees."""
+"""Optimiser factory: AdamW with warmup + schedule, global-norm clipping, decay masks, frozen
+leaves that get neither gradients nor optimiser state."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import optax
@@ -85,11 +86,63 @@ def frozen_labels(params: Any, frozen: Sequence[str]) -> Any:
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(cfg: OptimizerConfig, params: Any) -> optax.GradientTransformation:
-    """The optax chain for `params`: clip → AdamW(schedule, masked decay), frozen subtrees zeroed.
+class Optimizer(NamedTuple):
+    """An optax transformation that sees only the trainable leaves.
 
-    Frozen leaves go through `optax.set_to_zero` inside `optax.multi_transform`, so AdamW keeps
-    no moments for them.
+    `init(params)` and `update(grads, state, params)` take full trees; frozen leaves are dropped
+    first (`split`), so they hold no optimiser state, and `grads` may carry None for them (the
+    step differentiates with respect to the trainable leaves only, so the frozen weights get no
+    gradient buffers either). The returned updates hold None at frozen leaves: apply them with
+    `apply_updates`. `inner` is the optax chain over the trainable tree; `is_frozen(path)` the
+    rule ("a/b/c" paths).
+    """
+
+    init: Callable
+    update: Callable
+    inner: optax.GradientTransformation
+    is_frozen: Callable[[str], bool]
+
+    def split(self, tree: Any) -> tuple[Any, Any]:
+        """(trainable, frozen): two trees shaped like `tree` with None at the other's leaves."""
+        flags = jax.tree_util.tree_map_with_path(lambda p, _: self.is_frozen(path_str(p)), tree)
+        trainable = jax.tree.map(lambda x, f: None if f else x, tree, flags)
+        frozen = jax.tree.map(lambda x, f: x if f else None, tree, flags)
+        return trainable, frozen
+
+    @staticmethod
+    def merge(trainable: Any, frozen: Any) -> Any:
+        """The full tree from `split`'s two halves."""
+        return merge_trees(trainable, frozen)
+
+    @property
+    def freezes(self) -> bool:
+        """Whether any rule freezes leaves (False: every leaf trains)."""
+        return self.is_frozen is not _nothing_frozen
+
+
+def _nothing_frozen(path: str) -> bool:
+    return False
+
+
+def merge_trees(trainable: Any, frozen: Any) -> Any:
+    """The full tree from `Optimizer.split`'s two halves."""
+    return jax.tree.map(lambda t, f: f if t is None else t, trainable, frozen,
+                        is_leaf=lambda x: x is None)
+
+
+def apply_updates(params: Any, updates: Any) -> Any:
+    """`optax.apply_updates` where None updates (frozen leaves) keep the parameter as it is."""
+    return jax.tree.map(lambda p, u: p if u is None else optax.apply_updates(p, u), params,
+                        updates, is_leaf=lambda x: x is None)
+
+
+def make_optimizer(cfg: OptimizerConfig, params: Any,
+                   freeze: Optional[Callable[[str], bool]] = None) -> Optimizer:
+    """The optimiser for `params`: clip → AdamW(schedule, masked decay) over the trainable leaves.
+
+    Leaves under `cfg.frozen` prefixes, and those for which `freeze(path)` is true (e.g.
+    `models.frozen_base()` for LoRA: the base frozen, adapters and heads trained), are frozen:
+    no gradient, no moments, no update. Global-norm clipping sees the trainable leaves only.
     """
     if cfg.total_steps <= 0:
         raise ValueError("OptimizerConfig.total_steps is 0: set the schedule's length")
@@ -100,6 +153,29 @@ def make_optimizer(cfg: OptimizerConfig, params: Any) -> optax.GradientTransform
         raise ValueError(f"OptimizerConfig.frozen names {missing}, which match no parameter path")
     adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                         weight_decay=cfg.weight_decay, mask=decay_mask)
-    trainable = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) \
+    inner = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) \
         if cfg.clip_norm > 0 else adamw
-    return optax.multi_transform({"trainable": trainable, "frozen": optax.set_to_zero()}, labels)
+    prefixes = tuple(p.strip("/") for p in cfg.frozen)
+    if not prefixes and freeze is None:
+        rule = _nothing_frozen
+    else:
+        def rule(path: str) -> bool:
+            return any(path == p or path.startswith(p + "/") for p in prefixes) or bool(
+                freeze is not None and freeze(path))
+    trainable_leaves = [lab for path, lab in jax.tree_util.tree_flatten_with_path(labels)[0]
+                        if not rule(path_str(path))]
+    if not trainable_leaves:
+        raise ValueError("every parameter is frozen (OptimizerConfig.frozen and the LoRA rule); "
+                         "nothing would train")
+
+    def strip(tree):
+        return jax.tree_util.tree_map_with_path(
+            lambda p, x: None if rule(path_str(p)) else x, tree)
+
+    def init(params):
+        return inner.init(strip(params))
+
+    def update(grads, state, params=None):
+        return inner.update(strip(grads), state, None if params is None else strip(params))
+
+    return Optimizer(init, update, inner, rule)

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from rlhf_jax.train.optim import Optimizer, apply_updates, merge_trees
+
 
 @struct.dataclass
 class TrainState:
@@ -43,8 +45,11 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, seed_or_ke
     key = jax.random.key(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key
     opt_state = tx.init(params)
     if param_shardings is not None:
+        inner = tx
+        if isinstance(tx, Optimizer):  # the state mirrors the trainable leaves only
+            inner, param_shardings = tx.inner, tx.split(param_shardings)[0]
         opt_state = optax.tree_map_params(
-            tx, lambda leaf, sharding: jax.lax.with_sharding_constraint(leaf, sharding),
+            inner, lambda leaf, sharding: jax.lax.with_sharding_constraint(leaf, sharding),
             opt_state, param_shardings, transform_non_params=lambda leaf: leaf)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       rng=jax.random.key_data(key), helpers={} if helpers is None else helpers)
@@ -91,6 +96,18 @@ def accumulate_gradients(sum_loss_fn: SumLossFn, params: Any, batch: Any, key: j
     return loss_sum / denom, grads, jax.tree.map(lambda s: s / denom, sums), count
 
 
+def trainable_gradients(sum_loss_fn: SumLossFn, tx, params: Any, batch: Any, key: jax.Array,
+                        num_microbatches: int = 1):
+    """`accumulate_gradients` with respect to the trainable leaves of `tx` (an `Optimizer`)
+    only: the gradient tree holds None at frozen leaves, whose weight gradients are then never
+    formed. With a plain optax transformation every leaf is differentiated."""
+    if not isinstance(tx, Optimizer) or not tx.freezes:
+        return accumulate_gradients(sum_loss_fn, params, batch, key, num_microbatches)
+    trainable, frozen = tx.split(params)
+    return accumulate_gradients(lambda t, b, k: sum_loss_fn(merge_trees(t, frozen), b, k),
+                                trainable, batch, key, num_microbatches)
+
+
 def make_train_step(sum_loss_fn: SumLossFn, tx: optax.GradientTransformation, *,
                     num_microbatches: int = 1):
     """A pure step `(state, batch) -> (state, metrics)` to jit (donate the state).
@@ -103,13 +120,15 @@ def make_train_step(sum_loss_fn: SumLossFn, tx: optax.GradientTransformation, *,
     """
     def step_fn(state: TrainState, batch):
         key = jax.random.fold_in(state.key(), state.step)
-        loss, grads, metrics, count = accumulate_gradients(sum_loss_fn, state.params, batch, key,
-                                                           num_microbatches)
-        leaf_ok = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        loss, grads, metrics, count = trainable_gradients(sum_loss_fn, tx, state.params, batch,
+                                                          key, num_microbatches)
+        # one flag per parameter leaf (frozen leaves have no gradient: finite), in leaf order
+        leaf_ok = jnp.stack([jnp.array(True) if g is None else jnp.all(jnp.isfinite(g))
+                             for g in jax.tree.leaves(grads, is_leaf=lambda x: x is None)])
         loss_ok, grads_ok = jnp.isfinite(loss), jnp.all(leaf_ok)
         ok = loss_ok & grads_ok
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
+        new_params = apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa
         skip = (~ok).astype(jnp.int32)
         state = state.replace(step=state.step + 1, params=keep(new_params, state.params),

@@ -5,7 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from rlhf_jax.train import OptimizerConfig, decay_mask, learning_rate_schedule, make_optimizer
+from rlhf_jax.train import (OptimizerConfig, apply_updates, create_train_state, decay_mask,
+                            learning_rate_schedule, make_optimizer, make_train_step)
 
 
 def test_schedule_by_hand():
@@ -48,10 +49,15 @@ def test_weight_decay_only_where_masked_and_frozen_untouched():
     np.testing.assert_allclose(updates["backbone"]["dense"]["kernel"], -0.05)
     np.testing.assert_allclose(updates["backbone"]["dense"]["bias"], 0.0)
     np.testing.assert_allclose(updates["backbone"]["norm"]["scale"], 0.0)
-    # frozen: zero update even with a gradient, and no Adam moments held for it
+    # frozen: no update even with a gradient (None: kept as is), and no Adam moments for it
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, state, params)
-    np.testing.assert_array_equal(updates["reference"]["dense"]["kernel"], 0.0)
+    assert updates["reference"]["dense"]["kernel"] is None
+    new = apply_updates(params, updates)
+    np.testing.assert_array_equal(new["reference"]["dense"]["kernel"],
+                                  params["reference"]["dense"]["kernel"])
+    assert not np.allclose(new["backbone"]["dense"]["kernel"],
+                           params["backbone"]["dense"]["kernel"])
     trainable = sum(x.size for x in jax.tree.leaves(params["backbone"]))
     mu_sizes = sum(leaf.size for _, mu in optax.tree_utils.tree_get_all_with_path(state, "mu")
                    for leaf in jax.tree.leaves(mu))
@@ -80,3 +86,43 @@ def test_bad_optimizer_config(kw, match):
 def test_frozen_prefix_must_match():
     with pytest.raises(ValueError, match="match no parameter path"):
         make_optimizer(OptimizerConfig(frozen=("policy",)), _params())
+
+
+def test_train_step_differentiates_only_trainable_leaves():
+    """With a freeze rule the step takes no gradient of frozen leaves, leaves them bitwise
+    unchanged, and moves the trainable ones exactly as an optimiser over those leaves alone."""
+    params = _params()
+    cfg = OptimizerConfig(learning_rate=0.1, total_steps=10, schedule="constant", clip_norm=0.5)
+    tx = make_optimizer(cfg, params, freeze=lambda path: path.startswith("backbone/wte"))
+    x = jnp.arange(4.0)
+
+    def loss(p, batch, rng):
+        h = p["backbone"]["wte"]["embedding"].sum() + p["backbone"]["dense"]["kernel"].sum()
+        total = jnp.sum((h * batch - 1.0) ** 2) + p["reference"]["dense"]["kernel"].sum() ** 2
+        return total, (jnp.float32(batch.shape[0]), {})
+    state = create_train_state(params, tx, 0)
+    new, metrics = jax.jit(make_train_step(loss, tx))(state, x)
+    np.testing.assert_array_equal(new.params["backbone"]["wte"]["embedding"],
+                                  params["backbone"]["wte"]["embedding"])
+    # reference: plain optax over the trainable leaves with the frozen one a constant
+    frozen = params["backbone"]["wte"]["embedding"]
+    trainable = {"backbone": {k: v for k, v in params["backbone"].items() if k != "wte"},
+                 "reference": params["reference"]}
+
+    def ref_loss(t):
+        p = {"backbone": {**t["backbone"], "wte": {"embedding": frozen}},
+             "reference": t["reference"]}
+        return loss(p, x, None)[0] / x.shape[0]
+    g = jax.grad(ref_loss)(trainable)
+    inner = optax.chain(optax.clip_by_global_norm(0.5),
+                        optax.adamw(0.1, weight_decay=0.0, mask=decay_mask))
+    upd, _ = inner.update(g, inner.init(trainable), trainable)
+    expect = optax.apply_updates(trainable, upd)
+    np.testing.assert_allclose(new.params["backbone"]["dense"]["kernel"],
+                               expect["backbone"]["dense"]["kernel"], rtol=1e-6)
+    np.testing.assert_allclose(new.params["reference"]["dense"]["kernel"],
+                               expect["reference"]["dense"]["kernel"], rtol=1e-6)
+    np.testing.assert_allclose(metrics["train/grad_norm"], optax.tree_utils.tree_norm(g),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="every parameter is frozen"):
+        make_optimizer(cfg, params, freeze=lambda path: True)

@@ -146,24 +146,38 @@ def test_step_key_derived_from_step():
     assert float(m0["train/k"]) == pytest.approx(float(expected))
 
 
-def test_adam_moments_are_sharded_like_their_parameters():
-    """Under FSDP on 8 devices each device holds a 1/8 slice of each moment, not a copy."""
-    from rlhf_jax import sharding, train
+@pytest.mark.parametrize("lora", [False, True])
+def test_adam_moments_are_sharded_like_their_parameters(lora):
+    """Under FSDP on 8 devices each device holds a 1/8 slice of each moment, not a copy; with
+    LoRA only the adapters and the value head have moments, sharded like them."""
+    from rlhf_jax import models, sharding, train
     from rlhf_jax.models import load_or_init_model
     mesh, rules = sharding.make_mesh("fsdp=8"), sharding.logical_rules("fsdp")
+    extra = {"lora": models.LoraConfig(rank=8, targets=("q", "v", "down"))} if lora else {}
     _, _, params = load_or_init_model("", "tiny-llama", mesh, rules, jax.random.key(0),
-                                      heads=("lm", "value"))
-    tx = train.make_optimizer(OptimizerConfig(learning_rate=1e-3, total_steps=10), params)
+                                      heads=("lm", "value"), **extra)
+    tx = train.make_optimizer(OptimizerConfig(learning_rate=1e-3, total_steps=10), params,
+                              freeze=models.frozen_base("") if lora else None)
     shardings = jax.tree.map(lambda x: x.sharding, params)
     abstract, init = train.compile_init(
         lambda p: train.create_train_state(p, tx, 1, param_shardings=shardings), params)
     state = init()
-    adam = state.opt_state.inner_states["trainable"].inner_state[1][0]
+    adam = state.opt_state[1][0]  # chain(clip, adamw): adamw's scale_by_adam state
+    trainable = [(path, p) for path, p in jax.tree_util.tree_flatten_with_path(params)[0]
+                 if not tx.is_frozen(train.optim.path_str(path))]
     for moments in (adam.mu, adam.nu):
-        flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
         flat_m = dict(jax.tree_util.tree_flatten_with_path(moments)[0])
-        for path, p in flat_p:
+        assert len(flat_m) == len(trainable)
+        for path, p in trainable:
             assert flat_m[path].sharding.is_equivalent_to(p.sharding, p.ndim), path
+    if lora:
+        names = {train.optim.path_str(p).rsplit("/", 1)[-1] for p, _ in trainable}
+        assert names == {"lora_a", "lora_b", "kernel", "bias"}  # value_head: kernel, bias
+        assert all("value_head" in train.optim.path_str(p) or "lora_" in train.optim.path_str(p)
+                   for p, _ in trainable)
+        a = adam.mu["transformer"]["block_0"]["attn"]["q"]["lora_a"]  # [embed, r]: embed split
+        assert a.addressable_shards[0].data.size == a.size // 8
+        return
     emb = adam.mu["transformer"]["wte"]["embedding"]
     assert emb.addressable_shards[0].data.size == emb.size // 8
     # the abstract restore target says the same
