@@ -27,7 +27,9 @@ gradients under FSDP and may hoist rematerialised recomputation), so temporaries
 compiler's account; parameters, moments and resident bytes do not depend on the backend.
 
 Then, for each model size on 1 and 8 (fake CPU) devices under the FSDP preset, the LoRA PPO
-update's peak per device, and the largest size whose peak fits in 24 GB (`--budget-gb`).
+update's peak per device with the 64 rollouts in m = 1 or 4 minibatches per epoch
+(`--fit-minibatches`; smaller minibatches hold fewer activations), and the largest size whose
+peak fits in 24 GB (`--budget-gb`), written size@m with the fewest minibatches that fit.
 
 Targets (issue #15): LoRA's optimiser state ≤ 2% of full fine-tuning's, LoRA PPO resident
 bytes ≤ 0.6× of full fine-tuning's. The last line is `lora_memory: ratio=<full / LoRA PPO
@@ -37,6 +39,7 @@ full PPO resident bytes> largest_fit_1dev=… largest_fit_8dev=…`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -65,6 +68,11 @@ def parse_args(argv=None):
                    help="sizes whose LoRA PPO update is checked against the budget")
     p.add_argument("--device-counts", default="1,8")
     p.add_argument("--budget-gb", type=float, default=24.0)
+    p.add_argument("--minibatches", type=int, default=1,
+                   help="PPO minibatches per epoch in the full-vs-LoRA table (1: all rollouts "
+                        "in each gradient step, as benchmarks/memory.py)")
+    p.add_argument("--fit-minibatches", default="1,4",
+                   help="PPO minibatch counts tried in the fit search (the stage's default is 2)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
     p.add_argument("--targets", default="q,k,v,o")
@@ -74,6 +82,8 @@ def parse_args(argv=None):
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--response-len", type=int, default=256)
     p.add_argument("--dpo-pairs", type=int, default=16)
+    p.add_argument("--error-size", default="1b",
+                   help="model shape whose logits error of the int8 base is measured")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)  # "devices:size:steps:modes"
     return p.parse_args(argv)
 
@@ -133,9 +143,28 @@ def child(args) -> None:
         return models.count_params(tx.split(params)[0])
 
     for mode in modes.split(","):
-        lora = mode == "lora"
-        cfg = models.TransformerConfig(**base, lora=lora_cfg if lora else models.LoraConfig())
+        lora = mode in ("lora", "qlora")
+        adapters = (dataclasses.replace(lora_cfg, quantize_base="int8") if mode == "qlora"
+                    else lora_cfg if lora else models.LoraConfig())
+        cfg = models.TransformerConfig(**base, lora=adapters)
         freeze = models.frozen_base if lora else None
+
+        if "error" in steps:  # logits of the int8 base against the float base (runs it)
+            plain = cfg.replace(lora=models.LoraConfig())
+            params = jax.jit(lambda k: models.init_params(models.DecoderModel(plain), k))(
+                jax.random.key(0))
+            q = jax.jit(models.quantize_base)(params)
+            tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, plain.vocab_size)
+            a = jax.jit(lambda p: models.DecoderModel(plain).apply({"params": p}, tokens).logits)(
+                params)
+            b = jax.jit(lambda p: models.DecoderModel(cfg.without_lora()).apply(
+                {"params": p}, tokens).logits)(q)
+            d = jnp.abs(a - b)
+            print(MARK + json.dumps(dict(
+                devices=int(devices), size=size, step="error", mode=mode, tokens=128,
+                max_abs=float(d.max()), mean_abs=float(d.mean()), logit_std=float(a.std()),
+                argmax_agree=float(jnp.mean(a.argmax(-1) == b.argmax(-1))))), flush=True)
+            continue
 
         if "reward" in steps:
             model = models.DecoderModel(cfg, heads=("reward",))
@@ -172,7 +201,7 @@ def child(args) -> None:
                 advantages=f32(), returns=f32(), ended_with_eos=batch_struct((b,), jnp.bool_),
                 temperature=1.0)
             key = jax.eval_shape(lambda: jax.random.key(0))
-            pcfg = ppo.PPOConfig(epochs=4, num_minibatches=1)
+            pcfg = ppo.PPOConfig(epochs=4, num_minibatches=args.minibatches)
             trainable, frozen = tx.split(state.params) if lora else (state.params, None)
             # full fine-tuning keeps a frozen copy of the policy as the reference; LoRA reads
             # the policy's own base. The reward model is resident in both.
@@ -213,15 +242,17 @@ def child(args) -> None:
                  "reference: a frozen copy (an argument)")
 
 
-def run_child(args, devices: int, size: str, steps: str, modes: str) -> list[dict]:
+def run_child(args, devices: int, size: str, steps: str, modes: str,
+              minibatches: int = 0) -> list[dict]:
     flags = (os.environ.get("XLA_FLAGS", "") +
              f" --xla_force_host_platform_device_count={devices}"
              " --xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
     cmd = [sys.executable, os.path.abspath(__file__), "--child",
            f"{devices}:{size}:{steps}:{modes}"]
     for name in ("rank", "alpha", "targets", "pairs", "length", "rollouts", "prompt_len",
-                 "response_len", "dpo_pairs"):
-        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+                 "response_len", "dpo_pairs", "minibatches", "error_size"):
+        value = minibatches if name == "minibatches" and minibatches else getattr(args, name)
+        cmd += [f"--{name.replace('_', '-')}", str(value)]
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     rows = [json.loads(line[len(MARK):]) for line in out.stdout.splitlines()
@@ -238,7 +269,7 @@ def main():
         child(args)
         return
     t0 = time.perf_counter()
-    rows = run_child(args, 1, args.size, "reward,ppo,dpo", "full,lora")
+    rows = run_child(args, 1, args.size, "reward,ppo,dpo", "full,lora,qlora")
     print(f"full fine-tuning vs LoRA r={args.rank} α={args.alpha:g} on {args.targets}, "
           f"{args.size}, bf16 params, 1 device (GiB per device; XLA:CPU memory analysis)")
     print(f"{'step':<11} {'mode':<5} {'trainable':>13} {'opt_state':>9} {'args':>7} "
@@ -249,25 +280,34 @@ def main():
               f"{r['args'] / GIB:>7.2f} {r['resident'] / GIB:>8.2f} {r['temp'] / GIB:>7.2f} "
               f"{r['peak'] / GIB:>7.2f}  {r['notes']}")
     for step in ("reward", "ppo_update", "dpo"):
-        f, lo = by[(step, "full")], by[(step, "lora")]
+        f, lo, q = by[(step, "full")], by[(step, "lora")], by[(step, "qlora")]
         print(f"{step}: LoRA trains {lo['trainable'] / f['trainable']:.2%} of the parameters; "
               f"optimiser state {lo['opt'] / f['opt']:.2%} of full; resident "
-              f"{lo['resident'] / f['resident']:.3f}x; peak {lo['peak'] / f['peak']:.3f}x")
+              f"{lo['resident'] / f['resident']:.3f}x (int8 base {q['resident'] / f['resident']:.3f}x);"
+              f" peak {lo['peak'] / f['peak']:.3f}x (int8 base {q['peak'] / f['peak']:.3f}x)")
+    err = run_child(args, 1, args.error_size, "error", "qlora")[0]
+    print(f"int8 base vs bfloat16 base, {args.error_size} shape with random weights (std 0.02), "
+          f"{err['tokens']} tokens: max |Δlogit| {err['max_abs']:.4f}, mean {err['mean_abs']:.5f} "
+          f"(logit std {err['logit_std']:.3f}); next-token argmax agreement "
+          f"{err['argmax_agree']:.4f}")
     fits = {}
     print(f"\nLoRA PPO update (policy + critic adapters; reward model resident), peak per "
-          f"device, FSDP; budget {args.budget_gb:g} GB")
+          f"device, FSDP, {args.rollouts} rollouts split into m minibatches per epoch; budget "
+          f"{args.budget_gb:g} GB")
     for devices in (int(d) for d in args.device_counts.split(",")):
         for size in args.fit_sizes.split(","):
-            if devices == 1 and size == args.size:
-                r = by[("ppo_update", "lora")]
-            else:
-                r = run_child(args, devices, size, "ppo", "lora")[0]
-            ok = r["peak"] <= args.budget_gb * GB
-            print(f"  {size:<3} on {devices} device(s): peak {r['peak'] / GB:7.2f} GB "
-                  f"(resident {r['resident'] / GB:.2f}, temp {r['temp'] / GB:.2f}) "
-                  f"{'fits' if ok else 'does not fit'}", flush=True)
-            if ok:
-                fits[devices] = size
+            for mb in (int(m) for m in args.fit_minibatches.split(",")):
+                if devices == 1 and size == args.size and mb == args.minibatches:
+                    r = by[("ppo_update", "lora")]
+                else:
+                    r = run_child(args, devices, size, "ppo", "lora", mb)[0]
+                ok = r["peak"] <= args.budget_gb * GB
+                print(f"  {size:<3} on {devices} device(s), m={mb}: peak {r['peak'] / GB:7.2f} "
+                      f"GB (resident {r['resident'] / GB:.2f}, temp {r['temp'] / GB:.2f}) "
+                      f"{'fits' if ok else 'does not fit'}", flush=True)
+                if ok:
+                    fits[devices] = f"{size}@m{mb}"
+                    break  # the fewest minibatches that fit this size
     f, lo = by[("ppo_update", "full")], by[("ppo_update", "lora")]
     print(f"measured in {time.perf_counter() - t0:.0f} s")
     print(f"lora_memory: ratio={f['resident'] / lo['resident']:.2f} "

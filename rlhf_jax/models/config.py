@@ -60,6 +60,9 @@ class LoraConfig:
     rslora: bool = False  # scale α/√r instead of α/r (rank-stabilised LoRA)
     targets: tuple[str, ...] = ("q", "k", "v", "o")  # of q,k,v,o,gate,up,down
     dtype: str = "float32"  # adapter parameter dtype
+    # frozen base projections stored as int8 with one scale per output channel (QLoRA-style,
+    # Dettmers et al. 2023, with int8 instead of NF4): none | int8
+    quantize_base: str = "none"
 
     def __post_init__(self):
         if isinstance(self.targets, str):
@@ -79,11 +82,19 @@ class LoraConfig:
             raise ValueError(f"lora.alpha={self.alpha}: expected > 0")
         if self.dtype not in _DTYPES:
             raise ValueError(f"lora.dtype={self.dtype!r}: expected one of {_DTYPES}")
+        if self.quantize_base not in ("none", "int8"):
+            raise ValueError(f"lora.quantize_base={self.quantize_base!r}: expected 'none' or "
+                             "'int8'")
 
     @property
     def enabled(self) -> bool:
         """True when adapters are on (rank > 0)."""
         return self.rank > 0
+
+    @property
+    def quantized(self) -> bool:
+        """True when the base projections are stored as int8."""
+        return self.quantize_base == "int8"
 
     @property
     def scale(self) -> float:
@@ -238,9 +249,12 @@ class TransformerConfig:
         return dataclasses.replace(self, **changes)
 
     def without_lora(self) -> "TransformerConfig":
-        """The base model: the same config with adapters off. Applied to an adapted model's
-        parameters it ignores the adapter leaves, so it is the frozen reference at no cost."""
-        return self if not self.lora.enabled else self.replace(lora=LoraConfig())
+        """The base model: the same config with adapters off (an int8 base stays int8). Applied
+        to an adapted model's parameters it ignores the adapter leaves, so it is the frozen
+        reference at no cost."""
+        if not self.lora.enabled:
+            return self
+        return self.replace(lora=LoraConfig(quantize_base=self.lora.quantize_base))
 
     def check_length(self, length: int) -> None:
         """Refuse a sequence length that the model cannot attend over exactly."""

@@ -97,19 +97,29 @@ class Proj(nn.Module):
     param_dtype: jnp.dtype
     in_dims: int = 1
     std: float = 0.02
-    lora: Optional[LoraConfig] = None
+    lora: Optional[LoraConfig] = None  # adapters (and an int8 base) of the model
+    adapted: bool = True  # this projection carries an adapter when lora is enabled
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         in_shape = x.shape[x.ndim - self.in_dims:]
         shape = in_shape + tuple(self.features)
-        kernel = self.param("kernel", _init(self.std, self.kernel_axes), shape, self.param_dtype)
+        if self.lora is not None and self.lora.quantized:
+            # int8 weights with one float32 scale per output channel: W ≈ q · s
+            # (`models.quantize_base` fills them from float weights)
+            q = self.param("kernel", _zeros(self.kernel_axes), shape, jnp.int8)
+            s = self.param("kernel_scale", _ones(self.kernel_axes[self.in_dims:]),
+                           tuple(self.features), jnp.float32)
+            kernel = (q.astype(jnp.float32) * s).astype(self.dtype)
+        else:
+            kernel = self.param("kernel", _init(self.std, self.kernel_axes), shape,
+                                self.param_dtype)
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_dims)
         if self.use_bias:
             bias = self.param("bias", _zeros(self.kernel_axes[self.in_dims:]),
                               tuple(self.features), self.param_dtype)
             y = y + bias.astype(self.dtype)
-        if self.lora is not None and self.lora.enabled:
+        if self.lora is not None and self.lora.enabled and self.adapted:
             y = y + self._adapter(x, in_shape, deterministic)
         return y
 
@@ -148,13 +158,13 @@ class Attention(nn.Module):
         lora = cfg.lora
         if cfg.is_gpt2:
             qkv = Proj((3, h, hd), ("embed", "qkv", "heads", "head_dim"), cfg.qkv_bias,
-                       name="qkv", lora=lora if lora.on("q") else None, **dense)(
+                       name="qkv", lora=lora, adapted=lora.on("q"), **dense)(
                            x_btd, deterministic)
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         else:
             def proj(name, n, axis):
                 return Proj((n, hd), ("embed", axis, "head_dim"), cfg.qkv_bias, name=name,
-                            lora=lora if lora.on(name) else None, **dense)(x_btd, deterministic)
+                            lora=lora, adapted=lora.on(name), **dense)(x_btd, deterministic)
             q, k, v = proj("q", h, "heads"), proj("k", kv, "kv_heads"), proj("v", kv, "kv_heads")
             inv_freq = jnp.asarray(rope_inv_freq(cfg))
             q = apply_rotary(q, positions_bt, inv_freq)
@@ -211,7 +221,7 @@ class Attention(nn.Module):
         out = nn.with_logical_constraint(out_bthd, (BATCH, LENGTH, ACT_HEADS, None))
         return Proj((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg.out_bias,
                     in_dims=2, name="out", dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                    lora=cfg.lora if cfg.lora.on("o") else None)(out, deterministic)
+                    lora=cfg.lora, adapted=cfg.lora.on("o"))(out, deterministic)
 
 
 class MLP(nn.Module):
@@ -226,8 +236,8 @@ class MLP(nn.Module):
 
         def proj(name, target, features, axes):
             return Proj((features,), axes, cfg.mlp_bias, name=name, dtype=cfg.compute_dtype,
-                        param_dtype=cfg.params_dtype,
-                        lora=cfg.lora if cfg.lora.on(target) else None)
+                        param_dtype=cfg.params_dtype, lora=cfg.lora,
+                        adapted=cfg.lora.on(target))
 
         if cfg.is_gpt2:
             hidden = jax.nn.gelu(proj("fc", "up", f, ("embed", "mlp"))(x_btd, deterministic),

@@ -1,6 +1,7 @@
 """Models from a local Hugging Face directory or a preset, created directly in their shardings."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -8,7 +9,7 @@ import jax
 from rlhf_jax import sharding
 from rlhf_jax.models.config import preset
 from rlhf_jax.models.hf_io import load_hf_checkpoint, load_hf_config
-from rlhf_jax.models.lora import adapter_params, add_adapters
+from rlhf_jax.models.lora import adapter_params, add_adapters, quantize_base
 from rlhf_jax.models.transformer import DecoderModel, init_params, logical_axes
 
 
@@ -24,6 +25,16 @@ def load_or_init_model(model_dir: str, preset_name: str, mesh, rules, key, *,
     """
     config = (load_hf_config(model_dir) if model_dir else
               preset(preset_name)).replace(**overrides)
+    if config.lora.quantized:  # load (or initialise) in float, then store the base as int8
+        plain = config.replace(lora=dataclasses.replace(config.lora, quantize_base="none"))
+        _, _, params = load_or_init_model(model_dir, preset_name, mesh, rules, key, heads=heads,
+                                          num_reward_outputs=num_reward_outputs,
+                                          **{**overrides, "lora": plain.lora})
+        model = DecoderModel(config, heads=tuple(heads), num_reward_outputs=num_reward_outputs)
+        abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+        shardings = sharding.param_shardings(abstract, logical_axes(model), mesh, rules)
+        return config, model, jax.jit(quantize_base, out_shardings=shardings,
+                                      donate_argnums=0)(params)
     model = DecoderModel(config, heads=tuple(heads), num_reward_outputs=num_reward_outputs)
     abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     shardings = sharding.param_shardings(abstract, logical_axes(model), mesh, rules)

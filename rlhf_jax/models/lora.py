@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.config import TransformerConfig
+from rlhf_jax.models.config import LoraConfig, TransformerConfig
 
 ADAPTER_LEAVES = ("lora_a", "lora_b")
 
@@ -86,21 +86,48 @@ def count_params(tree: Any) -> int:
 
 
 def merge_adapters(config: TransformerConfig, params: dict) -> tuple[TransformerConfig, dict]:
-    """(base config, params with W ← W + s·A·B and no adapter leaves): the adapted model as a
-    plain one (Hu et al. 2022, §4.1). The product is formed in float32 and cast to the kernel's
-    dtype. Without adapters, returns the inputs unchanged."""
-    if not config.lora.enabled and not has_adapters(params):
+    """(plain config, params with W ← W + s·A·B and no adapter leaves): the adapted model as a
+    plain one (Hu et al. 2022, §4.1). The product is formed in float32 and cast to the
+    parameter dtype; an int8 base is dequantized first (W = q·s). Without adapters or an int8
+    base, returns the inputs unchanged."""
+    lora = config.lora
+    if not lora.enabled and not lora.quantized and not has_adapters(params):
         return config, params
-    scale = config.lora.scale
+    scale = lora.scale if lora.enabled else 0.0
+    dtype = config.params_dtype
 
     def walk(tree):
         if not isinstance(tree, dict):
             return tree
-        if "lora_a" in tree and "kernel" in tree:
-            a, b, w = tree["lora_a"], tree["lora_b"], tree["kernel"]
-            delta = jnp.tensordot(a.astype(jnp.float32), b.astype(jnp.float32), axes=1) * scale
-            merged = (w.astype(jnp.float32) + delta).astype(w.dtype)
-            return {**{k: v for k, v in tree.items() if k not in ADAPTER_LEAVES},
-                    "kernel": merged}
+        if "kernel" in tree and ("lora_a" in tree or "kernel_scale" in tree):
+            w = tree["kernel"]
+            if "kernel_scale" in tree:
+                w = (w.astype(jnp.float32) * tree["kernel_scale"]).astype(dtype)
+            if "lora_a" in tree:
+                a, b = tree["lora_a"].astype(jnp.float32), tree["lora_b"].astype(jnp.float32)
+                w = (w.astype(jnp.float32) + jnp.tensordot(a, b, axes=1) * scale).astype(w.dtype)
+            drop = ADAPTER_LEAVES + ("kernel_scale",)
+            return {**{k: v for k, v in tree.items() if k not in drop}, "kernel": w}
         return {k: walk(v) for k, v in tree.items()}
-    return config.without_lora(), walk(params)
+    return config.replace(lora=LoraConfig()), walk(params)
+
+
+def quantize_base(params: dict) -> dict:
+    """Every projection kernel of the backbone (attention and MLP) as int8 with one float32
+    scale per output channel: s = max|W| / 127 over the input axes, q = round(W / s)
+    (symmetric absmax quantization; each weight's error is at most s/2). Embeddings, the LM
+    head, norms, biases, heads and adapters keep their dtype. Use with
+    `LoraConfig(quantize_base="int8")`."""
+    def walk(tree, path):
+        if not isinstance(tree, dict):
+            return tree
+        if "kernel" in tree and ("attn" in path or "mlp" in path) and \
+                "kernel_scale" not in tree and tree["kernel"].dtype != jnp.int8:
+            w = tree["kernel"].astype(jnp.float32)
+            in_dims = 2 if path[-1] == "out" else 1
+            s = jnp.max(jnp.abs(w), axis=tuple(range(in_dims))) / 127.0
+            s = jnp.where(s > 0, s, 1.0)
+            q = jnp.clip(jnp.round(w / s), -127, 127).astype(jnp.int8)
+            return {**tree, "kernel": q, "kernel_scale": s}
+        return {k: walk(v, path + (k,)) for k, v in tree.items()}
+    return walk(params, ())

@@ -179,6 +179,8 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
             fresh = jax.jit(lambda k: models.adapter_params(models.init_params(cmodel, k)))(
                 jax.random.fold_in(key, 1))
             fresh = sharding.shard_params(fresh, models.adapter_params(axes), mesh, rules)
+            if lora.quantized:  # the critic's base as int8 too (its own arrays)
+                critic_params = jax.jit(models.quantize_base)(critic_params)
             critic_params = models.add_adapters(critic_params, fresh)
             critic_params["value_head"] = copy(critic_params["value_head"])
         else:

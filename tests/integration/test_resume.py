@@ -1,5 +1,5 @@
-"""Exact resume: SIGKILL at a random step of the SFT, reward-model, PPO and offline (KTO) stages,
-rerun, and the
+"""Exact resume: SIGKILL at a random step of the SFT, reward-model, PPO (full and LoRA) and
+offline (KTO) stages, rerun, and the
 exported parameters are bitwise equal to an uninterrupted run's, with every step logged once."""
 import json
 import os
@@ -17,10 +17,10 @@ from rlhf_jax.models._safetensors import SafetensorsFile
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = {"sft": 24, "reward": 16, "ppo": 8, "offline": 12}
-SAVE_EVERY = {"sft": 4, "reward": 4, "ppo": 2, "offline": 4}
+STEPS = {"sft": 24, "reward": 16, "ppo": 8, "offline": 12, "ppo_lora": 8}
+SAVE_EVERY = {"sft": 4, "reward": 4, "ppo": 2, "offline": 4, "ppo_lora": 2}
 PROGRESS_KEY = {"sft": "train/loss", "reward": "train/loss", "ppo": "score/mean",
-                "offline": "train/loss"}
+                "offline": "train/loss", "ppo_lora": "score/mean"}
 
 
 def _cmd(stage, run_dir, reward_dir=None):
@@ -38,9 +38,13 @@ def _cmd(stage, run_dir, reward_dir=None):
         # KTO: mismatched completions and the cached reference are part of what resumes
         "offline": ["--config.batch_size=16", "--config.data.builtin_pairs=200",
                     "--config.eval_every=8", "--config.loss.method=kto"],
-    }[stage]
+    }
+    # LoRA: frozen base split from the adapters in every update, the critic adapted too
+    extra["ppo_lora"] = extra["ppo"] + ["--config.lora.rank=4",
+                                        "--config.optim.learning_rate=1e-3"]
+    extra = extra[stage]
     script = {"sft": "train_sft.py", "reward": "train_reward.py", "ppo": "train_ppo.py",
-              "offline": "train_offline.py"}[stage]
+              "offline": "train_offline.py", "ppo_lora": "train_ppo.py"}[stage]
     return [sys.executable, "-u", str(ROOT / "experiments" / script), *common, *extra]
 
 

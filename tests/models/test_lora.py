@@ -265,3 +265,64 @@ def test_bad_adapter_files_name_the_problem(tmp_path):
         load_peft_adapter(adapter, config, params)
     with pytest.raises(CheckpointFormatError, match="no adapter_config.json"):
         load_peft_adapter(tmp_path, config, params)
+
+
+def test_int8_base_quantization_bound_and_forward():
+    """quantize_base: each weight within half a step of its float value (the rounding bound);
+    the int8 model's forward equals the plain model's over the dequantized weights; with
+    adapters, merging dequantizes and adds s·A·B."""
+    base = models.preset("tiny-llama")
+    params = models.init_params(DecoderModel(base), jax.random.key(0))
+    q = models.quantize_base(params)
+    attn = q["transformer"]["block_0"]["attn"]
+    assert attn["q"]["kernel"].dtype == jnp.int8 and attn["q"]["kernel_scale"].shape == (4, 16)
+    assert attn["out"]["kernel_scale"].shape == (64,)  # per output channel of [h, hd, d]
+    assert q["transformer"]["wte"]["embedding"].dtype == jnp.float32  # embeddings stay float
+    for path in (("attn", "q"), ("attn", "out"), ("mlp", "down")):
+        w = np.asarray(params["transformer"]["block_1"][path[0]][path[1]]["kernel"], np.float64)
+        node = q["transformer"]["block_1"][path[0]][path[1]]
+        s = np.asarray(node["kernel_scale"], np.float64)
+        deq = np.asarray(node["kernel"], np.float64) * s
+        assert np.all(np.abs(deq - w) <= s / 2 * (1 + 1e-6) + 1e-12), path
+    qcfg = base.replace(lora=LoraConfig(rank=4, targets=ALL, quantize_base="int8"))
+    qparams = _perturb(models.add_adapters(q, models.adapter_params(
+        models.init_params(DecoderModel(qcfg), jax.random.key(1)))))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 7)))
+    mcfg, merged = merge_adapters(qcfg, qparams)
+    assert not mcfg.lora.quantized and not models.has_adapters(merged)
+    assert merged["transformer"]["block_0"]["attn"]["q"]["kernel"].dtype == jnp.float32
+    ours = DecoderModel(qcfg).apply({"params": qparams}, tokens).logits
+    plain = DecoderModel(mcfg).apply({"params": merged}, tokens).logits
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(plain), atol=1e-5)
+    # the reference (adapters off) reads the int8 base, not the raw int8 values
+    off = DecoderModel(qcfg.without_lora()).apply({"params": qparams}, tokens).logits
+    deq_cfg, deq = merge_adapters(qcfg.without_lora(), models.strip_adapters(qparams))
+    np.testing.assert_array_equal(
+        np.asarray(off), np.asarray(DecoderModel(deq_cfg).apply({"params": deq}, tokens).logits))
+
+
+def test_load_or_init_with_an_int8_base_trains_only_adapters(tmp_path):
+    from rlhf_jax import sharding, train
+    hf = make_hf_model("llama3_gqa_bias")
+    hf.save_pretrained(tmp_path / "base")
+    mesh, rules = sharding.make_mesh("fsdp=-1"), sharding.logical_rules("fsdp")
+    lora = LoraConfig(rank=2, targets=("q", "v"), quantize_base="int8")
+    cfg, model, params = models.load_or_init_model(str(tmp_path / "base"), "", mesh, rules,
+                                                   jax.random.key(0), lora=lora)
+    k = params["transformer"]["block_0"]["mlp"]["up"]["kernel"]
+    assert k.dtype == jnp.int8 and "lora_a" in params["transformer"]["block_0"]["attn"]["q"]
+    tokens, mask = left_padded_batch(seed=5)
+    ours = np.asarray(model.apply({"params": params}, tokens, mask).logits)
+    ref = hf_logits(hf, tokens, mask)
+    real = mask.astype(bool)
+    # int8 weights (error ≤ s/2 per weight, s = max|W|/127) perturb these 2-layer logits of
+    # magnitude ~0.1 by far less than 1e-2; the float model matches to 1e-4 (test_parity)
+    assert np.abs(ours[real] - ref[real]).max() < 1e-2
+    tx = train.make_optimizer(train.OptimizerConfig(total_steps=10), params,
+                              freeze=models.frozen_base(""))
+    trainable, _ = tx.split(params)
+    names = {p[-1].key for p, _ in jax.tree_util.tree_flatten_with_path(trainable)[0]}
+    assert names == {"lora_a", "lora_b"}
+    out = save_hf_checkpoint(tmp_path / "export", cfg, params)  # dequantized, plain
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
+    assert np.abs(hf_logits(back, tokens, mask)[real] - ours[real]).max() < TOL
