@@ -14,5 +14,6 @@ from rlhf_jax.models.loading import load_or_init_model
 from rlhf_jax.models.logprobs import (chunked_logprobs, predicted_logprobs, response_logprobs,
                                       token_entropy, token_logprobs, unembedding)
 from rlhf_jax.models.lora import (adapter_params, add_adapters, count_params, frozen_base,
-                                  has_adapters, merge_adapters, quantize_base, strip_adapters)
+                                  has_adapters, merge_adapters, quantize_base,
+                                  reference_overlay, strip_adapters)
 from rlhf_jax.models.peft_io import load_peft_adapter, save_peft_adapter

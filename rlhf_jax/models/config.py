@@ -63,6 +63,9 @@ class LoraConfig:
     # frozen base projections stored as int8 with one scale per output channel (QLoRA-style,
     # Dettmers et al. 2023, with int8 instead of NF4): none | int8
     quantize_base: str = "none"
+    # base modules trained in full beside the adapters (PEFT's modules_to_save): lm_head. The
+    # reference keeps a copy of their initial weights.
+    modules_to_save: tuple[str, ...] = ()
 
     def __post_init__(self):
         if isinstance(self.targets, str):
@@ -82,6 +85,13 @@ class LoraConfig:
             raise ValueError(f"lora.alpha={self.alpha}: expected > 0")
         if self.dtype not in _DTYPES:
             raise ValueError(f"lora.dtype={self.dtype!r}: expected one of {_DTYPES}")
+        if isinstance(self.modules_to_save, str):
+            object.__setattr__(self, "modules_to_save", tuple(
+                t.strip() for t in self.modules_to_save.split(",") if t.strip()))
+        object.__setattr__(self, "modules_to_save", tuple(self.modules_to_save))
+        if any(m != "lm_head" for m in self.modules_to_save):
+            raise ValueError(f"lora.modules_to_save={self.modules_to_save}: only 'lm_head' is "
+                             "supported")
         if self.quantize_base not in ("none", "int8"):
             raise ValueError(f"lora.quantize_base={self.quantize_base!r}: expected 'none' or "
                              "'int8'")
@@ -216,6 +226,9 @@ class TransformerConfig:
                             prefix="TransformerConfig.")
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoraConfig(**self.lora))
+        if self.lora.enabled and self.lora.modules_to_save and self.tie_word_embeddings:
+            raise ValueError("lora.modules_to_save=lm_head: this model ties its LM head to the "
+                             "embeddings, so there is no separate head to train")
         if self.lora.enabled and self.is_gpt2:
             fused = [t for t in ("q", "k", "v") if t in self.lora.targets]
             if fused and len(fused) != 3:

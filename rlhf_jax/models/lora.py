@@ -54,20 +54,32 @@ def has_adapters(params: Any) -> bool:
     return bool(adapter_params(params))
 
 
-def frozen_base(*subtrees: str) -> Callable[[str], bool]:
+def frozen_base(*subtrees: str, train: tuple[str, ...] = ()) -> Callable[[str], bool]:
     """A frozen-leaf rule for `train.make_optimizer(freeze=...)`: under each of `subtrees` (""
     for the whole tree, or "policy", "critic"), the backbone and LM head are frozen except their
-    adapters; heads a stage adds (reward, value) keep training (Hu et al. 2022, §4.2)."""
+    adapters and the modules named in `train` ("lm_head": `LoraConfig.modules_to_save`); heads
+    a stage adds (reward, value) keep training (Hu et al. 2022, §4.2)."""
     roots = tuple(s.strip("/") for s in subtrees) or ("",)
 
     def frozen(path: str) -> bool:
         for root in roots:
             rest = path if not root else (path[len(root) + 1:] if path.startswith(root + "/")
                                           else None)
-            if rest is not None and rest.split("/", 1)[0] in ("transformer", "lm_head"):
-                return not is_adapter(path)
+            top = None if rest is None else rest.split("/", 1)[0]
+            if top in ("transformer", "lm_head"):
+                return not (is_adapter(path) or top in train)
         return False
     return frozen
+
+
+def reference_overlay(config: TransformerConfig, params: dict) -> dict | None:
+    """What the reference of an adapted policy needs beside the policy's own (frozen) weights:
+    copies of the modules that train in full (`lora.modules_to_save`), or None. The reference's
+    parameters are then `{**policy_params, **overlay}`, read with adapters off."""
+    saved = config.lora.modules_to_save if config.lora.enabled else ()
+    if not saved:
+        return None
+    return {name: jax.tree.map(lambda x: x.copy(), params[name]) for name in saved}
 
 
 def add_adapters(params: dict, adapters: dict) -> dict:

@@ -78,13 +78,17 @@ def save_peft_adapter(path, config: TransformerConfig, params: dict, *,
             a.reshape(-1, r).T.astype(np.float32))
         tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(
             b.reshape(r, -1).T.astype(np.float32))
+    for name in lora.modules_to_save:  # trained in full: PEFT stores the whole weight
+        tensors[f"{_PEFT_PREFIX}{name}.weight"] = np.ascontiguousarray(
+            host_array(params[name]["kernel"]).T.astype(np.float32))
     names = _peft_target_names(config)
     adapter_config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank,
         "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "use_rslora": lora.rslora,
         "target_modules": sorted({names[t] for t in lora.targets if t in names}),
         "fan_in_fan_out": config.is_gpt2, "bias": "none", "use_dora": False,
-        "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+        "init_lora_weights": True, "inference_mode": True,
+        "modules_to_save": list(lora.modules_to_save) or None,
         "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
         "base_model_name_or_path": base_model or None, "revision": None}
     path = Path(path)
@@ -121,10 +125,14 @@ def _read_adapter_config(path: Path) -> dict:
         raise CheckpointFormatError(f"{file}: field 'r'={r!r}; expected a positive int")
     for field, ok in (("use_dora", (False, None)), ("bias", ("none", None)),
                       ("layers_to_transform", (None,)), ("rank_pattern", ({}, None)),
-                      ("alpha_pattern", ({}, None)), ("modules_to_save", (None, []))):
+                      ("alpha_pattern", ({}, None))):
         if cfg.get(field) not in ok:
             raise CheckpointFormatError(f"{file}: field {field!r}={cfg.get(field)!r} is not "
                                         f"supported (expected {ok[0]!r})")
+    saved = cfg.get("modules_to_save") or []
+    if not isinstance(saved, list) or any(m != "lm_head" for m in saved):
+        raise CheckpointFormatError(f"{file}: field 'modules_to_save'={saved!r} is not "
+                                    "supported (expected none or ['lm_head'])")
     return cfg
 
 
@@ -173,7 +181,8 @@ def load_peft_adapter(path, config: TransformerConfig, params: dict, *,
         lora = LoraConfig(rank=cfg["r"], alpha=float(cfg.get("lora_alpha", 8)),
                           dropout=float(cfg.get("lora_dropout", 0.0) or 0.0),
                           rslora=bool(cfg.get("use_rslora", False)), targets=targets,
-                          dtype=dtype or config.lora.dtype)
+                          dtype=dtype or config.lora.dtype,
+                          modules_to_save=tuple(cfg.get("modules_to_save") or ()))
         new_config = config.replace(lora=lora)
     except (ValueError, TypeError) as e:
         raise CheckpointFormatError(f"{file}: {e}") from None
@@ -207,6 +216,22 @@ def load_peft_adapter(path, config: TransformerConfig, params: dict, *,
             used.add(key)
             value = np.asarray(f.get(key), np.float32).T.reshape(ours)
             _set(out, module + (leaf,), jnp.asarray(value, jnp.dtype(lora.dtype)))
+    for name in lora.modules_to_save:
+        tensor = f"{_PEFT_PREFIX}{name}.weight"
+        if name not in params:
+            raise CheckpointFormatError(f"{file}: modules_to_save names {name!r}, which this "
+                                        "model does not have (a tied LM head?)")
+        if tensor not in f.keys():
+            raise CheckpointFormatError(f"{weights}: tensor {tensor!r} is missing "
+                                        f"(modules_to_save names {name!r})")
+        kernel = params[name]["kernel"]
+        if f.shape(tensor) != tuple(kernel.shape[::-1]):
+            raise CheckpointFormatError(f"{weights}: tensor {tensor!r} has shape "
+                                        f"{f.shape(tensor)}; the model implies "
+                                        f"{tuple(kernel.shape[::-1])}")
+        used.add(tensor)
+        out[name] = {**out[name], "kernel": jnp.asarray(np.asarray(f.get(tensor)).T,
+                                                        kernel.dtype)}
     extra = sorted(set(f.keys()) - used)
     if extra:
         raise CheckpointFormatError(f"{weights}: tensor {extra[0]!r} matches no adapted "

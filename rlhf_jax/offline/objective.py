@@ -210,8 +210,9 @@ def make_offline_loss(model: DecoderModel, cfg: OfflineLossConfig, ref_params=No
     the reference point, Ethayarajh et al. 2024, §4.1), and, when the method uses a reference,
     either "reference" (its cached `reference_logprobs`) or nothing, in which case the frozen
     `ref_params` score the batch in the step. With `reference_model` (LoRA: the same model with
-    adapters off, `config.without_lora()`) and no `ref_params`, the reference is that model over
-    the policy's own parameters: the frozen base, with no second copy."""
+    adapters off, `config.without_lora()`), the reference is that model over the policy's own
+    parameters with `ref_params` (None, or initial copies of `lora.modules_to_save`) laid over
+    them: the frozen base, with no second copy."""
     kto = cfg.method == "kto"
 
     def sum_loss(params, inputs, rng):
@@ -221,9 +222,10 @@ def make_offline_loss(model: DecoderModel, cfg: OfflineLossConfig, ref_params=No
         ref = None
         if cfg.uses_reference:
             ref = inputs.get("reference")
-            if ref is None and ref_params is None and reference_model is not None:
-                ref = reference_logprobs(reference_model, jax.lax.stop_gradient(params), batch,
-                                         inputs.get("partners"))
+            if ref is None and reference_model is not None:
+                ref = reference_logprobs(reference_model, {**jax.lax.stop_gradient(params),
+                                                           **(ref_params or {})},
+                                         batch, inputs.get("partners"))
             elif ref is None:
                 ref = reference_logprobs(model, ref_params, batch, inputs.get("partners"))
         partners = None

@@ -107,15 +107,16 @@ def score_responses(params, ref_params, score_params, prompt_tokens, prompt_mask
     """(reference log-probs [B, N], values [B, N], scores [B]) of sampled responses, in one jit.
 
     `params` is {"policy": ...} (its value head is the critic) or {"policy": ..., "critic": ...};
-    `ref_params` None means the policy's own weights with LoRA adapters off (the reference of a
-    LoRA policy, Hu et al. 2022: no second copy of the base);
+    `ref_params` is laid over the policy's weights (`{**policy, **ref_params}`): a full copy,
+    or with LoRA None or the initial copies of the modules that train in full, so that the
+    reference is the policy's own base read with adapters off (Hu et al. 2022: no second copy);
     `score_fn(score_params, prompt_tokens, prompt_mask, response_tokens, response_mask) -> [B]`
     is the reward model (`reward.reward_model_scorer`) or a programmatic reward. Without
     `with_values` (critic-free advantages) the values are zeros.
     """
     seq = (prompt_tokens, prompt_mask, response_tokens, response_mask)
     # the reference is read with adapters off: with LoRA it is the policy's own base weights
-    ref = params["policy"] if ref_params is None else ref_params
+    ref = {**params["policy"], **(ref_params or {})}
     ref_logprobs = response_logprobs(ref, *seq, config=config.without_lora(),
                                      temperature=temperature)
     values = (_values(params, config, critic_config, *seq) if with_values

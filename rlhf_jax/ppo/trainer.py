@@ -86,8 +86,8 @@ def make_ppo_step(*, config: TransformerConfig, ref_params: Any, score_params: A
     `rollout.group_size` k each prompt is sampled k times. The key of iteration s is
     fold_in(run key, s), so a resumed run draws exactly what the uninterrupted one did. Metrics
     include the rollout statistics, the update's losses, β, and the seconds spent in generate /
-    score / update. `ref_params` None: the reference is the policy's own weights with LoRA
-    adapters off. `place_batch` puts host batches on the mesh (e.g.
+    score / update. `ref_params` is laid over the policy's weights (LoRA: None, or
+    copies of `lora.modules_to_save`), read with adapters off. `place_batch` puts host batches on the mesh (e.g.
     `train.global_batch_from_local`); by default they go to the default device.
     """
     put = place_batch or (lambda tree: jax.tree.map(jnp.asarray, tree))

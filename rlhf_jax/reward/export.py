@@ -18,6 +18,7 @@ import numpy as np
 from rlhf_jax.models import (CheckpointFormatError, TransformerConfig, load_hf_checkpoint,
                              save_hf_checkpoint)
 from rlhf_jax.models.hf_io import host_array
+from rlhf_jax.models.lora import merge_adapters
 from rlhf_jax.models._safetensors import SafetensorsFile, save_safetensors
 
 HEAD_FILE, HEAD_META = "reward_head.safetensors", "reward_head.json"
@@ -29,6 +30,7 @@ def save_reward_model(path, config: TransformerConfig, params: dict, *, tokenize
     (parameters are gathered collectively, process 0 writes)."""
     if "reward_head" not in params:
         raise CheckpointFormatError("params has no reward_head; is this a reward model?")
+    config, params = merge_adapters(config, params)  # LoRA: a plain backbone
     export_cfg = config if "lm_head" in params or config.tie_word_embeddings else \
         config.replace(tie_word_embeddings=True)
     path = save_hf_checkpoint(path, export_cfg, params, tokenizer=tokenizer, overwrite=overwrite)

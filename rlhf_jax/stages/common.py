@@ -101,7 +101,8 @@ def model_overrides(cfg: RunConfig) -> dict:
 def freeze_rule(cfg: RunConfig):
     """The optimiser's frozen-leaf rule for a stage that trains one model: with LoRA the base
     (backbone and LM head) is frozen and adapters and added heads train; None otherwise."""
-    return models.frozen_base("") if cfg.lora.enabled else None
+    return models.frozen_base("", train=cfg.lora.modules_to_save) if cfg.lora.enabled \
+        else None
 
 
 def export_policy(layout: RunLayout, config, params, tokenizer) -> None:

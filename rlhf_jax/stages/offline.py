@@ -129,6 +129,8 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
     # LoRA: the reference is the policy's own base with adapters off (no copy of the weights)
     ref_model = models.DecoderModel(config.without_lora()) if config.lora.enabled else None
     if lc.uses_reference:
+        # the weights the reference is computed from: with LoRA the policy's own (at step 0 it
+        # is the reference), else a copy (the update donates the policy)
         ref_params = params if ref_model else jax.tree.map(lambda x: x.copy(), params)
         if cfg.reference == "cached":
             ident = _reference_identity(cfg)
@@ -141,8 +143,10 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
                         lambda: offline.compute_reference_cache(
                             ref_model or model, ref_params, source, batch_size=cfg.batch_size,
                             kto=kto, place=place, **shape))
-        if cfg.reference == "cached" or ref_model is not None:
+        if cfg.reference == "cached":
             ref_params = None  # no second copy of the weights while training
+        elif ref_model is not None:  # LoRA: only the fully trained modules are copied
+            ref_params = models.reference_overlay(config, params)
     tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params,
                               freeze=freeze_rule(cfg))
     abstract, init_state = train.compile_init(

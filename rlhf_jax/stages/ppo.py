@@ -103,7 +103,9 @@ class PPOModels:
     reward_params: Any
     reward_outputs: int
     tokenizer: Any
-    ref_params: Any  # None with LoRA: the policy's own weights with adapters off
+    # LoRA: None (the policy's own weights, read with adapters off) or copies of the modules
+    # that train in full (`lora.modules_to_save`), laid over the policy's weights
+    ref_params: Any
     params: dict
     critic_lora: bool = False  # the separate critic carries adapters (same lora config)
 
@@ -112,15 +114,16 @@ class PPOModels:
         """The separate critic's config, or None when the value head is on the policy."""
         if "critic" not in self.params:
             return None
-        return self.reward_config.replace(lora=self.config.lora) if self.critic_lora \
-            else self.reward_config
+        return self.reward_config.replace(lora=_critic_lora(self.config.lora)) \
+            if self.critic_lora else self.reward_config
 
     def freeze_rule(self):
         """The optimiser's frozen-leaf rule: with LoRA the policy's base (and an adapted
         critic's) train no weights but their adapters; None without LoRA."""
         if not self.config.lora.enabled:
             return None
-        return models.frozen_base(*(("policy", "critic") if self.critic_lora else ("policy",)))
+        return models.frozen_base(*(("policy", "critic") if self.critic_lora else ("policy",)),
+                                  train=self.config.lora.modules_to_save)
 
     def scorer(self, std_coef: float = 0.0) -> reward.reward_model_scorer:
         """The reward model as a PPO score_fn (ensemble: mean − std_coef·std)."""
@@ -168,13 +171,15 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
                                     f"vocab_size {rm_config.vocab_size}")
     copy = lambda tree: jax.tree.map(lambda x: x.copy(), tree)  # noqa: E731 - the update donates
     # LoRA: the reference is the frozen base itself, read with adapters off
-    ref = None if lora.enabled else {k: v for k, v in copy(policy).items() if k != "value_head"}
+    ref = models.reference_overlay(config, policy) if lora.enabled else \
+        {k: v for k, v in copy(policy).items() if k != "value_head"}
     params = {"policy": policy}
     critic_lora = critic_lora and lora.enabled and critic == "reward"
     if critic == "reward":
         critic_params = reward.critic_from_reward_model(rm_params)
         if critic_lora:  # frozen backbone shared with the reward model; fresh adapters
-            cmodel = models.DecoderModel(rm_config.replace(lora=lora), heads=("value",))
+            cmodel = models.DecoderModel(rm_config.replace(lora=_critic_lora(lora)),
+                                         heads=("value",))
             axes = models.logical_axes(cmodel)
             fresh = jax.jit(lambda k: models.adapter_params(models.init_params(cmodel, k)))(
                 jax.random.fold_in(key, 1))
@@ -190,10 +195,18 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
                      params, critic_lora)
 
 
+def _critic_lora(lora: models.LoraConfig) -> models.LoraConfig:
+    """The critic's adapters: the policy's, without modules_to_save (it has no LM head)."""
+    return dataclasses.replace(lora, modules_to_save=())
+
+
 def _reference(m: PPOModels, state):
-    """The reference policy's weights: the state's own policy with LoRA (read with adapters
-    off; the arrays `m` was loaded with have been donated to the first update), else the copy."""
-    return state.params["policy"] if m.ref_params is None else m.ref_params
+    """The reference policy's weights: with LoRA the state's own policy (read with adapters
+    off; the arrays `m` was loaded with have been donated to the first update) with the initial
+    copies of `lora.modules_to_save` laid over it; else the copy."""
+    if not m.config.lora.enabled:
+        return m.ref_params
+    return {**state.params["policy"], **(m.ref_params or {})}
 
 
 def stop_token_ids(tokenizer, spec: str) -> tuple:

@@ -146,7 +146,8 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
     reward.save_reward_model(layout.export, config, params, tokenizer=tokenizer,
                              metadata={"normalisation": norm})  # collective; adapters merged
     if config.lora.enabled:  # the backbone's adapter alone (the head is in the export)
-        models.save_peft_adapter(layout.adapter, config, params)
+        backbone = dataclasses.replace(config.lora, modules_to_save=())  # no LM head here
+        models.save_peft_adapter(layout.adapter, config.replace(lora=backbone), params)
     metrics = {k: v for k, v in summary.items() if k.startswith("eval/")}
     print(json.dumps(metrics), flush=True)
     return StageResult(str(layout.root), str(layout.export), result.step, False, metrics,

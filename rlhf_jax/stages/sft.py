@@ -8,9 +8,9 @@ import jax
 from rlhf_jax import data, losses, models, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
-                                    builtin_tokenizer, check_batch_size, data_note,
-                                    export_policy, freeze_rule, jit_train_step, model_overrides, optimizer_config, shardings_of,
-                                    start_run, train_with_checkpoints)
+                                    builtin_tokenizer, check_batch_size, data_note, export_policy,
+                                    freeze_rule, jit_train_step, model_overrides, optimizer_config,
+                                    shardings_of, start_run, train_with_checkpoints)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import OptimizerConfig
 

@@ -1,6 +1,7 @@
 """LoRA through the stages: SFT, reward modelling, PPO and DPO train only adapters (and added
 heads) with the base frozen bit for bit, export a merged plain model equal to base + adapters,
 and write the adapter alone in PEFT's format."""
+import dataclasses
 import json
 
 import jax
@@ -124,14 +125,18 @@ def test_ppo_lora_reference_is_the_base(sft_run, reward_run, tmp_path):
     assert (run / "adapter" / "adapter_config.json").is_file() and result.export_dir
 
 
-def test_dpo_lora_cached_and_step_references_agree(sft_run, tmp_path):
+@pytest.mark.parametrize("saved", [(), ("lm_head",)])
+def test_dpo_lora_cached_and_step_references_agree(sft_run, tmp_path, saved):
+    """With the LM head trained in full too, the step's reference lays the head's initial copy
+    over the policy's base; the cache was computed from the initial weights."""
     base, _, _ = sft_run
     out = {}
+    lora = dataclasses.replace(LORA, modules_to_save=saved)
     for ref in ("cached", "step"):
         run = tmp_path / ref
         out[ref] = stages.train_offline(stages.OfflineConfig(
             run_dir=str(run), policy_dir=str(base / "export"), steps=4, batch_size=16,
-            eval_every=0, log_every=1, reference=ref, lora=LORA,
+            eval_every=0, log_every=1, reference=ref, lora=lora,
             data=stages.OfflineData(builtin_pairs=200),
             optim=OptimizerConfig(learning_rate=1e-3, total_steps=0)))
         out[ref] = [json.loads(x)["train/loss"] for x in

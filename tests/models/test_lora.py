@@ -326,3 +326,37 @@ def test_load_or_init_with_an_int8_base_trains_only_adapters(tmp_path):
     out = save_hf_checkpoint(tmp_path / "export", cfg, params)  # dequantized, plain
     back = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
     assert np.abs(hf_logits(back, tokens, mask)[real] - ours[real]).max() < TOL
+
+
+def test_lm_head_as_module_to_save_round_trips_through_peft(tmp_path):
+    """modules_to_save=lm_head: the head trains in full (the freeze rule leaves it trainable),
+    PEFT loads our file with the trained head, and we read PEFT's back."""
+    _, config, params, _, _ = _adapted("llama3_gqa_bias", ("q", "v"))
+    acfg = config.replace(lora=LoraConfig(rank=4, alpha=8.0, targets=("q", "v"),
+                                          modules_to_save=("lm_head",)))
+    aparams = _perturb(models.add_adapters(params, models.adapter_params(
+        models.init_params(DecoderModel(acfg), jax.random.key(1)))))
+    head = np.asarray(aparams["lm_head"]["kernel"])
+    aparams["lm_head"] = {"kernel": jnp.asarray(head + 0.05 * np.sign(head))}  # "trained"
+    frozen = models.frozen_base("", train=acfg.lora.modules_to_save)
+    assert not frozen("lm_head/kernel") and frozen("transformer/wte/embedding")
+    overlay = models.reference_overlay(acfg, params)
+    assert set(overlay) == {"lm_head"}
+    base_dir = save_hf_checkpoint(tmp_path / "base", config, params)
+    adapter_dir = save_peft_adapter(tmp_path / "adapter", acfg, aparams)
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())[
+        "modules_to_save"] == ["lm_head"]
+    tokens, mask = left_padded_batch(seed=6)
+    ours = np.asarray(DecoderModel(acfg).apply({"params": aparams}, tokens, mask).logits)
+    torch_base = transformers.AutoModelForCausalLM.from_pretrained(base_dir).float().eval()
+    theirs = hf_logits(peft.PeftModel.from_pretrained(torch_base, str(adapter_dir)).eval(),
+                       tokens, mask)
+    real = mask.astype(bool)
+    assert np.abs(ours[real] - theirs[real]).max() < TOL
+    cfg2, p2 = load_peft_adapter(adapter_dir, config, params)
+    assert cfg2.lora.modules_to_save == ("lm_head",)
+    np.testing.assert_array_equal(np.asarray(p2["lm_head"]["kernel"]),
+                                  np.asarray(aparams["lm_head"]["kernel"]))
+    with pytest.raises(ValueError, match="ties its LM head"):
+        models.preset("tiny-gpt2", lora=LoraConfig(rank=2, targets=("o",),
+                                                   modules_to_save=("lm_head",)))
