@@ -187,7 +187,9 @@ def child(args) -> None:
         if "ppo" in steps:
             policy = abstract_params(models.DecoderModel(cfg))
             critic = abstract_params(models.DecoderModel(cfg, heads=("value",)))
-            rm = abstract_params(models.DecoderModel(cfg.without_lora(), heads=("reward",)))
+            # the stage loads the reward model as exported: no adapters, no int8 base
+            rm = abstract_params(models.DecoderModel(cfg.replace(lora=models.LoraConfig()),
+                                                     heads=("reward",)))
             params = {"policy": policy, "critic": critic}
             tx, state = state_of(params, freeze("policy", "critic") if lora else None,
                                  helpers={"kl": ppo.fixed_kl_init(0.05)})

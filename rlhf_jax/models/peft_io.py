@@ -98,9 +98,14 @@ def save_peft_adapter(path, config: TransformerConfig, params: dict, *,
         try:
             save_safetensors(str(tmp / ADAPTER_WEIGHTS), tensors, metadata={"format": "pt"})
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
-            if path.exists():
-                shutil.rmtree(path)
+            old = None
+            if path.exists():  # moved aside first: a crash never leaves no adapter at all
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
             os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -182,7 +187,8 @@ def load_peft_adapter(path, config: TransformerConfig, params: dict, *,
                           dropout=float(cfg.get("lora_dropout", 0.0) or 0.0),
                           rslora=bool(cfg.get("use_rslora", False)), targets=targets,
                           dtype=dtype or config.lora.dtype,
-                          modules_to_save=tuple(cfg.get("modules_to_save") or ()))
+                          modules_to_save=tuple(cfg.get("modules_to_save") or ()),
+                          quantize_base=config.lora.quantize_base)  # the base stays as given
         new_config = config.replace(lora=lora)
     except (ValueError, TypeError) as e:
         raise CheckpointFormatError(f"{file}: {e}") from None

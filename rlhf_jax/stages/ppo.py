@@ -139,8 +139,8 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
     on the policy (`critic="shared"`) or none (`critic="none"`, for critic-free advantages).
     The two tokenizers must agree. `model_options` (remat, attention, lora) apply to every
     trained model. With LoRA (`model_options["lora"]`) the reference is the policy's own base
-    with adapters off (no copy), and a critic initialised from the reward model shares the
-    reward model's backbone arrays and trains adapters (`critic_lora`) or all its weights."""
+    with adapters off (no copy), and a critic initialised from the reward model trains
+    adapters on its frozen backbone (`critic_lora`) or all its weights."""
     if critic not in ("reward", "shared", "none"):
         raise ConfigError(f"critic={critic!r}: expected 'reward', 'shared' or 'none'")
     if not os.path.isdir(reward_dir):
@@ -177,14 +177,14 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
     critic_lora = critic_lora and lora.enabled and critic == "reward"
     if critic == "reward":
         critic_params = reward.critic_from_reward_model(rm_params)
-        if critic_lora:  # frozen backbone shared with the reward model; fresh adapters
+        if critic_lora:  # the reward model's backbone, frozen, with fresh adapters
             cmodel = models.DecoderModel(rm_config.replace(lora=_critic_lora(lora)),
                                          heads=("value",))
             axes = models.logical_axes(cmodel)
             fresh = jax.jit(lambda k: models.adapter_params(models.init_params(cmodel, k)))(
                 jax.random.fold_in(key, 1))
             fresh = sharding.shard_params(fresh, models.adapter_params(axes), mesh, rules)
-            if lora.quantized:  # the critic's base as int8 too (its own arrays)
+            if lora.quantized:  # the critic's base as int8 too
                 critic_params = jax.jit(models.quantize_base)(critic_params)
             critic_params = models.add_adapters(critic_params, fresh)
             critic_params["value_head"] = copy(critic_params["value_head"])
@@ -202,7 +202,7 @@ def _critic_lora(lora: models.LoraConfig) -> models.LoraConfig:
 
 def _reference(m: PPOModels, state):
     """The reference policy's weights: with LoRA the state's own policy (read with adapters
-    off; the arrays `m` was loaded with have been donated to the first update) with the initial
+    off; its frozen base is the state's, not the arrays `m` was loaded with) with the initial
     copies of `lora.modules_to_save` laid over it; else the copy."""
     if not m.config.lora.enabled:
         return m.ref_params

@@ -153,8 +153,13 @@ def make_optimizer(cfg: OptimizerConfig, params: Any,
         raise ValueError(f"OptimizerConfig.frozen names {missing}, which match no parameter path")
     adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                         weight_decay=cfg.weight_decay, mask=decay_mask)
-    inner = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) \
+    chain = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) \
         if cfg.clip_norm > 0 else adamw
+    # kept inside multi_transform (every leaf it sees is trainable) so that the optimiser
+    # state has the layout of earlier versions, and their checkpoints still resume
+    inner = optax.multi_transform(
+        {"trainable": chain, "frozen": optax.set_to_zero()},
+        lambda tree: jax.tree.map(lambda _: "trainable", tree))
     prefixes = tuple(p.strip("/") for p in cfg.frozen)
     if not prefixes and freeze is None:
         rule = _nothing_frozen

@@ -101,13 +101,17 @@ def test_reward_lora_learns_with_a_frozen_backbone(reward_run):
     assert (run / "export" / "reward_head.json").is_file()
 
 
-def test_ppo_lora_reference_is_the_base(sft_run, reward_run, tmp_path):
+@pytest.mark.parametrize("saved", [(), ("lm_head",)])
+def test_ppo_lora_reference_is_the_base(sft_run, reward_run, tmp_path, saved):
+    """The reference is the policy's own base with adapters off (and, with the LM head trained
+    in full, the head's initial copy): the first rollout's KL is 0."""
     base, _, _ = sft_run
     _, rm_run, _ = reward_run
     run = tmp_path / "ppo"
     result = stages.train_ppo(stages.PPOStageConfig(
         run_dir=str(run), policy_dir=str(base / "export"), reward_dir=str(rm_run / "export"),
-        steps=3, batch_size=8, eval_prompts=8, log_every=1, lora=LORA,
+        steps=3, batch_size=8, eval_prompts=8, log_every=1,
+        lora=dataclasses.replace(LORA, modules_to_save=saved),
         ppo=ppo.PPOConfig(num_minibatches=2),
         optim=OptimizerConfig(learning_rate=1e-3, total_steps=0, schedule="constant"),
         checkpoint=CheckpointConfig(save_every=3, keep_last=1)))
@@ -118,8 +122,13 @@ def test_ppo_lora_reference_is_the_base(sft_run, reward_run, tmp_path):
     assert max(abs(r["kl/sequence"]) for r in rows) > 1e-4  # the adapters moved the policy
     _, base_params = models.load_hf_checkpoint(base / "export")
     final = _restored_params(run)
-    _base_unchanged(models.add_adapters(base_params, models.adapter_params(
-        final["policy"])), {k: v for k, v in final["policy"].items() if k != "value_head"})
+    policy = {k: v for k, v in final["policy"].items() if k not in ("value_head",) + saved}
+    _base_unchanged(models.add_adapters({k: v for k, v in base_params.items()
+                                         if k not in saved},
+                                        models.adapter_params(final["policy"])), policy)
+    if saved:  # the head trained
+        assert np.abs(np.asarray(final["policy"]["lm_head"]["kernel"]) -
+                      np.asarray(base_params["lm_head"]["kernel"])).max() > 1e-4
     critic = final["critic"]["transformer"]
     assert models.adapter_params(critic)  # the critic trains adapters (critic_lora default)
     assert (run / "adapter" / "adapter_config.json").is_file() and result.export_dir

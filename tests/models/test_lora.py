@@ -86,6 +86,7 @@ def test_base_params_identical_with_and_without_adapters():
     p0 = models.init_params(DecoderModel(base), jax.random.key(0))
     p1 = models.init_params(DecoderModel(base.replace(lora=LoraConfig(rank=4, targets=ALL))),
                             jax.random.key(0))
+    assert jax.tree.structure(p0) == jax.tree.structure(models.strip_adapters(p1))
     for a, b in zip(_leaves(p0), _leaves(models.strip_adapters(p1))):
         np.testing.assert_array_equal(a, b)
 
@@ -323,6 +324,12 @@ def test_load_or_init_with_an_int8_base_trains_only_adapters(tmp_path):
     trainable, _ = tx.split(params)
     names = {p[-1].key for p, _ in jax.tree_util.tree_flatten_with_path(trainable)[0]}
     assert names == {"lora_a", "lora_b"}
+    # the adapter alone round-trips onto the int8 base, which stays int8
+    save_peft_adapter(tmp_path / "adapter", cfg, params)
+    cfg2, params2 = load_peft_adapter(tmp_path / "adapter", cfg, models.strip_adapters(params))
+    assert cfg2.lora.quantized and cfg2.lora.targets == ("q", "v")
+    np.testing.assert_array_equal(
+        np.asarray(DecoderModel(cfg2).apply({"params": params2}, tokens, mask).logits), ours)
     out = save_hf_checkpoint(tmp_path / "export", cfg, params)  # dequantized, plain
     back = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
     assert np.abs(hf_logits(back, tokens, mask)[real] - ours[real]).max() < TOL

@@ -115,7 +115,7 @@ def test_train_step_differentiates_only_trainable_leaves():
         return loss(p, x, None)[0] / x.shape[0]
     g = jax.grad(ref_loss)(trainable)
     inner = optax.chain(optax.clip_by_global_norm(0.5),
-                        optax.adamw(0.1, weight_decay=0.0, mask=decay_mask))
+                        optax.adamw(0.1, weight_decay=0.0, mask=decay_mask))  # the reference
     upd, _ = inner.update(g, inner.init(trainable), trainable)
     expect = optax.apply_updates(trainable, upd)
     np.testing.assert_allclose(new.params["backbone"]["dense"]["kernel"],
@@ -126,3 +126,19 @@ def test_train_step_differentiates_only_trainable_leaves():
                                rtol=1e-6)
     with pytest.raises(ValueError, match="every parameter is frozen"):
         make_optimizer(cfg, params, freeze=lambda path: True)
+
+
+def test_optimizer_state_layout_is_unchanged_for_runs_without_frozen_leaves():
+    """The state of an optimiser that freezes nothing has the tree layout this module built
+    before frozen leaves were dropped from it (multi_transform over trainable/frozen), so
+    checkpoints written then still restore."""
+    params = _params()
+    cfg = OptimizerConfig(total_steps=10)
+    labels = jax.tree.map(lambda _: "trainable", params)
+    old = optax.multi_transform(
+        {"trainable": optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                                  optax.adamw(learning_rate_schedule(cfg), weight_decay=0.0,
+                                              mask=decay_mask)),
+         "frozen": optax.set_to_zero()}, labels)
+    assert jax.tree.structure(make_optimizer(cfg, params).init(params)) == \
+        jax.tree.structure(old.init(params))

@@ -162,7 +162,7 @@ def test_adam_moments_are_sharded_like_their_parameters(lora):
     abstract, init = train.compile_init(
         lambda p: train.create_train_state(p, tx, 1, param_shardings=shardings), params)
     state = init()
-    adam = state.opt_state[1][0]  # chain(clip, adamw): adamw's scale_by_adam state
+    adam = state.opt_state.inner_states["trainable"].inner_state[1][0]  # clip, adamw: adam
     trainable = [(path, p) for path, p in jax.tree_util.tree_flatten_with_path(params)[0]
                  if not tx.is_frozen(train.optim.path_str(path))]
     for moments in (adam.mu, adam.nu):
