@@ -256,3 +256,47 @@ def report(name: str, ratio: float, *, device: str, dtype: str, **fields) -> Non
             value = f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
         parts.append(f"{key}={value}")
     print(" ".join(parts), flush=True)
+
+
+# ---- abstract arguments for compile-only memory measurements (memory.py, lora_memory.py) ----
+
+def shard_bytes(tree) -> int:
+    """Bytes per device of a pytree of `ShapeDtypeStruct`s (the first shard of each sharded
+    leaf)."""
+    import math
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
+        total += math.prod(shape) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+def abstract_params(model, mesh, rules):
+    """`model`'s parameters as `ShapeDtypeStruct`s in their shardings (nothing allocated)."""
+    from rlhf_jax import models, sharding
+    shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
+    shs = sharding.param_shardings(shapes, models.logical_axes(model), mesh, rules)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, shs)
+
+
+def batch_struct(shape, dtype, mesh, rules):
+    """A batch-sharded `ShapeDtypeStruct`."""
+    from rlhf_jax import sharding
+    return jax.ShapeDtypeStruct(shape, dtype,
+                                sharding=sharding.batch_sharding(mesh, rules, len(shape)))
+
+
+def preference_batch_struct(pairs: int, length: int, mesh, rules, *, prompt_len: int = 0,
+                            index: bool = False):
+    """An abstract `data.PreferenceBatch` of `pairs` pairs of `length` tokens."""
+    from rlhf_jax import data
+
+    def s(shape, dtype=jnp.int32):
+        return batch_struct(shape, dtype, mesh, rules)
+    b, t = pairs, length
+    extra = {"index": s((b,))} if index else {}
+    return data.PreferenceBatch(
+        tokens=s((b, 2, t)), mask=s((b, 2, t)), ranks=s((b, 2)), valid=s((b, 2)),
+        is_comparison=s((b,)), rating=s((b,), jnp.float32), has_rating=s((b,)),
+        annotator=s((b,)), weight=s((b,), jnp.float32), prompt_len=prompt_len, **extra)

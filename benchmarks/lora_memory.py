@@ -41,13 +41,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
 from memory import LLAMA  # noqa: E402
 
 GB, GIB = 1e9, 2.0 ** 30
@@ -92,7 +92,7 @@ def child(args) -> None:
     import jax
     import jax.numpy as jnp
 
-    from rlhf_jax import data, models, offline, ppo, reward, sharding, train
+    from rlhf_jax import models, offline, ppo, reward, sharding, train
 
     devices, size, steps, modes = args.child.split(":")
     assert jax.device_count() == int(devices), (jax.device_count(), devices)
@@ -101,22 +101,13 @@ def child(args) -> None:
                 logit_chunk=8192)
     lora_cfg = models.LoraConfig(rank=args.rank, alpha=args.alpha, targets=args.targets)
 
-    def nbytes(tree) -> int:
-        total = 0
-        for x in jax.tree.leaves(tree):
-            shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
-            total += math.prod(shape) * jnp.dtype(x.dtype).itemsize
-        return total
+    nbytes = _common.shard_bytes
 
     def abstract_params(model):
-        shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
-        shs = sharding.param_shardings(shapes, models.logical_axes(model), mesh, rules)
-        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            shapes, shs)
+        return _common.abstract_params(model, mesh, rules)
 
     def batch_struct(shape, dtype):
-        return jax.ShapeDtypeStruct(shape, dtype,
-                                    sharding=sharding.batch_sharding(mesh, rules, len(shape)))
+        return _common.batch_struct(shape, dtype, mesh, rules)
 
     def state_of(params, freeze, helpers=None):
         tx = train.make_optimizer(train.OptimizerConfig(learning_rate=1e-5, total_steps=1000,
@@ -170,13 +161,7 @@ def child(args) -> None:
             model = models.DecoderModel(cfg, heads=("reward",))
             params = abstract_params(model)
             tx, state = state_of(params, freeze("") if lora else None)
-            b, t = args.pairs, args.length
-            batch = data.PreferenceBatch(
-                tokens=batch_struct((b, 2, t), jnp.int32), mask=batch_struct((b, 2, t), jnp.int32),
-                ranks=batch_struct((b, 2), jnp.int32), valid=batch_struct((b, 2), jnp.int32),
-                is_comparison=batch_struct((b,), jnp.int32), rating=batch_struct((b,), jnp.float32),
-                has_rating=batch_struct((b,), jnp.int32), annotator=batch_struct((b,), jnp.int32),
-                weight=batch_struct((b,), jnp.float32), prompt_len=0)
+            batch = _common.preference_batch_struct(args.pairs, args.length, mesh, rules)
             loss = reward.make_reward_loss(model, reward.RewardLossConfig(centering_coef=0.01))
             step = jax.jit(train.make_train_step(loss, tx), donate_argnums=0)
             with sharding.activation_sharding(mesh, rules):
@@ -220,14 +205,9 @@ def child(args) -> None:
             model = models.DecoderModel(cfg)
             params = abstract_params(model)
             tx, state = state_of(params, freeze("") if lora else None)
-            b, t, p = args.dpo_pairs, args.prompt_len + args.response_len, args.prompt_len
-            batch = data.PreferenceBatch(
-                tokens=batch_struct((b, 2, t), jnp.int32), mask=batch_struct((b, 2, t), jnp.int32),
-                ranks=batch_struct((b, 2), jnp.int32), valid=batch_struct((b, 2), jnp.int32),
-                is_comparison=batch_struct((b,), jnp.int32), rating=batch_struct((b,), jnp.float32),
-                has_rating=batch_struct((b,), jnp.int32), annotator=batch_struct((b,), jnp.int32),
-                weight=batch_struct((b,), jnp.float32), prompt_len=p,
-                index=batch_struct((b,), jnp.int32))
+            batch = _common.preference_batch_struct(
+                args.dpo_pairs, args.prompt_len + args.response_len, mesh, rules,
+                prompt_len=args.prompt_len, index=True)
             lc = offline.OfflineLossConfig(method="dpo")
             ref_model = models.DecoderModel(cfg.without_lora()) if lora else None
             inputs = {"batch": batch} if lora else {"batch": batch, "ref_params": params}

@@ -77,6 +77,8 @@ import sys
 import tempfile
 import time
 
+import _common  # benchmarks/ is the script's directory
+
 GIB = 2.0 ** 30
 BASELINE_TEMP_GIB = 85.0  # reward step, 1B, 1 device: H100, before this change
 STEPS = ("reward", "sft", "ppo_update", "ppo_score", "decode")
@@ -284,7 +286,7 @@ def child(args) -> None:
     import optax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from rlhf_jax import data, losses, models, ppo, reward, sharding, train
+    from rlhf_jax import losses, models, ppo, reward, sharding, train
     from rlhf_jax.sampling import SamplingConfig, generate, kv_cache_bytes
     from rlhf_jax.stages.common import jit_train_step
 
@@ -307,19 +309,10 @@ def child(args) -> None:
     def emit(**row):
         print(MARK + json.dumps(row), flush=True)
 
-    def nbytes(tree) -> int:
-        """Bytes per device of a pytree of sharded `ShapeDtypeStruct`s (its first shard)."""
-        total = 0
-        for x in jax.tree.leaves(tree):
-            shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
-            total += math.prod(shape) * jnp.dtype(x.dtype).itemsize
-        return total
+    nbytes = _common.shard_bytes
 
     def abstract_params(model):
-        shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
-        shs = sharding.param_shardings(shapes, models.logical_axes(model), mesh, rules)
-        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            shapes, shs)
+        return _common.abstract_params(model, mesh, rules)
 
     def weight_elements(*trees) -> frozenset:
         """Element counts of the weights, whole and per device (to tell gradients apart)."""
@@ -328,8 +321,7 @@ def child(args) -> None:
                          [math.prod(x.sharding.shard_shape(x.shape)) for x in leaves])
 
     def batch_struct(shape, dtype):
-        return jax.ShapeDtypeStruct(shape, dtype,
-                                    sharding=sharding.batch_sharding(mesh, rules, len(shape)))
+        return _common.batch_struct(shape, dtype, mesh, rules)
 
     def train_state(params, helpers=None):
         tx = train.make_optimizer(train.OptimizerConfig(learning_rate=1e-5, total_steps=1000,
@@ -408,12 +400,7 @@ def child(args) -> None:
             model = models.DecoderModel(cfg, heads=("reward",))
             tx, state = train_state(abstract_params(model))
             b, t = args.pairs, args.reward_length
-            batch = data.PreferenceBatch(
-                tokens=batch_struct((b, 2, t), jnp.int32), mask=batch_struct((b, 2, t), jnp.int32),
-                ranks=batch_struct((b, 2), jnp.int32), valid=batch_struct((b, 2), jnp.int32),
-                is_comparison=batch_struct((b,), jnp.int32), rating=batch_struct((b,), jnp.float32),
-                has_rating=batch_struct((b,), jnp.int32), annotator=batch_struct((b,), jnp.int32),
-                weight=batch_struct((b,), jnp.float32), prompt_len=0)
+            batch = _common.preference_batch_struct(b, t, mesh, rules)
             loss = reward.make_reward_loss(model, reward.RewardLossConfig(centering_coef=0.01))
             step = jit_train_step(train.make_train_step(loss, tx), state,
                                   sharding.batch_sharding(mesh, rules, 1))

@@ -286,8 +286,8 @@ def save_hf_checkpoint(path, config: TransformerConfig, params: dict, *, tokeniz
 
     A model with LoRA adapters is written merged (W + s·A·B, `lora.merge_adapters`): the
     directory is a plain model. Tensors are written in files of at most `max_shard_bytes` (with
-    an index when there are several), converted one file at a time. The directory is assembled under a temporary name and
-    moved into place, so an existing checkpoint is never left half-overwritten; an existing
+    an index when there are several), converted one file at a time. The directory is assembled
+    under a temporary name and moved into place, so an existing checkpoint is never left half-overwritten; an existing
     non-empty directory is refused unless `overwrite=True`.
     """
     path = Path(path)
@@ -340,14 +340,20 @@ def save_hf_checkpoint(path, config: TransformerConfig, params: dict, *, tokeniz
             config_to_hf(config).save_pretrained(str(tmp))
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Move the finished directory `tmp` to `path`: an existing `path` is moved aside first and
+    removed last, so a crash never leaves neither the old nor the new directory."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -25,19 +25,12 @@ def load_or_init_model(model_dir: str, preset_name: str, mesh, rules, key, *,
     """
     config = (load_hf_config(model_dir) if model_dir else
               preset(preset_name)).replace(**overrides)
-    if config.lora.quantized:  # load (or initialise) in float, then store the base as int8
-        plain = config.replace(lora=dataclasses.replace(config.lora, quantize_base="none"))
-        _, _, params = load_or_init_model(model_dir, preset_name, mesh, rules, key, heads=heads,
-                                          num_reward_outputs=num_reward_outputs,
-                                          **{**overrides, "lora": plain.lora})
-        model = DecoderModel(config, heads=tuple(heads), num_reward_outputs=num_reward_outputs)
-        abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-        shardings = sharding.param_shardings(abstract, logical_axes(model), mesh, rules)
-        return config, model, jax.jit(quantize_base, out_shardings=shardings,
-                                      donate_argnums=0)(params)
     model = DecoderModel(config, heads=tuple(heads), num_reward_outputs=num_reward_outputs)
-    abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-    shardings = sharding.param_shardings(abstract, logical_axes(model), mesh, rules)
+    # an int8 base is loaded (or initialised) in float first, then quantized
+    built = model if not config.lora.quantized else DecoderModel(
+        config.replace(lora=dataclasses.replace(config.lora, quantize_base="none")),
+        heads=tuple(heads), num_reward_outputs=num_reward_outputs)
+    shardings = _shardings(built, mesh, rules)
     loaded = {}
     if model_dir:
         _, loaded = load_hf_checkpoint(
@@ -49,10 +42,17 @@ def load_or_init_model(model_dir: str, preset_name: str, mesh, rules, key, *,
         {k: s for k, s in shardings.items() if k in loaded}).items()})
 
     def init(k):
-        return _pick(init_params(model, k), fresh)
-    params = jax.jit(init, out_shardings=fresh)(key)
-    return config, model, add_adapters(loaded, params)
+        return _pick(init_params(built, k), fresh)
+    params = add_adapters(loaded, jax.jit(init, out_shardings=fresh)(key))
+    if config.lora.quantized:
+        params = jax.jit(quantize_base, out_shardings=_shardings(model, mesh, rules),
+                         donate_argnums=0)(params)
+    return config, model, params
 
+
+def _shardings(model, mesh, rules):
+    abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    return sharding.param_shardings(abstract, logical_axes(model), mesh, rules)
 
 def _pick(tree, like):
     """The part of `tree` with the structure of `like` (nested dicts)."""

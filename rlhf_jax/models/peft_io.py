@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -20,7 +19,7 @@ import numpy as np
 from rlhf_jax.models._safetensors import SafetensorsFile, save_safetensors
 from rlhf_jax.models.config import LoraConfig, TransformerConfig
 from rlhf_jax.models.hf_io import (CheckpointFormatError, _base_prefix, _get, _set, _tensor_map,
-                                   host_array)
+                                   host_array, replace_dir)
 from rlhf_jax.models.lora import strip_adapters
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -98,14 +97,7 @@ def save_peft_adapter(path, config: TransformerConfig, params: dict, *,
         try:
             save_safetensors(str(tmp / ADAPTER_WEIGHTS), tensors, metadata={"format": "pt"})
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
-            old = None
-            if path.exists():  # moved aside first: a crash never leaves no adapter at all
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return path

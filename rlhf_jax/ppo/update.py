@@ -111,7 +111,6 @@ def ppo_update(params, opt_state, rollout: Rollout, key, ptx_batch=None, frozen=
         ptx_chunks = jax.tree.map(lambda x: x.reshape(nm, m // nm, *x.shape[1:]), ptx_batch)
     mb_size = b // nm
     loss_fn = partial(_loss, config=config, critic_config=critic_config, ppo=ppo)
-    trainable = params
 
     def full(t):
         return t if frozen is None else tx.merge(t, frozen)
@@ -132,5 +131,5 @@ def ppo_update(params, opt_state, rollout: Rollout, key, ptx_batch=None, frozen=
         return jax.lax.scan(minibatch_step, carry, (order, jnp.arange(nm)))
 
     keys = jax.random.split(key, ppo.epochs)
-    (trainable, opt_state), metrics = jax.lax.scan(epoch, (trainable, opt_state), keys)
-    return trainable, opt_state, jax.tree.map(jnp.mean, metrics)
+    (params, opt_state), metrics = jax.lax.scan(epoch, (params, opt_state), keys)
+    return params, opt_state, jax.tree.map(jnp.mean, metrics)

@@ -76,14 +76,16 @@ def decay_mask(params: Any) -> Any:
         and x.ndim >= 2, params)
 
 
+def _under(path: str, prefixes: Sequence[str]) -> bool:
+    """Whether the "a/b/c" path is one of the prefixes or lies below one."""
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
 def frozen_labels(params: Any, frozen: Sequence[str]) -> Any:
     """"frozen" for leaves under any of the path prefixes, "trainable" otherwise."""
     prefixes = tuple(p.strip("/") for p in frozen)
-
-    def label(path, _):
-        s = path_str(path)
-        return "frozen" if any(s == p or s.startswith(p + "/") for p in prefixes) else "trainable"
-    return jax.tree_util.tree_map_with_path(label, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if _under(path_str(path), prefixes) else "trainable", params)
 
 
 class Optimizer(NamedTuple):
@@ -104,10 +106,8 @@ class Optimizer(NamedTuple):
 
     def split(self, tree: Any) -> tuple[Any, Any]:
         """(trainable, frozen): two trees shaped like `tree` with None at the other's leaves."""
-        flags = jax.tree_util.tree_map_with_path(lambda p, _: self.is_frozen(path_str(p)), tree)
-        trainable = jax.tree.map(lambda x, f: None if f else x, tree, flags)
-        frozen = jax.tree.map(lambda x, f: x if f else None, tree, flags)
-        return trainable, frozen
+        return (_select(tree, lambda path: not self.is_frozen(path)),
+                _select(tree, self.is_frozen))
 
     @staticmethod
     def merge(trainable: Any, frozen: Any) -> Any:
@@ -122,6 +122,11 @@ class Optimizer(NamedTuple):
 
 def _nothing_frozen(path: str) -> bool:
     return False
+
+
+def _select(tree: Any, keep: Callable[[str], bool]) -> Any:
+    """`tree` with None at the leaves whose path `keep` rejects."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: x if keep(path_str(p)) else None, tree)
 
 
 def merge_trees(trainable: Any, frozen: Any) -> Any:
@@ -146,7 +151,6 @@ def make_optimizer(cfg: OptimizerConfig, params: Any,
     """
     if cfg.total_steps <= 0:
         raise ValueError("OptimizerConfig.total_steps is 0: set the schedule's length")
-    labels = frozen_labels(params, cfg.frozen)
     missing = [p for p in cfg.frozen if not any(
         lab == "frozen" for lab in jax.tree.leaves(frozen_labels(params, [p])))]
     if missing:
@@ -165,22 +169,19 @@ def make_optimizer(cfg: OptimizerConfig, params: Any,
         rule = _nothing_frozen
     else:
         def rule(path: str) -> bool:
-            return any(path == p or path.startswith(p + "/") for p in prefixes) or bool(
-                freeze is not None and freeze(path))
-    trainable_leaves = [lab for path, lab in jax.tree_util.tree_flatten_with_path(labels)[0]
-                        if not rule(path_str(path))]
-    if not trainable_leaves:
+            return _under(path, prefixes) or bool(freeze is not None and freeze(path))
+
+    def trainable(tree):
+        return _select(tree, lambda path: not rule(path))
+    if not jax.tree.leaves(trainable(params)):
         raise ValueError("every parameter is frozen (OptimizerConfig.frozen and the LoRA rule); "
                          "nothing would train")
 
-    def strip(tree):
-        return jax.tree_util.tree_map_with_path(
-            lambda p, x: None if rule(path_str(p)) else x, tree)
-
     def init(params):
-        return inner.init(strip(params))
+        return inner.init(trainable(params))
 
     def update(grads, state, params=None):
-        return inner.update(strip(grads), state, None if params is None else strip(params))
+        return inner.update(trainable(grads), state,
+                            None if params is None else trainable(params))
 
     return Optimizer(init, update, inner, rule)
