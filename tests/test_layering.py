@@ -5,8 +5,8 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "rlhf_jax"
 # lower index = lower layer; a module may import its own layer or lower ones
 LAYERS = [("sharding", "checkpoint"), ("data",), ("models",), ("sampling",), ("losses",),
-          ("reward", "ppo", "offline", "eval", "train"), ("stages",)]
-ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward")}
+          ("reward", "ppo", "offline", "eval", "train", "labelling"), ("stages",)]
+ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward"), ("labelling", "train")}
 
 
 def _layer(package: str) -> int:

@@ -1,0 +1,524 @@
+"""The labelling database: annotators, tasks, assignments and labels behind one SQLAlchemy URL.
+
+SQLite (WAL journal, `synchronous=FULL`) is the embedded default; a PostgreSQL URL
+(`postgresql+psycopg://…`) works unchanged. Every statement is parameterised through
+SQLAlchemy Core. Each write is one transaction, committed before the caller returns, so a label
+the web app has acknowledged survives a SIGKILL of the server and a half-done write is never
+visible.
+
+How tasks reach annotators: showing a task to an annotator creates an *assignment* holding one of
+the task's `labels_per_task` slots and the order the responses were shown in. A unique
+(task, slot) pair bounds how many annotators hold a task at once, and a unique (task, annotator)
+pair makes sure nobody is shown the same task twice, under any number of concurrent servers and
+without locks. An assignment not answered within `lease_s` gives its slot back; a skip gives it
+back at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import secrets
+import time
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+ROLES = ("annotator", "admin")
+_MAX_RETRIES = 50
+
+metadata = sa.MetaData()
+meta_table = sa.Table(
+    "meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False))
+annotators = sa.Table(
+    "annotators", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False))
+tasks = sa.Table(
+    "tasks", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("uid", sa.String(128), nullable=False, unique=True),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("responses", sa.Text, nullable=False),  # JSON list of strings
+    sa.Column("meta", sa.Text, nullable=False),  # JSON object
+    sa.Column("created_at", sa.Float, nullable=False))
+assignments = sa.Table(
+    "assignments", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("annotator_id", sa.String(64), sa.ForeignKey("annotators.id"), nullable=False),
+    sa.Column("slot", sa.Integer, nullable=True),  # NULL once skipped or expired
+    sa.Column("shown_order", sa.Text, nullable=False),  # JSON: response index at each position
+    sa.Column("status", sa.String(16), nullable=False),  # open | done | skipped | expired
+    sa.Column("shown_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("task_id", "annotator_id", name="one_assignment_per_annotator"),
+    sa.UniqueConstraint("task_id", "slot", name="one_annotator_per_slot"))
+labels = sa.Table(
+    "labels", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("assignment_id", sa.Integer, sa.ForeignKey("assignments.id"), nullable=False,
+              unique=True),
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("annotator_id", sa.String(64), sa.ForeignKey("annotators.id"), nullable=False),
+    sa.Column("ranks", sa.Text, nullable=False),  # JSON: rank of each response, 0 = best
+    sa.Column("ratings", sa.Text, nullable=False),  # JSON: Likert rating of each response or null
+    sa.Column("rationale", sa.Text, nullable=False),
+    sa.Column("shown_at", sa.Float, nullable=False),
+    sa.Column("submitted_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=True),
+    sa.UniqueConstraint("task_id", "annotator_id", name="one_label_per_annotator"))
+
+
+class _Conflict(Exception):
+    """A concurrent transaction changed what this one read: run it again."""
+
+
+class LabelError(ValueError):
+    """A submission that cannot be stored as it is (the message says why)."""
+
+
+class NotFound(LookupError):
+    """No such assignment or label."""
+
+
+class Forbidden(PermissionError):
+    """The assignment or label belongs to another annotator."""
+
+
+class TaskFull(LabelError):
+    """The task's slots were all taken while this assignment had expired."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotator:
+    id: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    id: int
+    uid: str
+    prompt: str
+    responses: list
+    meta: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    id: int
+    task: Task
+    annotator_id: str
+    shown_order: list  # shown_order[position] = index of the response shown there
+    status: str
+    shown_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Label:
+    id: int
+    task: Task
+    annotator_id: str
+    shown_order: list
+    ranks: list  # per response (original order), 0 = best; equal ranks are ties
+    ratings: list  # per response (original order): Likert value or None
+    rationale: str
+    shown_at: float
+    submitted_at: float
+    updated_at: Optional[float]
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 of a login token: tokens are 256-bit random, so a plain hash suffices to store
+    them (no guessing attack to slow down, unlike passwords)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _sqlite_setup(engine: sa.Engine) -> None:
+    """WAL journal, fsync on every commit, foreign keys, and write transactions that take the
+    write lock when they begin (`BEGIN IMMEDIATE`), so two writers never deadlock upgrading a
+    read lock; readers use plain `BEGIN` and never block in WAL mode."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # SQLAlchemy's begin hook below emits BEGIN
+        cur = dbapi_conn.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON",
+                       "busy_timeout=30000"):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn):
+        write = conn.get_execution_options().get("write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class LabelStore:
+    """Annotators, tasks, assignments and labels in the database at `url`.
+
+    `labels_per_task`: how many distinct annotators label each task. `lease_s`: how long a shown
+    task keeps its slot before another annotator may take it.
+    """
+
+    def __init__(self, url: str, *, labels_per_task: int = 3, lease_s: float = 1800.0):
+        if not isinstance(labels_per_task, int) or labels_per_task < 1:
+            raise ValueError(f"labels_per_task={labels_per_task!r}: expected an int >= 1")
+        if not lease_s > 0:
+            raise ValueError(f"lease_s={lease_s!r}: expected > 0 seconds")
+        self.url, self.labels_per_task, self.lease_s = url, labels_per_task, float(lease_s)
+        try:
+            self.engine = sa.create_engine(url, pool_pre_ping=True, future=True)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
+            raise ValueError(f"database URL {url!r}: {e}") from None
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_setup(self.engine)
+        metadata.create_all(self.engine)
+        with self._tx(write=True) as c:
+            if c.execute(sa.select(meta_table.c.value).where(
+                    meta_table.c.key == "secret")).scalar() is None:
+                c.execute(meta_table.insert().values(key="secret",
+                                                     value=secrets.token_hex(32)))
+        with self._tx() as c:
+            self.secret = c.execute(sa.select(meta_table.c.value).where(
+                meta_table.c.key == "secret")).scalar_one()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self, write: bool = False) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(write=write)
+            with conn.begin():
+                yield conn
+
+    def _retry(self, fn):
+        """Run `fn(conn)` in a write transaction, again after a unique-constraint race."""
+        for _ in range(_MAX_RETRIES):
+            try:
+                with self._tx(write=True) as c:
+                    return fn(c)
+            except (IntegrityError, _Conflict):
+                continue
+        raise RuntimeError(f"gave up after {_MAX_RETRIES} conflicting concurrent writes")
+
+    # ---- annotators ----------------------------------------------------------------------
+
+    def add_annotator(self, annotator_id: str, role: str = "annotator") -> str:
+        """Register an annotator (or admin) and return their new login token (shown once: only
+        its hash is stored)."""
+        if role not in ROLES:
+            raise ValueError(f"role={role!r}: expected one of {ROLES}")
+        if not annotator_id or len(annotator_id) > 64 or not all(
+                ch.isalnum() or ch in "-_." for ch in annotator_id):
+            raise ValueError(f"annotator id {annotator_id!r}: expected 1-64 letters, digits, "
+                             "'-', '_' or '.'")
+        token = secrets.token_urlsafe(32)
+        with self._tx(write=True) as c:
+            c.execute(annotators.insert().values(id=annotator_id, token_hash=hash_token(token),
+                                                 role=role, created_at=time.time()))
+        return token
+
+    def reissue_token(self, annotator_id: str) -> str:
+        """A new login token for an existing annotator; the old one stops working."""
+        token = secrets.token_urlsafe(32)
+        with self._tx(write=True) as c:
+            n = c.execute(annotators.update().where(annotators.c.id == annotator_id).values(
+                token_hash=hash_token(token))).rowcount
+        if n != 1:
+            raise NotFound(f"no annotator {annotator_id!r}")
+        return token
+
+    def annotator_ids(self, role: Optional[str] = None) -> list[str]:
+        q = sa.select(annotators.c.id).order_by(annotators.c.id)
+        if role is not None:
+            q = q.where(annotators.c.role == role)
+        with self._tx() as c:
+            return list(c.execute(q).scalars())
+
+    def authenticate(self, token: Optional[str]) -> Optional[Annotator]:
+        """The annotator whose token this is, or None."""
+        if not token or len(token) > 256:
+            return None
+        with self._tx() as c:
+            row = c.execute(sa.select(annotators.c.id, annotators.c.role).where(
+                annotators.c.token_hash == hash_token(token))).first()
+        return Annotator(row.id, row.role) if row else None
+
+    # ---- tasks ---------------------------------------------------------------------------
+
+    def add_tasks(self, records: Sequence[dict]) -> int:
+        """Insert tasks ({"prompt", "responses", optional "id" and "meta"}); a task whose id (by
+        default a hash of prompt and responses) is already stored is left as it is. Returns how
+        many were new."""
+        added = 0
+        with self._tx(write=True) as c:
+            known = set(c.execute(sa.select(tasks.c.uid)).scalars())
+            for rec in records:
+                uid = rec.get("id") or task_uid(rec["prompt"], rec["responses"])
+                if uid in known:
+                    continue
+                known.add(uid)
+                c.execute(tasks.insert().values(
+                    uid=uid, prompt=rec["prompt"], responses=json.dumps(rec["responses"]),
+                    meta=json.dumps(rec.get("meta") or {}), created_at=time.time()))
+                added += 1
+        return added
+
+    def num_tasks(self) -> int:
+        with self._tx() as c:
+            return c.execute(sa.select(sa.func.count()).select_from(tasks)).scalar_one()
+
+    # ---- assignments ---------------------------------------------------------------------
+
+    def _expire(self, c: sa.Connection, now: float) -> None:
+        c.execute(assignments.update().where(
+            assignments.c.status == "open", assignments.c.shown_at < now - self.lease_s)
+            .values(status="expired", slot=None))
+
+    def next_assignment(self, annotator: str, rng=None,
+                        now: Optional[float] = None) -> Optional[Assignment]:
+        """The task this annotator should label next, with the order to show its responses in.
+
+        An open assignment of theirs comes back as it was (a reload shows the same page).
+        Otherwise they take a free slot of a task they have not been shown: the task with the
+        most slots already held (so tasks fill up one at a time), then the oldest, its responses in a random order from `rng`
+        (a `random.Random`; default: the OS's randomness). None when nothing is left for them.
+        """
+        rng = rng or secrets.SystemRandom()
+
+        def claim(c: sa.Connection) -> Optional[int]:
+            t = time.time() if now is None else now
+            self._expire(c, t)
+            mine = c.execute(sa.select(assignments.c.id).where(
+                assignments.c.annotator_id == annotator, assignments.c.status == "open")
+                .order_by(assignments.c.id)).scalar()
+            if mine is not None:
+                return mine
+            seen = sa.select(assignments.c.task_id).where(
+                assignments.c.annotator_id == annotator)
+            held = (sa.select(assignments.c.task_id, sa.func.count().label("n"))
+                    .where(assignments.c.slot.is_not(None)).group_by(assignments.c.task_id)
+                    .subquery())
+            n_held = sa.func.coalesce(held.c.n, 0)
+            row = c.execute(
+                sa.select(tasks.c.id, tasks.c.responses)
+                .outerjoin(held, held.c.task_id == tasks.c.id)
+                .where(tasks.c.id.not_in(seen), n_held < self.labels_per_task)
+                .order_by(n_held.desc(), tasks.c.id).limit(1)).first()
+            if row is None:
+                return None
+            taken = set(c.execute(sa.select(assignments.c.slot).where(
+                assignments.c.task_id == row.id, assignments.c.slot.is_not(None))).scalars())
+            free = set(range(self.labels_per_task)) - taken
+            if not free:  # taken by a concurrent commit since the query above
+                raise _Conflict()
+            slot = min(free)
+            order = list(range(len(json.loads(row.responses))))
+            rng.shuffle(order)
+            return c.execute(assignments.insert().values(
+                task_id=row.id, annotator_id=annotator, slot=slot, shown_order=json.dumps(order),
+                status="open", shown_at=t)).inserted_primary_key[0]
+
+        aid = self._retry(claim)
+        return None if aid is None else self.assignment(aid, annotator)
+
+    def assignment(self, assignment_id: int, annotator: str) -> Assignment:
+        """One assignment of `annotator` (Forbidden if it is someone else's)."""
+        with self._tx() as c:
+            row = c.execute(sa.select(assignments, *_task_cols()).join(
+                tasks, tasks.c.id == assignments.c.task_id).where(
+                assignments.c.id == assignment_id)).first()
+        if row is None:
+            raise NotFound(f"no assignment {assignment_id}")
+        if row.annotator_id != annotator:
+            raise Forbidden(f"assignment {assignment_id} is not yours")
+        return Assignment(row.id, _task(row), row.annotator_id, json.loads(row.shown_order),
+                          row.status, row.shown_at)
+
+    def skip(self, assignment_id: int, annotator: str) -> None:
+        """Give the task back without labelling it; it is not shown to this annotator again."""
+        def do(c):
+            a = _owned(c, assignment_id, annotator)
+            if a.status == "open":
+                c.execute(assignments.update().where(assignments.c.id == assignment_id)
+                          .values(status="skipped", slot=None))
+        self._retry(do)
+
+    # ---- labels --------------------------------------------------------------------------
+
+    def submit(self, assignment_id: int, annotator: str, ranks: Sequence[int],
+               ratings: Optional[Sequence] = None, rationale: str = "",
+               now: Optional[float] = None) -> tuple[int, bool]:
+        """Store a label; returns (label id, whether it is new). Submitting an assignment that
+        is already labelled returns the stored label's id unchanged (a resent form is not a
+        second label). `ranks`/`ratings` are per response in the task's original order."""
+        def do(c):
+            t = time.time() if now is None else now
+            a = _owned(c, assignment_id, annotator)
+            existing = c.execute(sa.select(labels.c.id).where(
+                labels.c.assignment_id == assignment_id)).scalar()
+            if existing is not None:
+                return existing, False
+            if a.status == "skipped":
+                raise LabelError(f"assignment {assignment_id} was skipped")
+            n = len(json.loads(c.execute(sa.select(tasks.c.responses).where(
+                tasks.c.id == a.task_id)).scalar_one()))
+            r, g = _check_label(ranks, ratings, n)
+            if a.status == "expired":  # answered after the lease ran out: take a slot again
+                taken = set(c.execute(sa.select(assignments.c.slot).where(
+                    assignments.c.task_id == a.task_id,
+                    assignments.c.slot.is_not(None))).scalars())
+                free = set(range(self.labels_per_task)) - taken
+                if not free:
+                    raise TaskFull(f"task {a.task_id} was labelled by others while assignment "
+                                   f"{assignment_id} had expired")
+                c.execute(assignments.update().where(assignments.c.id == assignment_id)
+                          .values(slot=min(free)))
+            c.execute(assignments.update().where(assignments.c.id == assignment_id)
+                      .values(status="done"))
+            lid = c.execute(labels.insert().values(
+                assignment_id=assignment_id, task_id=a.task_id, annotator_id=annotator,
+                ranks=json.dumps(r), ratings=json.dumps(g), rationale=rationale,
+                shown_at=a.shown_at, submitted_at=t)).inserted_primary_key[0]
+            return lid, True
+        return self._retry(do)
+
+    def update_label(self, label_id: int, annotator: str, ranks: Sequence[int],
+                     ratings: Optional[Sequence] = None, rationale: str = "") -> None:
+        """Change one's own label (Forbidden for anyone else's)."""
+        def do(c):
+            row = c.execute(sa.select(labels.c.annotator_id, labels.c.task_id).where(
+                labels.c.id == label_id)).first()
+            if row is None:
+                raise NotFound(f"no label {label_id}")
+            if row.annotator_id != annotator:
+                raise Forbidden(f"label {label_id} is not yours")
+            n = len(json.loads(c.execute(sa.select(tasks.c.responses).where(
+                tasks.c.id == row.task_id)).scalar_one()))
+            r, g = _check_label(ranks, ratings, n)
+            c.execute(labels.update().where(labels.c.id == label_id).values(
+                ranks=json.dumps(r), ratings=json.dumps(g), rationale=rationale,
+                updated_at=time.time()))
+        self._retry(do)
+
+    def label(self, label_id: int, annotator: Optional[str]) -> Label:
+        """One label: the owner's, or any with `annotator=None` (admin)."""
+        rows = self._labels(labels.c.id == label_id)
+        if not rows:
+            raise NotFound(f"no label {label_id}")
+        if annotator is not None and rows[0].annotator_id != annotator:
+            raise Forbidden(f"label {label_id} is not yours")
+        return rows[0]
+
+    def labels(self, annotator: Optional[str] = None) -> list[Label]:
+        """Every label (or one annotator's), oldest first."""
+        return self._labels(None if annotator is None else labels.c.annotator_id == annotator)
+
+    def _labels(self, where) -> list[Label]:
+        q = (sa.select(labels, assignments.c.shown_order, *_task_cols())
+             .join(assignments, assignments.c.id == labels.c.assignment_id)
+             .join(tasks, tasks.c.id == labels.c.task_id).order_by(labels.c.id))
+        if where is not None:
+            q = q.where(where)
+        with self._tx() as c:
+            rows = c.execute(q).all()
+        return [Label(r.id, _task(r), r.annotator_id, json.loads(r.shown_order),
+                      json.loads(r.ranks), json.loads(r.ratings), r.rationale, r.shown_at,
+                      r.submitted_at, r.updated_at) for r in rows]
+
+    def progress(self, annotator: str) -> dict:
+        """{"done": labels given, "skipped": tasks skipped, "available": tasks they have not
+        been shown that still have a free slot}."""
+        with self._tx() as c:
+            done = c.execute(sa.select(sa.func.count()).select_from(labels).where(
+                labels.c.annotator_id == annotator)).scalar_one()
+            skipped = c.execute(sa.select(sa.func.count()).select_from(assignments).where(
+                assignments.c.annotator_id == annotator,
+                assignments.c.status == "skipped")).scalar_one()
+            seen = sa.select(assignments.c.task_id).where(
+                assignments.c.annotator_id == annotator)
+            held = (sa.select(assignments.c.task_id, sa.func.count().label("n"))
+                    .where(assignments.c.slot.is_not(None)).group_by(assignments.c.task_id)
+                    .subquery())
+            available = c.execute(
+                sa.select(sa.func.count()).select_from(tasks)
+                .outerjoin(held, held.c.task_id == tasks.c.id)
+                .where(tasks.c.id.not_in(seen),
+                       sa.func.coalesce(held.c.n, 0) < self.labels_per_task)).scalar_one()
+        return {"done": done, "skipped": skipped, "available": available}
+
+    def assignment_counts(self) -> dict:
+        """{annotator: {status: count}} over every assignment (open, done, skipped, expired)."""
+        out: dict = {}
+        with self._tx() as c:
+            for r in c.execute(sa.select(assignments.c.annotator_id, assignments.c.status,
+                                         sa.func.count().label("n"))
+                               .group_by(assignments.c.annotator_id, assignments.c.status)):
+                out.setdefault(r.annotator_id, {})[r.status] = r.n
+        return out
+
+    def check_consistency(self) -> list[str]:
+        """Invariants a crash must not break (empty list = all hold): every label's assignment
+        is done and every done assignment has exactly one label by its annotator."""
+        problems = []
+        with self._tx() as c:
+            for r in c.execute(sa.select(labels.c.id, assignments.c.status,
+                                         assignments.c.annotator_id, labels.c.annotator_id
+                                         .label("labeller")).join(
+                    assignments, assignments.c.id == labels.c.assignment_id)):
+                if r.status != "done" or r.annotator_id != r.labeller:
+                    problems.append(f"label {r.id}: assignment status {r.status}")
+            n_done = c.execute(sa.select(sa.func.count()).select_from(assignments).where(
+                assignments.c.status == "done")).scalar_one()
+            n_labels = c.execute(sa.select(sa.func.count()).select_from(labels)).scalar_one()
+            if n_done != n_labels:
+                problems.append(f"{n_done} done assignments but {n_labels} labels")
+        return problems
+
+
+def task_uid(prompt: str, responses: Sequence[str]) -> str:
+    """A task's default id: a hash of its prompt and responses."""
+    return hashlib.sha256(json.dumps([prompt, list(responses)]).encode()).hexdigest()[:32]
+
+
+def _task_cols():
+    return (tasks.c.uid, tasks.c.prompt, tasks.c.responses, tasks.c.meta)
+
+
+def _task(row) -> Task:
+    return Task(row.task_id, row.uid, row.prompt, json.loads(row.responses), json.loads(row.meta))
+
+
+def _owned(c: sa.Connection, assignment_id: int, annotator: str):
+    a = c.execute(sa.select(assignments).where(assignments.c.id == assignment_id)).first()
+    if a is None:
+        raise NotFound(f"no assignment {assignment_id}")
+    if a.annotator_id != annotator:
+        raise Forbidden(f"assignment {assignment_id} is not yours")
+    return a
+
+
+def _check_label(ranks, ratings, n: int) -> tuple[list, list]:
+    """Validated (ranks, ratings) for a task with `n` responses."""
+    ranks = list(ranks)
+    if len(ranks) != n or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < n
+                                  for r in ranks):
+        raise LabelError(f"ranks {ranks!r}: expected {n} ints in [0, {n - 1}] (0 = best)")
+    if len(set(ranks)) < 2 and n > 2:
+        raise LabelError("a ranking that ties every response says nothing; skip instead")
+    ratings = [None] * n if ratings is None else list(ratings)
+    if len(ratings) != n:
+        raise LabelError(f"ratings: expected {n} values (or None), got {len(ratings)}")
+    return ranks, ratings
