@@ -244,6 +244,17 @@ def _stack(rows: Sequence[dict], prompt_len: int) -> PreferenceBatch:
                            prompt_len=prompt_len)
 
 
+def batch_examples(examples: Sequence[dict], *, prompt_len: int, num_responses: int,
+                   pad_id: int = 0, indices: Optional[Sequence[int]] = None) -> PreferenceBatch:
+    """One `PreferenceBatch` of in-memory examples (the stored layout: prompt, responses,
+    ranks, rating, has_rating, annotator), e.g. for a loop that labels data as it goes;
+    `indices` are the rows' positions in their source (default 0..n−1)."""
+    if indices is None:
+        indices = range(len(examples))
+    return _stack([_to_rows(ex, num_responses, pad_id, int(i))
+                   for ex, i in zip(examples, indices)], prompt_len)
+
+
 def preference_batches(sources: Sequence, batch_size: int, *, prompt_len: int,
                        num_responses: int, pad_id: int = 0, seed: int = 0,
                        weights: Optional[Sequence[float]] = None, num_epochs: Optional[int] = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from rlhf_jax import losses
@@ -57,11 +58,22 @@ def reward_loss_terms(rewards_bk, batch, cfg: RewardLossConfig):
     return cmp, scalar, centre
 
 
-def make_reward_loss(model: nn.Module, cfg: RewardLossConfig, *, dropout: bool = False):
+def bootstrap_weights(index_b, member: int, seed: int = 0):
+    """Poisson(1) weights [B] of examples by their dataset index for ensemble member `member`:
+    each member trains on its own bootstrap resample of the data, the same every epoch (the
+    online bootstrap of Oza & Russell 2001, as in bootstrapped DQN, Osband et al. 2016)."""
+    key = jax.random.fold_in(jax.random.key(seed), member)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index_b)
+    return jax.vmap(lambda k: jax.random.poisson(k, 1.0))(keys).astype(jnp.float32)
+
+
+def make_reward_loss(model: nn.Module, cfg: RewardLossConfig, *, dropout: bool = False,
+                     bootstrap: bool = False, bootstrap_seed: int = 0):
     """`sum_loss(params, batch, rng) -> (loss_sum, (count, metric_sums))` for `make_train_step`.
 
     loss = Σ_examples [comparison loss + λ·scalar loss + c·centering] / #labelled examples; an
-    ensemble averages the loss over its members.
+    ensemble averages the loss over its members. With `bootstrap`, member m weighs each example
+    by `bootstrap_weights(batch.index, m)`, so the members disagree where the data is thin.
     """
     def sum_loss(params, batch, rng):
         r = batch_rewards(model, params, batch, rng=rng if dropout else None,
@@ -73,8 +85,10 @@ def make_reward_loss(model: nn.Module, cfg: RewardLossConfig, *, dropout: bool =
         metric = {}
         for m in range(members.shape[-1]):
             cmp, sc, centre = reward_loss_terms(members[..., m], batch, cfg)
-            t, _ = losses.hybrid_loss_sum(cmp, cmp_w, sc, sc_w, cfg.scalar_weight)
-            total = total + t + cfg.centering_coef * jnp.sum(centre * cmp_w)
+            boot = (bootstrap_weights(batch.index, m, bootstrap_seed)
+                    if bootstrap and members.shape[-1] > 1 else 1.0)
+            t, _ = losses.hybrid_loss_sum(cmp, cmp_w * boot, sc, sc_w * boot, cfg.scalar_weight)
+            total = total + t + cfg.centering_coef * jnp.sum(centre * cmp_w * boot)
         total = total / members.shape[-1]
         mean_r = members.mean(-1)
         best_first = batch.ranks[:, 0] < batch.ranks[:, 1]

@@ -11,3 +11,8 @@ from rlhf_jax.stages.ppo import (PPOStageConfig, PromptData, PtxData, load_ppo_m
                                  resolve_sampling, stop_token_ids, train_ppo)
 from rlhf_jax.stages.reward import EarlyStopping, RewardConfig, RewardData, train_reward_model
 from rlhf_jax.stages.sft import SFTConfig, SFTData, train_sft
+from rlhf_jax.stages.active import (ActiveConfig, ActiveResult, Learner, LearnerConfig,
+                                    SimulatedAnnotators, active_learning)
+from rlhf_jax.stages.studies import (AnnotatorVarianceConfig, HybridConfig,
+                                     LabelEfficiencyConfig, annotator_variance,
+                                     hybrid_supervision, label_efficiency)

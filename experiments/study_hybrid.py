@@ -1,0 +1,20 @@
+"""Study: comparisons, ratings or both at equal annotation budgets (report.md with plots).
+
+    python experiments/study_hybrid.py [--config.quick=true] [--config.run_dir=runs/study_hybrid]
+
+Every key: `--help`.
+"""
+import os
+import sys
+
+from rlhf_jax import stages
+
+DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "study_hybrid.py")
+
+
+def main(argv):
+    return stages.run_script(stages.hybrid_supervision, stages.HybridConfig, argv, DEFAULT)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

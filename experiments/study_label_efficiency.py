@@ -1,0 +1,20 @@
+"""Study: held-out accuracy against labels for each acquisition function (report.md with plots).
+
+    python experiments/study_label_efficiency.py [--config.quick=true] [--config.run_dir=runs/study_label_efficiency]
+
+Every key: `--help`.
+"""
+import os
+import sys
+
+from rlhf_jax import stages
+
+DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "study_label_efficiency.py")
+
+
+def main(argv):
+    return stages.run_script(stages.label_efficiency, stages.LabelEfficiencyConfig, argv, DEFAULT)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
