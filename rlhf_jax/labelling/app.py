@@ -1,6 +1,6 @@
 """The labelling web app: FastAPI routes, Jinja templates (autoescaped), plain HTML forms.
 
-Annotators log in with their token (a link `/login?token=…` sets an HttpOnly, SameSite=Strict
+Annotators log in with their token (a link `/login?token=…` sets an HttpOnly, SameSite=Lax
 cookie), see a prompt and its responses in a random order that the database keeps, and choose the
 better response, a tie, or a ranking of K; optionally rate each on the declared Likert scale and
 write a rationale; or skip. Each label is committed before the confirming redirect is sent. The
@@ -92,6 +92,11 @@ class _TooLarge(Exception):
     pass
 
 
+def _is_int(v) -> bool:
+    """A form value made of ASCII digits only (str.isdigit also accepts '²')."""
+    return isinstance(v, str) and v.isascii() and v.isdigit()
+
+
 def csrf_token(store: LabelStore, token: str) -> str:
     """The CSRF token for a session: HMAC-SHA256 of the session token's hash under the
     database's secret (stable across restarts, different for every annotator)."""
@@ -120,8 +125,9 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
         return HTMLResponse(env.get_template(name).render(settings=settings, letters=LETTERS,
                                                           **kw), status_code=status)
 
-    def error(status: int, message: str, who: Optional[Annotator] = None) -> HTMLResponse:
-        return page("error.html", status, message=message, who=who)
+    def error(status: int, message: str, who: Optional[Annotator] = None,
+              csrf: Optional[str] = None) -> HTMLResponse:
+        return page("error.html", status, message=message, who=who, csrf=csrf)
 
     async def session(request: Request) -> tuple[Optional[Annotator], Optional[str]]:
         token = request.cookies.get(COOKIE)
@@ -132,11 +138,15 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
         """The posted form, or None when its CSRF token is wrong."""
         form = await request.form(max_files=0, max_fields=64)
         sent = form.get("csrf", "")
-        return form if isinstance(sent, str) and hmac.compare_digest(sent, csrf) else None
+        ok = isinstance(sent, str) and hmac.compare_digest(sent.encode(), csrf.encode())
+        return form if ok else None
 
-    def login_response(who: Annotator, token: str) -> Response:
+    def login_response(request: Request, who: Annotator, token: str) -> Response:
+        # Lax, not Strict: a login link opened from mail or chat is a cross-site navigation,
+        # and the redirect after it must carry the cookie. Every POST checks a CSRF token.
         r = RedirectResponse("/admin" if who.is_admin else "/label", 303)
-        r.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        r.set_cookie(COOKIE, token, httponly=True, samesite="lax", path="/",
+                     secure=request.url.scheme == "https")
         return r
 
     @app.get("/healthz")
@@ -155,7 +165,7 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
         who = await run_in_threadpool(store.authenticate, token)
         if who is None:
             return page("login.html", 401, message="That login link is not valid.")
-        return login_response(who, token)
+        return login_response(request, who, token)
 
     @app.post("/login")
     async def login_form(request: Request):
@@ -165,13 +175,13 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
                                       else "")
         if who is None:
             return page("login.html", 401, message="That token is not valid.")
-        return login_response(who, token)
+        return login_response(request, who, token)
 
     @app.post("/logout")
     async def logout(request: Request):
         who, csrf = await session(request)
         if who is None or await form_of(request, csrf) is None:
-            return error(403, "Not logged in, or the form has expired.")
+            return error(403, "Not logged in, or the form is not valid for this session.")
         r = RedirectResponse("/", 303)
         r.delete_cookie(COOKIE, path="/")
         return r
@@ -182,7 +192,7 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
             return None, None, RedirectResponse("/", 303)
         if who.is_admin:
             return None, None, error(403, "Admins do not label; log in with an annotator token.",
-                                     who)
+                                     who, csrf)
         return who, csrf, None
 
     def task_view(assignment) -> list[dict]:
@@ -196,7 +206,10 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
         progress = await run_in_threadpool(store.progress, who.id)
         saved = request.query_params.get("saved")
         if a is None:
-            return page("done.html", who=who, csrf=csrf, progress=progress, saved=saved)
+            return page("done.html", status, who=who, csrf=csrf, progress=progress, saved=saved,
+                        message=message)
+        if form is not None and form.get("assignment") != str(a.id):
+            form = None  # the answer was for another task: do not carry it over to this one
         return page("label.html", status, who=who, csrf=csrf, a=a, shown=task_view(a),
                     progress=progress, saved=saved, message=message, form=form or {})
 
@@ -220,7 +233,7 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
             by_pos = []
             for pos in range(n):
                 v = form.get(f"rank_{pos}", "")
-                if not (isinstance(v, str) and v.isdigit() and 1 <= int(v) <= n):
+                if not (_is_int(v) and 1 <= int(v) <= n):
                     if n == 2:
                         raise LabelError("choose the better response, or a tie")
                     raise LabelError(f"rank of response {LETTERS[pos]}: expected 1 to {n} "
@@ -235,10 +248,7 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
                 ratings_by_pos.append(None)
                 continue
             lo, hi = settings.likert
-            try:
-                r = int(v)
-            except (TypeError, ValueError):
-                r = None
+            r = int(v) if _is_int(v) else None
             if r is None or not lo <= r <= hi:
                 raise LabelError(f"rating of response {LETTERS[pos]}: expected {lo} to {hi}, "
                                  f"got {v!r}")
@@ -259,7 +269,7 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
 
     def assignment_id(form) -> int:
         v = form.get("assignment", "")
-        if not (isinstance(v, str) and v.isdigit() and len(v) < 12):
+        if not (_is_int(v) and len(v) < 12):
             raise NotFound("no assignment in the form")
         return int(v)
 
@@ -272,16 +282,17 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
             return denied
         form = await form_of(request, csrf)
         if form is None:
-            return error(403, "The form has expired; reload the page.", who)
+            return error(403, "The form is not valid for this session; reload the page.", who,
+                         csrf)
         try:
             return await action(who, csrf, form)
         except Forbidden as e:
-            return error(403, str(e), who)
+            return error(403, str(e), who, csrf)
         except NotFound as e:
-            return error(404, str(e), who)
+            return error(404, str(e), who, csrf)
         except LabelError as e:
             if on_label_error is None:
-                return error(422, str(e), who)
+                return error(422, str(e), who, csrf)
             return await on_label_error(who, csrf, form, e)
 
     @app.post("/label")
@@ -327,9 +338,9 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
         try:
             lab = await run_in_threadpool(store.label, label_id, who.id)
         except Forbidden as e:
-            return error(403, str(e), who)
+            return error(403, str(e), who, csrf)
         except NotFound as e:
-            return error(404, str(e), who)
+            return error(404, str(e), who, csrf)
         return page("label_view.html", who=who, csrf=csrf, lab=lab, shown=label_view(lab))
 
     @app.post("/labels/{label_id}")
@@ -346,27 +357,27 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
     async def admin(request: Request):
         who, csrf = await session(request)
         if who is None:
-            return None, RedirectResponse("/", 303)
+            return None, None, RedirectResponse("/", 303)
         if not who.is_admin:
-            return None, error(403, "The admin page needs an admin token.", who)
-        return who, None
+            return None, None, error(403, "The admin page needs an admin token.", who, csrf)
+        return who, csrf, None
 
     @app.get("/admin")
     async def admin_page(request: Request):
-        who, denied = await admin(request)
+        who, csrf, denied = await admin(request)
         if denied:
             return denied
         labs = await run_in_threadpool(store.labels)
         summary = await run_in_threadpool(stats_mod.summarise, store, labs)
-        return page("admin.html", who=who, s=summary, kinds=export_mod.KINDS)
+        return page("admin.html", who=who, csrf=csrf, s=summary, kinds=export_mod.KINDS)
 
     @app.get("/admin/export/{kind}.jsonl")
     async def export(request: Request, kind: str):
-        who, denied = await admin(request)
+        who, csrf, denied = await admin(request)
         if denied:
             return denied
         if kind not in export_mod.KINDS:
-            return error(404, f"no export kind {kind!r}", who)
+            return error(404, f"no export kind {kind!r}", who, csrf)
         labs = await run_in_threadpool(store.labels)
         records, _ = export_mod.export_records(labs, kind)
         buf = io.StringIO()

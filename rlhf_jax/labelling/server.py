@@ -8,6 +8,8 @@ import socket
 import stat
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from rlhf_jax import data, train
 from rlhf_jax.labelling import export as export_mod
 from rlhf_jax.labelling.app import AppSettings, create_app
@@ -83,6 +85,14 @@ class LabelServerConfig:
     def url(self) -> str:
         return self.db if "://" in self.db else f"sqlite:///{Path(self.db).resolve()}"
 
+    @property
+    def shown_url(self) -> str:
+        """The database URL with any password masked, for messages."""
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: show nothing of it
+            return "(unparsable database URL)"
+
     def settings(self) -> AppSettings:
         return AppSettings(likert=(self.likert_low, self.likert_high) if self.ratings else None,
                            likert_labels=tuple(x.strip() for x in self.likert_labels.split(",")),
@@ -104,8 +114,8 @@ def open_store(cfg: LabelServerConfig) -> LabelStore:
         raise train.ConfigError(f"db: {e}") from None
     except Exception as e:  # the driver's own error: not a database, unreachable server, …
         if type(e).__module__.startswith("sqlalchemy"):
-            raise train.ConfigError(f"db={cfg.db!r} cannot be opened as a labelling database: "
-                                    f"{str(e).splitlines()[0]}") from None
+            raise train.ConfigError(f"db={cfg.shown_url} cannot be opened as a labelling "
+                                    f"database: {str(e).splitlines()[0]}") from None
         raise
 
 
@@ -125,6 +135,7 @@ def load_tasks(cfg: LabelServerConfig) -> list[dict]:
 
 def _write_private(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)  # an existing file keeps its mode otherwise
     with os.fdopen(fd, "w") as f:
         f.write(text)
 
@@ -165,7 +176,7 @@ def serve(cfg: LabelServerConfig) -> None:
     host, port = sock.getsockname()[:2]
     base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     lines = [f"{store.num_tasks()} tasks ({added} new), {cfg.labels_per_task} labels each, "
-             f"database {cfg.url}"]
+             f"database {cfg.shown_url}"]
     for name in store.annotator_ids():
         link = f"{base}/login?token={tokens[name]}" if name in tokens else \
             "(token issued earlier; --config.reissue=" + name + " makes a new one)"

@@ -42,16 +42,15 @@ def reliability_matrix(labels: Sequence[Label], values) -> tuple[np.ndarray, lis
 
 
 def position_counts(labels: Sequence[Label]) -> tuple[int, int]:
-    """(times the response shown earlier was preferred, decisive pairwise judgments)."""
+    """(times the response shown first won, decisive two-response labels). Rankings of more
+    are left out: their pairwise judgments are not independent trials, so a binomial test over
+    them would overstate the evidence."""
     first = decisive = 0
     for lab in labels:
-        pos = {i: p for p, i in enumerate(lab.shown_order)}
-        for (i, j), v in pair_judgments(lab).items():
-            if v:
-                decisive += 1
-                preferred = i if v > 0 else j
-                other = j if v > 0 else i
-                first += pos[preferred] < pos[other]
+        if len(lab.ranks) != 2 or lab.ranks[0] == lab.ranks[1]:
+            continue
+        decisive += 1
+        first += lab.ranks[lab.shown_order[0]] < lab.ranks[lab.shown_order[1]]
     return first, decisive
 
 

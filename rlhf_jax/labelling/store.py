@@ -9,15 +9,18 @@ visible.
 How tasks reach annotators: showing a task to an annotator creates an *assignment* holding one of
 the task's `labels_per_task` slots and the order the responses were shown in. A unique
 (task, slot) pair bounds how many annotators hold a task at once, and a unique (task, annotator)
-pair makes sure nobody is shown the same task twice, under any number of concurrent servers and
-without locks. An assignment not answered within `lease_s` gives its slot back; a skip gives it
-back at once.
+pair makes sure nobody is shown the same task twice, under any number of concurrent servers; a
+partial unique index keeps one open assignment per annotator. Writes that change an assignment
+lock its row first (`SELECT … FOR UPDATE` on PostgreSQL; SQLite serialises writers with
+`BEGIN IMMEDIATE`), so a submit and a lease expiry cannot both win. An assignment not answered
+within `lease_s` gives its slot back; a skip gives it back at once.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 import secrets
 import time
 from contextlib import contextmanager
@@ -58,7 +61,12 @@ assignments = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),  # open | done | skipped | expired
     sa.Column("shown_at", sa.Float, nullable=False),
     sa.UniqueConstraint("task_id", "annotator_id", name="one_assignment_per_annotator"),
-    sa.UniqueConstraint("task_id", "slot", name="one_annotator_per_slot"))
+    sa.UniqueConstraint("task_id", "slot", name="one_annotator_per_slot"),
+    sa.Index("assignments_by_annotator", "annotator_id", "status"),
+    sa.Index("assignments_by_status", "status", "shown_at"))
+_open = assignments.c.status == "open"
+sa.Index("one_open_assignment_per_annotator", assignments.c.annotator_id, unique=True,
+         sqlite_where=_open, postgresql_where=_open)
 labels = sa.Table(
     "labels", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -72,7 +80,8 @@ labels = sa.Table(
     sa.Column("shown_at", sa.Float, nullable=False),
     sa.Column("submitted_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=True),
-    sa.UniqueConstraint("task_id", "annotator_id", name="one_label_per_annotator"))
+    sa.UniqueConstraint("task_id", "annotator_id", name="one_label_per_annotator"),
+    sa.Index("labels_by_annotator", "annotator_id"))
 
 
 class _Conflict(Exception):
@@ -180,7 +189,8 @@ class LabelStore:
         try:
             self.engine = sa.create_engine(url, pool_pre_ping=True, future=True)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
-            raise ValueError(f"database URL {url!r}: {e}") from None
+            raise ValueError(f"database URL {url.split('@')[-1]!r} (credentials not shown): "
+                             f"{e}") from None
         if self.engine.dialect.name == "sqlite":
             _sqlite_setup(self.engine)
         metadata.create_all(self.engine)
@@ -470,8 +480,9 @@ class LabelStore:
         return out
 
     def check_consistency(self) -> list[str]:
-        """Invariants a crash must not break (empty list = all hold): every label's assignment
-        is done and every done assignment has exactly one label by its annotator."""
+        """Invariants a crash or a race must not break (empty list = all hold): every label's
+        assignment is done, every done assignment has exactly one label by its annotator, and
+        every open or done assignment holds a slot (so no task exceeds its quota)."""
         problems = []
         with self._tx() as c:
             for r in c.execute(sa.select(labels.c.id, assignments.c.status,
@@ -485,6 +496,11 @@ class LabelStore:
             n_labels = c.execute(sa.select(sa.func.count()).select_from(labels)).scalar_one()
             if n_done != n_labels:
                 problems.append(f"{n_done} done assignments but {n_labels} labels")
+            slotless = c.execute(sa.select(sa.func.count()).select_from(assignments).where(
+                assignments.c.status.in_(("open", "done")),
+                assignments.c.slot.is_(None))).scalar_one()
+            if slotless:
+                problems.append(f"{slotless} open or done assignments hold no slot")
         return problems
 
 
@@ -502,7 +518,10 @@ def _task(row) -> Task:
 
 
 def _owned(c: sa.Connection, assignment_id: int, annotator: str):
-    a = c.execute(sa.select(assignments).where(assignments.c.id == assignment_id)).first()
+    """The assignment's row, locked for this transaction (FOR UPDATE; SQLite's write
+    transactions are serialised already)."""
+    a = c.execute(sa.select(assignments).where(assignments.c.id == assignment_id)
+                  .with_for_update()).first()
     if a is None:
         raise NotFound(f"no assignment {assignment_id}")
     if a.annotator_id != annotator:
@@ -519,6 +538,8 @@ def _check_label(ranks, ratings, n: int) -> tuple[list, list]:
     if len(set(ranks)) < 2 and n > 2:
         raise LabelError("a ranking that ties every response says nothing; skip instead")
     ratings = [None] * n if ratings is None else list(ratings)
-    if len(ratings) != n:
-        raise LabelError(f"ratings: expected {n} values (or None), got {len(ratings)}")
+    if len(ratings) != n or not all(
+            r is None or (isinstance(r, (int, float)) and not isinstance(r, bool)
+                          and math.isfinite(r)) for r in ratings):
+        raise LabelError(f"ratings: expected {n} numbers or None, got {ratings!r}")
     return ranks, ratings

@@ -12,7 +12,7 @@ from rlhf_jax.data import DataFormatError, iter_raw_records
 from rlhf_jax.data.records import check_data_file
 from rlhf_jax.sampling import SamplingConfig, generate
 
-MAX_RESPONSES = 9  # keyboard shortcuts 1-9 pick a response
+MAX_RESPONSES = 9  # responses are lettered A-I and ranked with one digit
 
 
 def read_tasks(path, max_responses: int = MAX_RESPONSES) -> list[dict]:

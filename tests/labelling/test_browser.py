@@ -95,3 +95,33 @@ def test_labelling_in_chromium(tmp_path, browser):
     assert [third.ranks[i] for i in third.shown_order] == [1, 0, 2]
     assert third.ratings[third.shown_order[0]] == 6
     store.close()
+
+
+@pytest.mark.slow
+def test_login_link_opened_from_another_site(tmp_path, browser):
+    """A login link in mail or chat is a cross-site navigation: the annotator must still land
+    on their labelling page (the session cookie is SameSite=Lax, not Strict)."""
+    import functools
+    import http.server
+    import threading
+
+    write_tasks(tmp_path / "tasks.jsonl", [{"prompt": "p", "responses": ["x", "y"]}])
+    server = Server(tmp_path, "--config.db=l.sqlite", "--config.tasks=tasks.jsonl",
+                    "--config.annotators=ann")
+    (tmp_path / "mail").mkdir()
+    (tmp_path / "mail" / "index.html").write_text(
+        f'<a id="login" href="{server.links["ann"]}">your labelling link</a>')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(tmp_path / "mail"))
+    mail = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=mail.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        page.goto(f"http://localhost:{mail.server_address[1]}/")  # another site
+        with page.expect_navigation():
+            page.click("#login")
+        page.wait_for_load_state()
+        assert page.url.endswith("/label") and page.inner_text("#prompt") == "p"
+    finally:
+        mail.shutdown()
+        server.stop()

@@ -189,12 +189,13 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path):
     for c in clients:
         c.start()
     try:
+        deadline = time.monotonic() + 120
         while shared["acked"] < 60:
+            assert time.monotonic() < deadline, [c.errors for c in clients]
             time.sleep(0.01)
         server.kill()  # mid-load: requests are in flight
-        killed_at = shared["acked"]
         labels, acked = _check_acknowledged(tmp_path / "l.sqlite", clients)
-        assert len(acked) >= killed_at
+        assert len(acked) >= 60 and len(labels) >= len(acked)
         server = Server(tmp_path, *args)  # same database, new port; tokens still valid
         assert server.links == {}  # nobody new: no token reissued
         shared["url"] = server.url

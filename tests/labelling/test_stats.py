@@ -59,10 +59,13 @@ def test_summary_of_known_labels(labelled):
         reliability_data=ratings, level_of_measurement="interval"), rel=1e-12)
 
 
-def test_rankings_are_read_as_pairwise_judgments(labelled):
+def test_rankings_as_pairwise_judgments_and_position_counts(labelled):
     store, _ = labelled
     lab = store.labels()[0]
-    lab = lab.__class__(**{**lab.__dict__, "ranks": [2, 0, 0], "shown_order": [2, 1, 0]})
-    assert pair_judgments(lab) == {(0, 1): -1, (0, 2): -1, (1, 2): 0}
-    # shown order 2, 1, 0: response 1 (preferred to 0) was shown before it, and so was 2
-    assert position_counts([lab]) == (2, 2)
+    three = lab.__class__(**{**lab.__dict__, "ranks": [2, 0, 0], "shown_order": [2, 1, 0]})
+    assert pair_judgments(three) == {(0, 1): -1, (0, 2): -1, (1, 2): 0}
+    assert position_counts([three]) == (0, 0)  # rankings of three are not binomial trials
+    tie = lab.__class__(**{**lab.__dict__, "ranks": [0, 0], "shown_order": [1, 0]})
+    second_won = lab.__class__(**{**lab.__dict__, "ranks": [0, 1], "shown_order": [1, 0]})
+    first_won = lab.__class__(**{**lab.__dict__, "ranks": [1, 0], "shown_order": [1, 0]})
+    assert position_counts([tie, second_won, first_won, first_won]) == (2, 3)

@@ -143,3 +143,44 @@ def test_concurrent_claims_keep_the_rules(store):
     assert len({(lab.task.id, lab.annotator_id) for lab in store.labels()}) == len(
         store.labels())
     assert store.check_consistency() == []
+
+
+def test_a_submit_racing_a_lease_expiry_keeps_the_quota(store):
+    """A lease expiry commits while a submit of the same assignment waits: the submit must see
+    the expiry and take a slot again, not store a label that holds no slot (which would let
+    another annotator over the quota)."""
+    import sqlalchemy as sa
+    from rlhf_jax.labelling.store import assignments
+
+    a = store.next_assignment("a", now=1000.0)
+    conn = store.engine.connect()
+    conn.execution_options(write=True)
+    tx = conn.begin()
+    conn.execute(assignments.update().where(assignments.c.id == a.id)
+                 .values(status="expired", slot=None))  # what another claim's expiry writes
+    result = []
+    t = threading.Thread(target=lambda: result.append(store.submit(a.id, "a", [0, 1])))
+    t.start()
+    t.join(0.5)
+    assert t.is_alive()  # the submit waits for the row (or, on SQLite, the write lock)
+    tx.commit()
+    conn.close()
+    t.join(30)
+    assert result and result[0][1]
+    assert store.assignment(a.id, "a").status == "done"
+    assert store.check_consistency() == []
+    with store.engine.connect() as c:
+        slot = c.execute(sa.select(assignments.c.slot).where(assignments.c.id == a.id)).scalar()
+    assert slot is not None
+
+
+def test_one_open_assignment_per_annotator(store):
+    import sqlalchemy as sa
+    from rlhf_jax.labelling.store import assignments
+
+    a = store.next_assignment("a")
+    with pytest.raises(sa.exc.IntegrityError):
+        with store.engine.begin() as c:
+            c.execute(assignments.insert().values(
+                task_id=a.task.id + 1, annotator_id="a", slot=1, shown_order="[0, 1]",
+                status="open", shown_at=0.0))

@@ -1,10 +1,11 @@
-// Keyboard shortcuts for the labelling page: 1-9 choose a response (two-response tasks),
-// t tie, s skip, Enter save. Keys typed into a text field or a select are left alone.
+// Keyboard shortcuts for the labelling page: 1 / 2 choose a response (two-response tasks),
+// t tie, s skip, Enter save. Keys typed into a text field, a select or on a focused button are
+// left alone (Enter on a button presses that button).
 document.addEventListener("keydown", function (event) {
   var form = document.getElementById("label-form");
   if (!form || event.ctrlKey || event.metaKey || event.altKey) return;
   var tag = (event.target.tagName || "").toLowerCase();
-  if (tag === "textarea" || tag === "input" && event.target.type !== "radio" || tag === "select") return;
+  if (tag === "textarea" || tag === "input" && event.target.type !== "radio" || tag === "select" || tag === "button") return;
   var n = parseInt(form.dataset.responses, 10);
   var pick = function (value) {
     var box = form.querySelector('input[name="choice"][value="' + value + '"]');
