@@ -5,8 +5,8 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "rlhf_jax"
 # lower index = lower layer; a module may import its own layer or lower ones
 LAYERS = [("sharding", "checkpoint"), ("data",), ("models",), ("sampling",), ("losses",),
-          ("reward", "ppo", "offline", "eval", "train", "labelling"), ("stages",)]
-ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward"), ("labelling", "train")}
+          ("reward", "ppo", "offline", "eval", "train", "labelling", "rlaif"), ("stages",)]
+ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward"), ("labelling", "train"), ("rlaif", "eval")}
 
 
 def _layer(package: str) -> int:

@@ -181,7 +181,8 @@ def label_efficiency(cfg: LabelEfficiencyConfig) -> Path:
         acc = np.array([[r["accuracy"] for r in curves[(arm, s)]] for s in seeds])
         summary[arm] = {"labels": labels, "mean": acc.mean(0).tolist(),
                         "se": [mean_se(acc[:, j])[1] for j in range(acc.shape[1])],
-                        "final": mean_se(acc[:, -1])}
+                        "final": mean_se(acc[:, -1]),
+                        "curve_mean": mean_se(acc[:, 1:].mean(1))}  # after acquisition starts
     base = "random" if "random" in summary else arms[0]
     target = summary[base]["mean"][-1]
     for arm in arms:
@@ -204,12 +205,14 @@ def label_efficiency(cfg: LabelEfficiencyConfig) -> Path:
              f"ensemble's mean reward orders {cfg.heldout_pairs} fixed held-out pairs as the gold "
              "judge does (gold ties left out).", "",
              "![label efficiency](plots/label_efficiency.png)", "",
-             f"| arm | final accuracy ({labels[-1]} labels) | labels to reach {base}'s final "
-             f"{target:.3f} | {base}'s labels / arm's |", "|---|---|---|---|"]
+             f"| arm | final accuracy ({labels[-1]} labels) | mean accuracy over rounds 1–"
+             f"{len(labels) - 1} | labels to reach {base}'s final {target:.3f} | {base}'s labels "
+             "/ arm's |", "|---|---|---|---|---|"]
     for arm, s in summary.items():
         m, se = s["final"]
         ratio = "—" if s["ratio"] is None else f"{s['ratio']:.2f}"
-        lines.append(f"| {arm} | {m:.3f} ± {se:.3f} | "
+        cm, cse = s["curve_mean"]
+        lines.append(f"| {arm} | {m:.3f} ± {se:.3f} | {cm:.3f} ± {cse:.3f} | "
                      f"{_fmt(s['labels_to_target'], 0, labels[0])} | "
                      f"{ratio} |")
     lines += ["", "Accuracy (mean ± s.e.) at each label count:", "",

@@ -101,3 +101,28 @@ def test_labels_from_the_labelling_app(tmp_path, shared):
 def test_pair_records_keep_shown_order():
     assert pair_record(("p", "a", "b"), first_chosen=False) == {
         "prompt": "p", "responses": ["a", "b"], "ranks": [1, 0], "annotator_id": ""}
+
+
+def test_pool_sampled_from_a_policy(tmp_path, shared):
+    import jax
+
+    from rlhf_jax.models import DecoderModel, init_params, preset, save_hf_checkpoint
+    from tests.hf_reference import train_tiny_tokenizer
+
+    tok, learner = shared
+    ptok = train_tiny_tokenizer(tmp_path / "ptok")
+    config = preset("tiny-llama", vocab_size=len(ptok))
+    policy = save_hf_checkpoint(tmp_path / "policy", config,
+                                init_params(DecoderModel(config), jax.random.key(0)),
+                                tokenizer=ptok)
+    out = active_learning(ActiveConfig(run_dir=str(tmp_path / "p"), rounds=1,
+                                       policy_dir=str(policy), **{**TINY, "pool_size": 16},
+                                       learner=LearnerConfig(ensemble=3)),
+                          tokenizer=tok, learner=learner, verbose=False)
+    assert len(out.labelled) == 16
+    prompts = set(data.builtin.PROMPTS)
+    for r in out.labelled:  # the policy's own samples, not the built-in generator's sentences
+        assert r["prompt"] in prompts and r["responses"][0] != r["responses"][1]
+        words = set(" ".join(r["responses"]).split())
+        assert not words <= set(data.builtin.NEUTRAL + data.builtin.PLEASANT +
+                                data.builtin.UNPLEASANT)

@@ -1,0 +1,6 @@
+"""AI feedback: a written constitution, AI judges (a language model reading answer log-probs,
+packaged classifiers, a constitution of principles) and their labels."""
+from rlhf_jax.rlaif.constitution import (Constitution, ConstitutionError, Principle,
+                                         load_constitution, parse_constitution)
+from rlhf_jax.rlaif.judges import (CLASSIFIERS, ClassifierJudge, ConstitutionJudge, Judgement,
+                                   LMJudge)
