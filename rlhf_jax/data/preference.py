@@ -47,6 +47,7 @@ class PreferenceBatch:
     annotator: np.ndarray
     weight: np.ndarray
     index: np.ndarray = None
+    confidence: np.ndarray = None  # [B] P(the label is right): 1 for a hard label (None: all 1)
     prompt_len: int = struct.field(pytree_node=False, default=0)
 
 
@@ -106,6 +107,7 @@ def _preference_features(prompt_len: int, response_len: int):
         "responses": t(shape=(None, response_len), dtype=np.int32),
         "ranks": t(shape=(None,), dtype=np.int32),
         "rating": np.float32, "has_rating": np.int32, "annotator": np.int32,
+        "confidence": np.float32,
         "rationale": tfds.features.Text()})
 
 
@@ -161,7 +163,7 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
     """
     path = check_data_file(path)
     eos_id = tokenizer.eos_token_id if append_eos else None
-    key = fingerprint(path, kind, type(tokenizer).__name__, len(tokenizer), eos_id,
+    key = fingerprint(path, "v2", kind, type(tokenizer).__name__, len(tokenizer), eos_id,
                        max_prompt_len, max_response_len, rating_range, on_error,
                        validation_fraction, seed)
     data_dir = Path(out_dir) / f"{path.stem}-{key}"
@@ -185,6 +187,7 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
                          "rating": np.float32(0.0 if rating is None else rating),
                          "has_rating": np.int32(rating is not None),
                          "annotator": np.int32(index.get(rec["annotator_id"], -1)),
+                         "confidence": np.float32(rec.get("confidence", 1.0)),
                          "rationale": rec["rationale"]})
         order = np.random.default_rng(seed).permutation(len(rows))
         n_val = int(round(validation_fraction * len(rows)))
@@ -236,6 +239,7 @@ def _to_rows(example: dict, num_responses: int, pad_id: int, index: int = 0) -> 
             "ranks": ranks, "valid": valid, "is_comparison": np.int32(k >= 2),
             "rating": np.float32(example["rating"]), "has_rating": np.int32(example["has_rating"]),
             "annotator": np.int32(example["annotator"]), "weight": np.float32(1.0),
+            "confidence": np.float32(example.get("confidence", 1.0)),
             "index": np.int32(index)}
 
 

@@ -182,7 +182,15 @@ def _validate(rec: Any, kind: str, where: str, rating_range) -> dict:
         _responses([chosen, rejected], "fields 'chosen'/'rejected'", where)
         if chosen == rejected:
             raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' are identical")
-        return {"prompt": prompt, "responses": [chosen, rejected], "ranks": [0, 1], **extra}
+        out = {"prompt": prompt, "responses": [chosen, rejected], "ranks": [0, 1], **extra}
+        if rec.get("probability") is not None:  # a soft label: P(chosen is better)
+            prob = rec["probability"]
+            if isinstance(prob, bool) or not isinstance(prob, (int, float)) or \
+                    not 0.5 <= prob <= 1.0:
+                raise DataFormatError(f"{where}: field 'probability'={prob!r} must be a number "
+                                      "in [0.5, 1] (the probability that 'chosen' is better)")
+            out["confidence"] = float(prob)
+        return out
     if kind in ("prompt", "text"):  # prompts for sampling; text for PPO-ptx
         value = _text(rec, kind, where)
         if not value.strip():

@@ -15,12 +15,13 @@ def bradley_terry_loss(reward_chosen_b, reward_rejected_b, *, margin_b=0.0,
     Ziegler et al. (2019, eq. 1) and Ouyang et al. (2022, eq. 1); the margin m is Llama 2's
     (Touvron et al. 2023, eq. 2).
 
-    With label noise ε (`label_smoothing`, the probability that a label was flipped) the loss is
-    the expected one under that noise: −(1−ε) log σ(Δ) − ε log σ(−Δ).
+    With label noise ε (`label_smoothing`, the probability that a label was flipped; a scalar
+    or one per example, e.g. 1 − an AI judge's probability) the loss is the expected one under
+    that noise: −(1−ε) log σ(Δ) − ε log σ(−Δ).
     """
     delta = (reward_chosen_b - reward_rejected_b - margin_b).astype(jnp.float32)
     loss = -jax.nn.log_sigmoid(delta)
-    if label_smoothing:
+    if not isinstance(label_smoothing, (int, float)) or label_smoothing:
         loss = (1.0 - label_smoothing) * loss - label_smoothing * jax.nn.log_sigmoid(-delta)
     return loss
 

@@ -48,8 +48,12 @@ def reward_loss_terms(rewards_bk, batch, cfg: RewardLossConfig):
         first_wins = batch.ranks[:, 0] <= batch.ranks[:, 1]  # rank order may put it second
         chosen = jnp.where(first_wins, rewards_bk[:, 0], rewards_bk[:, 1])
         rejected = jnp.where(first_wins, rewards_bk[:, 1], rewards_bk[:, 0])
+        eps = cfg.label_smoothing
+        if batch.confidence is not None:  # soft labels: a flip with prob. 1 − confidence too
+            q = 1.0 - batch.confidence
+            eps = eps + q - 2.0 * eps * q  # either flip, not both
         cmp = losses.bradley_terry_loss(chosen, rejected, margin_b=cfg.margin,
-                                        label_smoothing=cfg.label_smoothing)
+                                        label_smoothing=eps)
         cmp = jnp.where(batch.ranks[:, 0] == batch.ranks[:, 1], 0.0, cmp)  # a tie: no preference
     else:
         cmp = losses.plackett_luce_loss(rewards_bk, batch.ranks, valid)

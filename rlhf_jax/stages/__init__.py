@@ -16,3 +16,5 @@ from rlhf_jax.stages.active import (ActiveConfig, ActiveResult, Learner, Learner
 from rlhf_jax.stages.studies import (AnnotatorVarianceConfig, HybridConfig,
                                      LabelEfficiencyConfig, annotator_variance,
                                      hybrid_supervision, label_efficiency)
+from rlhf_jax.stages.rlaif import (CritiqueRevisionConfig, RLAIFConfig, run_rlaif,
+                                   train_sl_cai)

@@ -9,12 +9,14 @@ from rlhf_jax import train
 from rlhf_jax.checkpoint import NoReadableCheckpointError
 from rlhf_jax.data import DataFormatError
 from rlhf_jax.models import CheckpointFormatError, CorruptCheckpointError, UnsupportedConfigError
+from rlhf_jax.rlaif import ConstitutionError
 from rlhf_jax.train.config_help import class_summary, config_help
 
 # Errors that a user's config, data, paths or checkpoints cause (each names what is wrong);
 # anything else is a bug and keeps its traceback.
 USER_ERRORS = (train.ConfigError, DataFormatError, CheckpointFormatError, CorruptCheckpointError,
-               UnsupportedConfigError, NoReadableCheckpointError, train.NonFiniteError)
+               UnsupportedConfigError, NoReadableCheckpointError, train.NonFiniteError,
+               ConstitutionError)
 
 
 def run_script(stage: Callable, config_cls, argv: Sequence[str], default_config: str):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from typing import Optional
 
 import jax
 import numpy as np
 
-from rlhf_jax import data, eval as rl_eval, models, offline, reward, train
+from rlhf_jax import data, eval as rl_eval, models, offline, reward, rlaif, train
 from rlhf_jax.ppo import KLConfig
 from rlhf_jax.sampling import generate
 from rlhf_jax.stages.common import check_writable
@@ -55,6 +56,10 @@ class PipelineConfig:
     annotator_judge: str = ""
     # one Bradley-Terry temperature per simulated annotator
     annotator_temperatures: str = "0.15,0.3,0.6"
+    # who labels the comparisons: human (the simulated annotators) or ai (a constitution judge)
+    feedback: str = "human"
+    constitution: str = ""  # feedback=ai: constitution file; empty: the packaged default
+    judge_model_dir: str = ""  # feedback=ai: HF directory of the LM judge ("lm" principles)
     comparisons: int = 1500  # prompts whose sample pairs the simulated annotators label
     max_prompt_len: int = 8  # prompt tokens kept in every stage
     max_new_tokens: int = 10  # response tokens sampled in every stage
@@ -93,6 +98,8 @@ class PipelineConfig:
             if value not in rl_eval.TEXT_TERMS and (value or name == "gold"):
                 raise ValueError(f"{name}={value!r}: expected one of "
                                  f"{sorted(rl_eval.TEXT_TERMS)}")
+        if self.feedback not in ("human", "ai"):
+            raise ValueError(f"feedback={self.feedback!r}: expected 'human' or 'ai'")
         if self.sft.steps <= 0 and not self.policy_dir:
             raise ValueError("sft.steps=0 needs policy_dir (the policy to start PPO from)")
         try:
@@ -217,13 +224,23 @@ def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir:
                 pairs.append((p, a, b))
     temps = tuple(float(t) for t in cfg.annotator_temperatures.split(","))
     judge = rl_eval.TEXT_TERMS[cfg.annotator_judge] if cfg.annotator_judge else gold_fn
-    records = data.builtin.simulate_annotators(pairs, judge, temperatures=temps, seed=cfg.seed)
+    humans = data.builtin.simulate_annotators(pairs, judge, temperatures=temps, seed=cfg.seed)
+    extra = {}
+    if cfg.feedback == "ai":  # AI labels; the simulated humans' labels are the yardstick
+        records = rlaif.ai_label(rlaif.constitution_judge(cfg.constitution, cfg.judge_model_dir,
+                                                          seed=cfg.seed), pairs)
+        extra["ai_human_agreement"] = float(np.mean(
+            [r["chosen"] == h["chosen"] for r, h in zip(records, humans)]))
+        extra["ai_labels_by_principle"] = dict(Counter(r["annotator_id"] for r in records))
+    else:
+        records = humans
     train.on_main_process(data.builtin.write_jsonl, path, records)
     agree = [np.sign(gold_fn(r["prompt"], r["chosen"]) - gold_fn(r["prompt"], r["rejected"]))
              for r in records]  # how often the judge itself sides with the label (ties: half)
     return {"comparisons": len(records), "pairs_with_an_empty_response": empty,
+            "feedback": cfg.feedback, **extra,
             "gold_label_agreement": float(np.mean(
-        [1.0 if a > 0 else 0.5 if a == 0 else 0.0 for a in agree]))}
+                [1.0 if a > 0 else 0.5 if a == 0 else 0.0 for a in agree]))}
 
 
 def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig,
@@ -257,6 +274,15 @@ def check_inputs(cfg: PipelineConfig) -> None:
     will read them), and that the run directory can be written."""
     if cfg.policy_dir:
         models.load_tokenizer(cfg.policy_dir, models.load_hf_config(cfg.policy_dir))
+    if cfg.feedback == "ai" and not cfg.preference_file:
+        cons = rlaif.load_constitution(cfg.constitution or rlaif.DEFAULT_CONSTITUTION,
+                                       known_judges=rlaif.CLASSIFIERS)
+        if any(p.judge == "lm" for p in cons.principles):
+            if not cfg.judge_model_dir:
+                raise train.ConfigError("constitution: a principle is judged by 'lm': set "
+                                        "judge_model_dir")
+            models.load_tokenizer(cfg.judge_model_dir,
+                                  models.load_hf_config(cfg.judge_model_dir))
     rd = cfg.reward.data
     for path, kind, on_error in ((cfg.preference_file, rd.kind, rd.on_error),
                                  (cfg.prompts_file, "prompt", cfg.ppo.prompts.on_error),

@@ -1,0 +1,163 @@
+"""RLAIF end to end (Bai et al. 2022; Lee et al. 2023): the main job twice on the same seed and
+prompts, once with the simulated human annotators' labels and once with a constitution judge's
+AI labels, then a report of how the AI labels agree with the gold judge and with the humans, and
+of gold score, KL and profanity rate before and after each run."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from rlhf_jax import rlaif, train
+from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
+from rlhf_jax.stages.pipeline import PipelineConfig, run_pipeline
+from rlhf_jax.stages.sft import SFTConfig, SFTData
+
+
+@dataclasses.dataclass(frozen=True)
+class RLAIFConfig:
+    """Human-label and AI-label runs of the pipeline side by side."""
+
+    run_dir: str = "runs/rlaif"  # human/ and ai/ pipeline runs, report.md
+    constitution: str = ""  # constitution file; empty: the packaged default (classifier judges)
+    judge_model_dir: str = ""  # HF directory of the LM judge, for principles judged by "lm"
+    quick: bool = False  # tiny budgets, for the tests
+    pipeline: PipelineConfig = PipelineConfig()  # everything else of both runs
+
+    def pipelines(self) -> dict:
+        base = self.pipeline
+        if self.quick:
+            base = dataclasses.replace(
+                base, comparisons=200, eval_samples=16, max_new_tokens=6,
+                sft=dataclasses.replace(base.sft, steps=20),
+                reward=dataclasses.replace(base.reward, steps=20, eval_every=10),
+                ppo=dataclasses.replace(base.ppo, steps=4, batch_size=16))
+        root = Path(self.run_dir)
+        return {"human": dataclasses.replace(base, run_dir=str(root / "human"),
+                                             feedback="human"),
+                "ai": dataclasses.replace(base, run_dir=str(root / "ai"), feedback="ai",
+                                          constitution=self.constitution,
+                                          judge_model_dir=self.judge_model_dir)}
+
+
+def _side(run_dir: str) -> dict:
+    layout = PipelineLayout(run_dir)
+    ev = json.loads(layout.evaluation.read_text())
+    info = json.loads(layout.info.read_text())
+    rm = json.loads(layout.stage("reward").eval_summary.read_text())
+    out = {"info": info, "reward_accuracy": rm.get("eval/accuracy", float("nan"))}
+    for when in ("before", "after"):
+        rows = ev[when]["rows"]
+        out[when] = {**{k: ev[when]["summary"][k] for k in ("gold", "kl", "length")},
+                     "profanity_rate": rlaif.profanity_rate([r["response"] for r in rows]),
+                     "samples": len(rows)}
+    return out
+
+
+def run_rlaif(cfg: RLAIFConfig) -> Path:
+    """Run both pipelines (each resumes where it stopped) and write `report.md`."""
+    runs = cfg.pipelines()
+    for name, pcfg in runs.items():
+        print(f"=== {name} labels", flush=True)
+        run_pipeline(pcfg)
+    if not train.is_main_process():
+        return Path(cfg.run_dir) / "report.md"
+    sides = {name: _side(p.run_dir) for name, p in runs.items()}
+    ai = sides["ai"]["info"]
+    fmt = lambda s: f"{s['mean']:.3f} ± {s['stderr']:.3f}"  # noqa: E731
+    gold = runs["ai"].gold
+    lines = [
+        "# RLAIF: AI labels from a constitution beside human labels", "",
+        f"The main job twice on seed {runs['ai'].seed} and the same prompts"
+        f"{' (quick budgets)' if cfg.quick else ''}: once labelled by the simulated human "
+        f"annotators (Bradley–Terry temperatures {runs['ai'].annotator_temperatures} around "
+        f"the gold judge `{gold}`), once by the constitution judge "
+        f"(`{cfg.constitution or rlaif.DEFAULT_CONSTITUTION.name}`: one principle per "
+        "comparison, drawn by weight). The AI labels carry the judge's probability, which the "
+        "reward loss uses as a soft label.", "",
+        f"- AI labels agree with the gold judge on {ai['gold_label_agreement']:.3f} of the "
+        f"{ai['comparisons']} comparisons (human labels: "
+        f"{sides['human']['info']['gold_label_agreement']:.3f}), and with the human labels on "
+        f"{ai['ai_human_agreement']:.3f}.",
+        "- AI labels per principle: " + ", ".join(
+            f"{k.split(':')[-1]} {v}" for k, v in ai["ai_labels_by_principle"].items()) + ".",
+        "", "| labels | reward model held-out accuracy | gold before | gold after | KL after | "
+        "profanity rate before | profanity rate after |", "|---|---|---|---|---|---|---|"]
+    for name, s in sides.items():
+        lines.append(f"| {name} | {s['reward_accuracy']:.3f} | {fmt(s['before']['gold'])} | "
+                     f"{fmt(s['after']['gold'])} | {fmt(s['after']['kl'])} | "
+                     f"{s['before']['profanity_rate']:.3f} | {s['after']['profanity_rate']:.3f} |")
+    lines += ["", "Profanity rate: the share of the evaluation's responses that alt-profanity-"
+              "check's classifier flags (P > 0.5). Each run's own report: "
+              "[human](human/report.md), [ai](ai/report.md)."]
+    report = Path(cfg.run_dir) / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(
+        {k: {w: v for w, v in s.items() if w != "info"} for k, s in sides.items()} |
+        {"ai_gold_agreement": ai["gold_label_agreement"],
+         "ai_human_agreement": ai["ai_human_agreement"],
+         "human_gold_agreement": sides["human"]["info"]["gold_label_agreement"]},
+        indent=1, default=float))
+    print(f"report: {report}", flush=True)
+    return report
+
+
+
+@dataclasses.dataclass(frozen=True)
+class CritiqueRevisionConfig:
+    """SL-CAI: the policy critiques and revises its own answers against the constitution, then
+    is fine-tuned on the revisions through the SFT stage."""
+
+    run_dir: str = "runs/sl_cai"  # revisions.jsonl, sft_texts.jsonl and the SFT run (export/)
+    policy_dir: str = "runs/pipeline/sft/export"  # the policy (Hugging Face directory)
+    constitution: str = ""  # constitution file; empty: the packaged default
+    prompts_file: str = ""  # prompts JSONL ({"prompt": ...}); empty: the built-in prompts
+    num_prompts: int = 64  # prompts answered, critiqued and revised
+    rounds: int = 1  # critique-revision rounds per prompt
+    max_len: int = 128  # context tokens kept when sampling (cut from the left)
+    max_new_tokens: int = 24  # tokens per response, critique and revision
+    seed: int = 0  # sampling seed (and the SFT stage's)
+    sft: SFTConfig = SFTConfig(steps=50, batch_size=16, data=SFTData(source="text", max_len=40))
+
+    def __post_init__(self):
+        if self.num_prompts < 1 or self.rounds < 1:
+            raise ValueError("num_prompts and rounds must be >= 1")
+
+
+def train_sl_cai(cfg: CritiqueRevisionConfig):
+    """Generate response → critique → revision for `cfg.rounds` rounds, store all of it, and
+    fine-tune the policy on prompt + final revision (`stages.train_sft`, run dir `<run_dir>/sft`,
+    export `<run_dir>/sft/export`). Returns the SFT stage's result."""
+    from rlhf_jax import data, models
+    from rlhf_jax.stages.sft import train_sft
+
+    root = Path(cfg.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if not Path(cfg.policy_dir).is_dir():
+        raise models.CheckpointFormatError(f"policy_dir={cfg.policy_dir!r} does not exist (run "
+                                           "the main job first, or point it at a policy)")
+    cons = rlaif.load_constitution(cfg.constitution or rlaif.DEFAULT_CONSTITUTION,
+                                   known_judges=rlaif.CLASSIFIERS)
+    texts = ([r["prompt"] for r in data.read_records(cfg.prompts_file, "prompt")[0]]
+             if cfg.prompts_file else list(data.builtin.PROMPTS))
+    prompts = [texts[i % len(texts)] for i in range(cfg.num_prompts)]
+    revisions = root / "revisions.jsonl"
+    generation = {k: v for k, v in train.config_to_dict(cfg).items() if k not in ("sft",
+                                                                                   "run_dir")}
+    check_run_config(root / "generation.json", generation)  # no stale revisions reused
+    if not revisions.is_file():  # generated once; a rerun resumes the SFT stage
+        sampler = rlaif.Sampler(cfg.policy_dir, max_len=cfg.max_len,
+                                max_new_tokens=cfg.max_new_tokens)
+        records = rlaif.critique_revision(sampler, cons, prompts, rounds=cfg.rounds,
+                                          seed=cfg.seed)
+        data.builtin.write_jsonl(revisions, records)
+        kept = [{"text": f"{r['prompt']} {r['final']}"} for r in records if r["final"].strip()]
+        data.builtin.write_jsonl(root / "sft_texts.jsonl", kept)
+        record_run_config(root / "generation.json", generation)
+        print(f"{len(records)} prompts critiqued and revised ({cfg.rounds} round(s)); "
+              f"{len(kept)} revisions for fine-tuning -> {revisions}", flush=True)
+    sft = dataclasses.replace(cfg.sft, run_dir=str(root / "sft"), model_dir=cfg.policy_dir,
+                              seed=cfg.seed,
+                              data=dataclasses.replace(cfg.sft.data, source="text",
+                                                       file=str(root / "sft_texts.jsonl")))
+    return train_sft(sft)
