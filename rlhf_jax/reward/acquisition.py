@@ -80,8 +80,9 @@ def select_top_k(scores, k: int, groups=None, *, num_groups: int = 1,
     n = scores.shape[0]
     order = jnp.argsort(-scores)
     if groups is None or max_per_group <= 0:
-        top = order[:k]
-        return jnp.where(jnp.arange(k) < n, top, -1) if k > n else top
+        if k > n:  # fewer candidates than asked for: the rest are −1
+            return jnp.concatenate([order, jnp.full(k - n, -1, order.dtype)])
+        return order[:k]
     groups = jnp.asarray(groups, jnp.int32)
 
     def body(i, carry):

@@ -13,6 +13,7 @@ position bias (`rlhf_jax.reward.annotators`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -96,6 +97,11 @@ class SimulatedAnnotators:
         return out
 
 
+def pair_key(pair: Sequence) -> tuple:
+    """A comparison whichever way round its responses are listed: (prompt, {a, b})."""
+    return (pair[0], frozenset(pair[1:]))
+
+
 def pair_record(pair: tuple, *, first_chosen: bool, annotator: str = "") -> dict:
     """A pairwise record in shown order: responses [first shown, second shown], ranks say
     which was chosen."""
@@ -163,6 +169,7 @@ class Learner:
 
     def init(self, seed: int) -> None:
         """Fresh parameters (from `model_dir` when given) and optimiser state."""
+        self.seed = seed
         key = jax.random.key(seed)
         if self.cfg.model_dir:
             _, params = models.load_hf_checkpoint(self.cfg.model_dir, lm_head=False)
@@ -208,13 +215,15 @@ class Learner:
             return {}
         examples = self.examples(records)
         rng = np.random.default_rng(seed)
+        seed_offset = (self.seed % 1000) * 1_000_000
         order = np.zeros(0, np.int64)
         metrics = {}
         for _ in range(steps):  # shuffled epochs, batches of a fixed size across epochs
             while order.size < self.cfg.batch_size:
                 order = np.concatenate([order, rng.permutation(len(examples))])
             idx, order = order[:self.cfg.batch_size], order[self.cfg.batch_size:]
-            batch = batch_examples([examples[i] for i in idx], indices=idx,
+            # indices key each example's bootstrap weights; the seed offsets them per run
+            batch = batch_examples([examples[i] for i in idx], indices=idx + seed_offset,
                                    prompt_len=self.cfg.max_prompt_len, num_responses=2,
                                    pad_id=self.tok.pad_token_id or 0)
             self.state, metrics = self._step(self.state, batch)
@@ -304,7 +313,8 @@ class ActiveConfig:
     seed: int = 0  # seeds the model, the pools, the labels and the held-out set
     acquisition: str = "bald"  # random | entropy | disagreement | bald
     batch_mode: str = "per_prompt"  # top | per_prompt (at most max_per_prompt) | diverse
-    max_per_prompt: int = 2  # per_prompt: pairs per prompt in one round at most
+    # per_prompt: pairs per prompt in one round, while enough prompts remain (then by score)
+    max_per_prompt: int = 2
     diversity: float = 1.0  # diverse: weight of the distance term
     rounds: int = 8  # acquisition rounds after the initial labels
     initial_labels: int = 40  # random labels before the first acquisition
@@ -338,6 +348,12 @@ class ActiveConfig:
                      "heldout_pairs"):
             if getattr(self, name) < (0 if name == "rounds" else 1):
                 raise ValueError(f"{name}={getattr(self, name)}: expected a positive count")
+        if self.learner.ensemble < 2 and self.acquisition in ("disagreement", "bald"):
+            raise ValueError(f"acquisition={self.acquisition} needs an ensemble: "
+                             "learner.ensemble >= 2")
+        if self.learner.annotator_model != "none" and self.labels != "simulated":
+            raise ValueError("learner.annotator_model needs labels=simulated: with a file or "
+                             "the app the annotators are not known when the model is built")
         if self.labels_per_round > self.pool_size:
             raise ValueError(f"labels_per_round={self.labels_per_round} exceeds pool_size="
                              f"{self.pool_size}")
@@ -380,8 +396,10 @@ class _Oracle:
             self.policy = sample_tasks
 
     def pool(self, rng: np.random.Generator, n: int, exclude: set) -> list[tuple]:
+        """n candidate pairs (fewer in file mode when the file runs out), none of whose
+        `pair_key` is in `exclude`."""
         if self.cfg.labels == "file":
-            left = [p for p in self.file_pairs if p not in exclude]
+            left = [p for p in self.file_pairs if pair_key(p) not in exclude]
             idx = rng.permutation(len(left))[:n]
             return [left[i] for i in idx]
         if self.policy is not None:
@@ -389,8 +407,8 @@ class _Oracle:
             tasks = self.policy(self.cfg.policy_dir, prompts, num_responses=2,
                                 seed=int(rng.integers(2**31)))
             return [(t["prompt"], *t["responses"]) for t in tasks
-                    if (t["prompt"], *t["responses"]) not in exclude]
-        return [p for p in builtin_pairs(rng, n) if p not in exclude]
+                    if pair_key((t["prompt"], *t["responses"])) not in exclude]
+        return [p for p in builtin_pairs(rng, n) if pair_key(p) not in exclude]
 
     def label(self, pairs: list[tuple], rng: np.random.Generator, tag: str):
         if self.cfg.labels == "simulated":
@@ -406,9 +424,10 @@ class _Oracle:
 
 def _app_labels(cfg: ActiveConfig, pairs: list[tuple], tag: str):
     """Put the pairs into the labelling app as tasks (ids `<tag>-<i>`), and return their labels
-    once every one has `app_labels_per_task` of them (else None: wait). The task keeps the
-    pair's order; the app shows it in its own random order and the label's shown order is kept
-    (the first-shown response of the first label becomes response 0)."""
+    once every one has `app_labels_per_task` of them (else None: wait). Each label becomes a
+    record in the order that annotator was shown the responses. A stored task with the same id
+    but other texts (another run sharing the database) stops the run rather than borrow its
+    labels."""
     from rlhf_jax.labelling.store import LabelStore
 
     url = cfg.app_db if "://" in cfg.app_db else f"sqlite:///{Path(cfg.app_db).resolve()}"
@@ -428,6 +447,10 @@ def _app_labels(cfg: ActiveConfig, pairs: list[tuple], tag: str):
     out = []
     for i, (p, a, b) in enumerate(pairs):
         for lab in by_task[f"{tag}-{i}"]:
+            if (lab.task.prompt, lab.task.responses) != (p, [a, b]):
+                raise train.ConfigError(
+                    f"app_db={cfg.app_db}: task {lab.task.uid} holds other texts than this "
+                    "run acquired; another run uses the same task ids")
             if lab.ranks[0] == lab.ranks[1]:
                 continue  # a tie says nothing about which is better
             first, second = lab.shown_order
@@ -465,9 +488,18 @@ def active_learning(cfg: ActiveConfig, *, tokenizer=None, learner: Optional[Lear
     learner.init(cfg.seed)
     # the fixed held-out set: the same for every acquisition function of a seed
     eval_rng = np.random.default_rng([cfg.seed, 7])
-    heldout = builtin_pairs(eval_rng, cfg.heldout_pairs) if cfg.labels != "file" else \
-        oracle.pool(eval_rng, cfg.heldout_pairs, set())
-    gold = gold_delta(heldout)
+    if cfg.labels == "file":  # held out from the file, scored by the file's own labels
+        need = cfg.heldout_pairs + cfg.initial_labels + cfg.rounds * cfg.labels_per_round
+        if len(oracle.file_pairs) < need:
+            raise train.ConfigError(
+                f"labels_file={cfg.labels_file}: {len(oracle.file_pairs)} distinct pairs, but "
+                f"heldout_pairs + initial_labels + rounds * labels_per_round = {need}")
+        heldout = oracle.pool(eval_rng, cfg.heldout_pairs, set())
+        gold = np.array([1.0 if r["ranks"][0] == 0 else -1.0
+                         for r in oracle.label(heldout, eval_rng, "")])
+    else:  # built-in pairs judged by the gold judge
+        heldout = builtin_pairs(eval_rng, cfg.heldout_pairs)
+        gold = gold_delta(heldout)
     ckpt = Checkpointer(CheckpointConfig(directory=str(layout.checkpoints), save_every=1,
                                          keep_last=2, async_save=False))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), learner.state)
@@ -488,7 +520,13 @@ def active_learning(cfg: ActiveConfig, *, tokenizer=None, learner: Optional[Lear
         pending = None  # left from a round that has since been checkpointed
     if pending is not None:
         rng = _rng_from(pending["rng"])  # as it was after choosing the pairs
-    exclude = {tuple(h) for h in heldout}
+    # pairs never to acquire: the held-out set and everything labelled or pending so far
+    run_tag = "al-" + hashlib.sha256(json.dumps(
+        [str(layout.root.resolve()), config_dict], sort_keys=True).encode()).hexdigest()[:12]
+    exclude = {pair_key(h) for h in heldout} | {
+        pair_key((r["prompt"], *r["responses"])) for r in labelled}
+    if pending is not None:
+        exclude |= {pair_key(p) for p in pending["pairs"]}
     try:
         while rnd <= cfg.rounds:
             t0 = time.perf_counter()
@@ -504,7 +542,7 @@ def active_learning(cfg: ActiveConfig, *, tokenizer=None, learner: Optional[Lear
                                      diversity=cfg.diversity)
                 pending = {"round": rnd, "pairs": [list(pool[i]) for i in picked]}
             pairs = [tuple(p) for p in pending["pairs"]]
-            new = oracle.label(pairs, rng, f"{Path(cfg.run_dir).name}-r{rnd}")
+            new = oracle.label(pairs, rng, f"{run_tag}-r{rnd}")
             if new is None:  # the labelling app has not labelled them yet: keep and stop
                 pending["rng"] = _rng_state(rng)
                 data.builtin.write_jsonl(pending_file, [pending])
@@ -513,7 +551,7 @@ def active_learning(cfg: ActiveConfig, *, tokenizer=None, learner: Optional[Lear
                           f"{cfg.app_db}; rerun when they are labelled", flush=True)
                 return ActiveResult(str(layout.root), history, labelled, waiting=True)
             labelled = labelled + new
-            exclude |= set(pairs)
+            exclude |= {pair_key(p) for p in pairs}
             steps = cfg.initial_steps if rnd == 0 else cfg.steps_per_round
             metrics = learner.train(labelled, steps, seed=cfg.seed * 1000 + rnd)
             row = {"round": rnd, "labels": len(labelled),

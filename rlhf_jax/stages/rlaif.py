@@ -145,14 +145,14 @@ def train_sl_cai(cfg: CritiqueRevisionConfig):
     generation = {k: v for k, v in train.config_to_dict(cfg).items() if k not in ("sft",
                                                                                    "run_dir")}
     check_run_config(root / "generation.json", generation)  # no stale revisions reused
-    if not revisions.is_file():  # generated once; a rerun resumes the SFT stage
+    if not (root / "generation.json").is_file():  # written last: marks a finished generation
         sampler = rlaif.Sampler(cfg.policy_dir, max_len=cfg.max_len,
                                 max_new_tokens=cfg.max_new_tokens)
         records = rlaif.critique_revision(sampler, cons, prompts, rounds=cfg.rounds,
                                           seed=cfg.seed)
-        data.builtin.write_jsonl(revisions, records)
         kept = [{"text": f"{r['prompt']} {r['final']}"} for r in records if r["final"].strip()]
         data.builtin.write_jsonl(root / "sft_texts.jsonl", kept)
+        data.builtin.write_jsonl(revisions, records)
         record_run_config(root / "generation.json", generation)
         print(f"{len(records)} prompts critiqued and revised ({cfg.rounds} round(s)); "
               f"{len(kept)} revisions for fine-tuning -> {revisions}", flush=True)

@@ -186,9 +186,11 @@ def label_efficiency(cfg: LabelEfficiencyConfig) -> Path:
     base = "random" if "random" in summary else arms[0]
     target = summary[base]["mean"][-1]
     for arm in arms:
-        need = first_reaching(labels, summary[arm]["mean"], target)
-        summary[arm]["labels_to_target"] = need
-        summary[arm]["ratio"] = (labels[-1] / need) if need else None
+        summary[arm]["labels_to_target"] = first_reaching(labels, summary[arm]["mean"], target)
+    base_need = summary[base]["labels_to_target"]  # the baseline's own (≤ its last count)
+    for arm in arms:
+        need = summary[arm]["labels_to_target"]
+        summary[arm]["ratio"] = (base_need / need) if need else None
     _band_plot(root / "plots" / "label_efficiency.png",
                {a: (labels, s["mean"], s["se"]) for a, s in summary.items()},
                xlabel="labels", ylabel="held-out accuracy (gold)",
@@ -207,7 +209,7 @@ def label_efficiency(cfg: LabelEfficiencyConfig) -> Path:
              "![label efficiency](plots/label_efficiency.png)", "",
              f"| arm | final accuracy ({labels[-1]} labels) | mean accuracy over rounds 1–"
              f"{len(labels) - 1} | labels to reach {base}'s final {target:.3f} | {base}'s labels "
-             "/ arm's |", "|---|---|---|---|---|"]
+             "to it / arm's |", "|---|---|---|---|---|"]
     for arm, s in summary.items():
         m, se = s["final"]
         ratio = "—" if s["ratio"] is None else f"{s['ratio']:.2f}"

@@ -86,6 +86,18 @@ def test_order_averaging_cancels_a_judge_that_always_says_a(judges):
     np.testing.assert_allclose(judge.compare(PROMPTS, A, B).prob_a, 0.5, atol=0.01)
 
 
+def test_order_averaging_direction(judges):
+    _, random_dir, _ = judges
+    judge = LMJudge(str(random_dir), max_len=64, batch_size=4)
+    q = "Which response is better?"  # compare's question without a principle
+    ab = judge.compare_one_order(PROMPTS, A, B, q).prob_a
+    ba = judge.compare_one_order(PROMPTS, B, A, q).prob_a
+    both = judge.compare(PROMPTS, A, B).prob_a
+    np.testing.assert_allclose(both, 0.5 * (ab + 1 - ba), rtol=1e-6)
+    np.testing.assert_allclose(judge.compare(PROMPTS, B, A).prob_a, 1 - both, rtol=1e-6)
+    assert not np.allclose(ab, 1 - ba)  # the random judge is position-biased: averaging matters
+
+
 def test_chain_of_thought_stores_a_rationale(judges):
     _, random_dir, _ = judges
     judge = LMJudge(str(random_dir), max_len=96, batch_size=4, chain_of_thought=True,

@@ -43,6 +43,20 @@ def test_ai_labels_are_soft_pairwise_records(tmp_path):
         data.read_records(bad, "pairwise")
 
 
+def test_confidence_reaches_the_batches(tmp_path):
+    tok = data.builtin.train_tokenizer(tmp_path / "tok")
+    path = data.builtin.write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "tell me", "chosen": f"good {i}", "rejected": f"bad {i}",
+         "probability": 0.5 + i / 20} for i in range(10)] + [
+        {"prompt": "tell me", "chosen": "happy", "rejected": "sad"}])
+    ds = data.build_preference_dataset(path, "pairwise", tok, tmp_path / "ds", max_prompt_len=4,
+                                       max_response_len=4, validation_fraction=0.0)
+    batch = next(data.preference_batches([ds.splits["train"]], 11, prompt_len=4,
+                                         num_responses=2, num_epochs=1, shuffle=False))
+    want = [0.5 + i / 20 for i in range(10)] + [1.0]
+    np.testing.assert_allclose(np.sort(batch.confidence), np.sort(want), rtol=1e-6)
+
+
 def test_soft_labels_in_the_bradley_terry_loss():
     rng = np.random.default_rng(0)
     d = rng.normal(0, 2, 64)

@@ -58,13 +58,24 @@ def test_labels_from_a_preference_file(tmp_path, shared):
         {"prompt": r["prompt"], "chosen": r["responses"][r["ranks"].index(0)],
          "rejected": r["responses"][r["ranks"].index(1)], "annotator_id": r["annotator_id"]}
         for r in recs])
-    out = active_learning(ActiveConfig(run_dir=str(tmp_path / "f"), rounds=1, labels="file",
-                                       labels_file=str(path), **TINY,
-                                       learner=LearnerConfig(ensemble=3)),
-                          tokenizer=tok, learner=learner, verbose=False)
+    def cfg(d, rounds):
+        return ActiveConfig(run_dir=str(tmp_path / d), rounds=rounds, labels="file",
+                            labels_file=str(path), **TINY, learner=LearnerConfig(ensemble=3))
+    out = active_learning(cfg("f", 2), tokenizer=tok, learner=learner, verbose=False)
+    active_learning(cfg("g", 1), tokenizer=tok, learner=learner, verbose=False)
+    resumed = active_learning(cfg("g", 2), tokenizer=tok, learner=learner, verbose=False)
+    assert resumed.labelled == out.labelled  # the file's pool resumes exactly too
+    assert [r["accuracy"] for r in resumed.history] == [r["accuracy"] for r in out.history]
     truth = {(r["prompt"], frozenset(r["responses"])): r["responses"][r["ranks"].index(0)]
              for r in recs}
-    assert len(out.labelled) == 16
+    assert len(out.labelled) == 24
+    keys = [(r["prompt"], frozenset(r["responses"])) for r in out.labelled]
+    assert len(set(keys)) == len(keys)  # no pair acquired twice
+    with pytest.raises(Exception, match="distinct pairs"):
+        active_learning(ActiveConfig(run_dir=str(tmp_path / "h"), rounds=1, labels="file",
+                                     labels_file=str(path), **{**TINY, "heldout_pairs": 190},
+                                     learner=LearnerConfig(ensemble=3)),
+                        tokenizer=tok, learner=learner, verbose=False)
     for r in out.labelled:
         assert truth[(r["prompt"], frozenset(r["responses"]))] == \
             r["responses"][r["ranks"].index(0)]
