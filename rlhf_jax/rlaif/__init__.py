@@ -6,4 +6,4 @@ from rlhf_jax.rlaif.judges import (CLASSIFIERS, ClassifierJudge, ConstitutionJud
                                    LMJudge)
 from rlhf_jax.rlaif.judges import profanity_probability, profanity_rate
 from rlhf_jax.rlaif.labels import DEFAULT_CONSTITUTION, ai_label, constitution_judge
-from rlhf_jax.rlaif.critique import Sampler, critique_revision
+from rlhf_jax.rlaif.critique import critique_revision

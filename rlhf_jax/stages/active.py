@@ -30,6 +30,8 @@ from rlhf_jax.data.preference import PAD, batch_examples, tokenize_record
 from rlhf_jax.models.transformer import last_token_index
 from rlhf_jax.reward import acquisition
 from rlhf_jax.reward.annotators import init_annotator_params, make_annotator_reward_loss
+from rlhf_jax.labelling.tasks import sample_tasks
+from rlhf_jax.sampling import TextSampler
 from rlhf_jax.stages.layout import RunLayout, check_run_config, record_run_config
 
 LABEL_SOURCES = ("simulated", "file", "app")
@@ -390,10 +392,8 @@ class _Oracle:
                 key = (r["prompt"], *sorted(r["responses"]))
                 self.file_labels[key] = (r["responses"][0], r["annotator_id"])
             self.file_pairs = [(k[0], k[1], k[2]) for k in self.file_labels]
-        self.policy = None
-        if cfg.policy_dir:
-            from rlhf_jax.labelling.tasks import sample_tasks
-            self.policy = sample_tasks
+        # the policy is loaded once; every round's pool reuses it and its compiled sampler
+        self.sampler = TextSampler(cfg.policy_dir, max_len=64) if cfg.policy_dir else None
 
     def pool(self, rng: np.random.Generator, n: int, exclude: set) -> list[tuple]:
         """n candidate pairs (fewer in file mode when the file runs out), none of whose
@@ -402,10 +402,10 @@ class _Oracle:
             left = [p for p in self.file_pairs if pair_key(p) not in exclude]
             idx = rng.permutation(len(left))[:n]
             return [left[i] for i in idx]
-        if self.policy is not None:
+        if self.sampler is not None:
             prompts = [str(rng.choice(data.builtin.PROMPTS)) for _ in range(n)]
-            tasks = self.policy(self.cfg.policy_dir, prompts, num_responses=2,
-                                seed=int(rng.integers(2**31)))
+            tasks = sample_tasks(self.cfg.policy_dir, prompts, num_responses=2,
+                                 seed=int(rng.integers(2**31)), sampler=self.sampler)
             return [(t["prompt"], *t["responses"]) for t in tasks
                     if pair_key((t["prompt"], *t["responses"])) not in exclude]
         return [p for p in builtin_pairs(rng, n) if pair_key(p) not in exclude]

@@ -11,6 +11,7 @@ from pathlib import Path
 from rlhf_jax import rlaif, train
 from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
 from rlhf_jax.stages.pipeline import PipelineConfig, run_pipeline
+from rlhf_jax.sampling import SamplingConfig, TextSampler
 from rlhf_jax.stages.sft import SFTConfig, SFTData
 
 
@@ -146,8 +147,8 @@ def train_sl_cai(cfg: CritiqueRevisionConfig):
                                                                                    "run_dir")}
     check_run_config(root / "generation.json", generation)  # no stale revisions reused
     if not (root / "generation.json").is_file():  # written last: marks a finished generation
-        sampler = rlaif.Sampler(cfg.policy_dir, max_len=cfg.max_len,
-                                max_new_tokens=cfg.max_new_tokens)
+        sampler = TextSampler(cfg.policy_dir, max_len=cfg.max_len,
+                              sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens))
         records = rlaif.critique_revision(sampler, cons, prompts, rounds=cfg.rounds,
                                           seed=cfg.seed)
         kept = [{"text": f"{r['prompt']} {r['final']}"} for r in records if r["final"].strip()]

@@ -1,0 +1,50 @@
+"""Text in, text out: batched sampling of continuations from a Hugging Face policy directory."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from rlhf_jax import data, models
+from rlhf_jax.sampling.decode import SamplingConfig, generate
+
+
+class TextSampler:
+    """Batched sampling of continuations of texts from a policy directory, through `generate`
+    (left-padded, prompts cut from the left to `max_len` tokens, every batch padded to
+    `batch_size` rows so one compiled program serves every call). The tokenizer's EOS ends a
+    continuation, besides `sampling.eos_token_ids`."""
+
+    def __init__(self, policy_dir: str, *, max_len: int = 128,
+                 sampling: Optional[SamplingConfig] = None, batch_size: int = 32):
+        self.policy_dir = str(policy_dir)
+        self.config, self.params = models.load_hf_checkpoint(policy_dir)
+        self.tok = models.load_tokenizer(policy_dir, self.config)
+        self.max_len, self.batch_size = max_len, batch_size
+        sampling = sampling or SamplingConfig(max_new_tokens=24)
+        eos = (() if self.tok.eos_token_id is None else (self.tok.eos_token_id,)) + \
+            sampling.eos_token_ids
+        self.sampling = dataclasses.replace(sampling, eos_token_ids=tuple(dict.fromkeys(eos)),
+                                            pad_token_id=self.tok.pad_token_id or 0)
+
+    def __call__(self, texts: Sequence[str], key) -> list[str]:
+        """One sampled continuation of each text (decoded, stripped), batch s with key
+        fold_in(key, s)."""
+        counts = {"prompts_truncated": 0}
+        out = []
+        for s in range(0, len(texts), self.batch_size):
+            part = list(texts[s:s + self.batch_size])
+            n = len(part)
+            part += [part[0]] * (self.batch_size - n)
+            enc = np.stack([data.preference.encode_prompt(self.tok, t, self.max_len, counts)
+                            for t in part])
+            batch = data.prompt_arrays(enc, self.tok.pad_token_id or 0)
+            res = generate(self.params, batch["tokens"], batch["mask"],
+                           jax.random.fold_in(key, s), config=self.config,
+                           sampling=self.sampling)
+            toks, mask = jax.device_get((res.tokens, res.mask))
+            out += [self.tok.decode(toks[i][mask[i] > 0], skip_special_tokens=True).strip()
+                    for i in range(n)]
+        return out
