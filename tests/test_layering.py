@@ -5,8 +5,10 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "rlhf_jax"
 # lower index = lower layer; a module may import its own layer or lower ones
 LAYERS = [("sharding", "checkpoint"), ("data",), ("models",), ("sampling",), ("losses",),
-          ("reward", "ppo", "offline", "eval", "train", "labelling", "rlaif"), ("stages",)]
-ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward"), ("labelling", "train"), ("rlaif", "eval")}
+          ("reward", "ppo", "offline", "eval", "train", "labelling", "rlaif",
+           "interpret"), ("stages",)]
+ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward"), ("labelling", "train"), ("rlaif", "eval"),
+                  ("interpret", "reward"), ("interpret", "eval")}
 
 
 def _layer(package: str) -> int:

@@ -48,6 +48,12 @@ class Transformer(nn.Module):
 
     `__call__` returns the final hidden states [B, T, D] and, when a cache is passed, the updated
     cache. `attention_mask` covers all key slots: [B, T] without a cache, [B, S] with one.
+    `inputs_embeds` [B, T, D] replaces the token-embedding lookup (position embeddings are still
+    added), as Hugging Face's `inputs_embeds` does: what gradient-based attributions
+    differentiate through. Hidden state l (0: the embeddings, l: after block l, the last one
+    after the final norm, as transformers' `output_hidden_states`) is sown into the
+    "intermediates" collection as `hidden_l` and passes a `perturb` point of the same name:
+    both are no-ops unless the caller asks for those collections.
     """
 
     config: TransformerConfig
@@ -70,9 +76,9 @@ class Transformer(nn.Module):
         self.embed_dropout = nn.Dropout(cfg.embd_dropout)
 
     def __call__(self, tokens_bt, attention_mask=None, position_ids=None, *, cache=None,
-                 cache_index=0, deterministic: bool = True):
+                 cache_index=0, deterministic: bool = True, inputs_embeds=None):
         cfg = self.config
-        b, t = tokens_bt.shape
+        b, t = (tokens_bt if inputs_embeds is None else inputs_embeds).shape[:2]
         slots = t if cache is None else cache[0]["k"].shape[2]
         cfg.check_length(slots)
         if attention_mask is None:
@@ -83,18 +89,31 @@ class Transformer(nn.Module):
         if position_ids is None:
             position_ids = jax.lax.dynamic_slice_in_dim(
                 positions_from_mask(attention_mask), cache_index, t, axis=1)
-        x = self.wte(tokens_bt)
+        x = self.wte(tokens_bt) if inputs_embeds is None else inputs_embeds.astype(
+            cfg.compute_dtype)
         if cfg.is_gpt2:
             x = x + self.wpe(position_ids)
         x = self.embed_dropout(x, deterministic=deterministic or cfg.embd_dropout == 0)
         x = nn.with_logical_constraint(x, (BATCH, LENGTH, ACT_EMBED))
         new_cache = []
         for i, block in enumerate(self.blocks):
+            x = self._tap(i, x)
             x, layer_cache = block(x, attention_mask, position_ids,
                                    None if cache is None else cache[i], cache_index,
                                    deterministic)
             new_cache.append(layer_cache)
-        return self.final_norm(x), (None if cache is None else new_cache)
+        return self._tap(cfg.num_layers, self.final_norm(x)), (None if cache is None
+                                                               else new_cache)
+
+    def _tap(self, layer: int, x):
+        """Hidden state `layer`: a perturbation point, then sown (both no-ops by default)."""
+        x = self.perturb(f"hidden_{layer}", x)
+        self.sow("intermediates", f"hidden_{layer}", x)
+        return x
+
+    def embed(self, tokens_bt):
+        """The token embeddings [B, T, D] that `inputs_embeds` replaces."""
+        return self.wte(tokens_bt)
 
     def attend(self, hidden_btd):
         """Logits from the tied input embedding: h · Eᵀ."""
@@ -146,7 +165,9 @@ class DecoderModel(nn.Module):
     "reward_head": ...}. `model.apply({"params": params}, tokens, mask)` is pure; pass
     `deterministic=False` and a "dropout" rng to switch dropout on; `last_logits_only=True`
     computes logits for the final position only ([B, 1, V]); `skip_logits=True` none at all (for
-    `models.predicted_logprobs` with `config.logit_chunk`).
+    `models.predicted_logprobs` with `config.logit_chunk`). `inputs_embeds` [B, T, D] (from
+    `model.apply(..., method="embed")`) stands in for the tokens' embeddings; pass
+    `tokens_bt=None` with it.
     """
 
     config: TransformerConfig
@@ -175,10 +196,12 @@ class DecoderModel(nn.Module):
 
     def __call__(self, tokens_bt, attention_mask=None, position_ids=None, *, cache=None,
                  cache_index=0, deterministic: bool = True,
-                 last_logits_only: bool = False, skip_logits: bool = False) -> ModelOutput:
+                 last_logits_only: bool = False, skip_logits: bool = False,
+                 inputs_embeds=None) -> ModelOutput:
         hidden, new_cache = self.transformer(tokens_bt, attention_mask, position_ids,
                                              cache=cache, cache_index=cache_index,
-                                             deterministic=deterministic)
+                                             deterministic=deterministic,
+                                             inputs_embeds=inputs_embeds)
         out = {"hidden": hidden, "cache": new_cache}
         if "lm" in self.heads and not skip_logits:
             h = hidden[:, -1:] if last_logits_only else hidden  # prefill needs the last only
@@ -189,12 +212,16 @@ class DecoderModel(nn.Module):
         if "value" in self.heads:
             out["values"] = self.value_head(hidden.astype(jnp.float32))[..., 0]
         if "reward" in self.heads:
-            mask = (jnp.ones(tokens_bt.shape, jnp.int32) if attention_mask is None
-                    else attention_mask[:, -tokens_bt.shape[1]:] if cache is None
-                    else jax.lax.dynamic_slice_in_dim(attention_mask, cache_index,
-                                                      tokens_bt.shape[1], axis=1))
+            t = hidden.shape[1]
+            mask = (jnp.ones(hidden.shape[:2], jnp.int32) if attention_mask is None
+                    else attention_mask[:, -t:] if cache is None
+                    else jax.lax.dynamic_slice_in_dim(attention_mask, cache_index, t, axis=1))
             out["reward"] = self.reward_head(hidden, mask)
         return ModelOutput(**out)
+
+    def embed(self, tokens_bt):
+        """The token embeddings [B, T, D] that `__call__`'s `inputs_embeds` replaces."""
+        return self.transformer.embed(tokens_bt)
 
 
 def init_params(model: nn.Module, rng, length: int = 8):

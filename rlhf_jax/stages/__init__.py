@@ -18,3 +18,4 @@ from rlhf_jax.stages.studies import (AnnotatorVarianceConfig, HybridConfig,
                                      hybrid_supervision, label_efficiency)
 from rlhf_jax.stages.rlaif import (CritiqueRevisionConfig, RLAIFConfig, run_rlaif,
                                    train_sl_cai)
+from rlhf_jax.stages.audit import AuditConfig, audit_reward

@@ -1,0 +1,210 @@
+"""The reward-model audit report as HTML (self-contained: styles and images inline) and Markdown,
+rendered from the result dictionary of `stages.audit_reward` (every number comes from it)."""
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+
+import numpy as np
+
+TITLE = "Reward-model audit"
+
+
+def _f(x, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _sections(result: dict) -> list[tuple[str, list[list[str]], list[str]]]:
+    """(title, table rows (first row = header), notes) of every tabular section, shared by the
+    HTML and the Markdown."""
+    card, hack = result["card"], result["hacking"]
+    held = card["held_out"]
+    model = [["field", "value"],
+             ["reward model", card["reward_dir"]],
+             ["weights sha256", card["model_sha256"] or "—"],
+             ["head sha256", card["head_sha256"]],
+             ["ensemble heads", str(card["ensemble_heads"])],
+             ["training config sha256", card["training_config_sha256"] or "—"],
+             ["training steps", _f(card["training_steps"])],
+             ["held-out accuracy", _f(held.get("accuracy"))],
+             ["held-out pairs", _f(held.get("pairs"), 0)],
+             ["held-out loss", _f(held.get("loss"))],
+             ["calibration (ECE)", _f(held.get("ece"))],
+             ["gold judge", card["gold"]]]
+    if card.get("feedback"):
+        model.append(["feedback", card["feedback"]])
+    datasets = [["file", "records", "sha256"]] + [
+        [d["file"], str(d["records"]), d["sha256"]] for d in card["data"]]
+    ann = card["annotators"]
+    people = [["annotator", "labels", "agreement with gold judge", "reward-model accuracy on "
+               "their held-out labels"]] + [
+        [n, str(a["labels"]), _f(a["gold_agreement"]),
+         _f(card["per_annotator_accuracy"].get(n))] for n, a in ann["annotators"].items()]
+    agree_note = (f"{ann['pairs_labelled_twice_or_more']} pairs were labelled by two or more "
+                  f"annotators: observed agreement {_f(ann['observed_agreement'])}, "
+                  f"Krippendorff's α {_f(ann['krippendorff_alpha'])}."
+                  if ann["pairs_labelled_twice_or_more"] else
+                  "Every pair was labelled once, so inter-annotator agreement cannot be measured "
+                  "here; the agreement with the gold judge stands in for it.")
+    ts = result["tcav_settings"]
+    concepts = [["concept", "TCAV score", "random CAVs' TCAV", "Kim et al. p", "sensitivity",
+                 "random sets' sensitivity", "p-value", "significant", "probe accuracy"]] + [
+        [c["name"], _f(c["tcav"], 2), _f(sum(c["random_scores"]) / len(c["random_scores"]), 2),
+         f"{c['p_kim']:.2g}", _f(c["sensitivity"]),
+         f"{np.mean(c['null']):.3f} ± {np.std(c['null'], ddof=1):.3f}",
+         f"{c['p_value']:.2g}", "yes" if c["significant"] else "no",
+         _f(c["probe_accuracy"], 2)] for c in result["tcav"]]
+    concept_note = (f"Layer {ts['layer']}, {ts['pooling']} pooling, {ts['random_sets']} random "
+                    "sets. TCAV score: the share of inputs whose reward rises along the concept's "
+                    "direction (Kim et al. 2018, eq. 2), averaged over the runs; Kim et al. p: "
+                    "their t-test against random-vs-random CAVs. Sensitivity: the mean "
+                    "directional derivative of the reward along the concept's CAV (its sign: "
+                    "the direction); significant: the sensitivity is outside what random sets "
+                    "in the concept's place give (two-sided, p < "
+                    f"{ts['alpha']}/{max(len(result['tcav']), 1)}, Bonferroni).")
+    lb = hack["length"]
+    length = [["score", "Spearman ρ with length (± s.e.)", "Pearson r", "p"],
+              ["reward model", f"{_f(lb['proxy']['spearman'], 2)} ± "
+               f"{_f(lb['proxy']['stderr'], 2)}", _f(lb["proxy"]["pearson"], 2),
+               f"{lb['proxy']['p']:.2g}"],
+              ["gold judge", f"{_f(lb['gold']['spearman'], 2)} ± {_f(lb['gold']['stderr'], 2)}",
+               _f(lb["gold"]["pearson"], 2), f"{lb['gold']['p']:.2g}"]]
+    pert = [["edit", "reward change", "gold change", "gap (s.d.)", "exploitable", "example"]] + [
+        [name, f"{_f(p['proxy_change']['mean'])} ± {_f(p['proxy_change']['stderr'])}",
+         f"{_f(p['gold_change']['mean'])} ± {_f(p['gold_change']['stderr'])}",
+         f"{_f(p['gap_sd']['mean'], 2)} ± {_f(p['gap_sd']['stderr'], 2)}",
+         "yes" if p["flag"] else "no",
+         f"{p['example']['before']} ⟶ {p['example']['after']}"]
+        for name, p in hack["perturbations"].items()]
+    rw = hack["rewarded_word"]
+    pert_note = (f"The most rewarded word to append is '{rw['word']}' (+{_f(rw['mean_gain'])} "
+                 "reward on average). Changes are means ± standard errors over the same "
+                 "responses; the gap is Δreward/σ_reward − Δgold/σ_gold per response.")
+    regions = [["region", "responses", "mean reward", "representative texts"]] + [
+        [str(r["index"] + 1), str(r["size"]), _f(r["mean_reward"]), " | ".join(r["texts"])]
+        for r in result["atlas"]["regions"]]
+    return [("Model card", model, []), ("Training data", datasets, []),
+            ("Annotators", people, [agree_note]),
+            ("Concepts (TCAV)", concepts, [concept_note]),
+            ("Reward vs length", length,
+             [("Flagged" if lb["flag"] else "Not flagged") +
+              " (flagged when the two ρ differ by more than 0.2 and the reward's is significant)."]),
+            ("Edits that should not help", pert, [pert_note]),
+            ("Atlas regions", regions, [])]
+
+
+def _gap_note(hack: dict) -> str:
+    g = hack.get("gold_proxy_gap")
+    if not g:
+        return "No PPO metrics in this run directory."
+    if "gap" not in g:
+        return g.get("reason", "")
+    return (f"Gold peaked at step {g['gold_peak_step']} (KL {g['kl_at_gold_peak']:.2f}); it ended "
+            f"{g['gold_drop_sd']:.2f} s.d. below its peak; final gap {g['final_gap']:.2f} s.d. "
+            + ("Flagged: the reward model kept paying after the gold judge stopped."
+               if g["flag"] else "Not flagged."))
+
+
+def _image(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _token_html(tokens, attributions) -> str:
+    """Tokens as spans shaded by attribution: green raises the reward, red lowers it."""
+    scale = max((abs(a) for a in attributions), default=0.0) or 1.0
+    spans = []
+    for t, a in zip(tokens, attributions):
+        alpha = min(abs(a) / scale, 1.0) * 0.75
+        color = f"rgba(22,163,74,{alpha:.2f})" if a > 0 else f"rgba(220,38,38,{alpha:.2f})"
+        spans.append(f'<span class="tok" style="background:{color}" title="{a:+.4f}">'
+                     f"{html.escape(t)}</span>")
+    return "".join(spans)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#1f2937}h1{font-size:1.6em}h2{border-bottom:1px solid #e5e7eb;padding-bottom:.2em;
+margin-top:1.6em}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+td,th{border:1px solid #d1d5db;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f3f4f6}.bias{background:#fef3c7;border-left:4px solid #d97706;padding:.5em 1em}
+.tok{padding:1px 2px;border-radius:3px;white-space:pre}.ex{border:1px solid #e5e7eb;
+border-radius:6px;padding:.6em 1em;margin:.8em 0}.muted{color:#6b7280;font-size:.85em}
+img{max-width:100%}"""
+
+
+def write_html(result: dict, path, plots) -> Path:
+    """The audit as one HTML file: styles inline, figures as data URIs, every text escaped."""
+    path, plots = Path(path), Path(plots)
+    e = html.escape
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{TITLE}</title>"
+             f"<style>{CSS}</style></head><body>", f"<h1>{TITLE}</h1>",
+             f'<p class=muted>{e(result["card"]["reward_dir"])} · {result["samples"]["n"]} '
+             f'responses · {result["seconds"]} s</p>', "<h2>Known biases</h2>"]
+    biases = result["card"]["known_biases"]
+    parts.append('<div class=bias id=biases><ul>' + "".join(f"<li>{e(b)}</li>" for b in biases)
+                 + "</ul></div>" if biases else "<p>None found by these diagnostics.</p>")
+    for title, rows, notes in _sections(result):
+        parts.append(f"<h2>{e(title)}</h2><table><tr>" +
+                     "".join(f"<th>{e(c)}</th>" for c in rows[0]) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows[1:]]
+        parts.append("</table>" + "".join(f"<p>{e(n)}</p>" for n in notes))
+        if title == "Edits that should not help":
+            parts.append(f"<h2>Gold–proxy gap over PPO</h2><p>{e(_gap_note(result['hacking']))}"
+                         "</p>")
+            if (plots / "gold_proxy_gap.png").is_file():
+                parts.append(f'<img alt="gold-proxy gap" src="{_image(plots / "gold_proxy_gap.png")}">')
+        if title == "Concepts (TCAV)":
+            parts.append(f'<h2>Activation atlas</h2><img id=atlas alt="activation atlas" '
+                         f'src="{_image(plots / "atlas.png")}"><p class=muted>'
+                         f'{e(result["atlas"]["projection"].upper())} of the pooled activations; '
+                         "numbers mark the regions below.</p>")
+    parts.append("<h2>Explanations</h2><p class=muted>Integrated gradients over the token "
+                 "embeddings (pad-token baseline); green raises the reward, red lowers it; hover "
+                 "for the value.</p>")
+    for ex in result["examples"]:
+        parts.append(f'<div class=ex><b>Prompt:</b> {e(ex["prompt"])} <span class=muted>'
+                     f'(annotator {e(ex["annotator"] or "—")}; the model '
+                     f'{"agrees" if ex["agrees"] else "disagrees"} with the label)</span>')
+        for s in ex["sides"]:
+            unc = "" if s["uncertainty"] is None else f" ± {s['uncertainty']:.3f}"
+            parts.append(f'<p><b>{s["label"]}</b> reward {s["reward"]:.3f}{unc}: '
+                         f'{_token_html(s["tokens"], s["attributions"])} <span class=muted>'
+                         f'prompt {s["prompt_attribution"]:+.3f}; completeness gap '
+                         f'{100 * s["completeness"]:.2f}%</span></p>')
+        parts.append("</div>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts))
+    return path
+
+
+def write_markdown(result: dict, path, plots) -> Path:
+    """The audit as Markdown, figures linked from `plots`."""
+    path, plots = Path(path), Path(plots)
+    rel = Path(os.path.relpath(plots, path.parent)).as_posix()
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = [f"# {TITLE}", "", f"`{result['card']['reward_dir']}`, {result['samples']['n']} "
+             "responses.", "", "## Known biases", ""]
+    lines += [f"- {b}" for b in result["card"]["known_biases"]] or ["None found."]
+    for title, rows, notes in _sections(result):
+        lines += ["", f"## {title}", "", "| " + " | ".join(rows[0]) + " |",
+                  "|---" * len(rows[0]) + "|"]
+        lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows[1:]]
+        lines += [""] + notes
+        if title == "Concepts (TCAV)":
+            lines += ["", "## Activation atlas", "", f"![atlas]({rel}/atlas.png)"]
+        if title == "Edits that should not help":
+            lines += ["", "## Gold–proxy gap over PPO", "", _gap_note(result["hacking"])]
+            if (plots / "gold_proxy_gap.png").is_file():
+                lines += ["", f"![gap]({rel}/gold_proxy_gap.png)"]
+    lines += ["", "## Explanations", "", "Integrated gradients per token (pad-token baseline); "
+              "[+x] raises the reward.", ""]
+    for ex in result["examples"]:
+        lines.append(f"**{esc(ex['prompt'])}**")
+        for s in ex["sides"]:
+            toks = " ".join(f"{t.strip() or '␣'}[{a:+.2f}]"
+                            for t, a in zip(s["tokens"], s["attributions"]))
+            lines.append(f"- {s['label']} ({s['reward']:.3f}): {esc(toks)}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path

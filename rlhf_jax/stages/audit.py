@@ -1,0 +1,307 @@
+"""An audit of a trained reward model: model card, concepts, atlas, reward-hacking diagnostics
+and per-example explanations, written as a self-contained HTML page and as Markdown
+(`audit_reward(AuditConfig(run_dir=...))`, `experiments/audit_reward.py`).
+
+It reads a pipeline run directory (`stages.PipelineLayout`): the reward export, the reward
+stage's config, held-out summary and training data, and — when present — the PPO metrics and
+the before/after evaluation. A standalone reward directory works too (`reward_dir` with
+`preference_file`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import data, eval as rl_eval, interpret, train
+from rlhf_jax.interpret import atlas, concepts as cn, hacking, report, text
+from rlhf_jax.labelling import agreement
+from rlhf_jax.stages.layout import PipelineLayout
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+    """What to audit and how thoroughly. Paths left empty are read from `run_dir`."""
+
+    run_dir: str = "runs/pipeline"  # a pipeline run directory (the main job's by default)
+    reward_dir: str = ""  # a reward-model export; empty: <run_dir>/reward/export
+    preference_file: str = ""  # its training comparisons; empty: from the reward stage config
+    out_dir: str = ""  # where the report goes; empty: <run_dir>/audit
+    gold: str = ""  # the gold judge (eval.TEXT_TERMS); empty: the run's, else vader
+    max_prompt_len: int = 0  # encoding lengths; 0: the reward stage's
+    max_response_len: int = 0
+    samples: int = 256  # responses for the atlas, length and perturbation diagnostics
+    examples: int = 6  # comparisons explained token by token
+    ig_steps: int = 64  # integrated-gradients quadrature intervals
+    layer: int = -1  # hidden state for concepts and the atlas (−1: the reward head's input)
+    pooling: str = "last"  # last (the token the head reads) or mean (over the response)
+    builtin_concepts: bool = True  # sentiment, profanity, length and a random control
+    concepts: str = ""  # your concepts: name=file.jsonl,... (records with "response"/"text")
+    concept_examples: int = 100  # examples per built-in concept
+    random_sets: int = 30  # random counterexample sets (TCAV runs) for the significance test
+    alpha: float = 0.05  # significance level, Bonferroni-corrected over the concepts
+    projection: str = "pca"  # the atlas layout: pca, or umap (needs umap-learn)
+    regions: int = 6  # atlas regions
+    # appended by the "unrelated positive words" edit (keep it within max_response_len)
+    positive_words: str = "wonderful lovely"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.pooling not in cn.POOLINGS:
+            raise train.ConfigError(f"pooling={self.pooling!r}: expected one of {cn.POOLINGS}")
+        if self.projection not in atlas.PROJECTIONS:
+            raise train.ConfigError(f"projection={self.projection!r}: expected one of "
+                                    f"{atlas.PROJECTIONS}")
+        if self.gold and self.gold not in rl_eval.TEXT_TERMS:
+            raise train.ConfigError(f"gold={self.gold!r}: expected one of "
+                                    f"{sorted(rl_eval.TEXT_TERMS)}")
+        for name in ("samples", "ig_steps", "random_sets", "concept_examples", "regions"):
+            if getattr(self, name) < (2 if name == "random_sets" else 1):
+                raise train.ConfigError(f"{name}={getattr(self, name)}: expected a positive "
+                                        "count" + (" >= 2" if name == "random_sets" else ""))
+        if not 0 < self.alpha < 1:
+            raise train.ConfigError(f"alpha={self.alpha}: expected 0 < alpha < 1")
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _inputs(cfg: AuditConfig) -> dict:
+    """Resolve every input path and setting, with errors naming what is missing."""
+    layout = PipelineLayout(cfg.run_dir)
+    stage = layout.stage("reward")
+    reward_dir = Path(cfg.reward_dir or stage.export)
+    if not reward_dir.is_dir():
+        raise train.ConfigError(f"reward_dir: {reward_dir} does not exist; expected a reward "
+                                "model export (run the main job first, or set reward_dir)")
+    stage_cfg = json.loads(stage.config.read_text()) if stage.config.is_file() else None
+    rd = (stage_cfg or {}).get("config", {}).get("data", {})
+    summary = (json.loads(stage.eval_summary.read_text()) if stage.eval_summary.is_file()
+               else {})
+    # the file it trained on; for built-in data the one the stage wrote (in its summary)
+    prefs = cfg.preference_file or rd.get("train_file") or summary.get("data", {}).get("file")
+    if not prefs or not Path(prefs).is_file():
+        raise train.ConfigError(f"preference_file: {prefs or '(none)'} is not a file; expected "
+                                "the reward model's training comparisons (JSONL)")
+    lengths = (cfg.max_prompt_len or rd.get("max_prompt_len"),
+               cfg.max_response_len or rd.get("max_response_len"))
+    if not all(lengths):
+        raise train.ConfigError("max_prompt_len and max_response_len: set them (there is no "
+                                f"reward stage config at {stage.config} to read them from)")
+    info = json.loads(layout.info.read_text()) if layout.info.is_file() else {}
+    return {"layout": layout, "stage": stage, "reward_dir": reward_dir, "stage_cfg": stage_cfg,
+            "preference_file": Path(prefs), "lengths": lengths,
+            "gold": cfg.gold or info.get("gold", "vader"), "info": info,
+            "out": Path(cfg.out_dir or layout.root / "audit")}
+
+
+def _pairs(records: list[dict]) -> list[dict]:
+    """Validated pairwise records as {prompt, chosen, rejected, annotator_id} (ties left out)."""
+    out = []
+    for r in records:
+        ranks = r["ranks"]
+        if len(r["responses"]) == 2 and ranks[0] != ranks[1]:
+            best = int(ranks[1] < ranks[0])
+            out.append({"prompt": r["prompt"], "chosen": r["responses"][best],
+                        "rejected": r["responses"][1 - best],
+                        "annotator_id": r.get("annotator_id", "")})
+    return out
+
+
+def _annotators(records: list[dict], gold_fn) -> dict:
+    """Labels per annotator, their agreement with the gold judge (ties half) and, over pairs
+    labelled by two or more annotators, observed agreement and Krippendorff's α (nominal)."""
+    by = defaultdict(list)
+    units = defaultdict(dict)
+    for r in records:
+        who = r.get("annotator_id") or "(unnamed)"
+        g = np.sign(gold_fn(r["prompt"], r["chosen"]) - gold_fn(r["prompt"], r["rejected"]))
+        by[who].append(1.0 if g > 0 else 0.5 if g == 0 else 0.0)
+        a, b = sorted((r["chosen"], r["rejected"]))
+        units[(r["prompt"], a, b)][who] = float(r["chosen"] == a)
+    shared = [u for u in units.values() if len(u) >= 2]
+    names = sorted(by)
+    out = {"annotators": {n: {"labels": len(by[n]), "gold_agreement": float(np.mean(by[n]))}
+                          for n in names},
+           "pairs_labelled_twice_or_more": len(shared)}
+    if shared:
+        matrix = [[u.get(n, np.nan) for u in shared] for n in names]
+        out["observed_agreement"] = agreement.pairwise_agreement(matrix)
+        out["krippendorff_alpha"] = agreement.krippendorff_alpha(matrix)
+    return out
+
+
+def _explain(rm: text.Inspected, pairs: list[dict], steps: int) -> list[dict]:
+    """Each comparison's two responses: reward, ensemble uncertainty and integrated-gradients
+    attribution per response token (pad-token baseline), with the completeness gap."""
+    prompts = [p["prompt"] for p in pairs for _ in (0, 1)]
+    responses = [r for p in pairs for r in (p["chosen"], p["rejected"])]
+    enc = text.encode(rm, prompts, responses)
+    members = text.member_rewards(rm, enc)
+    target = interpret.RewardTarget(rm.config, rm.num_outputs)
+    ig = interpret.integrated_gradients(rm.params, jnp.asarray(enc["tokens"]),
+                                        jnp.asarray(enc["mask"]), target=target, steps=steps,
+                                        baseline_token=rm.pad_id)
+    scores, gap = np.asarray(ig.scores), np.asarray(ig.completeness_gap)
+    delta = np.asarray(ig.value - ig.baseline_value)
+    s = enc["response_start"]
+    out = []
+    for i, p in enumerate(pairs):
+        sides = []
+        for j, label in ((2 * i, "chosen"), (2 * i + 1, "rejected")):
+            ids = [int(t) for t, m in zip(enc["tokens"][j, s:], enc["mask"][j, s:]) if m]
+            toks = [rm.tokenizer.decode([t]) for t in ids]
+            sides.append({"label": label, "response": responses[j],
+                          "reward": float(members[j].mean()),
+                          "uncertainty": float(members[j].std()) if rm.num_outputs > 1 else None,
+                          "tokens": toks,
+                          "attributions": scores[j, s:][enc["mask"][j, s:] > 0].tolist(),
+                          "prompt_attribution": float(scores[j, :s].sum()),
+                          "completeness": float(abs(gap[j]) / max(abs(delta[j]), 1e-12))})
+        out.append({"prompt": p["prompt"], "annotator": p.get("annotator_id", ""),
+                    "agrees": sides[0]["reward"] > sides[1]["reward"], "sides": sides})
+    return out
+
+
+def audit_reward(cfg: AuditConfig) -> Path:
+    """Audit the reward model and write `<out_dir>/audit.html` (self-contained: images inline),
+    `audit.md` (+ `plots/`) and `audit.json` (every number in them); return the HTML path."""
+    start = time.perf_counter()
+    inp = _inputs(cfg)
+    out = inp["out"]
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    gold_fn = rl_eval.TEXT_TERMS[inp["gold"]]
+    rm = text.load(inp["reward_dir"], max_prompt_len=int(inp["lengths"][0]),
+                   max_response_len=int(inp["lengths"][1]))
+    records = _pairs(data.read_records(str(inp["preference_file"]), "pairwise")[0])
+    rng = np.random.default_rng(cfg.seed)
+    score = lambda p, r: text.score_texts(rm, p, r)[0]  # noqa: E731
+
+    # the responses the diagnostics look at: training responses, and the policy's if evaluated
+    pool = sorted({(r["prompt"], x) for r in records for x in (r["chosen"], r["rejected"])})
+    picked = [pool[i] for i in rng.permutation(len(pool))[:cfg.samples]]
+    source = ["comparisons"] * len(picked)
+    ev_path = inp["layout"].evaluation
+    if ev_path.is_file() and cfg.run_dir:
+        ev = json.loads(ev_path.read_text())
+        for when in ("before", "after"):
+            rows = [r for r in ev.get(when, {}).get("rows", []) if r["response"].strip()]
+            picked += [(r["prompt"], r["response"]) for r in rows[:cfg.samples // 2]]
+            source += [f"policy {when}"] * min(len(rows), cfg.samples // 2)
+    prompts, responses = [p for p, _ in picked], [r for _, r in picked]
+    proxy, unc = text.score_texts(rm, prompts, responses)
+    gold = np.array([gold_fn(p, r) for p, r in picked])
+    lengths = np.array([len(r.split()) for r in responses], np.float64)
+
+    # concepts
+    concept_sets = cn.builtin_concepts(cfg.concept_examples, cfg.seed) if cfg.builtin_concepts \
+        else {}
+    for item in filter(None, (c.strip() for c in cfg.concepts.split(","))):
+        name, _, path = item.partition("=")
+        if not path:
+            raise train.ConfigError(f"concepts: {item!r} should be name=file.jsonl")
+        try:
+            concept_sets[name] = cn.read_concept_file(path)
+        except (OSError, ValueError) as e:
+            raise train.ConfigError(f"concepts: {e}") from None
+    randoms = [cn.random_texts(60, cfg.seed + 1000 + i) for i in range(cfg.random_sets)]
+    tcav = cn.tcav(rm, concept_sets, randoms, (prompts, responses), layer=cfg.layer,
+                   pooling=cfg.pooling, alpha=cfg.alpha, seed=cfg.seed) if concept_sets else []
+
+    # atlas
+    acts, _ = cn.activations_and_gradients(rm, prompts, responses, layer=cfg.layer,
+                                           pooling=cfg.pooling)
+    coords = atlas.project(acts, cfg.projection, cfg.seed)
+    _, regs = atlas.regions(coords, proxy, [f"{p} → {r}" for p, r in picked], cfg.regions,
+                                 seed=cfg.seed)
+    atlas.plot_atlas(coords, proxy, regs, out / "plots" / "atlas.png",
+                     axis_label="PC" if cfg.projection == "pca" else "UMAP")
+
+    # reward hacking
+    words = sorted({w for r in responses for w in r.split()})[:200]
+    sub = rng.permutation(len(picked))[:min(len(picked), 128)]
+    sp, sr = [prompts[i] for i in sub], [responses[i] for i in sub]
+    word, gain = hacking.rewarded_word(score, sp, sr, words) if words else ("", 0.0)
+    edits = {f"repeat '{word}' ×3": hacking.repeat_word(word, 3),
+             f"append '{cfg.positive_words}'": hacking.append_words(cfg.positive_words),
+             "truncate to half": hacking.truncate(0.5)}
+    if not word:
+        edits.pop(next(iter(edits)))
+    hack = {"length": hacking.length_bias(proxy, gold, lengths),
+            "rewarded_word": {"word": word, "mean_gain": gain},
+            "perturbations": hacking.perturbation_test(score, gold_fn, sp, sr, edits)}
+    rows = inp["layout"].stage("ppo").read_metrics() if cfg.run_dir else []
+    if rows:
+        hack["gold_proxy_gap"] = hacking.gold_proxy_gap(rows, f"reward_terms/{inp['gold']}")
+        if "gap" in hack["gold_proxy_gap"]:
+            hacking.plot_gap(hack["gold_proxy_gap"], out / "plots" / "gold_proxy_gap.png")
+
+    # per-example explanations: a random sample of the comparisons
+    idx = rng.permutation(len(records))[:cfg.examples]
+    explained = _explain(rm, [records[i] for i in idx], cfg.ig_steps)
+
+    summary_path = inp["stage"].eval_summary
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    weights = inp["reward_dir"] / "model.safetensors"
+    card = {
+        "reward_dir": str(inp["reward_dir"]),
+        "model_sha256": file_sha256(weights) if weights.is_file() else None,
+        "head_sha256": file_sha256(inp["reward_dir"] / "reward_head.safetensors"),
+        "ensemble_heads": rm.num_outputs,
+        "data": [{"file": str(inp["preference_file"]),
+                  "sha256": file_sha256(inp["preference_file"]), "records": len(records)}],
+        "training_config_sha256": (inp["stage_cfg"] or {}).get("hash"),
+        "training_steps": summary.get("steps"),
+        "held_out": {k.split("/", 1)[1]: v for k, v in summary.items()
+                     if k.startswith("eval/") and "annotator" not in k},
+        "per_annotator_accuracy": {k.rsplit("/", 1)[1]: v for k, v in summary.items()
+                                   if k.startswith("eval/accuracy_annotator/")},
+        "annotators": _annotators(records, gold_fn), "gold": inp["gold"],
+        "feedback": inp["info"].get("feedback"),
+    }
+    biases = []
+    for c in tcav:
+        if c.significant:
+            biases.append(f"concept '{c.name}' drives the reward "
+                          f"{'up' if c.sensitivity > 0 else 'down'} (TCAV {c.tcav:.2f}, "
+                          f"p = {c.p_value:.2g})")
+    if hack["length"]["flag"]:
+        biases.append(f"length: Spearman ρ(reward, length) = "
+                      f"{hack['length']['proxy']['spearman']:.2f} against the gold judge's "
+                      f"{hack['length']['gold']['spearman']:.2f}")
+    for name, p in hack["perturbations"].items():
+        if p["flag"]:
+            biases.append(f"'{name}' raises the reward {p['gap_sd']['mean']:.2f} s.d. more than "
+                          "the gold score")
+    if hack.get("gold_proxy_gap", {}).get("flag"):
+        biases.append("over PPO the gold score fell from its peak while the reward model's kept "
+                      "rising")
+    card["known_biases"] = biases
+    result = {"card": card, "tcav": [dataclasses.asdict(c) | {"tcav": c.tcav} for c in tcav],
+              "tcav_settings": {"layer": cfg.layer, "pooling": cfg.pooling,
+                                "random_sets": cfg.random_sets, "alpha": cfg.alpha},
+              "atlas": {"projection": cfg.projection,
+                        "regions": [dataclasses.asdict(r) for r in regs],
+                        "sources": dict(Counter(source))},
+              "hacking": hack, "examples": explained,
+              "samples": {"n": len(picked), "proxy_mean": float(proxy.mean()),
+                          "uncertainty_mean": float(unc.mean()) if rm.num_outputs > 1 else None},
+              "seconds": round(time.perf_counter() - start, 1), "config": dataclasses.asdict(cfg)}
+    (out / "audit.json").write_text(json.dumps(result, indent=1, default=float))
+    report.write_markdown(result, out / "audit.md", out / "plots")
+    path = report.write_html(result, out / "audit.html", out / "plots")
+    print(f"audit written to {path} ({result['seconds']} s)", flush=True)
+    return path
+

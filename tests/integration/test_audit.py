@@ -1,0 +1,94 @@
+"""experiments/audit_reward.py on a reward model trained on the built-in task's sentiment labels:
+what the audit finds, and its HTML page rendered in headless Chromium."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.labelling.conftest import ensure_debian_package
+from tests.labelling.test_browser import CHROMIUM_ARGS
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script(name, *args):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / name), *args], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """The quick configuration: a reward stage of 150 steps on 1000 built-in comparisons (labels
+    by simulated annotators judging pleasant minus unpleasant words), laid out as a pipeline
+    run's reward stage, then the audit with its defaults."""
+    root = tmp_path_factory.mktemp("audit")
+    _script("train_reward.py", f"--config.run_dir={root / 'reward'}", "--config.steps=150",
+            "--config.eval_every=75", "--config.data.builtin_pairs=1000")
+    _script("audit_reward.py", f"--config.run_dir={root}")
+    return root, json.loads((root / "audit" / "audit.json").read_text())
+
+
+def test_sentiment_concept_is_significant_and_random_is_not(audited):
+    _, result = audited
+    by = {c["name"]: c for c in result["tcav"]}
+    assert set(by) == {"sentiment", "profanity", "length", "random"}
+    assert by["sentiment"]["significant"] and by["sentiment"]["sensitivity"] > 0
+    assert not by["random"]["significant"]
+    assert any("sentiment" in b for b in result["card"]["known_biases"])
+    assert len(by["sentiment"]["scores"]) == result["tcav_settings"]["random_sets"] == 30
+
+
+def test_model_card_and_explanations(audited):
+    root, result = audited
+    card = result["card"]
+    assert card["data"][0]["records"] > 900
+    data_file = Path(card["data"][0]["file"])
+    assert card["data"][0]["sha256"] == hashlib.sha256(data_file.read_bytes()).hexdigest()
+    summary = json.loads((root / "reward" / "eval_summary.json").read_text())
+    assert card["held_out"]["accuracy"] == summary["eval/accuracy"] > 0.7
+    assert set(card["per_annotator_accuracy"]) == {"annotator_0", "annotator_1", "annotator_2"}
+    assert card["training_config_sha256"] == json.loads(
+        (root / "reward" / "config.json").read_text())["hash"]
+    assert len(result["examples"]) == 6
+    for ex in result["examples"]:
+        for side in ex["sides"]:
+            assert len(side["tokens"]) == len(side["attributions"]) > 0
+            assert side["completeness"] <= 0.01  # integrated gradients at 64 steps
+    assert set(result["hacking"]) >= {"length", "perturbations", "rewarded_word"}
+    assert (root / "audit" / "plots" / "atlas.png").stat().st_size > 10_000
+    assert "## Concepts (TCAV)" in (root / "audit" / "audit.md").read_text()
+
+
+def test_report_renders_in_chromium(audited, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    root, result = audited
+    page_path = root / "audit" / "audit.html"
+    chromium = ensure_debian_package("chromium", "/usr/bin/chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        fetched = []
+        page.on("request", lambda r: fetched.append(r.url))
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        # self-contained: nothing but the page itself and inline data is requested
+        assert [u for u in fetched if not u.startswith("data:")] == [page_path.as_uri()]
+        assert page.evaluate("document.getElementById('atlas').naturalWidth") > 300
+        tokens = sum(len(s["tokens"]) for ex in result["examples"] for s in ex["sides"])
+        assert page.locator("span.tok").count() == tokens
+        assert page.locator("h2", has_text="Concepts (TCAV)").count() == 1
+        assert "sentiment" in page.locator("#biases").inner_text()
+        shot = tmp_path / "audit.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 50_000
