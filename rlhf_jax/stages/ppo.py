@@ -4,9 +4,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import jax
+import numpy as np
 
 from rlhf_jax import data, eval as rl_eval, models, ppo, reward, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
@@ -54,6 +56,8 @@ class PPOStageConfig(RunConfig):
     the tokenizer's. An ensemble reward model scores mean − `reward_std_coef`·std.
     `reward_terms` weights text scorers (`eval.TEXT_TERMS`) added to the score; `monitor_terms`
     are logged each iteration without weight, the first also judges the before/after samples.
+    `decision_log` appends every iteration's reward-model decisions to a hash-chained JSONL
+    (`reward.DecisionLog`; see `_DecisionRecorder`).
     """
 
     run_dir: str = "runs/ppo"
@@ -80,6 +84,11 @@ class PPOStageConfig(RunConfig):
                                              schedule="constant")
     eval_prompts: int = 16  # samples written before and after training
     checkpoint: CheckpointConfig = CheckpointConfig(save_every=10, keep_last=2)
+    # JSONL decision log (empty: off): each iteration appends one hash-chained entry per sampled
+    # response (reward-model hash, input hash, the reward model's score before clipping, terms
+    # and the missing-EOS penalty, ensemble std); check it with `python -m
+    # rlhf_jax.reward.decisions verify FILE`
+    decision_log: str = ""
 
     def __post_init__(self):
         super().__post_init__()
@@ -261,6 +270,80 @@ def _ptx_batches(cfg: PPOStageConfig, layout: RunLayout, tokenizer, pad_id: int)
                                      seed=cfg.seed + 1)
 
 
+class _DecisionRecorder:
+    """Appends each PPO iteration's reward-model decisions to `cfg.decision_log` (process 0),
+    with context "ppo/iteration N run_dir=<absolute run_dir>" (N counts from 1, as the steps of
+    metrics.jsonl do).
+
+    The rollout's rows reach the host through a zero-weight `ppo.RewardTerm` (it adds 0 to the
+    score and shows as `reward_terms/decision_log` = 0 in the metrics), where
+    `reward.LoggedScorer` scores them with the reward model once more: the step returns no
+    per-row scores and `Rollout.scores` is the score after clipping, terms and the missing-EOS
+    penalty, without the ensemble's members. So one extra reward-model forward pass per
+    iteration (counted in `time/score`), only with the log on; without it nothing in the step
+    changes.
+
+    Resuming: a run restarted from a checkpoint at step c repeats iterations c+1… that may
+    already be in the log (they ran after the checkpoint, before the interruption). The newest
+    entry of this run dir is looked up once, from the end of the log, and iterations up to its N
+    are not logged again: exact resume redraws the same rollouts for them (same keys and
+    weights, up to the platform's determinism). A run started from step 0 logs every
+    iteration, even if the log holds an earlier attempt's entries for this run dir.
+    """
+
+    def __init__(self, cfg: PPOStageConfig):
+        self.log = reward.DecisionLog(cfg.decision_log)
+        self.run_dir = str(Path(cfg.run_dir).resolve())
+        self.scorer = self.params = None
+        self.iteration, self.logged_through = 0, None
+        self.term = ppo.RewardTerm("decision_log", 0.0, self._record)
+        if jax.process_count() > 1:
+            raise ConfigError("decision_log is supported on a single process only (the "
+                              "rollout's rows are fetched to one host); leave it empty")
+        if train.is_main_process():
+            try:
+                self.log.head()  # refuse a torn log before any work starts
+            except (reward.DecisionLogError, OSError) as e:
+                raise ConfigError(f"decision_log={cfg.decision_log!r}: {e}") from None
+
+    def set_reward_model(self, score_fn, reward_params) -> None:
+        """The PPO score function and the reward model's parameters whose decisions are logged."""
+        self.scorer, self.params = reward.LoggedScorer(score_fn, self.log), reward_params
+
+    def context(self, iteration: int) -> str:
+        """The context of iteration `iteration`'s decisions."""
+        return f"ppo/iteration {iteration} run_dir={self.run_dir}"
+
+    def _newest_logged(self) -> int:
+        prefix, suffix = "ppo/iteration ", f" run_dir={self.run_dir}"
+
+        def ours(entry):
+            ctx = entry.get("context")
+            return isinstance(ctx, str) and ctx.startswith(prefix) and ctx.endswith(suffix) \
+                and ctx[len(prefix):-len(suffix)].isdigit()
+
+        entry = self.log.find_last(ours)
+        return 0 if entry is None else int(entry["context"][len(prefix):-len(suffix)])
+
+    def wrap(self, step_fn):
+        """`step_fn` that tells the term which iteration runs."""
+
+        def step(state, batch):
+            self.iteration = int(state.step) + 1
+            if self.logged_through is None:  # the first iteration of this process
+                resumed = self.iteration > 1 and train.is_main_process()
+                self.logged_through = self._newest_logged() if resumed else 0
+            return step_fn(state, batch)
+
+        return step
+
+    def _record(self, prompt_tokens, prompt_mask, response_tokens, response_mask):
+        if train.is_main_process() and self.iteration > self.logged_through:
+            self.scorer(self.params, prompt_tokens, prompt_mask, response_tokens, response_mask,
+                        context=self.context(self.iteration))
+        return np.zeros(len(prompt_tokens), np.float32)
+
+
 def train_ppo(cfg: PPOStageConfig, *,
               extra_reward_terms: Sequence[ppo.RewardTerm] = ()) -> StageResult:
     """Run `cfg.steps` PPO iterations with exact resume; export the policy to `<run_dir>/export`.
@@ -274,6 +357,7 @@ def train_ppo(cfg: PPOStageConfig, *,
     mesh, rules = start_run(cfg, layout)
     key = jax.random.key(cfg.seed)
     check_batch_sizes(cfg, mesh)
+    recorder = _DecisionRecorder(cfg) if cfg.decision_log else None
     critic = cfg.critic if cfg.rollout.advantage == "gae" else "none"
     m = load_ppo_models(cfg.policy_dir, cfg.reward_dir, preset=cfg.preset, critic=critic,
                         mesh=mesh, rules=rules, key=jax.random.fold_in(key, 0),
@@ -303,12 +387,16 @@ def train_ppo(cfg: PPOStageConfig, *,
                                            helpers={"kl": kl_init()},
                                            param_shardings=shardings_of(m.params)), m.params)
     score_fn = m.scorer(cfg.reward_std_coef)
+    if recorder:
+        recorder.set_reward_model(score_fn, m.reward_params)
     step = ppo.make_ppo_step(
         config=m.config, critic_config=m.critic_config, ref_params=m.ref_params,
         score_params=m.reward_params, score_fn=score_fn, sampling=sampling,
         rollout=cfg.rollout, ppo=cfg.ppo, tx=tx, kl_update=kl_update,
-        reward_terms=_reward_terms(cfg, tokenizer) + tuple(extra_reward_terms),
+        reward_terms=_reward_terms(cfg, tokenizer) + tuple(extra_reward_terms)
+        + ((recorder.term,) if recorder else ()),
         place_batch=lambda b: train.global_batch_from_local(b, mesh, rules))
+    step = recorder.wrap(step) if recorder else step
     eval_src = data.prompt_batches(prompt_ds.splits["train"],
                                    cfg.eval_prompts // jax.process_count(), pad_id=pad_id,
                                    seed=cfg.seed + 2, shuffle=True)
