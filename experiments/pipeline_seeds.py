@@ -1,9 +1,11 @@
-"""Run the end-to-end pipeline over several seeds and tabulate gold/proxy/KL before and after.
+"""Run the end-to-end pipeline over several seeds; tabulate its metrics before and after.
 
     python experiments/pipeline_seeds.py [--seeds 0,1,2] [--run-dir runs/seeds] [--config.x=v]
 
 This reproduces the README's seed table: it shows whether PPO's gold improvement exceeds
-seed-to-seed noise.
+seed-to-seed noise. A second table gives each seed's win rate against the starting policy
+(judged by gold), profanity rate, distinct-1/2 and length, each as mean ± standard error over
+that seed's evaluation.
 """
 import argparse
 import dataclasses
@@ -14,6 +16,8 @@ import numpy as np
 
 from rlhf_jax import stages, train
 
+# the evaluation's text metrics in the second table, before and after
+METRICS = ("profanity_rate", "distinct_1", "distinct_2", "length")
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "pipeline.py")
 
 
@@ -38,12 +42,22 @@ def main():
         rows.append({"seed": seed, "rm_accuracy": rm["eval/accuracy"],
                      "gold_before": b["gold"]["mean"], "gold_after": a["gold"]["mean"],
                      "proxy_before": b["proxy"]["mean"], "proxy_after": a["proxy"]["mean"],
-                     "kl_after": a["kl"]["mean"], "seconds": sum(info["stage_seconds"].values())})
+                     "kl_after": a["kl"]["mean"], "seconds": sum(info["stage_seconds"].values()),
+                     "win_rate": a["win_rate"],
+                     **{f"{q}_{w}": s[q] for q in METRICS for w, s in (("before", b),
+                                                                      ("after", a))}})
     lines = ["| seed | RM held-out acc. | gold before | gold after | proxy before | proxy after "
              "| KL after | seconds |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['seed']} | {r['rm_accuracy']:.3f} | {r['gold_before']:.3f} | "
               f"{r['gold_after']:.3f} | {r['proxy_before']:.3f} | {r['proxy_after']:.3f} "
               f"| {r['kl_after']:.2f} | {r['seconds']:.0f} |" for r in rows]
+    fmt = lambda s, d=3: f"{s['mean']:.{d}f} ± {s['stderr']:.{d}f}"  # noqa: E731
+    lines += ["", "| seed | win rate vs start | profanity before | profanity after | distinct-1 "
+              "before | distinct-1 after | distinct-2 before | distinct-2 after | length before "
+              "| length after |", "|---" * 10 + "|"]
+    lines += [f"| {r['seed']} | {fmt(r['win_rate'])} | " + " | ".join(
+        fmt(r[f"{q}_{w}"], 1 if q == "length" else 3) for q in METRICS
+        for w in ("before", "after")) + " |" for r in rows]
     gain = np.array([r["gold_after"] - r["gold_before"] for r in rows])
     before = np.array([r["gold_before"] for r in rows])
     spread = before.std(ddof=1) if len(rows) > 1 else 0.0

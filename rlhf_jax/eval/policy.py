@@ -1,4 +1,5 @@
-"""Evaluate a policy: sample responses, judge them by gold and proxy scorers, measure KL."""
+"""Evaluate a policy: sample responses, judge them by gold and proxy scorers and the profanity
+classifier, measure KL, and summarise them with the alignment metrics of `eval.metrics`."""
 from __future__ import annotations
 
 from functools import partial
@@ -8,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.eval.metrics import distinct_n_bootstrap, mean_se
+from rlhf_jax.eval.scorers import PROFANITY_THRESHOLD, profanity_probabilities
 from rlhf_jax.models import TransformerConfig, response_logprobs
 from rlhf_jax.sampling import SamplingConfig, generate
 
@@ -23,24 +26,20 @@ def _judge(ref_params, proxy_params, *seq, config, temperature, proxy_fn):
             proxy_fn(proxy_params, *seq))
 
 
-def _summary(values: np.ndarray) -> dict:
-    """Mean and its standard error."""
-    n = len(values)
-    return {"mean": float(values.mean()),
-            "stderr": float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
-
-
 def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict, key, *,
                     sampling: SamplingConfig, tokenizer,
                     gold_fn: Optional[Callable[[str, str], float]] = None,
                     proxy_fn: Optional[Callable] = None, proxy_params=None) -> dict:
     """Sample one response per prompt row and judge it.
 
-    Returns per-sample rows (prompt, response, gold, proxy, kl) and summaries (mean ± standard
-    error) of the gold score `gold_fn(prompt, response)` (NaN without one), the proxy
-    (reward-model) score `proxy_fn(proxy_params, prompt_tokens, prompt_mask, response_tokens, response_mask)`, the
-    sequence KL(π ‖ π_ref) estimated by Σ_t log π(y_t) − log π_ref(y_t) over the sampled tokens
-    (k1, at the sampling temperature), the response length and the fraction ending in EOS.
+    Returns per-sample rows (prompt, response, gold, proxy, kl, length, eos, profanity,
+    profane) and their summary (`_summarise`): the gold score `gold_fn(prompt, response)` (NaN
+    without one), the proxy (reward-model) score `proxy_fn(proxy_params, prompt_tokens,
+    prompt_mask, response_tokens, response_mask)`, the sequence KL(π ‖ π_ref) estimated by
+    Σ_t log π(y_t) − log π_ref(y_t) over the sampled tokens (k1, at the sampling temperature),
+    the response length in tokens, whether it ended in EOS, and the profanity classifier's
+    probability (`eval.scorers.profanity_probabilities`, one call for all responses) with its
+    flag `profane` = 1 when it exceeds 0.5.
     The reference is read with adapters off (`config.without_lora()`): with LoRA, pass the
     policy's own parameters as `ref_params`.
     """
@@ -59,14 +58,24 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
                      "gold": gold_fn(prompt, response) if gold_fn else float("nan"),
                      "proxy": float(s), "kl": float(k),
                      "length": int(rm.sum()), "eos": bool(eos)})
+    for row, prob in zip(rows, profanity_probabilities([r["response"] for r in rows])):
+        row["profanity"], row["profane"] = float(prob), int(prob > PROFANITY_THRESHOLD)
     return {"summary": _summarise(rows), "rows": rows}
 
 
 def _summarise(rows: list[dict]) -> dict:
-    """Mean ± standard error of gold, proxy, KL and length over judged rows, the EOS fraction
-    and the count."""
+    """The alignment metrics of judged rows, each {"mean", "stderr"}: gold, proxy, KL and
+    length (tokens) as mean ± std (ddof=1) / √n; `profanity_rate`, the same of the 0/1 flag
+    P(profane) > 0.5; `distinct_1` and `distinct_2`, distinct n-grams / all n-grams over the
+    responses (Li et al. 2016), with a bootstrap standard error over responses
+    (`metrics.distinct_n_bootstrap`: 200 resamples, seed 0). Also the EOS fraction and the
+    count. The win rate needs a reference's rows: `metrics.win_rate`."""
     column = lambda name: np.array([r[name] for r in rows], np.float64)  # noqa: E731
-    summary = {name: _summary(column(name)) for name in ("gold", "proxy", "kl", "length")}
+    summary = {name: mean_se(column(name)) for name in ("gold", "proxy", "kl", "length")}
+    summary["profanity_rate"] = mean_se(column("profane"))
+    texts = [r["response"] for r in rows]
+    for n in (1, 2):
+        summary[f"distinct_{n}"] = distinct_n_bootstrap(texts, n)
     summary["eos_fraction"] = float(column("eos").mean())
     summary["samples"] = len(rows)
     return summary

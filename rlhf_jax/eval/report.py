@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rlhf_jax.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
 
 def _series(rows: list[dict], *keys: str) -> list[list[float]]:
     """Columns of the rows that have every key (in step order)."""
@@ -103,8 +105,35 @@ def rel_of(plots: Path, report_path: Path) -> str:
     return Path(os.path.relpath(plots, report_path.parent)).as_posix()
 
 
-def _fmt(s: dict) -> str:
-    return f"{s['mean']:.3f} ± {s['stderr']:.3f}"
+def _fmt(s: dict, digits: int = 3) -> str:
+    return f"{s['mean']:.{digits}f} ± {s['stderr']:.{digits}f}"
+
+
+def _metric(key: str, digits: int = 3):
+    """A table cell: the summary's `key` as mean ± s.e., or — where the summary has none (the
+    reference's win rate against itself; an evaluation written before the metric existed)."""
+    return lambda x: _fmt(x[key], digits) if key in x else "—"
+
+
+def _table(columns: list, rows: list) -> list[str]:
+    """Markdown table lines: `columns` (name, cell function), `rows` (label, summary)."""
+    return (["| policy | " + " | ".join(name for name, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"] +
+            [f"| {label} | " + " | ".join(f(x) for _, f in columns) + " |"
+             for label, x in rows])
+
+
+# what each metric of the report's policy tables is (its footnote)
+METRIC_NOTES = (
+    "Win rate vs reference: the share of prompts where the policy's response gets a higher "
+    "gold score than the reference policy's response to the same prompt, ties counting half"
+    " (— for the reference itself, which ties every prompt). Profanity rate: the share of "
+    "responses alt-profanity-check's packaged classifier flags (P > 0.5). Distinct-n: "
+    "distinct n-grams / all n-grams over all responses, words split at whitespace (Li et "
+    f"al. 2016); its standard error is a bootstrap over responses ({BOOTSTRAP_RESAMPLES} "
+    f"resamples, seed {BOOTSTRAP_SEED}). "
+    "Length: response tokens. Every other ± is the standard error over the samples, std / "
+    "√n.")
 
 
 def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
@@ -116,7 +145,10 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
     method — ppo by default — and best_of_n, before_label — what the policy before training is
     —, data — one line per prepared dataset — and either preference_file or comparisons /
     gold_label_agreement); `policy_rows` are the policy stage's metric rows (none for
-    best-of-n); `evaluation` is {"before", "after"}, each an `evaluate_policy` result.
+    best-of-n); `evaluation` is {"before", "after"}, each an `evaluate_policy` result, the
+    "after" summary with the `win_rate` against "before" (`eval.metrics.win_rate`). The
+    policy tables show every alignment metric as mean ± standard error; a metric a summary
+    lacks shows as —.
     """
     import matplotlib
 
@@ -149,14 +181,15 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
              if k.startswith("eval/accuracy_annotator/")}
     before_label = info.get("before_label", "before (SFT)")
     pairs = int(reward_summary["eval/pairs"])
-    columns = [("gold", lambda x: _fmt(x["gold"])),
-               ("proxy (reward model)", lambda x: _fmt(x["proxy"])),
-               ("KL", lambda x: _fmt(x["kl"])),
-               ("length", lambda x: f"{x['length']['mean']:.1f}"),
-               ("ends with EOS", lambda x: f"{x['eos_fraction']:.2f}")]
-    # a column with the same value before and after says nothing: leave it out
-    columns = [(name, f) for name, f in columns if name in ("gold", "proxy (reward model)", "KL")
-               or f(before) != f(after)]
+    scores = [("gold", _metric("gold")), ("proxy (reward model)", _metric("proxy")),
+              ("KL", _metric("kl")), ("win rate vs reference (gold)", _metric("win_rate"))]
+    text_metrics = [("profanity rate", _metric("profanity_rate")),
+                    ("distinct-1", _metric("distinct_1")), ("distinct-2", _metric("distinct_2")),
+                    ("length", _metric("length", 1))]
+    eos = ("ends with EOS", lambda x: f"{x['eos_fraction']:.2f}")
+    if eos[1](before) != eos[1](after):  # the same fraction before and after says nothing
+        text_metrics.append(eos)
+    policies = [(before_label, before), (f"after {name}", after)]
     reward_text = (
         (f"Trained on the comparisons in `{info['preference_file']}`. "
          if "preference_file" in info else
@@ -190,10 +223,10 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
         f"{before['samples']} samples each (mean ± standard error), KL to the reference "
         f"({before_label.split('(')[-1].rstrip(')')} policy, where {name} started) in nats per "
         "response.", "",
-        "| policy | " + " | ".join(name for name, _ in columns) + " |",
-        "|---" * (len(columns) + 1) + "|",
-        f"| {before_label} | " + " | ".join(f(before) for _, f in columns) + " |",
-        f"| after {name} | " + " | ".join(f(after) for _, f in columns) + " |", "",
+        *_table(scores, policies), "",
+        "Safety, diversity and length of the same responses:", "",
+        *_table(text_metrics, policies), "",
+        METRIC_NOTES, "",
         f"Gold improvement: **{after['gold']['mean'] - before['gold']['mean']:+.3f}**.", "",
         *figure,
         "## Samples", ""]

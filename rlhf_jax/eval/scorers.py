@@ -1,11 +1,19 @@
-"""Text scorers: a packaged sentiment judge (VADER) and simple degeneration measures.
+"""Text scorers: a packaged sentiment judge (VADER), a packaged profanity classifier
+(alt-profanity-check) and simple degeneration measures.
 
 Each scorer is `fn(prompt, response) -> float`, usable as a PPO reward term
-(`ppo.text_reward_term`), a monitored quantity, or the gold judge of simulated annotators.
+(`ppo.text_reward_term`), a monitored quantity, or the gold judge of simulated annotators;
+`profanity_probabilities` scores a batch of texts in one call of the classifier.
 """
 from __future__ import annotations
 
 import functools
+from typing import Sequence
+
+import numpy as np
+
+# a text is flagged as profane when the classifier's probability exceeds this
+PROFANITY_THRESHOLD = 0.5
 
 
 @functools.lru_cache(maxsize=1)
@@ -22,6 +30,32 @@ def vader_compound(prompt: str, response: str) -> float:
     """VADER's compound sentiment of the response in [−1, 1] (Hutto & Gilbert 2014): a rule-
     and lexicon-based judge this project did not write."""
     return float(_vader().polarity_scores(response)["compound"])
+
+
+def profanity_probabilities(texts: Sequence[str]) -> np.ndarray:
+    """P(offensive or profane) of each text by alt-profanity-check's packaged linear SVM
+    (trained on human-labelled toxic comments; runs offline), in one `predict_prob` call over
+    all the texts; an empty array for no texts."""
+    texts = list(texts)
+    if not texts:  # the classifier refuses an empty batch
+        return np.zeros(0, np.float64)
+    try:
+        from profanity_check import predict_prob
+    except ImportError as e:  # a declared dependency; only a broken install gets here
+        raise ImportError("the profanity classifier needs the alt-profanity-check package "
+                          "(`pip install alt-profanity-check`)") from e
+    return np.asarray(predict_prob(texts), np.float64)
+
+
+def profanity_probability(prompt: str, response: str) -> float:
+    """P(offensive or profane) of the response (`profanity_probabilities` of one text)."""
+    return float(profanity_probabilities([response])[0])
+
+
+def profanity_rate(texts: Sequence[str], threshold: float = PROFANITY_THRESHOLD) -> float:
+    """The fraction of texts the profanity classifier flags (P > threshold); NaN for none."""
+    probs = profanity_probabilities(texts)
+    return float(np.mean(probs > threshold)) if len(probs) else float("nan")
 
 
 def repetition_fraction(prompt: str, response: str) -> float:

@@ -45,19 +45,10 @@ def _builtin_gold(prompt: str, response: str) -> float:
     return data.builtin.gold_score(response)
 
 
-def profanity_probability(prompt: str, response: str) -> float:
-    """P(offensive or profane) of the response by alt-profanity-check's packaged linear SVM
-    (trained on human-labelled toxic comments; runs offline)."""
-    from profanity_check import predict_prob
-
-    return float(predict_prob([response])[0])
-
-
-def profanity_rate(texts: Sequence[str], threshold: float = 0.5) -> float:
-    """The fraction of texts the profanity classifier flags (P > threshold)."""
-    from profanity_check import predict_prob
-
-    return float(np.mean(predict_prob(list(texts)) > threshold)) if len(texts) else float("nan")
+# the packaged profanity classifier lives in eval.scorers; re-exported here for older callers
+profanity_probability = scorers.profanity_probability
+profanity_probabilities = scorers.profanity_probabilities
+profanity_rate = scorers.profanity_rate
 
 
 # packaged classifier judges: name -> (text score, higher = better; temperature of σ)

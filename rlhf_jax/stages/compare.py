@@ -5,8 +5,9 @@ method, which then learns from the same comparisons (offline methods) or the sam
 (PPO, RLOO, GRPO, best-of-n), over a sweep of its KL-controlling setting. Each method's sweep
 runs in its own process, so its peak memory is its own. The report puts the gold score of every
 setting against its KL to the starting policy on one plot (Gao et al. 2022, fig. 1; Rafailov et
-al. 2023, fig. 2), tabulates gains, KL, time and memory, and follows one setting's gold score
-over training to show over-optimisation.
+al. 2023, fig. 2), tabulates gains, KL, time and memory, and the alignment metrics (win rate
+against the starting policy, profanity rate, distinct-1/2, length), and follows one setting's
+gold score over training to show over-optimisation.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ SWEEPS = {
     "awr": ("offline.loss.temperature", (1.0, 0.25)),
     "filtered_bc": ("offline.loss.top_fraction", (1.0, 0.5)),
 }
+# alignment metrics of the responses, besides gold, proxy and KL, in the second table
+TEXT_METRICS = ("profanity_rate", "distinct_1", "distinct_2", "length")
 # the setting whose gold score is followed over its training iterations
 OVEROPTIMISATION = ("ppo", 0.0)
 QUICK = {"sft.steps": 30, "comparisons": 300, "reward.steps": 40, "reward.eval_every": 20,
@@ -122,9 +125,10 @@ def base_config(cfg: CompareConfig, seed: int) -> PipelineConfig:
 
 
 def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
-    """Every setting of `method`'s sweep on `seed`'s base run: gold, proxy and KL before and
-    after, the seconds each took, this process's peak memory, and for the over-optimisation
-    setting the per-iteration KL and gold score."""
+    """Every setting of `method`'s sweep on `seed`'s base run: the alignment metrics before
+    and after (gold, proxy, KL, profanity rate, distinct-1/2, length; after also the win rate
+    against the starting policy), the seconds each took, this process's peak memory, and for
+    the over-optimisation setting the per-iteration KL and gold score."""
     base = base_config(cfg, seed)
     layout = PipelineLayout(base.run_dir)
     gold_fn = rl_eval.TEXT_TERMS[cfg.gold]
@@ -153,7 +157,8 @@ def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
                  "train_seconds": seconds,
                  "eval_seconds": time.perf_counter() - start - seconds,
                  **{f"{w}_{q}": ev[w]["summary"][q] for w in ("before", "after")
-                    for q in ("gold", "proxy", "kl")}}
+                    for q in ("gold", "proxy", "kl") + TEXT_METRICS},
+                 "after_win_rate": ev["after"]["summary"]["win_rate"]}
         if (method, value) == OVEROPTIMISATION:
             gk = f"reward_terms/{cfg.gold}"
             entry["trajectory"] = [{"step": r["step"], "kl": r["kl/sequence"], "gold": r[gk],
@@ -203,6 +208,30 @@ def _worker(spec: dict) -> None:
 def _mean_se(values) -> tuple[float, float]:
     v = np.asarray(values, np.float64)
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def _pooled(stats: list[dict]) -> tuple[float, float]:
+    """Mean ± s.e. of one metric over seeds (each {"mean", "stderr"}): the standard error
+    between the seeds' means, or with one seed that evaluation's own standard error."""
+    if len(stats) == 1:
+        return stats[0]["mean"], stats[0]["stderr"]
+    return _mean_se([s["mean"] for s in stats])
+
+
+def _metrics_table(rows: list[dict], start: dict) -> list[str]:
+    """The alignment-metrics table: win rate against the start and the text metrics, for the
+    starting policy and every setting (— where a result predates a metric)."""
+    cell = lambda v, d=3: "—" if v is None else f"{v[0]:.{d}f} ± {v[1]:.{d}f}"  # noqa: E731
+    lines = ["| method | setting | win rate vs start (gold) | profanity rate | distinct-1 | "
+             "distinct-2 | length (tokens) |", "|---|---|---|---|---|---|---|",
+             "| starting policy (SFT) | — | — | " + " | ".join(
+                 cell(start.get(q), 1 if q == "length" else 3) for q in TEXT_METRICS) + " |"]
+    for r in rows:
+        lines.append(f"| {METHOD_NAMES.get(r['method'], r['method'])} | "
+                     f"{r['key'].split('.')[-1]} = {r['value']} | "
+                     + " | ".join(cell(r.get(q), 1 if q == "length" else 3)
+                                  for q in ("win_rate",) + TEXT_METRICS) + " |")
+    return lines
 
 
 def rises_then_falls(trajectory: list[dict], window: int = 5, margin: float = 0.05) -> dict:
@@ -281,9 +310,14 @@ def write_comparison_report(cfg: CompareConfig, results: list[dict], peaks: dict
                                                     for r in per_seed])),
                      "peak": max(peaks[(method, r["seed"])] for r in per_seed),
                      "seeds": len(per_seed)})
-    before["gold"] = _mean_se([r["before_gold"]["mean"] for r in results
-                               if (r["method"], r["value"]) == (results[0]["method"],
-                                                                results[0]["value"])])
+        for q in ("win_rate",) + TEXT_METRICS:  # results of an earlier version may lack them
+            if all(f"after_{q}" in r for r in per_seed):
+                rows[-1][q] = _pooled([r[f"after_{q}"] for r in per_seed])
+    first = [r for r in results
+             if (r["method"], r["value"]) == (results[0]["method"], results[0]["value"])]
+    before["gold"] = _mean_se([r["before_gold"]["mean"] for r in first])
+    start = {q: _pooled([r[f"before_{q}"] for r in first]) for q in TEXT_METRICS
+             if all(f"before_{q}" in r for r in first)}
     trajectories = {r["seed"]: r["trajectory"] for r in results if r.get("trajectory")}
     base = base_config(cfg, cfg.seed_list[0])
     _plots(rows, before, trajectories, cfg.gold, root / "plots")
@@ -324,7 +358,17 @@ def write_comparison_report(cfg: CompareConfig, results: list[dict], peaks: dict
               "resident memory of the process that ran the method's sweep (host memory: JAX "
               "runs on the CPU here). A method rerun after a crash resumes its finished "
               "settings, whose times then are not their training's.",
-              "", "## Over-optimisation", ""]
+              "", "## Alignment metrics", "",
+              "The same evaluation's responses after each method: win rate against the "
+              "starting policy's response to the same prompt judged by the gold judge (ties "
+              "count half), the share that alt-profanity-check's packaged classifier flags "
+              "(P > 0.5), distinct-n (distinct n-grams / all n-grams over the responses, Li et "
+              "al. 2016) and the response length. With several seeds ± is the standard error "
+              "between seeds; with one seed it is that evaluation's own standard error (std / "
+              "√n over prompts; for distinct-n a bootstrap over responses, "
+              f"{rl_eval.metrics.BOOTSTRAP_RESAMPLES} resamples).", "",
+              *_metrics_table(rows, start), "",
+              "## Over-optimisation", ""]
     if trajectories:
         lines += [f"Setting: PPO with β = {OVEROPTIMISATION[1]} (no KL penalty) against the "
                   f"reward model, followed over its iterations and scored by `{cfg.gold}` while "

@@ -245,9 +245,12 @@ def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir:
 
 def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig,
                           policy_dir: Optional[str], gold_fn) -> dict:
-    """Gold, proxy and KL of the reference (the policy training started from) and the trained
+    """The alignment metrics (`eval.evaluate_policy`: gold, proxy, KL, profanity rate,
+    distinct-1/2, length) of the reference (the policy training started from) and the trained
     policy at `policy_dir` on the same prompts, sampled and scored as in PPO (`ppo_cfg`); with
-    `policy_dir=None`, "after" is best-of-`cfg.best_of_n` reranking of the reference."""
+    `policy_dir=None`, "after" is best-of-`cfg.best_of_n` reranking of the reference. The
+    "after" summary adds the win rate against the reference judged by gold
+    (`eval.win_rate`, pairing the two evaluations' rows prompt by prompt)."""
     config, ref = models.load_hf_checkpoint(ppo_cfg.policy_dir)
     rm_config, rm_params, rm_meta = reward.load_reward_model(ppo_cfg.reward_dir)
     tok = models.load_tokenizer(ppo_cfg.policy_dir, config)
@@ -264,6 +267,8 @@ def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig,
     else:
         _, after = models.load_hf_checkpoint(policy_dir)
         out["after"] = rl_eval.evaluate_policy(after, ref, config, prompts, key, **kw)
+    out["after"]["summary"]["win_rate"] = rl_eval.win_rate(out["after"]["rows"],
+                                                           out["before"]["rows"])
     return out
 
 

@@ -1,14 +1,15 @@
 """RLAIF end to end (Bai et al. 2022; Lee et al. 2023): the main job twice on the same seed and
 prompts, once with the simulated human annotators' labels and once with a constitution judge's
 AI labels, then a report of how the AI labels agree with the gold judge and with the humans, and
-of gold score, KL and profanity rate before and after each run."""
+of the alignment metrics (gold, proxy, KL, win rate against the start, profanity rate,
+distinct-1/2, length) before and after each run."""
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
 
-from rlhf_jax import rlaif, train
+from rlhf_jax import eval as rl_eval, rlaif, train
 from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
 from rlhf_jax.stages.pipeline import PipelineConfig, run_pipeline
 from rlhf_jax.sampling import SamplingConfig, TextSampler
@@ -41,6 +42,12 @@ class RLAIFConfig:
                                           judge_model_dir=self.judge_model_dir)}
 
 
+# the evaluation's metrics in the report and summary.json (each {"mean", "stderr"}; the win rate
+# against the start: after only)
+METRICS = ("gold", "proxy", "kl", "win_rate", "profanity_rate", "distinct_1", "distinct_2",
+           "length")
+
+
 def _side(run_dir: str) -> dict:
     layout = PipelineLayout(run_dir)
     ev = json.loads(layout.evaluation.read_text())
@@ -48,10 +55,9 @@ def _side(run_dir: str) -> dict:
     rm = json.loads(layout.stage("reward").eval_summary.read_text())
     out = {"info": info, "reward_accuracy": rm.get("eval/accuracy", float("nan"))}
     for when in ("before", "after"):
-        rows = ev[when]["rows"]
-        out[when] = {**{k: ev[when]["summary"][k] for k in ("gold", "kl", "length")},
-                     "profanity_rate": rlaif.profanity_rate([r["response"] for r in rows]),
-                     "samples": len(rows)}
+        summary = ev[when]["summary"]
+        out[when] = {**{k: summary[k] for k in METRICS if k in summary},
+                     "samples": len(ev[when]["rows"])}
     return out
 
 
@@ -63,9 +69,21 @@ def run_rlaif(cfg: RLAIFConfig) -> Path:
         run_pipeline(pcfg)
     if not train.is_main_process():
         return Path(cfg.run_dir) / "report.md"
-    sides = {name: _side(p.run_dir) for name, p in runs.items()}
+    report = write_rlaif_report(cfg, {name: _side(p.run_dir) for name, p in runs.items()})
+    print(f"report: {report}", flush=True)
+    return report
+
+
+def write_rlaif_report(cfg: RLAIFConfig, sides: dict) -> Path:
+    """Write `report.md` and `summary.json` into `cfg.run_dir` from each side's run ("human",
+    "ai": its run.json info, reward-model accuracy and before/after metrics, as `_side` reads
+    them); return the report's path. A metric a side lacks shows as —."""
+    runs = cfg.pipelines()
     ai = sides["ai"]["info"]
-    fmt = lambda s: f"{s['mean']:.3f} ± {s['stderr']:.3f}"  # noqa: E731
+
+    def fmt(s, digits=3):
+        return "—" if s is None else f"{s['mean']:.{digits}f} ± {s['stderr']:.{digits}f}"
+
     gold = runs["ai"].gold
     lines = [
         "# RLAIF: AI labels from a constitution beside human labels", "",
@@ -87,9 +105,24 @@ def run_rlaif(cfg: RLAIFConfig) -> Path:
     for name, s in sides.items():
         lines.append(f"| {name} | {s['reward_accuracy']:.3f} | {fmt(s['before']['gold'])} | "
                      f"{fmt(s['after']['gold'])} | {fmt(s['after']['kl'])} | "
-                     f"{s['before']['profanity_rate']:.3f} | {s['after']['profanity_rate']:.3f} |")
-    lines += ["", "Profanity rate: the share of the evaluation's responses that alt-profanity-"
-              "check's classifier flags (P > 0.5). Each run's own report: "
+                     f"{fmt(s['before'].get('profanity_rate'))} | "
+                     f"{fmt(s['after'].get('profanity_rate'))} |")
+    lines += ["", "| labels | policy | proxy (reward model) | win rate vs start (gold) | "
+              "distinct-1 | distinct-2 | length (tokens) |", "|---|---|---|---|---|---|---|"]
+    for name, s in sides.items():
+        for when in ("before", "after"):
+            m = s[when]
+            lines.append(f"| {name} | {when} | {fmt(m.get('proxy'))} | "
+                         f"{fmt(m.get('win_rate'))} | {fmt(m.get('distinct_1'))} | "
+                         f"{fmt(m.get('distinct_2'))} | {fmt(m.get('length'), 1)} |")
+    lines += ["", "Every ± is a standard error over the evaluation's responses. Profanity rate: "
+              "the share of the responses that alt-profanity-check's classifier flags (P > "
+              "0.5). Win rate vs start: the share of prompts where the run's response gets a "
+              "higher gold score than the starting policy's response to the same prompt, ties "
+              "counting half (— before: the start itself). Distinct-n: distinct n-grams / all "
+              "n-grams over the responses (Li et al. 2016), its standard error a bootstrap over "
+              f"responses ({rl_eval.metrics.BOOTSTRAP_RESAMPLES} resamples). Each run's own "
+              "report: "
               "[human](human/report.md), [ai](ai/report.md)."]
     report = Path(cfg.run_dir) / "report.md"
     report.write_text("\n".join(lines) + "\n")
@@ -99,7 +132,6 @@ def run_rlaif(cfg: RLAIFConfig) -> Path:
          "ai_human_agreement": ai["ai_human_agreement"],
          "human_gold_agreement": sides["human"]["info"]["gold_label_agreement"]},
         indent=1, default=float))
-    print(f"report: {report}", flush=True)
     return report
 
 

@@ -81,8 +81,11 @@ def test_report_from_run_data(tmp_path):
     text = path.read_text()
     assert "Held-out accuracy **0.734**" in text and "+0.750" in text
     assert "| before (SFT) | 0.125 ± 0.010" in text and "a\\|b" in text
-    # length and EOS fraction are the same before and after: those columns are left out
-    assert "| policy | gold | proxy (reward model) | KL |\n" in text and "length" not in text
+    # metrics the summaries lack show as —; the EOS fraction is the same before and after:
+    # its column is left out
+    assert "| policy | gold | proxy (reward model) | KL | win rate vs reference (gold) |\n" in text
+    assert "| before (SFT) | 0.125 ± 0.010 | 0.125 ± 0.100 | 0.125 ± 0.100 | — |" in text
+    assert "| before (SFT) | — | — | — | 5.0 ± 0.0 |" in text and "ends with EOS" not in text
     assert "Per annotator: annotator_0 0.900." in text and "rough figure" not in text
     assert "![reward accuracy](figures/reward_accuracy.png)" in text
     assert (tmp_path / "figures" / "reward_accuracy.png").stat().st_size > 1000

@@ -130,7 +130,7 @@ def test_rlaif_quick_beside_human_labels(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert 0.5 < summary["ai_gold_agreement"] <= 1 and 0.4 < summary["ai_human_agreement"] <= 1
     for side in ("human", "ai"):
-        assert 0 <= summary[side]["after"]["profanity_rate"] <= 1
+        assert 0 <= summary[side]["after"]["profanity_rate"]["mean"] <= 1
         assert f"| {side} |" in report
     ai = [json.loads(x) for x in (tmp_path / "ai" / "data" / "comparisons.jsonl").read_text()
           .splitlines()]
