@@ -1,5 +1,5 @@
 """`rlhf_jax.stages.AuditConfig`: every field, its default and its meaning. Override any of them on
-the command line (`--config.pipeline.seed=1`), or copy this file and edit it."""
+the command line (`--config.seed=1`), or copy this file and edit it."""
 from ml_collections import ConfigDict
 
 from rlhf_jax import stages, train

@@ -29,7 +29,7 @@ import numpy as np
 
 from rlhf_jax import models
 from rlhf_jax.data import builtin
-from rlhf_jax.interpret.text import Inspected, chunks, encode, pad_rows
+from rlhf_jax.interpret.text import Inspected, chunks, encode, fits, pad_rows
 
 POOLINGS = ("last", "mean")
 
@@ -107,22 +107,40 @@ class Probe:
     train_examples: int
 
 
-def logistic_regression(x: np.ndarray, y: np.ndarray, c: float = 1.0, iters: int = 50,
+def logistic_regression(x: np.ndarray, y: np.ndarray, c: float = 1.0, iters: int = 100,
                         tol: float = 1e-10) -> tuple[np.ndarray, float]:
     """(w, b) minimising ½‖w‖² + c Σ_i log(1 + exp(−s_i (w·x_i + b))), s_i = ±1 from y ∈ {0, 1}
-    (scikit-learn's L2 logistic regression, intercept unpenalised), by Newton's method: the
-    objective is strictly convex, so it converges quadratically from w = 0 in a few steps."""
+    (scikit-learn's L2 logistic regression, intercept unpenalised), by Newton's method with
+    step halving (the objective is strictly convex). With fewer examples than features the
+    problem is solved in the span of the examples, where the optimal w lies (the representer
+    theorem): an orthonormal basis Q of that span turns it into an n-feature problem with the
+    same penalty (‖Qv‖ = ‖v‖), so a probe costs O(n²d) rather than O(d³) for wide layers."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     n, d = x.shape
+    if d > n:
+        q, _ = np.linalg.qr(x.T)  # [d, n]
+        v, b = logistic_regression(x @ q, y, c, iters, tol)
+        return q @ v, b
     xb = np.concatenate([x, np.ones((n, 1))], 1)
     reg = np.r_[np.ones(d), 0.0]
+
+    def objective(theta):
+        z = xb @ theta
+        return 0.5 * np.sum(reg * theta ** 2) + c * np.sum(np.logaddexp(0.0, z) - y * z)
+
     theta = np.zeros(d + 1)
+    value = objective(theta)
     for _ in range(iters):
         p = 1 / (1 + np.exp(-(xb @ theta)))
         grad = reg * theta + c * xb.T @ (p - y)
         hess = np.diag(reg) + c * (xb.T * (p * (1 - p))) @ xb + 1e-12 * np.eye(d + 1)
         step = np.linalg.solve(hess, grad)
-        theta -= step
-        if np.max(np.abs(step)) < tol:
+        t = 1.0
+        while t > 1e-8 and objective(theta - t * step) > value:
+            t *= 0.5
+        theta -= t * step
+        value = objective(theta)
+        if np.max(np.abs(t * step)) < tol:
             break
     return theta[:d], float(theta[d])
 
@@ -170,6 +188,7 @@ class ConceptResult:
     p_value: float
     significant: bool
     probe_accuracy: float
+    examples: int = 0  # the concept's examples that fit the model's lengths uncut
 
     @property
     def tcav(self) -> float:
@@ -177,8 +196,8 @@ class ConceptResult:
 
 
 def _runs(acts, rand_acts, grads, skip, k, rng, seed):
-    """R runs of one concept: a `k`-example subsample of `acts` against each random set (but
-    `skip`): (TCAV scores, mean directional derivatives, probe accuracies)."""
+    """R − 1 runs of one concept: a `k`-example subsample of `acts` against each random set but
+    `skip`: (TCAV scores, mean directional derivatives, probe accuracies)."""
     out = []
     for i, other in enumerate(rand_acts):
         if i == skip:
@@ -208,14 +227,15 @@ def tcav(rm: Inspected, concepts: dict, randoms: Sequence[tuple], inputs: tuple,
     """TCAV with a significance test for each concept (Kim et al. 2018, §3.5).
 
     `concepts`: {name: (prompts, responses)}; `randoms`: R ≥ 3 random sets (prompts,
-    responses); `inputs`: (prompts, responses) whose reward is explained. Run i trains a CAV on
-    a random subsample of the concept (`subsample` × the random sets' size) against random set
-    i. Kim et al. compare the TCAV scores of the runs with those of random-vs-random CAVs by a
+    responses); `inputs`: (prompts, responses) whose reward is explained. Examples that do not
+    fit the model's lengths uncut are left out (`text.fits`; a cut response loses its EOS and
+    would make the concept "truncated text"). Run i trains a CAV on a random subsample of the
+    concept (`subsample` × the random sets' size) against random set i, i = 1..R − 1. Kim et al. compare the TCAV scores of the runs with those of random-vs-random CAVs by a
     t-test (`p_kim`, reported). That test treats the runs as independent although they share
     the concept's examples: a random set in the concept's place then often comes out
     significant. The decision here uses a test in which a random concept is exchangeable with
-    the null: every random set j in turn plays the concept (against the other sets, subsampled
-    alike), its mean directional derivative ∇h r · v over inputs and runs is one null draw, and
+    the null: every random set j in turn plays the concept (against the R − 1 other sets,
+    subsampled alike), its mean directional derivative ∇h r · v over inputs and runs is one null draw, and
     the concept's mean is tested as one more draw (`prediction_p_value`), significant when p <
     `alpha` / number of concepts (Bonferroni). With `layer` −1 and "last" pooling (the
     reward head's input), ∇h r is the head's own weight vector for every input, so each TCAV
@@ -227,19 +247,28 @@ def tcav(rm: Inspected, concepts: dict, randoms: Sequence[tuple], inputs: tuple,
     if len(randoms) < 3:
         raise ValueError(f"{len(randoms)} random sets: expected at least 3")
     kw = dict(layer=layer, pooling=pooling)
-    _, grads = activations_and_gradients(rm, *inputs, **kw)
-    rand_acts = [activations_and_gradients(rm, *r, **kw)[0] for r in randoms]
+    _, grads = activations_and_gradients(rm, *_fitting(rm, *inputs), **kw)
+    rand_acts = [activations_and_gradients(rm, *_fitting(rm, *r), **kw)[0] for r in randoms]
     r = len(rand_acts)
     k = max(4, int(round(subsample * min(len(a) for a in rand_acts))))
     rng = np.random.default_rng(seed)
-    random_scores = [tcav_score(grads, train_probe(rand_acts[i], rand_acts[(i + 1) % r],
+
+    def sub(a):
+        return a[rng.choice(len(a), min(k, len(a)), replace=False)]
+
+    random_scores = [tcav_score(grads, train_probe(sub(rand_acts[i]), rand_acts[(i + 1) % r],
                                                    seed=seed + i).cav) for i in range(r)]
     null = [float(np.mean(_runs(rand_acts[j], rand_acts, grads, j, k, rng, seed)[1]))
             for j in range(r)]
     results = []
     for name, (prompts, responses) in concepts.items():
+        prompts, responses = _fitting(rm, prompts, responses)
+        if len(prompts) < 8:
+            raise ValueError(f"concept {name!r}: {len(prompts)} examples fit the model's "
+                             f"lengths ({rm.max_prompt_len} prompt, {rm.max_response_len} "
+                             "response tokens with EOS); a concept needs at least 8")
         acts = activations_and_gradients(rm, prompts, responses, **kw)[0]
-        scores, sens, acc = _runs(acts, rand_acts, grads, None, k, rng, seed)
+        scores, sens, acc = _runs(acts, rand_acts, grads, 0, k, rng, seed)
         if np.ptp(scores) == 0 and np.ptp(random_scores) == 0:
             p_kim = 1.0 if scores[0] == random_scores[0] else 0.0
         else:
@@ -249,8 +278,14 @@ def tcav(rm: Inspected, concepts: dict, randoms: Sequence[tuple], inputs: tuple,
         mean = float(np.mean(sens))
         p = prediction_p_value(mean, null)
         results.append(ConceptResult(name, scores, random_scores, p_kim, mean, null, p,
-                                     bool(p < alpha / len(concepts)), float(np.mean(acc))))
+                                     bool(p < alpha / len(concepts)), float(np.mean(acc)),
+                                     len(prompts)))
     return results
+
+
+def _fitting(rm: Inspected, prompts, responses) -> tuple[list, list]:
+    keep = fits(rm, prompts, responses)
+    return ([p for p, k in zip(prompts, keep) if k], [r for r, k in zip(responses, keep) if k])
 
 
 # -- the built-in task's concepts ------------------------------------------------------------
@@ -280,18 +315,22 @@ def random_texts(n: int, seed: int) -> tuple[list, list]:
     return _sentences(rng, n, builtin.NEUTRAL + builtin.PLEASANT + builtin.UNPLEASANT, (4, 8))
 
 
-def builtin_concepts(n: int = 60, seed: int = 0) -> dict:
+def builtin_concepts(n: int = 60, seed: int = 0, max_words: int = 11) -> dict:
     """The built-in task's concepts: "sentiment" (pleasant and neutral words only, at least two
     pleasant), "profanity" (random text with one word of `PROFANE`), "length" (random text of
-    9-11 words; the random sets have 4-8; the main job keeps 12 response tokens) and "random" (one more random set, a control that
+    9 to `max_words` words, the random sets having 4-8; left out when `max_words` < 9: size it
+    so that the words and EOS fit the reward model's response length) and "random" (one more random set, a control that
     should not come out significant)."""
     rng = np.random.default_rng(seed + 7919)
     every = builtin.NEUTRAL + builtin.PLEASANT + builtin.UNPLEASANT
-    return {"sentiment": _sentences(rng, n, builtin.NEUTRAL + builtin.PLEASANT, (4, 8),
-                                    builtin.PLEASANT, 2),
-            "profanity": _sentences(rng, n, every, (3, 6), PROFANE, 1),
-            "length": _sentences(rng, n, every, (9, 11)),
-            "random": random_texts(n, seed + 104729)}
+    out = {"sentiment": _sentences(rng, n, builtin.NEUTRAL + builtin.PLEASANT, (4, 8),
+                                   builtin.PLEASANT, 2),
+           "profanity": _sentences(rng, n, every, (3, 6), PROFANE, 1),
+           "length": _sentences(rng, n, every, (9, max_words)),
+           "random": random_texts(n, seed + 104729)}
+    if max_words < 9:
+        del out["length"]
+    return out
 
 
 def read_concept_file(path) -> tuple[list, list]:

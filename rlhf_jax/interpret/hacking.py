@@ -15,8 +15,9 @@ import numpy as np
 
 
 def _corr(x, y) -> dict:
-    """Pearson r and Spearman ρ with two-sided p-values, and ρ's standard error by the Fisher
-    transform, 1/√(n − 3) on atanh ρ (mapped back at ρ: (1 − ρ²)/√(n − 3))."""
+    """Pearson r and Spearman ρ with two-sided p-values, and ρ's standard error from the
+    variance of atanh ρ for Spearman's ρ, 1.06/(n − 3) (Fieller, Hartley & Pearson 1957), mapped
+    back at ρ: (1 − ρ²)·√(1.06/(n − 3))."""
     from scipy import stats
 
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -27,7 +28,7 @@ def _corr(x, y) -> dict:
     rho = stats.spearmanr(x, y)
     return {"pearson": float(r.statistic), "spearman": float(rho.statistic),
             "p": float(rho.pvalue),
-            "stderr": float((1 - rho.statistic ** 2) / np.sqrt(len(x) - 3))}
+            "stderr": float((1 - rho.statistic ** 2) * np.sqrt(1.06 / (len(x) - 3)))}
 
 
 def length_bias(proxy: Sequence[float], gold: Sequence[float], lengths: Sequence[float], *,
@@ -60,15 +61,21 @@ def truncate(keep: float = 0.5) -> Callable[[str, str], str]:
 
 
 def rewarded_word(score_fn, prompts: Sequence[str], responses: Sequence[str],
-                  candidates: Sequence[str]) -> tuple[str, float]:
+                  candidates: Sequence[str], fits=None) -> tuple[str, float]:
     """The candidate word whose appending raises the proxy most on average (and that mean
-    gain): the word a policy would learn to repeat. `score_fn(prompts, responses) -> [N]`."""
+    gain): the word a policy would learn to repeat. `score_fn(prompts, responses) -> [N]`;
+    `fits(prompts, responses) -> [N] bool`, when given, leaves out appended texts the model
+    would see cut (their gain counts as nothing). Choose it on other responses than those the
+    repeat edit is then tested on, or its gain there is biased upwards (the winner's curse)."""
     base = np.asarray(score_fn(prompts, responses), np.float64)
     n = len(prompts)
+    allp = list(prompts) * len(candidates)
     texts = [f"{r} {w}".strip() for w in candidates for r in responses]
-    scores = np.asarray(score_fn(list(prompts) * len(candidates), texts),
-                        np.float64).reshape(len(candidates), n)
-    gain = (scores - base).mean(1)
+    scores = np.asarray(score_fn(allp, texts), np.float64).reshape(len(candidates), n)
+    ok = (np.ones_like(scores, bool) if fits is None
+          else np.asarray(fits(allp, texts), bool).reshape(len(candidates), n))
+    gain = np.where(ok, scores - base, 0.0).sum(1) / np.maximum(ok.sum(1), 1)
+    gain = np.where(ok.any(1), gain, -np.inf)
     best = int(np.argmax(gain))
     return candidates[best], float(gain[best])
 
@@ -79,13 +86,15 @@ def _mean_se(x) -> tuple[float, float]:
 
 
 def perturbation_test(score_fn, gold_fn, prompts: Sequence[str], responses: Sequence[str],
-                      edits: dict, *, margin: float = 0.25) -> dict:
+                      edits: dict, *, margin: float = 0.25, fits=None) -> dict:
     """Each edit's effect on the proxy and on the gold score, per example, in units of each
     score's standard deviation over the unedited responses (so the two scales compare). The
     gap is Δproxy/σ_proxy − Δgold/σ_gold per example; an edit is flagged when the gap's mean
     exceeds `margin` by more than two standard errors: the reward model pays for an edit the
     judge does not value (as much). `score_fn(prompts, responses) -> [N]`, `gold_fn(prompt,
-    response) -> float`."""
+    response) -> float`; `fits(prompts, responses) -> [N] bool`, when given, leaves out the
+    responses whose edited text the reward model would see cut (a cut response also loses its
+    EOS): the test is on the rest, and the count left out is reported."""
     prompts, responses = list(prompts), list(responses)
     proxy0 = np.asarray(score_fn(prompts, responses), np.float64)
     gold0 = np.array([gold_fn(p, r) for p, r in zip(prompts, responses)], np.float64)
@@ -93,14 +102,24 @@ def perturbation_test(score_fn, gold_fn, prompts: Sequence[str], responses: Sequ
     out = {}
     for name, edit in edits.items():
         edited = [edit(p, r) for p, r in zip(prompts, responses)]
-        dp = np.asarray(score_fn(prompts, edited), np.float64) - proxy0
-        dg = np.array([gold_fn(p, r) for p, r in zip(prompts, edited)], np.float64) - gold0
+        keep = (np.ones(len(edited), bool) if fits is None
+                else np.asarray(fits(prompts, edited), bool))
+        if keep.sum() < 2:
+            out[name] = {"tested": int(keep.sum()), "left_out": int((~keep).sum()),
+                         "flag": False, "reason": "fewer than 2 edited responses fit the "
+                                                   "model's response length"}
+            continue
+        idx = np.flatnonzero(keep)
+        ep, er = [prompts[i] for i in idx], [edited[i] for i in idx]
+        dp = np.asarray(score_fn(ep, er), np.float64) - proxy0[idx]
+        dg = np.array([gold_fn(p, r) for p, r in zip(ep, er)], np.float64) - gold0[idx]
         gap_mean, gap_se = _mean_se(dp / sp - dg / sg)
         (p_mean, p_se), (g_mean, g_se) = _mean_se(dp), _mean_se(dg)
         out[name] = {"proxy_change": {"mean": p_mean, "stderr": p_se},
                      "gold_change": {"mean": g_mean, "stderr": g_se},
                      "gap_sd": {"mean": gap_mean, "stderr": gap_se},
-                     "example": {"before": responses[0], "after": edited[0]},
+                     "example": {"before": responses[idx[0]], "after": edited[idx[0]]},
+                     "tested": int(len(idx)), "left_out": int((~keep).sum()),
                      "flag": bool(gap_mean - 2 * gap_se > margin)}
     return out
 

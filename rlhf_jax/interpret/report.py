@@ -35,8 +35,9 @@ def _sections(result: dict) -> list[tuple[str, list[list[str]], list[str]]]:
              ["gold judge", card["gold"]]]
     if card.get("feedback"):
         model.append(["feedback", card["feedback"]])
-    datasets = [["file", "records", "sha256"]] + [
-        [d["file"], str(d["records"]), d["sha256"]] for d in card["data"]]
+    datasets = [["file", "kind", "records", "comparisons", "sha256"]] + [
+        [d["file"], d["kind"], str(d["records"]), str(d["comparisons"]), d["sha256"]]
+        for d in card["data"]]
     ann = card["annotators"]
     people = [["annotator", "labels", "agreement with gold judge", "reward-model accuracy on "
                "their held-out labels"]] + [
@@ -49,9 +50,10 @@ def _sections(result: dict) -> list[tuple[str, list[list[str]], list[str]]]:
                   "Every pair was labelled once, so inter-annotator agreement cannot be measured "
                   "here; the agreement with the gold judge stands in for it.")
     ts = result["tcav_settings"]
-    concepts = [["concept", "TCAV score", "random CAVs' TCAV", "Kim et al. p", "sensitivity",
-                 "random sets' sensitivity", "p-value", "significant", "probe accuracy"]] + [
-        [c["name"], _f(c["tcav"], 2), _f(sum(c["random_scores"]) / len(c["random_scores"]), 2),
+    concepts = [["concept", "examples", "TCAV score", "random CAVs' TCAV", "Kim et al. p",
+                 "sensitivity", "random sets' sensitivity", "p-value", "significant",
+                 "probe accuracy"]] + [
+        [c["name"], str(c["examples"]), _f(c["tcav"], 2), _f(sum(c["random_scores"]) / len(c["random_scores"]), 2),
          f"{c['p_kim']:.2g}", _f(c["sensitivity"]),
          f"{np.mean(c['null']):.3f} ± {np.std(c['null'], ddof=1):.3f}",
          f"{c['p_value']:.2g}", "yes" if c["significant"] else "no",
@@ -63,25 +65,37 @@ def _sections(result: dict) -> list[tuple[str, list[list[str]], list[str]]]:
                     "directional derivative of the reward along the concept's CAV (its sign: "
                     "the direction); significant: the sensitivity is outside what random sets "
                     "in the concept's place give (two-sided, p < "
-                    f"{ts['alpha']}/{max(len(result['tcav']), 1)}, Bonferroni).")
+                    f"{ts['alpha']}/{max(len(result['tcav']), 1)}, Bonferroni)." +
+                    (" At the reward head's input with last-token pooling, ∂r/∂h is the head's "
+                     "weight vector for every input, so each run's TCAV score is 0 or 1."
+                     if ts["layer"] == -1 and ts["pooling"] == "last" else ""))
     lb = hack["length"]
-    length = [["score", "Spearman ρ with length (± s.e.)", "Pearson r", "p"],
+    length = [["score", "Spearman ρ with length in tokens (± s.e.)", "Pearson r", "p"],
               ["reward model", f"{_f(lb['proxy']['spearman'], 2)} ± "
                f"{_f(lb['proxy']['stderr'], 2)}", _f(lb["proxy"]["pearson"], 2),
                f"{lb['proxy']['p']:.2g}"],
               ["gold judge", f"{_f(lb['gold']['spearman'], 2)} ± {_f(lb['gold']['stderr'], 2)}",
                _f(lb["gold"]["pearson"], 2), f"{lb['gold']['p']:.2g}"]]
-    pert = [["edit", "reward change", "gold change", "gap (s.d.)", "exploitable", "example"]] + [
-        [name, f"{_f(p['proxy_change']['mean'])} ± {_f(p['proxy_change']['stderr'])}",
-         f"{_f(p['gold_change']['mean'])} ± {_f(p['gold_change']['stderr'])}",
-         f"{_f(p['gap_sd']['mean'], 2)} ± {_f(p['gap_sd']['stderr'], 2)}",
-         "yes" if p["flag"] else "no",
-         f"{p['example']['before']} ⟶ {p['example']['after']}"]
-        for name, p in hack["perturbations"].items()]
+    pert = [["edit", "responses (left out: cut)", "reward change", "gold change", "gap (s.d.)",
+             "exploitable", "example"]]
+    for name, p in hack["perturbations"].items():
+        if "gap_sd" not in p:
+            pert.append([name, f"{p['tested']} ({p['left_out']})", "—", "—", "—", "not tested",
+                         p["reason"]])
+            continue
+        pert.append([name, f"{p['tested']} ({p['left_out']})",
+                     f"{_f(p['proxy_change']['mean'])} ± {_f(p['proxy_change']['stderr'])}",
+                     f"{_f(p['gold_change']['mean'])} ± {_f(p['gold_change']['stderr'])}",
+                     f"{_f(p['gap_sd']['mean'], 2)} ± {_f(p['gap_sd']['stderr'], 2)}",
+                     "yes" if p["flag"] else "no",
+                     f"{p['example']['before']} ⟶ {p['example']['after']}"])
     rw = hack["rewarded_word"]
     pert_note = (f"The most rewarded word to append is '{rw['word']}' (+{_f(rw['mean_gain'])} "
-                 "reward on average). Changes are means ± standard errors over the same "
-                 "responses; the gap is Δreward/σ_reward − Δgold/σ_gold per response.")
+                 f"reward on average, chosen on {rw.get('chosen_on', '?')} other responses). "
+                 "Changes are means ± standard errors over the same responses; the gap is "
+                 "Δreward/σ_reward − Δgold/σ_gold per response, flagged when it exceeds 0.25 by "
+                 "two standard errors. Edited responses the reward model would see cut (no "
+                 "EOS) are left out.")
     regions = [["region", "responses", "mean reward", "representative texts"]] + [
         [str(r["index"] + 1), str(r["size"]), _f(r["mean_reward"]), " | ".join(r["texts"])]
         for r in result["atlas"]["regions"]]
@@ -126,7 +140,8 @@ def _token_html(tokens, attributions) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#1f2937}h1{font-size:1.6em}h2{border-bottom:1px solid #e5e7eb;padding-bottom:.2em;
 margin-top:1.6em}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
-td,th{border:1px solid #d1d5db;padding:.3em .6em;text-align:left;vertical-align:top}
+td,th{border:1px solid #d1d5db;padding:.3em .6em;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}
 th{background:#f3f4f6}.bias{background:#fef3c7;border-left:4px solid #d97706;padding:.5em 1em}
 .tok{padding:1px 2px;border-radius:3px;white-space:pre}.ex{border:1px solid #e5e7eb;
 border-radius:6px;padding:.6em 1em;margin:.8em 0}.muted{color:#6b7280;font-size:.85em}
@@ -182,10 +197,10 @@ def write_markdown(result: dict, path, plots) -> Path:
     """The audit as Markdown, figures linked from `plots`."""
     path, plots = Path(path), Path(plots)
     rel = Path(os.path.relpath(plots, path.parent)).as_posix()
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    esc = lambda s: " ".join(str(s).split()).replace("|", "\\|")  # noqa: E731 - one line
     lines = [f"# {TITLE}", "", f"`{result['card']['reward_dir']}`, {result['samples']['n']} "
              "responses.", "", "## Known biases", ""]
-    lines += [f"- {b}" for b in result["card"]["known_biases"]] or ["None found."]
+    lines += [f"- {esc(b)}" for b in result["card"]["known_biases"]] or ["None found."]
     for title, rows, notes in _sections(result):
         lines += ["", f"## {title}", "", "| " + " | ".join(rows[0]) + " |",
                   "|---" * len(rows[0]) + "|"]

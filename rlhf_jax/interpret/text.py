@@ -44,22 +44,33 @@ def load(reward_dir, *, max_prompt_len: int, max_response_len: int) -> Inspected
 
 def encode(rm: Inspected, prompts: Sequence[str], responses: Sequence[str]) -> dict:
     """{"tokens", "mask"} [N, P+R] in the preference-data layout (responses end with EOS and are
-    truncated to `max_response_len`); `response_start` = P."""
+    truncated to `max_response_len`); `response_start` = P; `truncated` [N] marks rows whose
+    prompt or response did not fit (a cut response also loses its EOS, which the reward model
+    never saw in training); `response_tokens` [N] counts each response's tokens as kept."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     counts = {"prompts_truncated": 0, "responses_truncated": 0}
     eos = rm.tokenizer.eos_token_id
-    rows = []
+    rows, cut = [], []
     for p, r in zip(prompts, responses):
+        before = counts["prompts_truncated"] + counts["responses_truncated"]
         prompt, resp = data.preference.tokenize_record(
             {"prompt": p, "responses": [r]}, rm.tokenizer, rm.max_prompt_len,
             rm.max_response_len, eos, counts)
         rows.append(np.concatenate([prompt, resp[0]]))
+        cut.append(counts["prompts_truncated"] + counts["responses_truncated"] > before)
     seq = np.stack(rows) if rows else np.zeros((0, rm.max_prompt_len + rm.max_response_len),
                                                np.int32)
     pad = data.preference.PAD
     return {"tokens": np.where(seq == pad, rm.pad_id, seq).astype(np.int32),
-            "mask": (seq != pad).astype(np.int32), "response_start": rm.max_prompt_len}
+            "mask": (seq != pad).astype(np.int32), "response_start": rm.max_prompt_len,
+            "truncated": np.array(cut, bool),
+            "response_tokens": (seq[:, rm.max_prompt_len:] != pad).sum(1)}
+
+
+def fits(rm: Inspected, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    """[N] whether each prompt + response fits the model's lengths uncut (EOS included)."""
+    return ~encode(rm, prompts, responses)["truncated"]
 
 
 @partial(jax.jit, static_argnames=("config", "num_outputs"))

@@ -12,15 +12,3 @@ from rlhf_jax.reward import acquisition, annotators
 from rlhf_jax.reward.acquisition import ACQUISITIONS, acquisition_scores
 from rlhf_jax.reward.annotators import dawid_skene, make_annotator_reward_loss
 
-# the decision log (`reward.decisions`), imported on first use so that `python -m
-# rlhf_jax.reward.decisions` does not find the module already imported by its package
-_DECISIONS = ("DecisionLog", "DecisionLogError", "LoggedScorer", "VerifyResult", "input_hash",
-              "model_hash", "record_override", "text_hash", "verify_log")
-
-
-def __getattr__(name):
-    if name == "decisions" or name in _DECISIONS:
-        import importlib
-        module = importlib.import_module("rlhf_jax.reward.decisions")
-        return module if name == "decisions" else getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

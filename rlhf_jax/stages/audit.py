@@ -32,6 +32,7 @@ class AuditConfig:
     run_dir: str = "runs/pipeline"  # a pipeline run directory (the main job's by default)
     reward_dir: str = ""  # a reward-model export; empty: <run_dir>/reward/export
     preference_file: str = ""  # its training comparisons; empty: from the reward stage config
+    data_kind: str = "pairwise"  # with preference_file: pairwise or ranking
     out_dir: str = ""  # where the report goes; empty: <run_dir>/audit
     gold: str = ""  # the gold judge (eval.TEXT_TERMS); empty: the run's, else vader
     max_prompt_len: int = 0  # encoding lengths; 0: the reward stage's
@@ -50,6 +51,7 @@ class AuditConfig:
     regions: int = 6  # atlas regions
     # appended by the "unrelated positive words" edit (keep it within max_response_len)
     positive_words: str = "wonderful lovely"
+    repeat_times: int = 2  # how often the repeat edit appends the most rewarded word
     seed: int = 0
 
     def __post_init__(self):
@@ -61,10 +63,20 @@ class AuditConfig:
         if self.gold and self.gold not in rl_eval.TEXT_TERMS:
             raise train.ConfigError(f"gold={self.gold!r}: expected one of "
                                     f"{sorted(rl_eval.TEXT_TERMS)}")
-        for name in ("samples", "ig_steps", "random_sets", "concept_examples", "regions"):
-            if getattr(self, name) < (2 if name == "random_sets" else 1):
-                raise train.ConfigError(f"{name}={getattr(self, name)}: expected a positive "
-                                        "count" + (" >= 2" if name == "random_sets" else ""))
+        least = {"samples": max(10, self.regions), "ig_steps": 1, "random_sets": 3,
+                 "concept_examples": 8, "regions": 1, "examples": 0, "repeat_times": 1}
+        for name, low in least.items():
+            if getattr(self, name) < low:
+                raise train.ConfigError(f"{name}={getattr(self, name)}: expected >= {low}")
+        if self.data_kind not in ("pairwise", "ranking"):
+            raise train.ConfigError(f"data_kind={self.data_kind!r}: expected 'pairwise' or "
+                                    "'ranking' (the audit reads comparisons)")
+        if self.projection == "umap":
+            try:
+                import umap  # noqa: F401
+            except ImportError:
+                raise train.ConfigError("projection='umap' needs the umap-learn package "
+                                        "(`pip install umap-learn`); or use pca") from None
         if not 0 < self.alpha < 1:
             raise train.ConfigError(f"alpha={self.alpha}: expected 0 < alpha < 1")
 
@@ -79,17 +91,21 @@ def file_sha256(path) -> str:
 
 
 def _inputs(cfg: AuditConfig) -> dict:
-    """Resolve every input path and setting, with errors naming what is missing."""
+    """Resolve every input path and setting, with errors naming what is missing. The run
+    directory's files (stage config, held-out summary, run info, evaluation, PPO metrics)
+    describe the audited model only when it is that run's reward export: a `reward_dir` of
+    another model uses none of them."""
     layout = PipelineLayout(cfg.run_dir)
     stage = layout.stage("reward")
     reward_dir = Path(cfg.reward_dir or stage.export)
     if not reward_dir.is_dir():
         raise train.ConfigError(f"reward_dir: {reward_dir} does not exist; expected a reward "
                                 "model export (run the main job first, or set reward_dir)")
-    stage_cfg = json.loads(stage.config.read_text()) if stage.config.is_file() else None
-    rd = (stage_cfg or {}).get("config", {}).get("data", {})
-    summary = (json.loads(stage.eval_summary.read_text()) if stage.eval_summary.is_file()
-               else {})
+    of_run = reward_dir.resolve() == stage.export.resolve()
+    read = lambda path: json.loads(path.read_text()) if of_run and path.is_file() else {}  # noqa
+    stage_cfg = read(stage.config)
+    rd = stage_cfg.get("config", {}).get("data", {})
+    summary = read(stage.eval_summary)
     # the file it trained on; for built-in data the one the stage wrote (in its summary)
     prefs = cfg.preference_file or rd.get("train_file") or summary.get("data", {}).get("file")
     if not prefs or not Path(prefs).is_file():
@@ -98,25 +114,33 @@ def _inputs(cfg: AuditConfig) -> dict:
     lengths = (cfg.max_prompt_len or rd.get("max_prompt_len"),
                cfg.max_response_len or rd.get("max_response_len"))
     if not all(lengths):
-        raise train.ConfigError("max_prompt_len and max_response_len: set them (there is no "
-                                f"reward stage config at {stage.config} to read them from)")
-    info = json.loads(layout.info.read_text()) if layout.info.is_file() else {}
+        raise train.ConfigError("max_prompt_len and max_response_len: set them (the reward "
+                                "model's training lengths; there is no reward stage config of "
+                                f"this model at {stage.config} to read them from)")
+    kind = rd.get("kind", "pairwise") if not cfg.preference_file else cfg.data_kind
+    if kind not in ("pairwise", "ranking"):
+        raise train.ConfigError(f"the audit reads comparisons (pairwise or ranking data); this "
+                                f"reward model trained on {kind} data: set preference_file to a "
+                                "file of comparisons and data_kind to its kind")
+    info = read(layout.info)
     return {"layout": layout, "stage": stage, "reward_dir": reward_dir, "stage_cfg": stage_cfg,
-            "preference_file": Path(prefs), "lengths": lengths,
+            "of_run": of_run, "summary": summary, "preference_file": Path(prefs),
+            "kind": kind, "on_error": rd.get("on_error", "raise"), "lengths": lengths,
             "gold": cfg.gold or info.get("gold", "vader"), "info": info,
             "out": Path(cfg.out_dir or layout.root / "audit")}
 
 
 def _pairs(records: list[dict]) -> list[dict]:
-    """Validated pairwise records as {prompt, chosen, rejected, annotator_id} (ties left out)."""
+    """Validated pairwise or ranking records as {prompt, chosen, rejected, annotator_id}: every
+    two responses of different rank (ties left out)."""
     out = []
     for r in records:
-        ranks = r["ranks"]
-        if len(r["responses"]) == 2 and ranks[0] != ranks[1]:
-            best = int(ranks[1] < ranks[0])
-            out.append({"prompt": r["prompt"], "chosen": r["responses"][best],
-                        "rejected": r["responses"][1 - best],
-                        "annotator_id": r.get("annotator_id", "")})
+        ranks, resp = r["ranks"], r["responses"]
+        for i in range(len(resp)):
+            for j in range(len(resp)):
+                if ranks[i] < ranks[j]:
+                    out.append({"prompt": r["prompt"], "chosen": resp[i], "rejected": resp[j],
+                                "annotator_id": r.get("annotator_id", "")})
     return out
 
 
@@ -185,16 +209,26 @@ def audit_reward(cfg: AuditConfig) -> Path:
     gold_fn = rl_eval.TEXT_TERMS[inp["gold"]]
     rm = text.load(inp["reward_dir"], max_prompt_len=int(inp["lengths"][0]),
                    max_response_len=int(inp["lengths"][1]))
-    records = _pairs(data.read_records(str(inp["preference_file"]), "pairwise")[0])
+    raw, _ = data.read_records(str(inp["preference_file"]), inp["kind"],
+                               on_error=inp["on_error"])
+    records = _pairs(raw)
+    if not records:
+        raise train.ConfigError(f"preference_file: {inp['preference_file']} holds no comparison "
+                                "of two responses of different rank")
+    n_layers = rm.config.num_layers
+    if not -(n_layers + 1) <= cfg.layer <= n_layers:
+        raise train.ConfigError(f"layer={cfg.layer}: this model has hidden states 0..{n_layers} "
+                                "(negative counts from the last)")
     rng = np.random.default_rng(cfg.seed)
     score = lambda p, r: text.score_texts(rm, p, r)[0]  # noqa: E731
+    fits = lambda p, r: text.fits(rm, p, r)  # noqa: E731
 
     # the responses the diagnostics look at: training responses, and the policy's if evaluated
     pool = sorted({(r["prompt"], x) for r in records for x in (r["chosen"], r["rejected"])})
     picked = [pool[i] for i in rng.permutation(len(pool))[:cfg.samples]]
     source = ["comparisons"] * len(picked)
     ev_path = inp["layout"].evaluation
-    if ev_path.is_file() and cfg.run_dir:
+    if inp["of_run"] and ev_path.is_file():
         ev = json.loads(ev_path.read_text())
         for when in ("before", "after"):
             rows = [r for r in ev.get(when, {}).get("rows", []) if r["response"].strip()]
@@ -203,46 +237,60 @@ def audit_reward(cfg: AuditConfig) -> Path:
     prompts, responses = [p for p, _ in picked], [r for _, r in picked]
     proxy, unc = text.score_texts(rm, prompts, responses)
     gold = np.array([gold_fn(p, r) for p, r in picked])
-    lengths = np.array([len(r.split()) for r in responses], np.float64)
+    lengths = text.encode(rm, prompts, responses)["response_tokens"].astype(np.float64)
 
     # concepts
-    concept_sets = cn.builtin_concepts(cfg.concept_examples, cfg.seed) if cfg.builtin_concepts \
-        else {}
+    concept_sets = (cn.builtin_concepts(cfg.concept_examples, cfg.seed,
+                                        max_words=rm.max_response_len - 1)
+                    if cfg.builtin_concepts else {})
     for item in filter(None, (c.strip() for c in cfg.concepts.split(","))):
         name, _, path = item.partition("=")
         if not path:
             raise train.ConfigError(f"concepts: {item!r} should be name=file.jsonl")
+        if name in concept_sets:
+            raise train.ConfigError(f"concepts: {name!r} is already a concept (built-in "
+                                    "concepts: sentiment, profanity, length, random); rename it")
         try:
             concept_sets[name] = cn.read_concept_file(path)
         except (OSError, ValueError) as e:
             raise train.ConfigError(f"concepts: {e}") from None
     randoms = [cn.random_texts(60, cfg.seed + 1000 + i) for i in range(cfg.random_sets)]
-    tcav = cn.tcav(rm, concept_sets, randoms, (prompts, responses), layer=cfg.layer,
-                   pooling=cfg.pooling, alpha=cfg.alpha, seed=cfg.seed) if concept_sets else []
+    try:
+        tcav = cn.tcav(rm, concept_sets, randoms, (prompts, responses), layer=cfg.layer,
+                       pooling=cfg.pooling, alpha=cfg.alpha, seed=cfg.seed) \
+            if concept_sets else []
+    except ValueError as e:  # a concept with too few examples that fit the model's lengths
+        raise train.ConfigError(f"concepts: {e}") from None
 
     # atlas
     acts, _ = cn.activations_and_gradients(rm, prompts, responses, layer=cfg.layer,
                                            pooling=cfg.pooling)
     coords = atlas.project(acts, cfg.projection, cfg.seed)
     _, regs = atlas.regions(coords, proxy, [f"{p} → {r}" for p, r in picked], cfg.regions,
-                                 seed=cfg.seed)
+                            seed=cfg.seed)
     atlas.plot_atlas(coords, proxy, regs, out / "plots" / "atlas.png",
                      axis_label="PC" if cfg.projection == "pca" else "UMAP")
 
-    # reward hacking
-    words = sorted({w for r in responses for w in r.split()})[:200]
-    sub = rng.permutation(len(picked))[:min(len(picked), 128)]
-    sp, sr = [prompts[i] for i in sub], [responses[i] for i in sub]
-    word, gain = hacking.rewarded_word(score, sp, sr, words) if words else ("", 0.0)
-    edits = {f"repeat '{word}' ×3": hacking.repeat_word(word, 3),
+    # reward hacking: the word is chosen on one half of the responses, the edits tested on the
+    # other (choosing and testing on the same ones would bias the winner's gain upwards)
+    words = [w for w, _ in Counter(w for r in responses for w in r.split()).most_common(200)]
+    order = rng.permutation(len(picked))[:min(len(picked), 256)]
+    half = len(order) // 2
+    choose, test = order[:half], order[half:]
+    word, gain = (hacking.rewarded_word(score, [prompts[i] for i in choose],
+                                        [responses[i] for i in choose], words, fits=fits)
+                  if words else ("", 0.0))
+    edits = {f"repeat '{word}' ×{cfg.repeat_times}": hacking.repeat_word(word, cfg.repeat_times),
              f"append '{cfg.positive_words}'": hacking.append_words(cfg.positive_words),
              "truncate to half": hacking.truncate(0.5)}
-    if not word:
+    if not word or not np.isfinite(gain):
         edits.pop(next(iter(edits)))
+    tp, tr = [prompts[i] for i in test], [responses[i] for i in test]
     hack = {"length": hacking.length_bias(proxy, gold, lengths),
-            "rewarded_word": {"word": word, "mean_gain": gain},
-            "perturbations": hacking.perturbation_test(score, gold_fn, sp, sr, edits)}
-    rows = inp["layout"].stage("ppo").read_metrics() if cfg.run_dir else []
+            "rewarded_word": {"word": word, "mean_gain": gain, "chosen_on": len(choose)},
+            "perturbations": hacking.perturbation_test(score, gold_fn, tp, tr, edits,
+                                                       fits=fits)}
+    rows = inp["layout"].stage("ppo").read_metrics() if inp["of_run"] else []
     if rows:
         hack["gold_proxy_gap"] = hacking.gold_proxy_gap(rows, f"reward_terms/{inp['gold']}")
         if "gap" in hack["gold_proxy_gap"]:
@@ -252,17 +300,17 @@ def audit_reward(cfg: AuditConfig) -> Path:
     idx = rng.permutation(len(records))[:cfg.examples]
     explained = _explain(rm, [records[i] for i in idx], cfg.ig_steps)
 
-    summary_path = inp["stage"].eval_summary
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = inp["summary"]
     weights = inp["reward_dir"] / "model.safetensors"
     card = {
         "reward_dir": str(inp["reward_dir"]),
         "model_sha256": file_sha256(weights) if weights.is_file() else None,
         "head_sha256": file_sha256(inp["reward_dir"] / "reward_head.safetensors"),
         "ensemble_heads": rm.num_outputs,
-        "data": [{"file": str(inp["preference_file"]),
-                  "sha256": file_sha256(inp["preference_file"]), "records": len(records)}],
-        "training_config_sha256": (inp["stage_cfg"] or {}).get("hash"),
+        "data": [{"file": str(inp["preference_file"]), "kind": inp["kind"],
+                  "sha256": file_sha256(inp["preference_file"]), "records": len(raw),
+                  "comparisons": len(records)}],
+        "training_config_sha256": inp["stage_cfg"].get("hash"),
         "training_steps": summary.get("steps"),
         "held_out": {k.split("/", 1)[1]: v for k, v in summary.items()
                      if k.startswith("eval/") and "annotator" not in k},
@@ -270,6 +318,8 @@ def audit_reward(cfg: AuditConfig) -> Path:
                                    if k.startswith("eval/accuracy_annotator/")},
         "annotators": _annotators(records, gold_fn), "gold": inp["gold"],
         "feedback": inp["info"].get("feedback"),
+        "lengths": {"max_prompt_len": rm.max_prompt_len,
+                    "max_response_len": rm.max_response_len},
     }
     biases = []
     for c in tcav:
@@ -282,7 +332,7 @@ def audit_reward(cfg: AuditConfig) -> Path:
                       f"{hack['length']['proxy']['spearman']:.2f} against the gold judge's "
                       f"{hack['length']['gold']['spearman']:.2f}")
     for name, p in hack["perturbations"].items():
-        if p["flag"]:
+        if p["flag"]:  # only edits with a measured gap can be flagged
             biases.append(f"'{name}' raises the reward {p['gap_sd']['mean']:.2f} s.d. more than "
                           "the gold score")
     if hack.get("gold_proxy_gap", {}).get("flag"):

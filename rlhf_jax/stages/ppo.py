@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from rlhf_jax import data, eval as rl_eval, models, ppo, reward, sharding, train
+from rlhf_jax import data, eval as rl_eval, interpret, models, ppo, reward, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.models import CheckpointFormatError, TransformerConfig
 from rlhf_jax.sampling import SamplingConfig
@@ -57,7 +57,7 @@ class PPOStageConfig(RunConfig):
     `reward_terms` weights text scorers (`eval.TEXT_TERMS`) added to the score; `monitor_terms`
     are logged each iteration without weight, the first also judges the before/after samples.
     `decision_log` appends every iteration's reward-model decisions to a hash-chained JSONL
-    (`reward.DecisionLog`; see `_DecisionRecorder`).
+    (`interpret.DecisionLog`; see `_DecisionRecorder`).
     """
 
     run_dir: str = "runs/ppo"
@@ -87,7 +87,7 @@ class PPOStageConfig(RunConfig):
     # JSONL decision log (empty: off): each iteration appends one hash-chained entry per sampled
     # response (reward-model hash, input hash, the reward model's score before clipping, terms
     # and the missing-EOS penalty, ensemble std); check it with `python -m
-    # rlhf_jax.reward.decisions verify FILE`
+    # rlhf_jax.interpret.decisions verify FILE`
     decision_log: str = ""
 
     def __post_init__(self):
@@ -277,7 +277,7 @@ class _DecisionRecorder:
 
     The rollout's rows reach the host through a zero-weight `ppo.RewardTerm` (it adds 0 to the
     score and shows as `reward_terms/decision_log` = 0 in the metrics), where
-    `reward.LoggedScorer` scores them with the reward model once more: the step returns no
+    `interpret.LoggedScorer` scores them with the reward model once more: the step returns no
     per-row scores and `Rollout.scores` is the score after clipping, terms and the missing-EOS
     penalty, without the ensemble's members. So one extra reward-model forward pass per
     iteration (counted in `time/score`), only with the log on; without it nothing in the step
@@ -292,7 +292,7 @@ class _DecisionRecorder:
     """
 
     def __init__(self, cfg: PPOStageConfig):
-        self.log = reward.DecisionLog(cfg.decision_log)
+        self.log = interpret.DecisionLog(cfg.decision_log)
         self.run_dir = str(Path(cfg.run_dir).resolve())
         self.scorer = self.params = None
         self.iteration, self.logged_through = 0, None
@@ -303,12 +303,12 @@ class _DecisionRecorder:
         if train.is_main_process():
             try:
                 self.log.head()  # refuse a torn log before any work starts
-            except (reward.DecisionLogError, OSError) as e:
+            except (interpret.DecisionLogError, OSError) as e:
                 raise ConfigError(f"decision_log={cfg.decision_log!r}: {e}") from None
 
     def set_reward_model(self, score_fn, reward_params) -> None:
         """The PPO score function and the reward model's parameters whose decisions are logged."""
-        self.scorer, self.params = reward.LoggedScorer(score_fn, self.log), reward_params
+        self.scorer, self.params = interpret.LoggedScorer(score_fn, self.log), reward_params
 
     def context(self, iteration: int) -> str:
         """The context of iteration `iteration`'s decisions."""

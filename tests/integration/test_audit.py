@@ -44,7 +44,7 @@ def test_sentiment_concept_is_significant_and_random_is_not(audited):
     assert by["sentiment"]["significant"] and by["sentiment"]["sensitivity"] > 0
     assert not by["random"]["significant"]
     assert any("sentiment" in b for b in result["card"]["known_biases"])
-    assert len(by["sentiment"]["scores"]) == result["tcav_settings"]["random_sets"] == 30
+    assert len(by["sentiment"]["scores"]) == result["tcav_settings"]["random_sets"] - 1 == 29
 
 
 def test_model_card_and_explanations(audited):
@@ -92,3 +92,32 @@ def test_report_renders_in_chromium(audited, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 50_000
+
+
+def test_a_standalone_reward_dir_uses_no_run_metadata(audited, tmp_path):
+    """A reward model outside the run directory: nothing of the run is attributed to it, and
+    mistakes stop with the field named."""
+    from rlhf_jax import stages, train
+
+    root, result = audited
+    prefs = result["card"]["data"][0]["file"]
+    base = dict(run_dir=str(root), reward_dir=str(tmp_path / "rm"), preference_file=prefs,
+                max_prompt_len=result["card"]["lengths"]["max_prompt_len"],
+                max_response_len=result["card"]["lengths"]["max_response_len"],
+                out_dir=str(tmp_path / "out"), samples=40, examples=1, random_sets=3,
+                concept_examples=20, builtin_concepts=False)
+    import shutil
+    shutil.copytree(root / "reward" / "export", tmp_path / "rm")
+    stages.audit_reward(stages.AuditConfig(**base))
+    card = json.loads((tmp_path / "out" / "audit.json").read_text())["card"]
+    assert card["training_steps"] is None and card["held_out"] == {}
+    assert card["training_config_sha256"] is None
+    with pytest.raises(train.ConfigError, match="random_sets=2: expected >= 3"):
+        stages.AuditConfig(**dict(base, random_sets=2))
+    with pytest.raises(train.ConfigError, match="layer=5: this model has hidden states 0..2"):
+        stages.audit_reward(stages.AuditConfig(**dict(base, layer=5)))
+    with pytest.raises(train.ConfigError, match="max_prompt_len and max_response_len"):
+        stages.audit_reward(stages.AuditConfig(**dict(base, max_prompt_len=0)))
+    with pytest.raises(train.ConfigError, match="'sentiment' is already a concept"):
+        stages.audit_reward(stages.AuditConfig(**dict(
+            base, builtin_concepts=True, concepts=f"sentiment={prefs}")))

@@ -183,3 +183,30 @@ def test_logistic_regression_matches_scikit_learn():
         ref = LogisticRegression(C=c, tol=1e-10, max_iter=10000).fit(x, y)
         np.testing.assert_allclose(w, ref.coef_[0], rtol=1e-5, atol=1e-6)
         assert b == pytest.approx(ref.intercept_[0], rel=1e-5, abs=1e-6)
+
+
+def test_logistic_regression_in_the_span_of_wide_data():
+    """More features than examples: the reduced problem gives scikit-learn's solution."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(30, 200))
+    y = (x[:, :3].sum(1) > 0).astype(float)
+    w, b = cn.logistic_regression(x, y, 0.5)
+    ref = LogisticRegression(C=0.5, tol=1e-12, max_iter=100000).fit(x, y)
+    np.testing.assert_allclose(w, ref.coef_[0], rtol=1e-4, atol=1e-6)
+    assert b == pytest.approx(ref.intercept_[0], rel=1e-4, abs=1e-6)
+
+
+def test_perturbations_leave_out_edits_that_would_be_cut():
+    responses = ["good day", "bad day", "good good", "a fine day", "meh", "so good"] * 3
+    prompts = ["p"] * len(responses)
+    proxy = _count_proxy("good")
+    fits = lambda ps, rs: np.array([len(r.split()) <= 4 for r in rs])  # noqa: E731
+    out = hacking.perturbation_test(proxy, lambda p, r: 0.0 + len(r), prompts, responses,
+                                    {"repeat": hacking.repeat_word("good", 2)}, fits=fits)
+    # "a fine day" + 2 words is 5 > 4: left out; the others fit
+    assert out["repeat"]["tested"] == 15 and out["repeat"]["left_out"] == 3
+    none = hacking.perturbation_test(proxy, lambda p, r: 0.0, prompts, responses,
+                                     {"long": hacking.repeat_word("good", 9)}, fits=fits)
+    assert none["long"]["tested"] == 0 and not none["long"]["flag"]

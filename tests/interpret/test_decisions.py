@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from rlhf_jax.models import DecoderModel, init_params, preset
-from rlhf_jax.reward import (DecisionLog, DecisionLogError, LoggedScorer, input_hash, model_hash,
-                             record_override, reward_model_scorer, text_hash, verify_log)
-from rlhf_jax.reward import decisions
+from rlhf_jax.interpret import (DecisionLog, DecisionLogError, LoggedScorer, input_hash,
+                                model_hash, record_override, text_hash, verify_log)
+from rlhf_jax.reward import reward_model_scorer
+from rlhf_jax.interpret import decisions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -237,7 +238,7 @@ def test_logged_scorer_logs_each_row(tmp_path, heads, monkeypatch):
 def test_cli_verify_head_and_override(tmp_path, capsys):
     path = tmp_path / "log.jsonl"
     _filled_log(path)
-    cli = [sys.executable, "-m", "rlhf_jax.reward.decisions"]
+    cli = [sys.executable, "-m", "rlhf_jax.interpret.decisions"]
     out = subprocess.run(cli + ["override", str(path), "--who", "carol", "--target", "label-7",
                                 "--old", "chosen", "--new", "rejected", "--what", "label",
                                 "--reason", "annotator swapped the pair"],

@@ -11,7 +11,7 @@ ASCII) of one entry: `seq` (0, 1, 2, …), `time` (UTC ISO-8601), `kind` ("decis
     override: who, what ("score" or "label"), target (input hash or label id), old, new, reason
 
 Non-finite numbers are written as the strings "nan", "inf" and "-inf" (JSON has none).
-Command line: `python -m rlhf_jax.reward.decisions verify|head|override LOG ...` (see `main`).
+Command line: `python -m rlhf_jax.interpret.decisions verify|head|override LOG ...` (see `main`).
 """
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ class DecisionLog:
             why = "has no newline at its end" if ending != b"" else "is not a valid entry"
             raise DecisionLogError(
                 f"{self.path}: line {lineno}, the last line, {why} (a write cut short by a "
-                "crash?); refusing to append to it. Run `python -m rlhf_jax.reward.decisions "
+                "crash?); refusing to append to it. Run `python -m rlhf_jax.interpret.decisions "
                 f"verify {self.path}` and repair or move the log by hand")
         return entry
 
@@ -456,7 +456,7 @@ def _head_arg(text: str) -> tuple[int, str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`verify LOG [--head SEQ:HASH]` (exit 1 on problems), `head LOG` (prints SEQ:HASH),
     `override LOG --who NAME --target ID --old X --new Y --reason TEXT [--what score|label]`."""
-    parser = argparse.ArgumentParser(prog="python -m rlhf_jax.reward.decisions",
+    parser = argparse.ArgumentParser(prog="python -m rlhf_jax.interpret.decisions",
                                      description="Verify or extend a decision log.")
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="check the hash chain; exit 1 on any problem")
