@@ -32,13 +32,16 @@ def _ngrams(text: str, n: int) -> list[tuple]:
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct-n (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural
-    Conversation Models", §4.2): the number of distinct n-grams over all the texts divided by
-    the total number of n-grams in them, words split at whitespace (case kept). A text shorter
-    than n words adds none; NaN when no text has n words."""
+    Conversation Models", §4.2): the number of distinct n-grams over all the texts "scaled by
+    the total number of generated tokens", words split at whitespace (case kept) as the tokens,
+    the same denominator for every n. A text shorter than n words adds tokens but no n-gram;
+    NaN when the texts have no words. (Some libraries divide by the number of n-grams instead,
+    which gives larger distinct-2 on short responses.)"""
     if n < 1:
         raise ValueError(f"n={n}: expected an n-gram order >= 1")
-    grams = [g for t in texts for g in _ngrams(t, n)]
-    return len(set(grams)) / len(grams) if grams else float("nan")
+    grams = {g for t in texts for g in _ngrams(t, n)}
+    tokens = sum(len(t.split()) for t in texts)
+    return len(grams) / tokens if tokens else float("nan")
 
 
 def distinct_n_bootstrap(texts: Sequence[str], n: int, *, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -58,11 +61,11 @@ def distinct_n_bootstrap(texts: Sequence[str], n: int, *, resamples: int = BOOTS
     ids, pair_text, pair_gram, totals = {}, [], [], np.zeros(count, np.float64)
     for i, t in enumerate(texts):  # each response's distinct n-grams, as integer ids
         grams = _ngrams(t, n)
-        totals[i] = len(grams)
+        totals[i] = len(t.split())
         for g in set(grams):
             pair_text.append(i)
             pair_gram.append(ids.setdefault(g, len(ids)))
-    pair_text, pair_gram = np.asarray(pair_text), np.asarray(pair_gram)
+    pair_text, pair_gram = np.asarray(pair_text, np.int64), np.asarray(pair_gram, np.int64)
     order = np.argsort(pair_gram, kind="stable")  # pairs grouped by n-gram
     pair_text = pair_text[order]
     starts = np.flatnonzero(np.r_[True, np.diff(pair_gram[order]) != 0])
@@ -73,7 +76,7 @@ def distinct_n_bootstrap(texts: Sequence[str], n: int, *, resamples: int = BOOTS
     total = picks @ totals
     distinct = np.zeros(resamples)
     block = max(1, _BLOCK_CELLS // max(len(pair_text), 1))  # bounds the [block, pairs] array
-    for s in range(0, resamples, block):  # an n-gram counts once if any drawn response has it
+    for s in range(0, resamples if len(pair_text) else 0, block):  # an n-gram counts once if any drawn response has it
         drawn = picks[s:s + block, pair_text] > 0
         distinct[s:s + block] = np.maximum.reduceat(drawn, starts, axis=1).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -66,8 +66,8 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
 def _summarise(rows: list[dict]) -> dict:
     """The alignment metrics of judged rows, each {"mean", "stderr"}: gold, proxy, KL and
     length (tokens) as mean ± std (ddof=1) / √n; `profanity_rate`, the same of the 0/1 flag
-    P(profane) > 0.5; `distinct_1` and `distinct_2`, distinct n-grams / all n-grams over the
-    responses (Li et al. 2016), with a bootstrap standard error over responses
+    P(profane) > 0.5; `distinct_1` and `distinct_2`, distinct n-grams over the responses / their
+    total words (Li et al. 2016), with a bootstrap standard error over responses
     (`metrics.distinct_n_bootstrap`: 200 resamples, seed 0). Also the EOS fraction and the
     count. The win rate needs a reference's rows: `metrics.win_rate`."""
     column = lambda name: np.array([r[name] for r in rows], np.float64)  # noqa: E731

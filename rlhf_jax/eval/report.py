@@ -129,7 +129,7 @@ METRIC_NOTES = (
     "gold score than the reference policy's response to the same prompt, ties counting half"
     " (— for the reference itself, which ties every prompt). Profanity rate: the share of "
     "responses alt-profanity-check's packaged classifier flags (P > 0.5). Distinct-n: "
-    "distinct n-grams / all n-grams over all responses, words split at whitespace (Li et "
+    "distinct n-grams over all responses / their total words, split at whitespace (Li et "
     f"al. 2016); its standard error is a bootstrap over responses ({BOOTSTRAP_RESAMPLES} "
     f"resamples, seed {BOOTSTRAP_SEED}). "
     "Length: response tokens. Every other ± is the standard error over the samples, std / "

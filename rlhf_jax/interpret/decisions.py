@@ -125,7 +125,7 @@ def _count_lines(f) -> int:
 def _parse_entry(raw: bytes) -> Optional[dict]:
     try:
         entry = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a line of deeply nested brackets
         return None
     ok = (isinstance(entry, dict) and isinstance(entry.get("seq"), int)
           and isinstance(entry.get("hash"), str) and len(entry["hash"]) == 64)
@@ -229,7 +229,8 @@ class DecisionLog:
 
     def _append(self, bodies: list[dict]) -> list[dict]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+b") as f:
+        created = not self.path.exists()
+        with open(self.path, "a+b", buffering=0) as f:  # unbuffered: nothing is written late
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
                 last = self._last_entry(f)
@@ -239,11 +240,19 @@ class DecisionLog:
                     entry = {"seq": seq + i, "time": now, **body, "prev": prev}
                     entry["hash"] = prev = entry_hash(entry)
                     entries.append(entry)
-                f.write(b"".join(canonical_json(e).encode("ascii") + b"\n" for e in entries))
-                f.flush()
+                data = memoryview(b"".join(canonical_json(e).encode("ascii") + b"\n"
+                                           for e in entries))
+                while data:  # all of it under the lock, however the OS splits the write
+                    data = data[os.write(f.fileno(), data):]
                 os.fsync(f.fileno())
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        if created:  # the new file's directory entry, so that a crash cannot lose the file
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return entries
 
 
@@ -309,7 +318,7 @@ def verify_log(path, expected_head: Optional[tuple[int, str]] = None) -> VerifyR
             text = raw.rstrip(b"\n")
             try:
                 entry = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 entry = None
             if not isinstance(entry, dict):
                 problems.append(f"{where}: not a JSON object (a torn or edited line)")
@@ -404,20 +413,25 @@ class LoggedScorer:
     std over members as the uncertainty (None for one head or another score_fn).
 
     Host-side: it runs the jitted score, fetches it and writes the log, so it cannot be used
-    inside `jax.jit`. Call it on one process (or give each process its own log). The last
-    params object is kept referenced to recognise it on the next call.
+    inside `jax.jit`. Call it on one process (or give each process its own log), with
+    parameters that process can read whole: hashing parameters sharded over several processes
+    needs `model_hash` on every process, so pass its result as `model_hash` then. A given
+    `model_hash` labels the first params object scored; other params get their own hash. The
+    last params object is kept referenced to recognise it on the next call.
     """
 
     def __init__(self, score_fn: Callable, log, *, context: str = "",
                  model_hash: Optional[str] = None):
         self.score_fn, self.context = score_fn, context
         self.log = log if isinstance(log, DecisionLog) else DecisionLog(log)
-        self._hashed = (None, model_hash) if model_hash else None
+        self._given = model_hash
+        self._hashed = None
 
     def model_hash(self, params) -> str:
         """The hash logged for `params` (cached for the same params object)."""
-        if self._hashed is None or (self._hashed[0] is not None
-                                    and self._hashed[0] is not params):
+        if self._hashed is None and self._given:  # the given hash names the first params
+            self._hashed = (params, self._given)
+        elif self._hashed is None or self._hashed[0] is not params:
             self._hashed = (params, model_hash(params))
         return self._hashed[1]
 

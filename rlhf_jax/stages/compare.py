@@ -362,8 +362,8 @@ def write_comparison_report(cfg: CompareConfig, results: list[dict], peaks: dict
               "The same evaluation's responses after each method: win rate against the "
               "starting policy's response to the same prompt judged by the gold judge (ties "
               "count half), the share that alt-profanity-check's packaged classifier flags "
-              "(P > 0.5), distinct-n (distinct n-grams / all n-grams over the responses, Li et "
-              "al. 2016) and the response length. With several seeds ± is the standard error "
+              "(P > 0.5), distinct-n (distinct n-grams over the responses / their total words, Li "
+              "et al. 2016) and the response length. With several seeds ± is the standard error "
               "between seeds; with one seed it is that evaluation's own standard error (std / "
               "√n over prompts; for distinct-n a bootstrap over responses, "
               f"{rl_eval.metrics.BOOTSTRAP_RESAMPLES} resamples).", "",

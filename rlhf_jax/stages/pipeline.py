@@ -249,8 +249,11 @@ def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig,
     distinct-1/2, length) of the reference (the policy training started from) and the trained
     policy at `policy_dir` on the same prompts, sampled and scored as in PPO (`ppo_cfg`); with
     `policy_dir=None`, "after" is best-of-`cfg.best_of_n` reranking of the reference. The
-    "after" summary adds the win rate against the reference judged by gold
-    (`eval.win_rate`, pairing the two evaluations' rows prompt by prompt)."""
+    "after" summary adds the win rate against the reference judged by gold (`eval.win_rate`,
+    pairing rows prompt by prompt) on a second, independent sample of the reference: "before"
+    and "after" share their random numbers (common random numbers, which make the gold and KL
+    difference less noisy), and responses coupled that way tie far more often than independent
+    draws, so a win rate over them would not be the usual one."""
     config, ref = models.load_hf_checkpoint(ppo_cfg.policy_dir)
     rm_config, rm_params, rm_meta = reward.load_reward_model(ppo_cfg.reward_dir)
     tok = models.load_tokenizer(ppo_cfg.policy_dir, config)
@@ -267,8 +270,9 @@ def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig,
     else:
         _, after = models.load_hf_checkpoint(policy_dir)
         out["after"] = rl_eval.evaluate_policy(after, ref, config, prompts, key, **kw)
-    out["after"]["summary"]["win_rate"] = rl_eval.win_rate(out["after"]["rows"],
-                                                           out["before"]["rows"])
+    rivals = rl_eval.evaluate_policy(ref, ref, config, prompts, jax.random.fold_in(key, 7919),
+                                     **kw)  # 7919: no chunk start of evaluate_best_of_n
+    out["after"]["summary"]["win_rate"] = rl_eval.win_rate(out["after"]["rows"], rivals["rows"])
     return out
 
 

@@ -119,8 +119,8 @@ def write_rlaif_report(cfg: RLAIFConfig, sides: dict) -> Path:
               "the share of the responses that alt-profanity-check's classifier flags (P > "
               "0.5). Win rate vs start: the share of prompts where the run's response gets a "
               "higher gold score than the starting policy's response to the same prompt, ties "
-              "counting half (— before: the start itself). Distinct-n: distinct n-grams / all "
-              "n-grams over the responses (Li et al. 2016), its standard error a bootstrap over "
+              "counting half (— before: the start itself). Distinct-n: distinct n-grams over "
+              "all responses / their total words (Li et al. 2016), its standard error a bootstrap over "
               f"responses ({rl_eval.metrics.BOOTSTRAP_RESAMPLES} resamples). Each run's own "
               "report: "
               "[human](human/report.md), [ai](ai/report.md)."]

@@ -1,7 +1,6 @@
 """Alignment metrics: distinct-n and its bootstrap, win rate against the reference, the profanity
 classifier, and every report that shows them."""
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,25 +17,28 @@ TEXTS = ["the cat sat on the mat", "the cat sat", "a dog", "dog", "", "the mat t
 
 
 def _distinct(texts, n):
-    """Distinct-n written out independently: every n-gram of every text, then the ratio."""
-    grams = []
+    """Distinct-n written out independently: the distinct n-grams of all texts over the total
+    number of tokens (words), as Li et al. 2016 define it."""
+    grams, tokens = set(), 0
     for t in texts:
         w = t.split()
-        grams += [" ".join(w[i:i + n]) for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else float("nan")
+        tokens += len(w)
+        grams |= {" ".join(w[i:i + n]) for i in range(len(w) - n + 1)}
+    return len(grams) / tokens if tokens else float("nan")
 
 
 def test_distinct_n_by_hand():
     # unigrams: 6 + 3 + 2 + 1 + 0 + 4 = 16; distinct: the cat sat on mat a dog = 7
     assert metrics.distinct_n(TEXTS, 1) == pytest.approx(7 / 16)
-    # bigrams: 5 + 2 + 1 + 0 + 0 + 3 = 11 ("dog" and "" are shorter than 2); distinct: the cat,
-    # cat sat, sat on, on the, the mat, a dog, mat the = 7 ("the cat", "cat sat", "the mat"
-    # repeat across responses, "the mat" within one too)
-    assert metrics.distinct_n(TEXTS, 2) == pytest.approx(7 / 11)
+    # bigrams, distinct: the cat, cat sat, sat on, on the, the mat, a dog, mat the = 7 ("the
+    # cat", "cat sat", "the mat" repeat across responses, "the mat" within one too), over the
+    # 16 tokens (Li et al. scale by tokens for every n, not by the 11 bigrams)
+    assert metrics.distinct_n(TEXTS, 2) == pytest.approx(7 / 16)
     for n in (1, 2, 3):
         assert metrics.distinct_n(TEXTS, n) == pytest.approx(_distinct(TEXTS, n))
-    assert metrics.distinct_n(["same words", "same words"], 2) == 0.5
-    assert np.isnan(metrics.distinct_n(["one", "two"], 2))  # no text has 2 words
+    assert metrics.distinct_n(["same words", "same words"], 2) == 0.25
+    assert metrics.distinct_n(["one", "two"], 2) == 0.0  # words, but no bigram
+    assert np.isnan(metrics.distinct_n(["", " "], 1))  # no words at all
     with pytest.raises(ValueError, match="n=0"):
         metrics.distinct_n(TEXTS, 0)
 
@@ -56,19 +58,17 @@ def test_distinct_n_bootstrap_matches_a_plain_loop(n, monkeypatch):
     assert metrics.distinct_n_bootstrap(texts, n, resamples=50, seed=3) == got
 
 
-def test_distinct_n_bootstrap_edges_and_speed():
+def test_distinct_n_bootstrap_edges():
     assert metrics.distinct_n_bootstrap(["a b c"], 1) == {"mean": 1.0, "stderr": 0.0}
     empty = metrics.distinct_n_bootstrap([], 1)
     assert np.isnan(empty["mean"]) and np.isnan(empty["stderr"])
-    assert np.isnan(metrics.distinct_n_bootstrap(["a", "b"], 2)["stderr"])
+    assert metrics.distinct_n_bootstrap(["a", "b"], 2) == {"mean": 0.0, "stderr": 0.0}
     with pytest.raises(ValueError, match="resamples=1"):
         metrics.distinct_n_bootstrap(TEXTS, 1, resamples=1)
     rng = np.random.default_rng(0)
     texts = [" ".join(f"w{k}" for k in rng.integers(0, 300, 10)) for _ in range(2000)]
-    start = time.perf_counter()
-    out = metrics.distinct_n_bootstrap(texts, 2)
-    assert time.perf_counter() - start < 5.0  # vectorised: 200 resamples of 2000 responses
-    # with 20000 bigrams from 300² possible, the ratio's bootstrap error is small but positive
+    out = metrics.distinct_n_bootstrap(texts, 2)  # 200 resamples of 2000 responses
+    # with 18000 bigrams from 300² possible, the ratio's bootstrap error is small but positive
     assert 0 < out["stderr"] < 0.01
 
 

@@ -89,6 +89,32 @@ def test_removed_edited_reordered_lines_are_found_at_their_line(tmp_path):
     assert verify_log(path).ok
 
 
+def test_a_deeply_nested_line_is_reported_not_raised(tmp_path):
+    """A line json cannot parse without recursing too deep is a bad line like any other."""
+    path = tmp_path / "log.jsonl"
+    _filled_log(path)
+    good = _lines(path)
+    path.write_text("".join(good[:2]) + "[" * 100_000 + "]" * 100_000 + "\n" + "".join(good[2:]))
+    assert _first_problem_line(path) == "line 3"
+    with pytest.raises(DecisionLogError):  # nor does the last-line check raise anything else
+        bad = tmp_path / "tail.jsonl"
+        bad.write_text("".join(good) + "[" * 100_000 + "]" * 100_000 + "\n")
+        DecisionLog(bad).head()
+
+
+def test_a_given_model_hash_names_only_the_first_params(tmp_path):
+    config = preset("tiny-gpt2")
+    a = init_params(DecoderModel(config, heads=("reward",)), jax.random.key(0))
+    b = init_params(DecoderModel(config, heads=("reward",)), jax.random.key(1))
+    scorer = LoggedScorer(reward_model_scorer(config), tmp_path / "log.jsonl",
+                          model_hash="f" * 64)
+    pt, pm, rt, rm = _rows()
+    scorer(a, pt, pm, rt, rm)
+    scorer(b, pt, pm, rt, rm)
+    rows = [json.loads(x) for x in _lines(tmp_path / "log.jsonl")]
+    assert [r["model_hash"] for r in rows] == ["f" * 64] * 4 + [model_hash(b)] * 4
+
+
 def test_tail_truncation_is_found_only_with_the_head(tmp_path):
     path = tmp_path / "log.jsonl"
     head = _filled_log(path).head()
