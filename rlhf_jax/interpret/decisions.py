@@ -29,11 +29,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.models import DecoderModel
-from rlhf_jax.reward.evaluate import ensemble_statistics
 from rlhf_jax.reward.scoring import reward_model_scorer
 
 GENESIS = "0" * 64  # `prev` of the first entry
@@ -395,15 +392,10 @@ def text_hash(prompt: str, response: str) -> str:
 def _scores_and_spread(score_fn, params, prompt_tokens, prompt_mask, response_tokens,
                        response_mask):
     """(scores [B], ensemble std [B] or None) in one forward pass."""
+    seq = (prompt_tokens, prompt_mask, response_tokens, response_mask)
     if isinstance(score_fn, reward_model_scorer) and score_fn.num_outputs > 1:
-        tokens = jnp.concatenate([prompt_tokens, response_tokens], axis=1)
-        mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
-        members = DecoderModel(score_fn.config, heads=("reward",),
-                               num_reward_outputs=score_fn.num_outputs).apply(
-            {"params": params}, tokens, mask).reward
-        mean, std = ensemble_statistics(members)
-        return mean - score_fn.std_coef * std, std
-    return score_fn(params, prompt_tokens, prompt_mask, response_tokens, response_mask), None
+        return score_fn.score_and_spread(params, *seq)
+    return score_fn(params, *seq), None
 
 
 class LoggedScorer:

@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from rlhf_jax.eval.metrics import mean_se
+
 
 def _corr(x, y) -> dict:
     """Pearson r and Spearman ρ with two-sided p-values, and ρ's standard error from the
@@ -80,11 +82,6 @@ def rewarded_word(score_fn, prompts: Sequence[str], responses: Sequence[str],
     return candidates[best], float(gain[best])
 
 
-def _mean_se(x) -> tuple[float, float]:
-    x = np.asarray(x, np.float64)
-    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
-
-
 def perturbation_test(score_fn, gold_fn, prompts: Sequence[str], responses: Sequence[str],
                       edits: dict, *, margin: float = 0.25, fits=None) -> dict:
     """Each edit's effect on the proxy and on the gold score, per example, in units of each
@@ -113,14 +110,11 @@ def perturbation_test(score_fn, gold_fn, prompts: Sequence[str], responses: Sequ
         ep, er = [prompts[i] for i in idx], [edited[i] for i in idx]
         dp = np.asarray(score_fn(ep, er), np.float64) - proxy0[idx]
         dg = np.array([gold_fn(p, r) for p, r in zip(ep, er)], np.float64) - gold0[idx]
-        gap_mean, gap_se = _mean_se(dp / sp - dg / sg)
-        (p_mean, p_se), (g_mean, g_se) = _mean_se(dp), _mean_se(dg)
-        out[name] = {"proxy_change": {"mean": p_mean, "stderr": p_se},
-                     "gold_change": {"mean": g_mean, "stderr": g_se},
-                     "gap_sd": {"mean": gap_mean, "stderr": gap_se},
+        gap = mean_se(dp / sp - dg / sg)
+        out[name] = {"proxy_change": mean_se(dp), "gold_change": mean_se(dg), "gap_sd": gap,
                      "example": {"before": responses[idx[0]], "after": edited[idx[0]]},
                      "tested": int(len(idx)), "left_out": int((~keep).sum()),
-                     "flag": bool(gap_mean - 2 * gap_se > margin)}
+                     "flag": bool(gap["mean"] - 2 * gap["stderr"] > margin)}
     return out
 
 

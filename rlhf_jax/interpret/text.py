@@ -73,11 +73,10 @@ def fits(rm: Inspected, prompts: Sequence[str], responses: Sequence[str]) -> np.
     return ~encode(rm, prompts, responses)["truncated"]
 
 
-@partial(jax.jit, static_argnames=("config", "num_outputs"))
-def _rewards(params, tokens, mask, *, config, num_outputs):
-    r = models.DecoderModel(config, heads=("reward",), num_reward_outputs=num_outputs).apply(
-        {"params": params}, tokens, mask).reward
-    return r.reshape(r.shape[0], -1)
+@partial(jax.jit, static_argnames=("scorer", "start"))
+def _rewards(params, tokens, mask, *, scorer, start):
+    return scorer.members(params, tokens[:, :start], mask[:, :start], tokens[:, start:],
+                          mask[:, start:])
 
 
 def chunks(n: int, size: int):
@@ -95,15 +94,9 @@ def member_rewards(rm: Inspected, enc: dict, batch: int = 64) -> np.ndarray:
     n, out = len(enc["tokens"]), []
     for s in chunks(n, batch):
         t, m = pad_rows(enc["tokens"][s], batch), pad_rows(enc["mask"][s], batch)
-        r = _rewards(rm.params, jnp.asarray(t), jnp.asarray(m), config=rm.config,
-                     num_outputs=rm.num_outputs)
+        r = _rewards(rm.params, jnp.asarray(t), jnp.asarray(m),
+                     scorer=reward.reward_model_scorer(rm.config, rm.num_outputs),
+                     start=enc["response_start"])
         out.append(np.asarray(r)[:s.stop - s.start])
     return np.concatenate(out) if out else np.zeros((0, rm.num_outputs), np.float32)
 
-
-def score_texts(rm: Inspected, prompts: Sequence[str], responses: Sequence[str],
-                batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """The reward (ensemble mean) and its uncertainty (ensemble std, ddof 0; 0 for one head) of
-    each prompt + response [N]."""
-    r = member_rewards(rm, encode(rm, prompts, responses), batch)
-    return r.mean(-1), r.std(-1)

@@ -31,16 +31,27 @@ class reward_model_scorer:  # noqa: N801 - used like a function
             raise ValueError(f"reward_model_scorer.std_coef={self.std_coef}: expected >= 0, and "
                              "> 0 only for an ensemble (num_outputs >= 2)")
 
-    def __call__(self, reward_params, prompt_tokens, prompt_mask, response_tokens, response_mask):
+    def members(self, reward_params, prompt_tokens, prompt_mask, response_tokens,
+                response_mask):
+        """Every head's reward of prompt + response: [B, M] (M = 1 for a single head)."""
         tokens = jnp.concatenate([prompt_tokens, response_tokens], axis=1)
         mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
         reward = DecoderModel(self.config, heads=("reward",),
                               num_reward_outputs=self.num_outputs).apply(
             {"params": reward_params}, tokens, mask).reward
-        if reward.ndim == 1:
-            return reward
-        mean, std = ensemble_statistics(reward)
-        return mean - self.std_coef * std
+        return reward.reshape(reward.shape[0], -1)
+
+    def score_and_spread(self, reward_params, *seq):
+        """(score [B], ensemble std [B], 0 for one head) from one forward pass."""
+        members = self.members(reward_params, *seq)
+        if self.num_outputs == 1:
+            return members[:, 0], jnp.zeros(members.shape[:1], members.dtype)
+        mean, std = ensemble_statistics(members)
+        return mean - self.std_coef * std, std
+
+    def __call__(self, reward_params, prompt_tokens, prompt_mask, response_tokens, response_mask):
+        return self.score_and_spread(reward_params, prompt_tokens, prompt_mask, response_tokens,
+                                     response_mask)[0]
 
 
 def critic_from_reward_model(reward_params) -> dict:

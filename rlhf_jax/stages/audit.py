@@ -10,7 +10,9 @@ the before/after evaluation. A standalone reward directory works too (`reward_di
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib.util
 import json
 import time
 from collections import Counter, defaultdict
@@ -72,11 +74,9 @@ class AuditConfig:
             raise train.ConfigError(f"data_kind={self.data_kind!r}: expected 'pairwise' or "
                                     "'ranking' (the audit reads comparisons)")
         if self.projection == "umap":
-            try:
-                import umap  # noqa: F401
-            except ImportError:
+            if importlib.util.find_spec("umap") is None:
                 raise train.ConfigError("projection='umap' needs the umap-learn package "
-                                        "(`pip install umap-learn`); or use pca") from None
+                                        "(`pip install umap-learn`); or use pca")
         if not 0 < self.alpha < 1:
             raise train.ConfigError(f"alpha={self.alpha}: expected 0 < alpha < 1")
 
@@ -220,8 +220,16 @@ def audit_reward(cfg: AuditConfig) -> Path:
         raise train.ConfigError(f"layer={cfg.layer}: this model has hidden states 0..{n_layers} "
                                 "(negative counts from the last)")
     rng = np.random.default_rng(cfg.seed)
-    score = lambda p, r: text.score_texts(rm, p, r)[0]  # noqa: E731
-    fits = lambda p, r: text.fits(rm, p, r)  # noqa: E731
+
+    @functools.lru_cache(maxsize=1)  # scores and sizes of the same texts: one encoding
+    def encoded(prompts: tuple, responses: tuple) -> dict:
+        return text.encode(rm, prompts, responses)
+
+    def score(p, r):
+        return text.member_rewards(rm, encoded(tuple(p), tuple(r))).mean(-1)
+
+    def fits(p, r):
+        return ~encoded(tuple(p), tuple(r))["truncated"]
 
     # the responses the diagnostics look at: training responses, and the policy's if evaluated
     pool = sorted({(r["prompt"], x) for r in records for x in (r["chosen"], r["rejected"])})
@@ -235,9 +243,11 @@ def audit_reward(cfg: AuditConfig) -> Path:
             picked += [(r["prompt"], r["response"]) for r in rows[:cfg.samples // 2]]
             source += [f"policy {when}"] * min(len(rows), cfg.samples // 2)
     prompts, responses = [p for p, _ in picked], [r for _, r in picked]
-    proxy, unc = text.score_texts(rm, prompts, responses)
+    enc = encoded(tuple(prompts), tuple(responses))
+    members = text.member_rewards(rm, enc)
+    proxy, unc = members.mean(-1), members.std(-1)
     gold = np.array([gold_fn(p, r) for p, r in picked])
-    lengths = text.encode(rm, prompts, responses)["response_tokens"].astype(np.float64)
+    lengths = enc["response_tokens"].astype(np.float64)
 
     # concepts
     concept_sets = (cn.builtin_concepts(cfg.concept_examples, cfg.seed,

@@ -201,17 +201,21 @@ def _summary(m: float, win: bool) -> dict:
     return s
 
 
-def test_report_shows_every_metric_with_its_standard_error(tmp_path):
-    sample = [{"prompt": "p", "response": "r", "gold": 0.5, "proxy": 1.0}]
-    ev = {"before": {"summary": _summary(0.25, False), "rows": sample},
-          "after": {"summary": _summary(0.75, True), "rows": sample}}
-    text = write_report(
+def _best_of_n_report(tmp_path, ev) -> str:
+    return write_report(
         tmp_path / "r.md", tmp_path / "p", info={
             "seed": 0, "stage_seconds": {"dpo": 1.0}, "preference_file": "mine.jsonl",
             "method": "best_of_n", "best_of_n": 4},
         reward_rows=[{"step": 1, "reward/accuracy": 0.6}, {"step": 1, "eval/accuracy": 0.6}],
         reward_summary={"eval/accuracy": 0.6, "eval/pairs": 80, "eval/loss": 0.7,
                         "eval/ece": 0.1}, policy_rows=[], evaluation=ev).read_text()
+
+
+def test_report_shows_every_metric_with_its_standard_error(tmp_path):
+    sample = [{"prompt": "p", "response": "r", "gold": 0.5, "proxy": 1.0}]
+    ev = {"before": {"summary": _summary(0.25, False), "rows": sample},
+          "after": {"summary": _summary(0.75, True), "rows": sample}}
+    text = _best_of_n_report(tmp_path, ev)
     after = ("| after best-of-n | 0.750 ± 0.011 | 1.750 ± 0.120 | 2.750 ± 0.130 | "
              "0.625 ± 0.017 |")
     before = "| before (SFT) | 0.250 ± 0.011 | 1.250 ± 0.120 | 2.250 ± 0.130 | — |"
@@ -224,13 +228,7 @@ def test_report_shows_every_metric_with_its_standard_error(tmp_path):
     assert "ends with EOS" not in text  # the same fraction before and after
     assert "Li et al. 2016" in text and "200 resamples, seed 0" in text
     ev["after"]["summary"]["eos_fraction"] = 0.5
-    text = write_report(
-        tmp_path / "r.md", tmp_path / "p", info={
-            "seed": 0, "stage_seconds": {"dpo": 1.0}, "preference_file": "mine.jsonl",
-            "method": "best_of_n", "best_of_n": 4},
-        reward_rows=[{"step": 1, "reward/accuracy": 0.6}, {"step": 1, "eval/accuracy": 0.6}],
-        reward_summary={"eval/accuracy": 0.6, "eval/pairs": 80, "eval/loss": 0.7,
-                        "eval/ece": 0.1}, policy_rows=[], evaluation=ev).read_text()
+    text = _best_of_n_report(tmp_path, ev)
     assert "| distinct-2 | length | ends with EOS |\n" in text and "| 5.2 ± 0.4 | 0.50 |" in text
 
 
