@@ -7,13 +7,13 @@ Every key: `--help`.
 import os
 import sys
 
-from rlhf_jax import stages
+from rlhf_jax import stages, studies
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "active_learning.py")
 
 
 def main(argv):
-    return stages.run_script(stages.active_learning, stages.ActiveConfig, argv, DEFAULT)
+    return stages.run_script(studies.active_learning, studies.ActiveConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

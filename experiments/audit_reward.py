@@ -11,13 +11,13 @@ Every key: `--help`.
 import os
 import sys
 
-from rlhf_jax import stages
+from rlhf_jax import stages, studies
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "audit_reward.py")
 
 
 def main(argv):
-    return stages.run_script(stages.audit_reward, stages.AuditConfig, argv, DEFAULT)
+    return stages.run_script(studies.audit_reward, studies.AuditConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

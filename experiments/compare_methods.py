@@ -13,14 +13,14 @@ two CPU cores. Rerunning reuses every finished run.
 import os
 import sys
 
-from rlhf_jax import stages
+from rlhf_jax import stages, studies
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "compare.py")
 
 
 def main(argv):
     argv = ["--config.quick=True" if a == "--quick" else a for a in argv]
-    return stages.run_script(stages.compare_methods, stages.CompareConfig, argv, DEFAULT)
+    return stages.run_script(studies.compare_methods, studies.CompareConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

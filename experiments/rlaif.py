@@ -8,13 +8,13 @@ Every key: `--help`.
 import os
 import sys
 
-from rlhf_jax import stages
+from rlhf_jax import stages, studies
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "rlaif.py")
 
 
 def main(argv):
-    return stages.run_script(stages.run_rlaif, stages.RLAIFConfig, argv, DEFAULT)
+    return stages.run_script(studies.run_rlaif, studies.RLAIFConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ Every key: `--help`.
 import os
 import sys
 
-from rlhf_jax import stages
+from rlhf_jax import stages, studies
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "study_annotators.py")
 
 
 def main(argv):
-    return stages.run_script(stages.annotator_variance, stages.AnnotatorVarianceConfig, argv, DEFAULT)
+    return stages.run_script(studies.annotator_variance, studies.AnnotatorVarianceConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

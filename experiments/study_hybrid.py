@@ -7,13 +7,13 @@ Every key: `--help`.
 import os
 import sys
 
-from rlhf_jax import stages
+from rlhf_jax import stages, studies
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "study_hybrid.py")
 
 
 def main(argv):
-    return stages.run_script(stages.hybrid_supervision, stages.HybridConfig, argv, DEFAULT)
+    return stages.run_script(studies.hybrid_supervision, studies.HybridConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ PKG = Path(__file__).resolve().parents[1] / "rlhf_jax"
 # lower index = lower layer; a module may import its own layer or lower ones
 LAYERS = [("sharding", "checkpoint"), ("data",), ("models",), ("sampling",), ("losses",),
           ("reward", "ppo", "offline", "eval", "train", "labelling", "rlaif",
-           "interpret"), ("stages",)]
+           "interpret"), ("stages",), ("studies",)]
 ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward"), ("labelling", "train"), ("rlaif", "eval"),
                   ("interpret", "reward"), ("interpret", "eval")}
 

@@ -1,9 +1,9 @@
-"""`rlhf_jax.stages.ActiveConfig`: every field, its default and its meaning. Override any of them on
+"""`rlhf_jax.studies.ActiveConfig`: every field, its default and its meaning. Override any of them on
 the command line (`--config.seed=1`), or copy this file and edit it."""
 from ml_collections import ConfigDict
 
-from rlhf_jax import stages, train
+from rlhf_jax import studies, train
 
 
 def get_config() -> ConfigDict:
-    return ConfigDict(train.config_to_dict(stages.ActiveConfig()))
+    return ConfigDict(train.config_to_dict(studies.ActiveConfig()))

@@ -1,5 +1,5 @@
 """The reward-model audit report as HTML (self-contained: styles and images inline) and Markdown,
-rendered from the result dictionary of `stages.audit_reward` (every number comes from it)."""
+rendered from the result dictionary of `studies.audit_reward` (every number comes from it)."""
 from __future__ import annotations
 
 import base64

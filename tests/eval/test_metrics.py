@@ -245,7 +245,7 @@ def _entry(method, value, seed, m, win=True):
 
 
 def test_comparison_report_has_the_alignment_metrics(tmp_path):
-    from rlhf_jax.stages.compare import CompareConfig, write_comparison_report
+    from rlhf_jax.studies.compare import CompareConfig, write_comparison_report
 
     one = CompareConfig(run_dir=str(tmp_path / "one"), seeds="0", methods="ppo,dpo")
     text = write_comparison_report(one, [_entry("ppo", 0.1, 0, 0.5), _entry("dpo", 0.5, 0, 1.0,
@@ -268,7 +268,7 @@ def test_comparison_report_has_the_alignment_metrics(tmp_path):
 
 
 def test_rlaif_report_has_the_alignment_metrics(tmp_path):
-    from rlhf_jax.stages.rlaif import RLAIFConfig, write_rlaif_report
+    from rlhf_jax.studies.rlaif import RLAIFConfig, write_rlaif_report
 
     def side(m):
         info = {"gold_label_agreement": 0.8, "comparisons": 10, "ai_human_agreement": 0.7,

@@ -97,7 +97,7 @@ def test_report_renders_in_chromium(audited, tmp_path):
 def test_a_standalone_reward_dir_uses_no_run_metadata(audited, tmp_path):
     """A reward model outside the run directory: nothing of the run is attributed to it, and
     mistakes stop with the field named."""
-    from rlhf_jax import stages, train
+    from rlhf_jax import studies, train
 
     root, result = audited
     prefs = result["card"]["data"][0]["file"]
@@ -108,16 +108,16 @@ def test_a_standalone_reward_dir_uses_no_run_metadata(audited, tmp_path):
                 concept_examples=20, builtin_concepts=False)
     import shutil
     shutil.copytree(root / "reward" / "export", tmp_path / "rm")
-    stages.audit_reward(stages.AuditConfig(**base))
+    studies.audit_reward(studies.AuditConfig(**base))
     card = json.loads((tmp_path / "out" / "audit.json").read_text())["card"]
     assert card["training_steps"] is None and card["held_out"] == {}
     assert card["training_config_sha256"] is None
     with pytest.raises(train.ConfigError, match="random_sets=2: expected >= 3"):
-        stages.AuditConfig(**dict(base, random_sets=2))
+        studies.AuditConfig(**dict(base, random_sets=2))
     with pytest.raises(train.ConfigError, match="layer=5: this model has hidden states 0..2"):
-        stages.audit_reward(stages.AuditConfig(**dict(base, layer=5)))
+        studies.audit_reward(studies.AuditConfig(**dict(base, layer=5)))
     with pytest.raises(train.ConfigError, match="max_prompt_len and max_response_len"):
-        stages.audit_reward(stages.AuditConfig(**dict(base, max_prompt_len=0)))
+        studies.audit_reward(studies.AuditConfig(**dict(base, max_prompt_len=0)))
     with pytest.raises(train.ConfigError, match="'sentiment' is already a concept"):
-        stages.audit_reward(stages.AuditConfig(**dict(
+        studies.audit_reward(studies.AuditConfig(**dict(
             base, builtin_concepts=True, concepts=f"sentiment={prefs}")))

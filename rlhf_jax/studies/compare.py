@@ -177,7 +177,7 @@ def _child(cfg: CompareConfig, seed: int, what: str, out: Path) -> dict:
     spec = json.dumps({"config": dataclasses.asdict(cfg), "seed": seed, "what": what,
                        "out": str(out)})
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", "import json, sys; from rlhf_jax.stages."
+    proc = subprocess.run([sys.executable, "-c", "import json, sys; from rlhf_jax.studies."
                            "compare import _worker; _worker(json.loads(sys.argv[1]))", spec],
                           capture_output=True, text=True)
     log = out.with_suffix(".log")

@@ -10,10 +10,8 @@ import json
 from pathlib import Path
 
 from rlhf_jax import eval as rl_eval, rlaif, train
-from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
+from rlhf_jax.stages.layout import PipelineLayout
 from rlhf_jax.stages.pipeline import PipelineConfig, run_pipeline
-from rlhf_jax.sampling import SamplingConfig, TextSampler
-from rlhf_jax.stages.sft import SFTConfig, SFTData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,64 +131,3 @@ def write_rlaif_report(cfg: RLAIFConfig, sides: dict) -> Path:
          "human_gold_agreement": sides["human"]["info"]["gold_label_agreement"]},
         indent=1, default=float))
     return report
-
-
-
-@dataclasses.dataclass(frozen=True)
-class CritiqueRevisionConfig:
-    """SL-CAI: the policy critiques and revises its own answers against the constitution, then
-    is fine-tuned on the revisions through the SFT stage."""
-
-    run_dir: str = "runs/sl_cai"  # revisions.jsonl, sft_texts.jsonl and the SFT run (export/)
-    policy_dir: str = "runs/pipeline/sft/export"  # the policy (Hugging Face directory)
-    constitution: str = ""  # constitution file; empty: the packaged default
-    prompts_file: str = ""  # prompts JSONL ({"prompt": ...}); empty: the built-in prompts
-    num_prompts: int = 64  # prompts answered, critiqued and revised
-    rounds: int = 1  # critique-revision rounds per prompt
-    max_len: int = 128  # context tokens kept when sampling (cut from the left)
-    max_new_tokens: int = 24  # tokens per response, critique and revision
-    seed: int = 0  # sampling seed (and the SFT stage's)
-    sft: SFTConfig = SFTConfig(steps=50, batch_size=16, data=SFTData(source="text", max_len=40))
-
-    def __post_init__(self):
-        if self.num_prompts < 1 or self.rounds < 1:
-            raise ValueError("num_prompts and rounds must be >= 1")
-
-
-def train_sl_cai(cfg: CritiqueRevisionConfig):
-    """Generate response → critique → revision for `cfg.rounds` rounds, store all of it, and
-    fine-tune the policy on prompt + final revision (`stages.train_sft`, run dir `<run_dir>/sft`,
-    export `<run_dir>/sft/export`). Returns the SFT stage's result."""
-    from rlhf_jax import data, models
-    from rlhf_jax.stages.sft import train_sft
-
-    root = Path(cfg.run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    if not Path(cfg.policy_dir).is_dir():
-        raise models.CheckpointFormatError(f"policy_dir={cfg.policy_dir!r} does not exist (run "
-                                           "the main job first, or point it at a policy)")
-    cons = rlaif.load_constitution(cfg.constitution or rlaif.DEFAULT_CONSTITUTION,
-                                   known_judges=rlaif.CLASSIFIERS)
-    texts = ([r["prompt"] for r in data.read_records(cfg.prompts_file, "prompt")[0]]
-             if cfg.prompts_file else list(data.builtin.PROMPTS))
-    prompts = [texts[i % len(texts)] for i in range(cfg.num_prompts)]
-    revisions = root / "revisions.jsonl"
-    generation = {k: v for k, v in train.config_to_dict(cfg).items() if k not in ("sft",
-                                                                                   "run_dir")}
-    check_run_config(root / "generation.json", generation)  # no stale revisions reused
-    if not (root / "generation.json").is_file():  # written last: marks a finished generation
-        sampler = TextSampler(cfg.policy_dir, max_len=cfg.max_len,
-                              sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens))
-        records = rlaif.critique_revision(sampler, cons, prompts, rounds=cfg.rounds,
-                                          seed=cfg.seed)
-        kept = [{"text": f"{r['prompt']} {r['final']}"} for r in records if r["final"].strip()]
-        data.builtin.write_jsonl(root / "sft_texts.jsonl", kept)
-        data.builtin.write_jsonl(revisions, records)
-        record_run_config(root / "generation.json", generation)
-        print(f"{len(records)} prompts critiqued and revised ({cfg.rounds} round(s)); "
-              f"{len(kept)} revisions for fine-tuning -> {revisions}", flush=True)
-    sft = dataclasses.replace(cfg.sft, run_dir=str(root / "sft"), model_dir=cfg.policy_dir,
-                              seed=cfg.seed,
-                              data=dataclasses.replace(cfg.sft.data, source="text",
-                                                       file=str(root / "sft_texts.jsonl")))
-    return train_sft(sft)
