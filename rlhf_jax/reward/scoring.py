@@ -5,7 +5,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from rlhf_jax.models import DecoderModel, TransformerConfig
+from rlhf_jax.models import DecoderModel, TransformerConfig, last_token_index
 from rlhf_jax.reward.evaluate import ensemble_statistics
 
 
@@ -31,15 +31,33 @@ class reward_model_scorer:  # noqa: N801 - used like a function
             raise ValueError(f"reward_model_scorer.std_coef={self.std_coef}: expected >= 0, and "
                              "> 0 only for an ensemble (num_outputs >= 2)")
 
+    def _forward(self, reward_params, prompt_tokens, prompt_mask, response_tokens,
+                 response_mask):
+        """The reward model's output on prompt + response, and the joined mask."""
+        tokens = jnp.concatenate([prompt_tokens, response_tokens], axis=1)
+        mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
+        out = DecoderModel(self.config, heads=("reward",),
+                           num_reward_outputs=self.num_outputs).apply(
+            {"params": reward_params}, tokens, mask)
+        return out, mask
+
     def members(self, reward_params, prompt_tokens, prompt_mask, response_tokens,
                 response_mask):
         """Every head's reward of prompt + response: [B, M] (M = 1 for a single head)."""
-        tokens = jnp.concatenate([prompt_tokens, response_tokens], axis=1)
-        mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
-        reward = DecoderModel(self.config, heads=("reward",),
-                              num_reward_outputs=self.num_outputs).apply(
-            {"params": reward_params}, tokens, mask).reward
+        reward = self._forward(reward_params, prompt_tokens, prompt_mask, response_tokens,
+                               response_mask)[0].reward
         return reward.reshape(reward.shape[0], -1)
+
+    def members_and_features(self, reward_params, prompt_tokens, prompt_mask, response_tokens,
+                             response_mask):
+        """(every head's reward [B, M], the final hidden state at the last real token [B, D],
+        the vector the heads read) from one forward pass: the features of an embedding-space
+        batch selection (`acquisition.select_diverse`)."""
+        out, mask = self._forward(reward_params, prompt_tokens, prompt_mask, response_tokens,
+                                  response_mask)
+        idx_b = last_token_index(mask)
+        last_bd = jnp.take_along_axis(out.hidden, idx_b[:, None, None], axis=1)[:, 0]
+        return out.reward.reshape(out.reward.shape[0], -1), last_bd
 
     def score_and_spread(self, reward_params, *seq):
         """(score [B], ensemble std [B], 0 for one head) from one forward pass."""

@@ -18,8 +18,9 @@ from scipy.stats import spearmanr
 from rlhf_jax import data, models, train
 from rlhf_jax.reward.annotators import dawid_skene
 from rlhf_jax.stages.layout import check_run_config, record_run_config
-from rlhf_jax.studies.active import (ActiveConfig, Learner, LearnerConfig, SimulatedAnnotators,
-                                    active_learning, builtin_pairs, gold_delta)
+from rlhf_jax.studies.active import ActiveConfig, active_learning
+from rlhf_jax.studies.learner import Learner, LearnerConfig
+from rlhf_jax.studies.pairs import SimulatedAnnotators, builtin_pairs, gold_delta
 
 
 def _seeds(spec: str) -> list[int]:

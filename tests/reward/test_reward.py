@@ -107,3 +107,29 @@ def test_early_stopping_patience():
     assert s.best == 0.8
     s = early_stopping_update(early_stopping_init("max"), 0.6, patience=1, mode="max")
     assert early_stopping_update(s, 0.5, patience=1, mode="max").stop
+
+
+def test_scorer_features_are_what_the_heads_read():
+    from rlhf_jax.reward import reward_model_scorer
+
+    config = preset("tiny-gpt2")
+    scorer = reward_model_scorer(config, num_outputs=3)
+    params = init_params(DecoderModel(config, heads=("reward",), num_reward_outputs=3),
+                         jax.random.key(2))
+    rng = np.random.default_rng(0)
+    prompt_mask = np.array([[0, 1, 1], [1, 1, 1]], np.int32)  # left-padded prompts
+    response_mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], np.int32)  # right-padded responses
+    seq = (rng.integers(0, 256, (2, 3)), prompt_mask, rng.integers(0, 256, (2, 4)),
+           response_mask)
+    members, features = scorer.members_and_features(params, *seq)
+    np.testing.assert_array_equal(members, scorer.members(params, *seq))
+    hidden = DecoderModel(config, heads=("reward",), num_reward_outputs=3).apply(
+        {"params": params}, np.concatenate([seq[0], seq[2]], 1),
+        np.concatenate([prompt_mask, response_mask], 1)).hidden
+    np.testing.assert_allclose(features, np.asarray(hidden)[[0, 1], [4, 6]], rtol=1e-6)
+    # the heads on the features give the members: gain_m · (w_m · h + b_m) + bias_m
+    head = params["reward_head"]
+    by_hand = (np.asarray(features, np.float64) @ np.asarray(head["proj"]["kernel"], np.float64)
+               + np.asarray(head["proj"]["bias"])) * np.asarray(head["gain"]) + \
+        np.asarray(head["bias"])
+    np.testing.assert_allclose(members, by_hand, rtol=1e-4, atol=1e-5)

@@ -7,8 +7,9 @@ import pytest
 
 from rlhf_jax import data
 from rlhf_jax.labelling import LabelStore
-from rlhf_jax.studies.active import (ActiveConfig, Learner, LearnerConfig, SimulatedAnnotators,
-                                     active_learning, builtin_pairs, pair_record)
+from rlhf_jax.studies.active import ActiveConfig, active_learning
+from rlhf_jax.studies.learner import Learner, LearnerConfig
+from rlhf_jax.studies.pairs import SimulatedAnnotators, builtin_pairs, pair_record
 
 TINY = dict(initial_labels=8, labels_per_round=8, pool_size=32, steps_per_round=4,
             initial_steps=6, heldout_pairs=64)
