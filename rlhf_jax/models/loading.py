@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -37,22 +38,35 @@ def load_or_init_model(model_dir: str, preset_name: str, mesh, rules, key, *,
             model_dir, lm_head="lm" in heads,
             shardings={k: shardings[k] for k in ("transformer", "lm_head") if k in shardings},
             **overrides)
-    fresh = {k: s for k, s in shardings.items() if k not in loaded}
-    fresh.update({k: v for k, v in adapter_params(
-        {k: s for k, s in shardings.items() if k in loaded}).items()})
-
-    def init(k):
-        return _pick(init_params(built, k), fresh)
-    params = add_adapters(loaded, jax.jit(init, out_shardings=fresh)(key))
+    params = add_adapters(loaded, _initializer(built, mesh, rules, frozenset(loaded))(key))
     if config.lora.quantized:
         params = jax.jit(quantize_base, out_shardings=_shardings(model, mesh, rules),
                          donate_argnums=0)(params)
     return config, model, params
 
 
+@functools.lru_cache(maxsize=16)
 def _shardings(model, mesh, rules):
+    """The shardings of `model`'s parameters on `mesh` (traced once per model, mesh and rules;
+    read-only)."""
     abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     return sharding.param_shardings(abstract, logical_axes(model), mesh, rules)
+
+
+@functools.lru_cache(maxsize=16)
+def _initializer(built, mesh, rules, loaded: frozenset):
+    """`key -> params` jitted into their shardings, for the parameters a checkpoint did not
+    supply (`loaded`: its top-level keys) and the adapters; compiled once per model, mesh, rules
+    and `loaded`, so that initialising again with another key reuses the program."""
+    shardings = _shardings(built, mesh, rules)
+    fresh = {k: s for k, s in shardings.items() if k not in loaded}
+    fresh.update({k: v for k, v in adapter_params(
+        {k: s for k, s in shardings.items() if k in loaded}).items()})
+
+    def init(k):
+        return _pick(init_params(built, k), fresh)
+    return jax.jit(init, out_shardings=fresh)
+
 
 def _pick(tree, like):
     """The part of `tree` with the structure of `like` (nested dicts)."""
