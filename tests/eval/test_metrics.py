@@ -245,7 +245,8 @@ def _entry(method, value, seed, m, win=True):
 
 
 def test_comparison_report_has_the_alignment_metrics(tmp_path):
-    from rlhf_jax.studies.compare import CompareConfig, write_comparison_report
+    from rlhf_jax.studies.compare_report import write_comparison_report
+    from rlhf_jax.studies.compare_setup import CompareConfig
 
     one = CompareConfig(run_dir=str(tmp_path / "one"), seeds="0", methods="ppo,dpo")
     text = write_comparison_report(one, [_entry("ppo", 0.1, 0, 0.5), _entry("dpo", 0.5, 0, 1.0,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_jax.studies.compare import rises_then_falls
+from rlhf_jax.studies.compare_report import rises_then_falls
 from rlhf_jax.stages.pipeline import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,103 @@
+"""The method comparison's setup: which methods it compares, the setting each one sweeps, the
+tiny budgets of a quick run, and the base run (SFT policy, comparisons, reward model) that every
+method of a seed shares."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from rlhf_jax import eval as rl_eval
+from rlhf_jax.stages.pipeline import METHODS, PipelineConfig, _replace
+
+
+# Each method's sweep: the setting that trades reward against staying near the start, and its
+# values (weakest pull away from the reference first). Budgets are the pipeline's defaults:
+# PPO / RLOO / GRPO 150 iterations of 32 sampled responses (RLOO / GRPO: `group_size` = 4 for
+# each of 8 prompts), the offline methods 200 steps of 32 rows (a comparison's two responses
+# each), best-of-n n samples per evaluation prompt; the report states them.
+SWEEPS = {
+    "ppo": ("ppo.kl.beta", (0.1, 0.02, 0.0)),
+    "rloo": ("ppo.kl.beta", (0.1, 0.02)),
+    "grpo": ("ppo.kl.beta", (0.1, 0.02)),
+    "best_of_n": ("best_of_n", (2, 4, 16)),
+    "dpo": ("offline.loss.beta", (0.5, 0.1)),
+    "cdpo": ("offline.loss.beta", (0.5, 0.1)),
+    "rdpo": ("offline.loss.beta", (0.5, 0.1)),
+    "ipo": ("offline.loss.beta", (0.5, 0.1)),
+    "kto": ("offline.loss.beta", (0.5, 0.1)),
+    "simpo": ("offline.loss.simpo_beta", (1.0, 2.5)),
+    "orpo": ("offline.loss.orpo_lambda", (0.1, 1.0)),
+    "awr": ("offline.loss.temperature", (1.0, 0.25)),
+    "filtered_bc": ("offline.loss.top_fraction", (1.0, 0.5)),
+}
+# alignment metrics of the responses, besides gold, proxy and KL, in the second table
+TEXT_METRICS = ("profanity_rate", "distinct_1", "distinct_2", "length")
+# the setting whose gold score is followed over its training iterations
+OVEROPTIMISATION = ("ppo", 0.0)
+QUICK = {"sft.steps": 30, "comparisons": 300, "reward.steps": 40, "reward.eval_every": 20,
+         "ppo.steps": 8, "offline.steps": 16, "offline.eval_every": 8, "eval_samples": 32}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """The study: `methods` (comma-separated, from `stages.pipeline.METHODS`) over `seeds`, on
+    the built-in task. The simulated annotators judge by `annotator_judge`; the methods are
+    scored by `gold` (by default a judge the annotators' signal only partly captures, so that
+    over-optimisation can show). `quick`: one setting per method and tiny budgets."""
+
+    run_dir: str = "runs/compare"  # where the study's runs, report.md and plots/ go
+    seeds: str = "0,1"  # comma-separated seeds: one base run and every method per seed
+    methods: str = ",".join(METHODS)  # comma-separated methods to compare
+    gold: str = "vader_diverse"  # the judge that scores the methods (eval.TEXT_TERMS)
+    annotator_judge: str = "vader"  # the simulated annotators' judge (eval.TEXT_TERMS)
+    quick: bool = False  # one setting per method, tiny budgets (a few minutes on 2 cores)
+    # runs at once, each in its own process (> 1 shortens the study on several cores, but the
+    # reported times then include the runs' competition for them)
+    workers: int = 1
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"workers={self.workers}: expected >= 1")
+        for name, items in (("seeds", self.seeds.split(",")), ("methods", self.method_list)):
+            if len(set(items)) != len(items):
+                raise ValueError(f"{name}={getattr(self, name)!r} names one twice")
+        unknown = [m for m in self.method_list if m not in METHODS]
+        if unknown or not self.method_list:
+            raise ValueError(f"methods={self.methods!r}: expected some of {', '.join(METHODS)}")
+        try:
+            [int(s) for s in self.seeds.split(",")]
+        except ValueError:
+            raise ValueError(f"seeds={self.seeds!r}: expected comma-separated integers") from None
+        for name in ("gold", "annotator_judge"):
+            if getattr(self, name) not in rl_eval.TEXT_TERMS:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of "
+                                 f"{sorted(rl_eval.TEXT_TERMS)}")
+
+    @property
+    def method_list(self) -> list[str]:
+        """The methods, in order."""
+        return [m for m in self.methods.split(",") if m]
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds, in order."""
+        return [int(s) for s in self.seeds.split(",")]
+
+
+def sweep(cfg: CompareConfig, method: str) -> tuple[str, tuple]:
+    """The swept key and the values this study runs (quick: one, PPO's the unregularised)."""
+    key, values = SWEEPS[method]
+    if cfg.quick:
+        values = (OVEROPTIMISATION[1],) if method == OVEROPTIMISATION[0] else values[:1]
+    return key, values
+
+
+def base_config(cfg: CompareConfig, seed: int) -> PipelineConfig:
+    """The pipeline whose SFT policy, comparisons and reward model every method of `seed`
+    shares (its own best-of-n run is not used)."""
+    root = Path(cfg.run_dir)
+    base = _replace(PipelineConfig(), {
+        "run_dir": str(root / f"seed{seed}" / "base"), "seed": seed, "gold": cfg.gold,
+        "annotator_judge": cfg.annotator_judge, "method": "best_of_n", "best_of_n": 1,
+        "compile_cache": str(root / "compile_cache")})
+    return _replace(base, QUICK) if cfg.quick else base
