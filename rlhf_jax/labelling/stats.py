@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from rlhf_jax.labelling import agreement
-from rlhf_jax.labelling.store import Label, LabelStore
+from rlhf_jax.labelling.entities import Label
+from rlhf_jax.labelling.store import LabelStore
 
 
 def pair_judgments(lab: Label) -> dict:

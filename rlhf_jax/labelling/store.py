@@ -1,10 +1,10 @@
-"""The labelling database: annotators, tasks, assignments and labels behind one SQLAlchemy URL.
+"""The label store: annotators, tasks, assignments and labels behind one SQLAlchemy URL.
 
-SQLite (WAL journal, `synchronous=FULL`) is the embedded default; a PostgreSQL URL
-(`postgresql+psycopg://…`) works unchanged. Every statement is parameterised through
-SQLAlchemy Core. Each write is one transaction, committed before the caller returns, so a label
-the web app has acknowledged survives a SIGKILL of the server and a half-done write is never
-visible.
+The tables and the engine are `labelling.database`'s (SQLite with a WAL journal by default,
+PostgreSQL by URL); what the store hands out is `labelling.entities`'. Every statement is
+parameterised through SQLAlchemy Core. Each write is one transaction, committed before the
+caller returns, so a label the web app has acknowledged survives a SIGKILL of the server and a
+half-done write is never visible.
 
 How tasks reach annotators: showing a task to an annotator creates an *assignment* holding one of
 the task's `labels_per_task` slots and the order the responses were shown in. A unique
@@ -17,10 +17,7 @@ within `lease_s` gives its slot back; a skip gives it back at once.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import math
 import secrets
 import time
 from contextlib import contextmanager
@@ -29,148 +26,17 @@ from typing import Iterator, Optional, Sequence
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-ROLES = ("annotator", "admin")
-_MAX_RETRIES = 50
+from rlhf_jax.labelling.database import (annotators, assignments, labels, meta_table,
+                                         open_database, tasks)
+from rlhf_jax.labelling.entities import (ROLES, Annotator, Assignment, Forbidden, Label,
+                                         LabelError, NotFound, Task, TaskFull, check_label,
+                                         hash_token, task_uid)
 
-metadata = sa.MetaData()
-meta_table = sa.Table(
-    "meta", metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False))
-annotators = sa.Table(
-    "annotators", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
-    sa.Column("role", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False))
-tasks = sa.Table(
-    "tasks", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("uid", sa.String(128), nullable=False, unique=True),
-    sa.Column("prompt", sa.Text, nullable=False),
-    sa.Column("responses", sa.Text, nullable=False),  # JSON list of strings
-    sa.Column("meta", sa.Text, nullable=False),  # JSON object
-    sa.Column("created_at", sa.Float, nullable=False))
-assignments = sa.Table(
-    "assignments", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id"), nullable=False),
-    sa.Column("annotator_id", sa.String(64), sa.ForeignKey("annotators.id"), nullable=False),
-    sa.Column("slot", sa.Integer, nullable=True),  # NULL once skipped or expired
-    sa.Column("shown_order", sa.Text, nullable=False),  # JSON: response index at each position
-    sa.Column("status", sa.String(16), nullable=False),  # open | done | skipped | expired
-    sa.Column("shown_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("task_id", "annotator_id", name="one_assignment_per_annotator"),
-    sa.UniqueConstraint("task_id", "slot", name="one_annotator_per_slot"),
-    sa.Index("assignments_by_annotator", "annotator_id", "status"),
-    sa.Index("assignments_by_status", "status", "shown_at"))
-_open = assignments.c.status == "open"
-sa.Index("one_open_assignment_per_annotator", assignments.c.annotator_id, unique=True,
-         sqlite_where=_open, postgresql_where=_open)
-labels = sa.Table(
-    "labels", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("assignment_id", sa.Integer, sa.ForeignKey("assignments.id"), nullable=False,
-              unique=True),
-    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id"), nullable=False),
-    sa.Column("annotator_id", sa.String(64), sa.ForeignKey("annotators.id"), nullable=False),
-    sa.Column("ranks", sa.Text, nullable=False),  # JSON: rank of each response, 0 = best
-    sa.Column("ratings", sa.Text, nullable=False),  # JSON: Likert rating of each response or null
-    sa.Column("rationale", sa.Text, nullable=False),
-    sa.Column("shown_at", sa.Float, nullable=False),
-    sa.Column("submitted_at", sa.Float, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=True),
-    sa.UniqueConstraint("task_id", "annotator_id", name="one_label_per_annotator"),
-    sa.Index("labels_by_annotator", "annotator_id"))
+_MAX_RETRIES = 50
 
 
 class _Conflict(Exception):
     """A concurrent transaction changed what this one read: run it again."""
-
-
-class LabelError(ValueError):
-    """A submission that cannot be stored as it is (the message says why)."""
-
-
-class NotFound(LookupError):
-    """No such assignment or label."""
-
-
-class Forbidden(PermissionError):
-    """The assignment or label belongs to another annotator."""
-
-
-class TaskFull(LabelError):
-    """The task's slots were all taken while this assignment had expired."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Annotator:
-    id: str
-    role: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    id: int
-    uid: str
-    prompt: str
-    responses: list
-    meta: dict
-
-
-@dataclasses.dataclass(frozen=True)
-class Assignment:
-    id: int
-    task: Task
-    annotator_id: str
-    shown_order: list  # shown_order[position] = index of the response shown there
-    status: str
-    shown_at: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Label:
-    id: int
-    task: Task
-    annotator_id: str
-    shown_order: list
-    ranks: list  # per response (original order), 0 = best; equal ranks are ties
-    ratings: list  # per response (original order): Likert value or None
-    rationale: str
-    shown_at: float
-    submitted_at: float
-    updated_at: Optional[float]
-
-
-def hash_token(token: str) -> str:
-    """SHA-256 of a login token: tokens are 256-bit random, so a plain hash suffices to store
-    them (no guessing attack to slow down, unlike passwords)."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _sqlite_setup(engine: sa.Engine) -> None:
-    """WAL journal, fsync on every commit, foreign keys, and write transactions that take the
-    write lock when they begin (`BEGIN IMMEDIATE`), so two writers never deadlock upgrading a
-    read lock; readers use plain `BEGIN` and never block in WAL mode."""
-
-    @sa.event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # SQLAlchemy's begin hook below emits BEGIN
-        cur = dbapi_conn.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON",
-                       "busy_timeout=30000"):
-            cur.execute(f"PRAGMA {pragma}")
-        cur.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(conn):
-        write = conn.get_execution_options().get("write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 class LabelStore:
@@ -186,14 +52,7 @@ class LabelStore:
         if not lease_s > 0:
             raise ValueError(f"lease_s={lease_s!r}: expected > 0 seconds")
         self.url, self.labels_per_task, self.lease_s = url, labels_per_task, float(lease_s)
-        try:
-            self.engine = sa.create_engine(url, pool_pre_ping=True, future=True)
-        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
-            raise ValueError(f"database URL {url.split('@')[-1]!r} (credentials not shown): "
-                             f"{e}") from None
-        if self.engine.dialect.name == "sqlite":
-            _sqlite_setup(self.engine)
-        metadata.create_all(self.engine)
+        self.engine = open_database(url)
         with self._tx(write=True) as c:
             if c.execute(sa.select(meta_table.c.value).where(
                     meta_table.c.key == "secret")).scalar() is None:
@@ -204,6 +63,7 @@ class LabelStore:
                 meta_table.c.key == "secret")).scalar_one()
 
     def close(self) -> None:
+        """Close the database connections."""
         self.engine.dispose()
 
     @contextmanager
@@ -251,6 +111,7 @@ class LabelStore:
         return token
 
     def annotator_ids(self, role: Optional[str] = None) -> list[str]:
+        """Every annotator's id (or those of one role), sorted."""
         q = sa.select(annotators.c.id).order_by(annotators.c.id)
         if role is not None:
             q = q.where(annotators.c.role == role)
@@ -287,6 +148,7 @@ class LabelStore:
         return added
 
     def num_tasks(self) -> int:
+        """How many tasks are stored."""
         with self._tx() as c:
             return c.execute(sa.select(sa.func.count()).select_from(tasks)).scalar_one()
 
@@ -385,7 +247,7 @@ class LabelStore:
                 raise LabelError(f"assignment {assignment_id} was skipped")
             n = len(json.loads(c.execute(sa.select(tasks.c.responses).where(
                 tasks.c.id == a.task_id)).scalar_one()))
-            r, g = _check_label(ranks, ratings, n)
+            r, g = check_label(ranks, ratings, n)
             if a.status == "expired":  # answered after the lease ran out: take a slot again
                 taken = set(c.execute(sa.select(assignments.c.slot).where(
                     assignments.c.task_id == a.task_id,
@@ -417,7 +279,7 @@ class LabelStore:
                 raise Forbidden(f"label {label_id} is not yours")
             n = len(json.loads(c.execute(sa.select(tasks.c.responses).where(
                 tasks.c.id == row.task_id)).scalar_one()))
-            r, g = _check_label(ranks, ratings, n)
+            r, g = check_label(ranks, ratings, n)
             c.execute(labels.update().where(labels.c.id == label_id).values(
                 ranks=json.dumps(r), ratings=json.dumps(g), rationale=rationale,
                 updated_at=time.time()))
@@ -504,11 +366,6 @@ class LabelStore:
         return problems
 
 
-def task_uid(prompt: str, responses: Sequence[str]) -> str:
-    """A task's default id: a hash of its prompt and responses."""
-    return hashlib.sha256(json.dumps([prompt, list(responses)]).encode()).hexdigest()[:32]
-
-
 def _task_cols():
     return (tasks.c.uid, tasks.c.prompt, tasks.c.responses, tasks.c.meta)
 
@@ -527,19 +384,3 @@ def _owned(c: sa.Connection, assignment_id: int, annotator: str):
     if a.annotator_id != annotator:
         raise Forbidden(f"assignment {assignment_id} is not yours")
     return a
-
-
-def _check_label(ranks, ratings, n: int) -> tuple[list, list]:
-    """Validated (ranks, ratings) for a task with `n` responses."""
-    ranks = list(ranks)
-    if len(ranks) != n or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < n
-                                  for r in ranks):
-        raise LabelError(f"ranks {ranks!r}: expected {n} ints in [0, {n - 1}] (0 = best)")
-    if len(set(ranks)) < 2 and n > 2:
-        raise LabelError("a ranking that ties every response says nothing; skip instead")
-    ratings = [None] * n if ratings is None else list(ratings)
-    if len(ratings) != n or not all(
-            r is None or (isinstance(r, (int, float)) and not isinstance(r, bool)
-                          and math.isfinite(r)) for r in ratings):
-        raise LabelError(f"ratings: expected {n} numbers or None, got {ratings!r}")
-    return ranks, ratings
