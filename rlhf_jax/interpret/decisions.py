@@ -10,13 +10,14 @@ ASCII) of one entry: `seq` (0, 1, 2, …), `time` (UTC ISO-8601), `kind` ("decis
               uncertainty (number or null), context ("ppo/iteration 12", "deployment", …)
     override: who, what ("score" or "label"), target (input hash or label id), old, new, reason
 
-Non-finite numbers are written as the strings "nan", "inf" and "-inf" (JSON has none).
+Non-finite numbers are written as the strings "nan", "inf" and "-inf" (JSON has none). The
+canonical form, the entry hashes and the verifier are `interpret.hash_chain`'s; the scorer
+that logs decisions as it scores is `interpret.logged_scorer`'s.
 Command line: `python -m rlhf_jax.interpret.decisions verify|head|override LOG ...` (see `main`).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import fcntl
 import hashlib
@@ -24,35 +25,18 @@ import json
 import math
 import os
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
 
-from rlhf_jax.reward.scoring import reward_model_scorer
-
-GENESIS = "0" * 64  # `prev` of the first entry
-KIND_FIELDS = {"decision": ("model_hash", "input_hash", "score", "uncertainty", "context"),
-               "override": ("who", "what", "target", "old", "new", "reason")}
-_COMMON = ("seq", "time", "kind", "prev", "hash")
+from rlhf_jax.interpret.hash_chain import GENESIS, canonical_json, entry_hash, verify_log
 
 
 class DecisionLogError(Exception):
     """A decision log that cannot be appended to (a torn last line, a malformed entry) or an
     entry with invalid fields."""
-
-
-def canonical_json(obj) -> str:
-    """The one serialisation that is hashed and written: sorted keys, no spaces, ASCII."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def entry_hash(entry: dict) -> str:
-    """sha256 hex of the canonical JSON of `entry` without its `hash` field."""
-    body = {k: v for k, v in entry.items() if k != "hash"}
-    return hashlib.sha256(canonical_json(body).encode("ascii")).hexdigest()
 
 
 def _jsonable(value):
@@ -261,101 +245,6 @@ def record_override(log, *, who: str, target: str, old, new, reason: str,
                                what=what)
 
 
-@dataclasses.dataclass
-class VerifyResult:
-    """The verdict on a log: `problems` name the line (1-based) and what is wrong."""
-
-    ok: bool
-    entries: int
-    problems: list
-
-
-def _entry_problems(entry: dict) -> list[str]:
-    kind = entry.get("kind")
-    if kind not in KIND_FIELDS:
-        return [f"kind {kind!r}, expected 'decision' or 'override'"]
-    out = []
-    expected = set(_COMMON) | set(KIND_FIELDS[kind])
-    if set(entry) != expected:
-        missing, extra = sorted(expected - set(entry)), sorted(set(entry) - expected)
-        out.append(f"fields differ from a {kind} entry's (missing {missing}, unexpected "
-                   f"{extra})")
-    try:
-        datetime.datetime.fromisoformat(entry.get("time"))
-    except (TypeError, ValueError):
-        out.append(f"time {entry.get('time')!r} is not ISO-8601")
-    if kind == "override" and not (isinstance(entry.get("who"), str) and entry["who"].strip()):
-        out.append("override without who")
-    return out
-
-
-def verify_log(path, expected_head: Optional[tuple[int, str]] = None) -> VerifyResult:
-    """Check every line of the log at `path`: valid canonical JSON with the fields of its kind,
-    `hash` recomputed from its content, `prev` equal to the previous line's `hash`, and `seq`
-    one more than the previous line's. An edited line (its hash), a deleted, inserted or
-    reordered line (the next `prev` and `seq`), and an edited line whose hash was recomputed
-    (the next line's `prev`) are each reported at the line where the chain breaks.
-
-    A hash chain alone cannot detect lines removed from the END (the shorter log is a valid
-    chain), nor a log rewritten from the start with every hash recomputed. `expected_head`
-    (seq, hash), recorded earlier with `DecisionLog.head()` and kept elsewhere, catches both:
-    the entry with that seq must still be there with that hash (later entries may follow).
-    """
-    path = Path(path)
-    if not path.is_file():
-        return VerifyResult(False, 0, ["no such file"])
-    problems, entries = [], 0
-    prev_hash, want_seq, last, head_found = GENESIS, 0, None, None
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            entries += 1
-            where = f"line {lineno}"
-            if not raw.endswith(b"\n"):
-                problems.append(f"{where}: no newline at the end (a write cut short?)")
-            text = raw.rstrip(b"\n")
-            try:
-                entry = json.loads(text)
-            except (ValueError, RecursionError):
-                entry = None
-            if not isinstance(entry, dict):
-                problems.append(f"{where}: not a JSON object (a torn or edited line)")
-                prev_hash, want_seq = None, want_seq + 1
-                continue
-            problems += [f"{where}: {p}" for p in _entry_problems(entry)]
-            seq, stored = entry.get("seq"), entry.get("hash")
-            if seq != want_seq:
-                problems.append(f"{where}: seq {seq!r}, expected {want_seq} (a line removed, "
-                                "inserted or reordered here)")
-            if prev_hash is not None and entry.get("prev") != prev_hash:
-                problems.append(f"{where}: prev does not match the hash of the line before "
-                                "(a line removed, inserted or reordered, or the line before "
-                                "edited and rehashed)")
-            try:
-                recomputed, form = entry_hash(entry), canonical_json(entry)
-            except ValueError:  # NaN/Infinity literals
-                recomputed, form = None, None
-            if recomputed != stored:
-                problems.append(f"{where}: hash does not match the entry's content (edited)")
-            elif form.encode("ascii") != text:
-                problems.append(f"{where}: not in canonical form (edited by hand)")
-            if expected_head is not None and seq == expected_head[0] and head_found is None:
-                head_found = (lineno, stored)
-            prev_hash = stored if isinstance(stored, str) else None
-            want_seq = seq + 1 if isinstance(seq, int) else want_seq + 1
-            last = (lineno, seq)
-    if expected_head is not None:
-        head_seq, head_hash = expected_head
-        if head_found is None:
-            end = "the log is empty" if last is None else \
-                f"the log ends at seq {last[1]} (line {last[0]})"
-            problems.append(f"expected head seq {head_seq} is missing: {end}; entries were "
-                            "removed from the end or the log was replaced")
-        elif head_found[1] != head_hash:
-            problems.append(f"line {head_found[0]}: seq {head_seq} has hash {head_found[1]}, "
-                            f"expected head hash {head_hash} (the log was rewritten)")
-    return VerifyResult(not problems, entries, problems)
-
-
 def model_hash(params) -> str:
     """sha256 over the parameter leaves in tree-path order: each leaf's path, dtype, shape and
     bytes (fetched with `jax.device_get`, one leaf at a time). Deterministic across runs and
@@ -386,61 +275,6 @@ def input_hash(tokens_row, mask_row) -> str:
 def text_hash(prompt: str, response: str) -> str:
     """sha256 hex of the canonical JSON `[prompt, response]` (UTF-8 text, before tokenising)."""
     return hashlib.sha256(canonical_json([prompt, response]).encode("ascii")).hexdigest()
-
-
-@partial(jax.jit, static_argnums=0)
-def _scores_and_spread(score_fn, params, prompt_tokens, prompt_mask, response_tokens,
-                       response_mask):
-    """(scores [B], ensemble std [B] or None) in one forward pass."""
-    seq = (prompt_tokens, prompt_mask, response_tokens, response_mask)
-    if isinstance(score_fn, reward_model_scorer) and score_fn.num_outputs > 1:
-        return score_fn.score_and_spread(params, *seq)
-    return score_fn(params, *seq), None
-
-
-class LoggedScorer:
-    """`score_fn` (signature of `reward_model_scorer`) that appends one decision per row to
-    `log`: the model hash (computed once per params object, or given), the `input_hash` of the
-    prompt + response real tokens, the score and, for an ensemble `reward_model_scorer`, its
-    std over members as the uncertainty (None for one head or another score_fn).
-
-    Host-side: it runs the jitted score, fetches it and writes the log, so it cannot be used
-    inside `jax.jit`. Call it on one process (or give each process its own log), with
-    parameters that process can read whole: hashing parameters sharded over several processes
-    needs `model_hash` on every process, so pass its result as `model_hash` then. A given
-    `model_hash` labels the first params object scored; other params get their own hash. The
-    last params object is kept referenced to recognise it on the next call.
-    """
-
-    def __init__(self, score_fn: Callable, log, *, context: str = "",
-                 model_hash: Optional[str] = None):
-        self.score_fn, self.context = score_fn, context
-        self.log = log if isinstance(log, DecisionLog) else DecisionLog(log)
-        self._given = model_hash
-        self._hashed = None
-
-    def model_hash(self, params) -> str:
-        """The hash logged for `params` (cached for the same params object)."""
-        if self._hashed is None and self._given:  # the given hash names the first params
-            self._hashed = (params, self._given)
-        elif self._hashed is None or self._hashed[0] is not params:
-            self._hashed = (params, model_hash(params))
-        return self._hashed[1]
-
-    def __call__(self, params, prompt_tokens, prompt_mask, response_tokens, response_mask, *,
-                 context: Optional[str] = None):
-        scores, spread = _scores_and_spread(self.score_fn, params, prompt_tokens, prompt_mask,
-                                            response_tokens, response_mask)
-        pt, pm, rt, rm, s, u = jax.device_get((prompt_tokens, prompt_mask, response_tokens,
-                                               response_mask, scores, spread))
-        hashes = [input_hash(np.concatenate([a, b]), np.concatenate([c, d]))
-                  for a, b, c, d in zip(pt, rt, pm, rm)]
-        self.log.append_decisions(
-            model_hash=self.model_hash(params), input_hashes=hashes,
-            scores=np.asarray(s, np.float64).tolist(),
-            uncertainties=None if u is None else np.asarray(u, np.float64).tolist(),
-            context=self.context if context is None else context)
-        return scores
 
 
 def _value(text: str):
