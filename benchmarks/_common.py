@@ -23,6 +23,19 @@ LLAMA_1B = dict(model_type="llama", vocab_size=32000, hidden_size=2048, num_laye
                 num_heads=32, num_kv_heads=4, intermediate_size=5632,
                 max_position_embeddings=2048, norm_eps=1e-5, qkv_bias=False, out_bias=False,
                 mlp_bias=False, tie_word_embeddings=False, bos_token_id=1, eos_token_ids=(2,))
+# The sizes the memory benchmarks compile: TinyLlama-1.1B's shape, Llama-3-8B's, and a smoke-test
+# size (not part of their default runs).
+LLAMA_SIZES = {
+    "1b": LLAMA_1B,
+    "8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, num_layers=32,
+               num_heads=32, num_kv_heads=8, intermediate_size=14336,
+               max_position_embeddings=8192, rope_theta=500000.0, norm_eps=1e-5,
+               qkv_bias=False, out_bias=False, mlp_bias=False, tie_word_embeddings=False,
+               bos_token_id=128000, eos_token_ids=(128001,)),
+    "tiny": dict(model_type="llama", vocab_size=256, hidden_size=64, num_layers=2, num_heads=4,
+                 num_kv_heads=2, intermediate_size=128, max_position_embeddings=1024,
+                 qkv_bias=False, out_bias=False, mlp_bias=False, tie_word_embeddings=False),
+}
 
 
 def model_config(name: str, dtype: str = "float32", **overrides) -> TransformerConfig:

@@ -48,11 +48,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
-from memory import LLAMA  # noqa: E402
 
 GB, GIB = 1e9, 2.0 ** 30
 MARK = "LORAMEM "
-SIZES = dict(LLAMA)
+SIZES = dict(_common.LLAMA_SIZES)
 # Llama-3.2-3B's shape
 SIZES["3b"] = dict(model_type="llama", vocab_size=128256, hidden_size=3072, num_layers=28,
                    num_heads=24, num_kv_heads=8, intermediate_size=8192,

@@ -47,7 +47,7 @@ Three things differ from a GPU compile; the table estimates the first. (1) XLA:C
 jax.checkpoint's optimization barriers before scheduling (XLA:GPU after), so its schedule may
 recompute every layer of a rematerialised backward right after the forward pass and keep it
 all live; temp* / total* estimate the same program with one layer's backward values live at a
-time (see `live_at_peak`). (2) XLA:CPU upcasts bfloat16 matmul operands to float32 here, so
+time (see `_live_at_peak.live_at_peak`). (2) XLA:CPU upcasts bfloat16 matmul operands to float32 here, so
 float32 copies of weights and activations appear among its temporaries. (3) Under FSDP,
 XLA:CPU gathers weights and all-reduces weight gradients at full size in float32 (no
 reduce-scatter), so the sharded runs hold full-size float32 gradients a GPU would
@@ -71,33 +71,18 @@ import inspect
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 
 import _common  # benchmarks/ is the script's directory
+from _live_at_peak import live_at_peak
+from _memory_table import GIB, gib, print_table
 
-GIB = 2.0 ** 30
 BASELINE_TEMP_GIB = 85.0  # reward step, 1B, 1 device: H100, before this change
 STEPS = ("reward", "sft", "ppo_update", "ppo_score", "decode")
-# TinyLlama-1.1B's shape (as benchmarks/_common.LLAMA_1B) and Llama-3-8B's.
-LLAMA = {
-    "1b": dict(model_type="llama", vocab_size=32000, hidden_size=2048, num_layers=22,
-               num_heads=32, num_kv_heads=4, intermediate_size=5632,
-               max_position_embeddings=2048, norm_eps=1e-5, qkv_bias=False, out_bias=False,
-               mlp_bias=False, tie_word_embeddings=False, bos_token_id=1, eos_token_ids=(2,)),
-    "8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, num_layers=32,
-               num_heads=32, num_kv_heads=8, intermediate_size=14336,
-               max_position_embeddings=8192, rope_theta=500000.0, norm_eps=1e-5,
-               qkv_bias=False, out_bias=False, mlp_bias=False, tie_word_embeddings=False,
-               bos_token_id=128000, eos_token_ids=(128001,)),
-    # a smoke-test size (not part of the default run)
-    "tiny": dict(model_type="llama", vocab_size=256, hidden_size=64, num_layers=2, num_heads=4,
-                 num_kv_heads=2, intermediate_size=128, max_position_embeddings=1024,
-                 qkv_bias=False, out_bias=False, mlp_bias=False, tie_word_embeddings=False),
-}
+LLAMA = _common.LLAMA_SIZES  # 1b, 8b and tiny (a smoke test)
 MARK = "MEMJSON "
 
 
@@ -151,131 +136,6 @@ def parse_args(argv=None):
         p.error(f"unknown step or size {bad}; steps: {STEPS}, sizes: {tuple(LLAMA)}")
     args.steps = list(dict.fromkeys(steps))
     return args
-
-
-# ---- what is live at the peak: XLA's own buffer assignment and live ranges ------------------
-
-def _hlo_ops(path: str, names: set) -> dict:
-    """The JAX op (metadata op_name) behind each named HLO value. A fusion without metadata
-    takes the op of its fused computation (its root's, or a rematerialised one inside it);
-    a value still without one (a wrapped convert, say) takes its first operand's."""
-    info, comp_op, comp = {}, {}, None
-    with open(path) as f:
-        for line in f:
-            if not line.startswith(" "):
-                head = re.match(r"(?:ENTRY\s+)?%?([\w.\-]+) .*\{\s*$", line)
-                comp = head.group(1) if head else comp
-                continue
-            m = re.match(r"\s*(ROOT\s+)?%?([\w.\-]+) = [^(]*\(%?([\w.\-]*)", line)
-            if not m:
-                continue
-            op = re.search(r'op_name="([^"]*)"', line)
-            op = op.group(1) if op else ""
-            if op and (m.group(1) or "rematted_computation" in op
-                       or not comp_op.get(comp)):
-                if "rematted_computation" not in comp_op.get(comp, ""):
-                    comp_op[comp] = op
-            called = re.search(r"calls=%?([\w.\-]+)", line)
-            info[m.group(2)] = (op, called.group(1) if called else None, m.group(3))
-
-    def resolve(name, hops=0):
-        op, called, first = info.get(name, ("", None, None))
-        op = op or comp_op.get(called, "")
-        return op if op or hops >= 3 or not first else resolve(first, hops + 1)
-    return {n: resolve(n) for n in names}
-
-
-def _short(op: str) -> str:
-    op = re.sub(r"block_\d+", "block_N", op)
-    op = re.sub(r"^jit\([^)]*\)/", "", op).replace("rematted_computation", "remat")
-    return op.replace("transpose(jvp(DecoderModel))", "bwd").replace("jvp(DecoderModel)", "fwd")
-
-
-def live_at_peak(dump_dir: str, top: int, weight_elements=frozenset()) -> dict:
-    """The temporaries live at the peak of the program's schedule, from the dump of one compile
-    (`xla_dump_to`): `*buffer-assignment.txt` gives each value of the preallocated temporary
-    allocation its size and shape, `*live-range.txt` its live range over the flattened schedule,
-    `*cpu_after_optimizations.txt` the JAX op that made it.
-
-    Returns {"live": bytes at the peak, "groups": the largest groups live there (by shape and
-    op, layer numbers folded into block_N), "ordered": the peak if the values of at most one
-    layer's backward pass were live at a time, "ordered_groups": the groups live then}.
-
-    "ordered" estimates what a schedule that keeps jax.checkpoint's barriers holds. The backward
-    of a rematerialised block recomputes its forward behind an optimization barrier on the
-    block's inputs and incoming cotangent, so nothing of layer k's backward can start before
-    the cotangent of layer k + 1 exists. XLA:GPU removes the barriers after scheduling; XLA:CPU
-    removes them before (OptimizationBarrierExpander runs ahead of its scheduler), so the CPU
-    schedule may recompute every layer right after the forward pass and keep it all live. The
-    estimate counts, at every point of the schedule, the values of the backward of checkpointed
-    blocks (op names `transpose(...)/checkpoint/.../block_<k>/`) of one layer only — the
-    largest — except those with a weight's element count (`weight_elements`: gradients and
-    gathered weights, which legitimately accumulate over layers).
-    """
-    import numpy as np
-
-    def one(pattern):
-        found = [f for f in os.listdir(dump_dir) if f.endswith(pattern)]
-        return os.path.join(dump_dir, found[0]) if found else None
-    files = [one("buffer-assignment.txt"), one("live-range.txt"),
-             one("cpu_after_optimizations.txt")]
-    if None in files:
-        return {"live": 0, "groups": [], "ordered": 0, "ordered_groups": []}
-    sizes, temp = {}, False
-    with open(files[0]) as f:
-        for line in f:
-            if line.startswith("allocation"):
-                temp = "preallocated-temp" in line
-            m = re.match(r" value: <\d+ ([\w.\-]+) @\S+> \(size=(\d+),offset=\d+\): (\S+)",
-                         line)
-            if m and temp:
-                sizes[m.group(1)] = (int(m.group(2)), m.group(3).split("{")[0])
-    ranges = []
-    with open(files[1]) as f:
-        for line in f:
-            m = re.match(r"\s+([\w.\-]+)\{[\d,]*\}:(\d+)-(\d+)$", line)
-            if m and m.group(1) in sizes:
-                ranges.append((m.group(1), int(m.group(2)), int(m.group(3))))
-    if not ranges:
-        return {"live": 0, "groups": [], "ordered": 0, "ordered_groups": []}
-    ops = _hlo_ops(files[2], {r[0] for r in ranges})
-    steps = max(r[2] for r in ranges) + 2
-    layers: dict = {}  # (model path, layer) of a layer's backward values -> row of `remat`
-    rows = []
-    for name, a, b in ranges:
-        layer = re.search(r"transpose\(.*?/checkpoint/(?:.*/)?block_(\d+)/", ops.get(name, ""))
-        shape = sizes[name][1]
-        elements = math.prod(int(d) for d in re.findall(r"\d+", shape.split("[", 1)[1]))
-        if layer and elements not in weight_elements:  # not a weight or its gradient
-            key = (ops[name][:layer.start()], layer.group(1))
-            rows.append(layers.setdefault(key, len(layers)))
-        else:
-            rows.append(-1)
-    other = np.zeros(steps, np.int64)
-    remat = np.zeros((max(len(layers), 1), steps), np.int64)
-    for (name, a, b), row in zip(ranges, rows):
-        target = other if row < 0 else remat[row]
-        target[a] += sizes[name][0]
-        target[b + 1] -= sizes[name][0]
-    other, remat = np.cumsum(other), np.cumsum(remat, axis=1)
-    live_t, ordered_t = other + remat.sum(0), other + remat.max(0)
-
-    def groups_at(t: int, layer_row=None) -> list[dict]:
-        found: dict = {}
-        for (name, a, b), row in zip(ranges, rows):
-            if a <= t <= b and (layer_row is None or row in (-1, layer_row)):
-                op = _short(ops.get(name, ""))
-                size, shape = sizes[name]
-                g = found.setdefault((shape, op), {"shape": shape, "op": op[-90:] or "(fusion)",
-                                                   "bytes": 0, "count": 0})
-                g["bytes"] += size
-                g["count"] += 1
-        return sorted(found.values(), key=lambda g: -g["bytes"])[:top]
-
-    at, at_ordered = int(np.argmax(live_t)), int(np.argmax(ordered_t))
-    return {"live": int(live_t[at]), "groups": groups_at(at),
-            "ordered": int(ordered_t[at_ordered]),
-            "ordered_groups": groups_at(at_ordered, int(np.argmax(remat[:, at_ordered])))}
 
 
 # ---- the child: compile each step on this process's devices -----------------------------------
@@ -497,64 +357,6 @@ def child_command(args, devices: int) -> list[str]:
                  "attention"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return cmd + ([] if args.breakdown else ["--no-breakdown"])
-
-
-def gib(x: float) -> str:
-    return f"{x / GIB:.2f}"
-
-
-def dominant(row: dict) -> str:
-    """The largest part of the device's total: the trained state (parameters, AdamW moments and
-    the gradients, ≈ parameters), the frozen models, or the temporaries (and of those, the
-    largest group live at the peak)."""
-    training = row["step"] in ("reward", "sft", "ppo_update")
-    parts = {"trained state (params+moments+grads)":
-             (2 * row["trained"] + row["opt"]) if training else row["trained"] + row["opt"],
-             "frozen models": row["frozen"], "temporaries": row["temp"]}
-    name = max(parts, key=parts.get)
-    text = f"{name} ({gib(parts[name])})"
-    if row["top"]:
-        t = row["top"][0]
-        text += (f"; largest at the temp peak: {t['count']} x {t['shape']} = {gib(t['bytes'])} "
-                 f"({t['op']})")
-    return text
-
-
-def est(row: dict, key: str) -> str:
-    return "-" if row.get(key) is None else gib(row[key])
-
-
-def print_table(rows: list[dict]) -> None:
-    head = (f"{'size':<5}{'dev':>4} {'step':<11}{'args':>8}{'out':>8}{'alias':>8}{'temp':>8}"
-            f"{'peak':>8}{'+resid':>8}{'total':>8} |{'temp*':>7}{'total*':>8}{'compile':>9}")
-    print("GiB per device (XLA:CPU's memory analysis); peak = args + out - alias + temp; "
-          "+resid = live state the program does not take; total = peak + resid.\n"
-          "temp*, total*: estimates with one layer's backward values live at a time, as in a "
-          "schedule that keeps jax.checkpoint's barriers (see live_at_peak)")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(f"{r['size']:<5}{r['devices']:>4} {r['step']:<11}{gib(r['args']):>8}"
-              f"{gib(r['out']):>8}{gib(r['alias']):>8}{gib(r['temp']):>8}{gib(r['peak']):>8}"
-              f"{gib(r['resident']):>8}{gib(r['total']):>8} |{est(r, 'ordered_temp'):>7}"
-              f"{est(r, 'ordered_total'):>8}{r['compile_s']:>8.1f}s")
-    print("\nwhat dominates (GiB per device):")
-    for r in rows:
-        an = ", ".join(f"{k}={gib(v)}" for k, v in r["analytic"].items())
-        print(f"  {r['size']} x{r['devices']} {r['step']}: {dominant(r)}")
-        print(f"      trained params {gib(r['trained'])}, AdamW moments {gib(r['opt'])}, frozen "
-              f"models {gib(r['frozen'])}; analytic: {an}")
-        if r["top"]:
-            print(f"      temporaries live at the schedule's peak ({gib(r['live_temp'])}):")
-            for t in r["top"]:
-                print(f"        {gib(t['bytes']):>7} = {t['count']:>3} x {t['shape']:<22} "
-                      f"{t['op']}")
-        if r.get("ordered_top") and r["ordered_temp"] < r["temp"]:
-            print(f"      at the estimate's peak ({gib(r['ordered_temp'])}), one layer's "
-                  "backward values live:")
-            for t in r["ordered_top"]:
-                print(f"        {gib(t['bytes']):>7} = {t['count']:>3} x {t['shape']:<22} "
-                      f"{t['op']}")
 
 
 def main():
