@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_jax.studies.compare_report import rises_then_falls
 from rlhf_jax.stages.pipeline import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,13 +55,3 @@ def test_methods_share_the_start_and_move_away_from_it(study):
             assert abs(r["after_kl"]["mean"]) > 1e-4, method
     traj = by_method["ppo"]["trajectory"]
     assert [t["step"] for t in traj] == list(range(1, len(traj) + 1)) and len(traj) == 8
-
-
-def test_rises_then_falls_detects_the_shape():
-    up_down = [{"gold": g, "kl": i} for i, g in enumerate([0, .1, .2, .4, .6, .8, .8, .6, .4,
-                                                           .2, .1, 0, 0])]
-    assert rises_then_falls(up_down)["observed"]
-    rising = [{"gold": i / 10, "kl": i} for i in range(12)]
-    assert not rises_then_falls(rising)["observed"]
-    assert rises_then_falls(rising[:3]) == {"observed": False, "reason": "3 iterations are "
-                                                                         "too few"}
