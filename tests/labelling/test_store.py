@@ -150,7 +150,7 @@ def test_a_submit_racing_a_lease_expiry_keeps_the_quota(store):
     the expiry and take a slot again, not store a label that holds no slot (which would let
     another annotator over the quota)."""
     import sqlalchemy as sa
-    from rlhf_jax.labelling.store import assignments
+    from rlhf_jax.labelling.database import assignments
 
     a = store.next_assignment("a", now=1000.0)
     conn = store.engine.connect()
@@ -176,7 +176,7 @@ def test_a_submit_racing_a_lease_expiry_keeps_the_quota(store):
 
 def test_one_open_assignment_per_annotator(store):
     import sqlalchemy as sa
-    from rlhf_jax.labelling.store import assignments
+    from rlhf_jax.labelling.database import assignments
 
     a = store.next_assignment("a")
     with pytest.raises(sa.exc.IntegrityError):
