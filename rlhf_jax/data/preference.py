@@ -1,8 +1,9 @@
 """Preference datasets: tokenise validated records into TFDS array_record files, load with grain.
 
-Layout (DESIGN.md): each response is stored after its prompt; the prompt is left-padded to
-`max_prompt_len` (and truncated from the left), the response right-padded to `max_response_len`
-(truncated from the right, EOS appended first when the tokenizer has one).
+Layout: each response is stored after its prompt; the prompt is left-padded to `max_prompt_len`
+(and cut from the left), the response right-padded to `max_response_len` (cut from the right;
+it ends with the chat template's end-of-turn token, or EOS in the plain form: `data.chat`).
+Batches are padded to the rungs of `data.buckets` that hold their longest example.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -21,7 +23,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from flax import struct
 
-from rlhf_jax.data.records import check_data_file, normalise_rating, read_records, record_key
+from rlhf_jax.data.buckets import BucketedBatches, LengthSource, ladder
+from rlhf_jax.data.chat import ChatTemplateError, encoder_for, tokenizer_key
+from rlhf_jax.data.records import (DataFormatError, check_data_file, normalise_rating,
+                                   read_records, record_key)
 
 PAD = -1  # stored padding; replaced by pad_token_id when batching
 
@@ -48,6 +53,7 @@ class PreferenceBatch:
     weight: np.ndarray
     index: np.ndarray = None
     confidence: np.ndarray = None  # [B] P(the label is right): 1 for a hard label (None: all 1)
+    aspects: np.ndarray = None  # [B, A] named ratings in [−1, 1], NaN where not rated (or None)
     prompt_len: int = struct.field(pytree_node=False, default=0)
 
 
@@ -62,6 +68,7 @@ class PreferenceDataset:
     max_response_len: int
     num_responses: int
     fingerprint: str = ""  # the file's contents and every build setting (seed included)
+    aspects: list = dataclasses.field(default_factory=list)  # names of the per-aspect ratings
 
 
 class LocalBuilder(tfds.core.GeneratorBasedBuilder):
@@ -100,41 +107,52 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder):
             absl_logger.setLevel(level)
 
 
-def _preference_features(prompt_len: int, response_len: int):
+def _preference_features(prompt_len: int, response_len: int, num_aspects: int = 0):
     t = tfds.features.Tensor
     return tfds.features.FeaturesDict({
         "prompt": t(shape=(prompt_len,), dtype=np.int32),
         "responses": t(shape=(None, response_len), dtype=np.int32),
         "ranks": t(shape=(None,), dtype=np.int32),
         "rating": np.float32, "has_rating": np.int32, "annotator": np.int32,
-        "confidence": np.float32,
+        "confidence": np.float32, "aspects": t(shape=(num_aspects,), dtype=np.float32),
         "rationale": tfds.features.Text()})
 
 
-def encode_prompt(tokenizer, text: str, max_prompt_len: int, counts: dict,
+def encode_prompt(tokenizer, text, max_prompt_len: int, counts: dict,
                   suffix: Sequence[int] = ()) -> np.ndarray:
-    """Prompt ids [P] (+ `suffix`, e.g. EOS), left-padded with PAD and truncated from the left."""
-    ids = _encode(tokenizer, text) + list(suffix)
-    if len(ids) > max_prompt_len:
-        counts["prompts_truncated"] += 1
-        ids = ids[-max_prompt_len:]
-    prompt = np.full(max_prompt_len, PAD, np.int32)
-    if ids:
-        prompt[-len(ids):] = ids
-    return prompt
+    """Prompt ids [P] (+ `suffix`, e.g. EOS), left-padded with PAD and cut to `max_prompt_len`
+    (`data.chat.ChatEncoder.prompt_ids`: text from the left; a conversation, rendered with the
+    generation prompt, by turns and then text, never in its control tokens)."""
+    enc = encoder_for(tokenizer)
+    if suffix:
+        ids = enc.prompt_ids(text)[0] + list(suffix)
+        cut = len(ids) > max_prompt_len
+        ids = ids[len(ids) - max_prompt_len:] if cut else ids
+    else:
+        ids, cut = enc.prompt_ids(text, max_prompt_len)
+    counts["prompts_truncated"] += int(cut)
+    return _left_padded(ids, max_prompt_len)
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def _left_padded(ids: Sequence[int], length: int) -> np.ndarray:
+    out = np.full(length, PAD, np.int32)
+    if len(ids):
+        out[-len(ids):] = ids
+    return out
 
 
 def tokenize_record(rec: dict, tokenizer, max_prompt_len: int, max_response_len: int,
                     eos_id: Optional[int], counts: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Prompt [P] (left-padded, left-truncated) and responses [K, R] (right-padded/truncated)."""
+    """Prompt [P] (left-padded, cut as `encode_prompt` cuts) and responses [K, R]
+    (right-padded, cut from the right). A response ends with the template's end-of-turn token,
+    or in the plain form with EOS unless `eos_id` is None (`data.chat`)."""
+    enc = encoder_for(tokenizer)
     prompt = encode_prompt(tokenizer, rec["prompt"], max_prompt_len, counts)
     responses = np.full((len(rec["responses"]), max_response_len), PAD, np.int32)
-    for k, text in enumerate(rec["responses"]):
-        r = _encode(tokenizer, text) + ([eos_id] if eos_id is not None else [])
+    for k, response in enumerate(rec["responses"]):
+        r = enc.response_ids(rec["prompt"], response)
+        if eos_id is None and not isinstance(response, list) and enc.eos is not None:
+            r = r[:-1]  # plain text without EOS
         if len(r) > max_response_len:
             counts["responses_truncated"] += 1
             r = r[:max_response_len]
@@ -145,49 +163,129 @@ def tokenize_record(rec: dict, tokenizer, max_prompt_len: int, max_response_len:
 
 
 def fingerprint(path: Path, *parts) -> str:
+    """A built dataset's key: the file's contents and every setting that shapes its rows."""
     h = hashlib.sha256(path.read_bytes())
     h.update(json.dumps(parts, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 
+def tokenize_records(path, records: list, stats, tokenize, on_error: str):
+    """`tokenize(record)` of every record; a record the tokenizer cannot encode
+    (`ChatTemplateError`, e.g. a prompt whose control tokens do not fit) raises naming the
+    file's line, or with on_error="skip" is skipped and counted in `stats` (a `RecordStats`).
+    Returns (kept records, their rows)."""
+    kept, rows = [], []
+    for rec, line in zip(records, stats.lines or [None] * len(records)):
+        try:
+            rows.append(tokenize(rec))
+        except ChatTemplateError as e:
+            if on_error == "raise":
+                raise DataFormatError(f"{path}:{line}: {e}") from None
+            stats.kept -= 1
+            stats.skipped += 1
+            stats.reasons[str(e)[:80]] += 1
+            continue
+        kept.append(rec)
+    if not rows:
+        raise DataFormatError(f"{path}: no record could be tokenised ({stats.skipped} skipped)")
+    return kept, rows
+
+
+def _lengths_file(data_dir: Path, split: str) -> Path:
+    return data_dir / f"lengths-{split}.npy"
+
+
+def save_lengths(builder, data_dir: Path, lengths) -> None:
+    """Each split's `lengths(example)` in the order the built source holds the examples (TFDS
+    writes them in its own order, not the order given), to `lengths-<split>.npy`."""
+    for name, source in builder.as_data_source().items():
+        np.save(_lengths_file(data_dir, name),
+                np.asarray([lengths(source[i]) for i in range(len(source))], np.int32))
+
+
+def write_splits(rows: list, data_dir: Path, features, *, seed: int,
+                 validation_fraction: float, lengths) -> dict:
+    """Split `rows` (a seeded permutation; the first `validation_fraction` held out), write them
+    as a TFDS array_record dataset in `data_dir` with each split's `lengths(example)`
+    (`save_lengths`); return the split sizes."""
+    order = np.random.default_rng(seed).permutation(len(rows))
+    n_val = int(round(validation_fraction * len(rows)))
+    splits = {"train": [rows[i] for i in order[n_val:]]}
+    if n_val:
+        splits["validation"] = [rows[i] for i in order[:n_val]]
+    builder = LocalBuilder(examples=splits, features=features, data_dir=str(data_dir),
+                           file_format="array_record")
+    builder.prepare()
+    save_lengths(builder, data_dir, lengths)
+    return {k: len(v) for k, v in splits.items()}
+
+
+def load_lengths(data_dir: Path, split: str) -> np.ndarray:
+    """The lengths `save_lengths` wrote for a split."""
+    return np.load(_lengths_file(data_dir, split))
+
+
+def _example_lengths(row: dict) -> list:
+    """[prompt tokens, longest response's tokens] of a stored row."""
+    return [int((row["prompt"] != PAD).sum()), int((row["responses"] != PAD).sum(1).max())]
+
+
+def check_not_all_cut(path, stats: dict, what: str, key: str) -> None:
+    """Refuse a length setting that cut every response (none keeps its end)."""
+    total, cut = stats.get(what), stats.get(f"{what}_truncated", 0)
+    if total and cut >= total:
+        raise DataFormatError(
+            f"{path}: every one of the {total} {what} was cut to {key}={stats['limits'][key]} "
+            f"tokens, so none ends with its end-of-turn / EOS token; raise {key}")
+
+
 def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_len: int,
                              max_response_len: int, rating_range=None, on_error: str = "raise",
                              validation_fraction: float = 0.1, seed: int = 0,
-                             append_eos: bool = True) -> PreferenceDataset:
+                             append_eos: bool = True, buckets: str = "auto") -> PreferenceDataset:
     """Validate, tokenise and write a local file as a TFDS dataset with train/validation splits.
 
-    Binary feedback (`kind="binary"`) is stored as a rating of +1 (desirable) or −1
-    (undesirable). Built datasets are keyed by the file's contents and these arguments, and
-    reused. Statistics
-    (records read/kept/skipped, truncation counts, the annotators seen) are returned and saved.
+    Prompts and responses go through the tokenizer's chat template when the records are
+    conversations (`data.chat`). Binary feedback (`kind="binary"`) is stored as a rating of +1
+    (desirable) or −1 (undesirable); named per-aspect ratings (UltraFeedback's) as a vector
+    over `stats["aspects"]`. Built datasets are keyed by the file's contents, the tokenizer and
+    these arguments, and reused. Each split is a `LengthSource` whose batches are padded to the
+    rungs of `buckets` (`data.buckets.ladder`) of each axis. Statistics (records
+    read/kept/skipped, truncation counts, the annotators seen) are returned and saved. A
+    `max_response_len` that cuts every response is refused.
     """
     path = check_data_file(path)
     eos_id = tokenizer.eos_token_id if append_eos else None
-    key = fingerprint(path, "v2", kind, type(tokenizer).__name__, len(tokenizer), eos_id,
-                       max_prompt_len, max_response_len, rating_range, on_error,
-                       validation_fraction, seed)
+    key = fingerprint(path, "v3", kind, tokenizer_key(tokenizer), eos_id, max_prompt_len,
+                      max_response_len, rating_range, on_error, validation_fraction, seed)
     data_dir = Path(out_dir) / f"{path.stem}-{key}"
     stats_file = data_dir / "stats.json"
     if not stats_file.is_file():
         records, rstats = read_records(path, kind, on_error=on_error, rating_range=rating_range)
         counts = {"prompts_truncated": 0, "responses_truncated": 0}
+        aspects = sorted({a for r in records for a in r.get("ratings", {})})
+        records, tokenised = tokenize_records(
+            path, records, rstats, lambda rec: tokenize_record(
+                rec, tokenizer, max_prompt_len, max_response_len, eos_id, counts), on_error)
         annotators = sorted({r["annotator_id"] for r in records if r["annotator_id"]})
         index = {a: i for i, a in enumerate(annotators)}
         rows = []
-        for rec in records:
-            prompt, responses = tokenize_record(rec, tokenizer, max_prompt_len,
-                                                max_response_len, eos_id, counts)
+        for rec, (prompt, responses) in zip(records, tokenised):
             if "label" in rec:  # binary feedback: desirable +1, undesirable −1
                 rating = 2.0 * rec["label"] - 1.0
             else:
                 rating = rec.get("rating")
                 rating = None if rating is None else normalise_rating(rating, *rating_range)
+            named = rec.get("ratings", {})
             rows.append({"prompt": prompt, "responses": responses,
                          "ranks": np.asarray(rec["ranks"], np.int32),
                          "rating": np.float32(0.0 if rating is None else rating),
                          "has_rating": np.int32(rating is not None),
                          "annotator": np.int32(index.get(rec["annotator_id"], -1)),
                          "confidence": np.float32(rec.get("confidence", 1.0)),
+                         "aspects": np.asarray(
+                             [normalise_rating(named[a], *rating_range) if a in named
+                              else np.nan for a in aspects], np.float32),
                          "rationale": rec["rationale"]})
         order = np.random.default_rng(seed).permutation(len(rows))
         n_val = int(round(validation_fraction * len(rows)))
@@ -199,31 +297,45 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
         counts["validation_copies_of_training_dropped"] = n_val - len(held_out)
         if held_out:
             splits["validation"] = [rows[i] for i in held_out]
-        builder = LocalBuilder(examples=splits,
-                               features=_preference_features(max_prompt_len, max_response_len),
-                               data_dir=str(data_dir), file_format="array_record")
-        builder.prepare()
         stats = {**rstats.as_dict(), **counts, "kind": kind, "annotators": annotators,
-                 "file": str(path), "prompts": len(rows),
+                 "aspects": aspects, "file": str(path), "prompts": len(rows),
                  "responses": sum(len(r["ranks"]) for r in rows),
                  "limits": {"max_prompt_len": max_prompt_len,
                             "max_response_len": max_response_len},
                  "num_responses": max(len(r["ranks"]) for r in rows),
                  "splits": {k: len(v) for k, v in splits.items()}}
+        check_not_all_cut(path, stats, "responses", "max_response_len")
+        builder = LocalBuilder(examples=splits,
+                               features=_preference_features(max_prompt_len, max_response_len,
+                                                             len(aspects)),
+                               data_dir=str(data_dir), file_format="array_record")
+        builder.prepare()
+        save_lengths(builder, data_dir, _example_lengths)
         stats_file.write_text(json.dumps(stats, indent=2))
     stats = json.loads(stats_file.read_text())
     builder = LocalBuilder(examples={},
-                           features=_preference_features(max_prompt_len, max_response_len),
+                           features=_preference_features(max_prompt_len, max_response_len,
+                                                         len(stats["aspects"])),
                            data_dir=str(data_dir), file_format="array_record")
-    sources = builder.as_data_source()
-    return PreferenceDataset(splits=dict(sources), stats=stats, annotators=stats["annotators"],
+    rungs = (ladder(max_prompt_len, buckets), ladder(max_response_len, buckets))
+    sources = {name: LengthSource(src, load_lengths(data_dir, name), rungs)
+               for name, src in builder.as_data_source().items()}
+    return PreferenceDataset(splits=sources, stats=stats, annotators=stats["annotators"],
                              max_prompt_len=max_prompt_len, max_response_len=max_response_len,
-                             num_responses=stats["num_responses"], fingerprint=key)
+                             num_responses=stats["num_responses"], fingerprint=key,
+                             aspects=stats["aspects"])
 
 
-def _to_rows(example: dict, num_responses: int, pad_id: int, index: int = 0) -> dict:
-    """One stored example (at `index` of its source) → arrays [K, P+R] in the batch layout."""
+def _to_rows(example: dict, num_responses: int, pad_id: int, index: int = 0,
+             shape: Optional[tuple[int, int]] = None) -> dict:
+    """One stored example (at `index` of its source) → arrays [K, P+R] in the batch layout, the
+    prompt and responses cut to `shape` = (P, R) (padding only; default: as stored)."""
     prompt, responses = example["prompt"], example["responses"]
+    if shape is not None:
+        p, r = shape
+        if (prompt[:-p] != PAD).any() or (responses[:, r:] != PAD).any():
+            raise ValueError(f"an example does not fit the padded shape {shape}")
+        prompt, responses = prompt[prompt.size - p:], responses[:, :r]
     k = responses.shape[0]
     if k > num_responses:
         raise ValueError(f"an example has {k} responses; the loader's num_responses is "
@@ -235,17 +347,27 @@ def _to_rows(example: dict, num_responses: int, pad_id: int, index: int = 0) -> 
     ranks[:k] = example["ranks"]
     valid = np.zeros(num_responses, np.int32)
     valid[:k] = 1
-    return {"tokens": np.where(seq == PAD, pad_id, seq), "mask": (seq != PAD).astype(np.int32),
-            "ranks": ranks, "valid": valid, "is_comparison": np.int32(k >= 2),
-            "rating": np.float32(example["rating"]), "has_rating": np.int32(example["has_rating"]),
-            "annotator": np.int32(example["annotator"]), "weight": np.float32(1.0),
-            "confidence": np.float32(example.get("confidence", 1.0)),
-            "index": np.int32(index)}
+    out = {"tokens": np.where(seq == PAD, pad_id, seq), "mask": (seq != PAD).astype(np.int32),
+           "ranks": ranks, "valid": valid, "is_comparison": np.int32(k >= 2),
+           "rating": np.float32(example["rating"]), "has_rating": np.int32(example["has_rating"]),
+           "annotator": np.int32(example["annotator"]), "weight": np.float32(1.0),
+           "confidence": np.float32(example.get("confidence", 1.0)),
+           "index": np.int32(index)}
+    aspects = example.get("aspects")
+    if aspects is not None and np.size(aspects):
+        out["aspects"] = np.asarray(aspects, np.float32)
+    return out
 
 
 def _stack(rows: Sequence[dict], prompt_len: int) -> PreferenceBatch:
     return PreferenceBatch(**{k: np.stack([r[k] for r in rows]) for k in rows[0]},
                            prompt_len=prompt_len)
+
+
+def _padded(rows: list, batch_size: int, prompt_len: int) -> PreferenceBatch:
+    """`rows` and weight-0 rows of zeros up to `batch_size`."""
+    fill = {k: np.zeros_like(v) for k, v in rows[0].items()}
+    return _stack(list(rows) + [fill] * (batch_size - len(rows)), prompt_len)
 
 
 def batch_examples(examples: Sequence[dict], *, prompt_len: int, num_responses: int,
@@ -259,16 +381,34 @@ def batch_examples(examples: Sequence[dict], *, prompt_len: int, num_responses: 
                    for ex, i in zip(examples, indices)], prompt_len)
 
 
+def bucketed_batch(source, indices, shape, *, num_responses: int,
+                   pad_id: int) -> PreferenceBatch:
+    """The rows `indices` of `source` (−1: a weight-0 padding row) padded to `shape` (P, R)."""
+    rows = [_to_rows(source[int(i)], num_responses, pad_id, int(i), shape)
+            for i in indices if i >= 0]
+    return _padded(rows, len(indices), shape[0])
+
+
 def preference_batches(sources: Sequence, batch_size: int, *, prompt_len: int,
                        num_responses: int, pad_id: int = 0, seed: int = 0,
                        weights: Optional[Sequence[float]] = None, num_epochs: Optional[int] = None,
                        shuffle: bool = True):
-    """A deterministic, checkpointable grain iterator of `PreferenceBatch`es.
+    """A deterministic, checkpointable iterator of `PreferenceBatch`es of `batch_size` rows
+    (this process's share of the batch).
 
-    Several sources (e.g. comparisons and ratings) are mixed by `weights` into the same batches.
-    Each process reads its own 1/process_count of every source. `num_epochs=None` repeats
+    One `LengthSource` with several rungs (a built dataset's split, `data.buckets`) gives
+    batches of examples of similar length, each padded to its own (P, R) shape
+    (`BucketedBatches`); otherwise every batch has the stored shape, from grain. Several
+    sources (e.g. comparisons and ratings) are mixed by `weights` into the same batches
+    (padded to the stored shape). Each process reads its own share. `num_epochs=None` repeats
     forever and drops the last partial batch; a finite count keeps it (padded rows weigh 0).
     """
+    if len(sources) == 1 and isinstance(sources[0], LengthSource) and \
+            sources[0].buckets_for(batch_size, num_epochs):
+        src = sources[0]
+        return BucketedBatches(src, batch_size, partial(
+            bucketed_batch, src, num_responses=num_responses, pad_id=pad_id), seed=seed,
+            shuffle=shuffle, num_epochs=num_epochs)
     per_host = []
     for src in sources:
         ds = grain.MapDataset.source(src).map_with_index(
@@ -282,8 +422,6 @@ def preference_batches(sources: Sequence, batch_size: int, *, prompt_len: int,
     if num_epochs is None:
         ds = ds.batch(batch_size, drop_remainder=True, batch_fn=lambda r: _stack(r, prompt_len))
     else:
-        def pad_batch(rows):
-            fill = {k: np.zeros_like(v) for k, v in rows[0].items()}
-            return _stack(list(rows) + [fill] * (batch_size - len(rows)), prompt_len)
-        ds = ds.batch(batch_size, drop_remainder=False, batch_fn=pad_batch)
+        ds = ds.batch(batch_size, drop_remainder=False,
+                      batch_fn=lambda rows: _padded(rows, batch_size, prompt_len))
     return iter(ds.to_iter_dataset())

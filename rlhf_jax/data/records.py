@@ -14,10 +14,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from rlhf_jax.data import conversation as conv
+from rlhf_jax.data.conversation import ConversationError
+
 KINDS = ("pairwise", "ranking", "rating", "binary", "prompt", "text")
 # what a binary-feedback `label` may be: desirable / undesirable, or thumbs up 1 / down 0
 BINARY_LABELS = {"desirable": 1, "undesirable": 0, 1: 1, 0: 0}
-ASSISTANT = "\n\nAssistant:"
 
 
 class DataFormatError(ValueError):
@@ -33,6 +35,7 @@ class RecordStats:
     skipped: int = 0
     reasons: Counter = dataclasses.field(default_factory=Counter)
     duplicates: int = 0  # kept records that repeat an earlier one exactly
+    lines: list = dataclasses.field(default_factory=list)  # the line of each kept record
 
     def as_dict(self) -> dict:
         """A JSON-friendly view."""
@@ -86,12 +89,14 @@ def check_data_file(path) -> Path:
         raise DataFormatError(f"{path}: cannot be read ({e.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
         raise DataFormatError(f"{path}: is {'a directory' if path.is_dir() else 'not a file'}; "
-                              "expected a .jsonl or .parquet data file")
+                              "expected a .jsonl, .json or .parquet data file")
     return path
 
 
 def iter_raw_records(path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed record) for a .jsonl / .json-lines or .parquet file."""
+    """(line number, parsed record) for a JSON-lines (.jsonl, or .json as `datasets` writes
+    it), JSON-array (.json holding `[{...}, ...]`) or .parquet file. A record that cannot be
+    parsed comes as a `DataFormatError` in place of the record (to raise or skip)."""
     path = check_data_file(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -104,8 +109,11 @@ def iter_raw_records(path) -> Iterator[tuple[int, Any]]:
             yield i, row
         return
     if path.suffix not in (".jsonl", ".json"):
-        raise DataFormatError(f"{path}: unsupported file type {path.suffix!r}; expected .jsonl "
-                              "or .parquet")
+        raise DataFormatError(f"{path}: unsupported file type {path.suffix!r}; expected .jsonl, "
+                              ".json or .parquet")
+    if path.suffix == ".json" and _starts_with(path, b"["):
+        yield from _json_array(path)
+        return
     with open(path, "rb") as f:
         for i, raw in enumerate(f, start=1):
             try:
@@ -122,21 +130,61 @@ def iter_raw_records(path) -> Iterator[tuple[int, Any]]:
                 yield i, DataFormatError(f"{path}:{i}: not valid JSON ({e.msg})")
 
 
-def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:
-    """Anthropic-HH style: the prompt is the shared prefix up to the last assistant turn.
+def _starts_with(path: Path, char: bytes) -> bool:
+    """Whether the file's first non-whitespace byte is `char`."""
+    with open(path, "rb") as f:
+        while chunk := f.read(4096):
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped[:1] == char
+    return False
 
-    Returns (prompt ending in "Assistant:", chosen reply, rejected reply).
-    """
-    common = 0
-    for a, b in zip(chosen, rejected):
-        if a != b:
-            break
-        common += 1
-    cut = chosen.rfind(ASSISTANT, 0, common + 1)
-    if cut < 0:
-        raise ValueError(f"no shared prefix ending in {ASSISTANT.strip()!r}")
-    cut += len(ASSISTANT)
-    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+def _json_array(path: Path) -> Iterator[tuple[int, Any]]:
+    """The elements of a file holding one JSON array, each with the line it starts on. The
+    array must parse as a whole: a broken element stops the file (no later element can be
+    found reliably)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise DataFormatError(f"{path}:{line}: not UTF-8 text (byte 0x"
+                              f"{path.read_bytes()[e.start]:02x})") from None
+    decoder, line, counted = json.JSONDecoder(), 1, 0
+
+    def skip(at):
+        while at < len(text) and text[at] in " \t\r\n":
+            at += 1
+        return at
+
+    def line_of(at):
+        nonlocal line, counted
+        line += text.count("\n", counted, at)
+        counted = at
+        return line
+
+    pos = skip(text.index("[") + 1)
+    if text[pos:pos + 1] == "]" and not text[pos + 1:].strip():
+        return  # an empty array
+    while True:
+        pos = skip(pos)
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{line_of(e.pos)}: not valid JSON ({e.msg})") from None
+        yield line_of(pos), value
+        pos = skip(end)
+        if text[pos:pos + 1] == ",":
+            pos += 1
+            continue
+        if text[pos:pos + 1] == "]" and not text[pos + 1:].strip():
+            return
+        raise DataFormatError(f"{path}:{line_of(pos)}: expected ',' or the closing ']' of the "
+                              "array")
+
+
+def _where(where: str, e: ConversationError) -> DataFormatError:
+    return DataFormatError(f"{where}: {e}")
 
 
 def _text(rec: dict, field: str, where: str, optional: bool = False) -> Optional[str]:
@@ -159,26 +207,233 @@ def _text(rec: dict, field: str, where: str, optional: bool = False) -> Optional
 def _responses(values: list, fields: str, where: str) -> None:
     """Every response must hold text (not only whitespace)."""
     for v in values:
-        if not v.strip():
+        if not conv.response_text(v).strip():
             raise DataFormatError(f"{where}: {fields}: a response is empty or whitespace only")
 
 
-def _validate(rec: Any, kind: str, where: str, rating_range) -> dict:
+def _field(rec: dict, field: str, where: str):
+    """A text field or a message list (either form; the caller checks they agree)."""
+    if field in rec and rec[field] is not None and conv.is_messages(rec[field]):
+        try:
+            return conv.check_messages(rec[field], field)
+        except ConversationError as e:
+            raise _where(where, e) from None
+    return _text(rec, field, where)
+
+
+def _prompt(rec: dict, where: str, field: str = "prompt"):
+    """A prompt: plain text, a message list ending on a user turn, or an HH-RLHF transcript
+    (read up to its last Human turn: a whole transcript, e.g. HH's `chosen`, gives its prompt)."""
+    value = _field(rec, field, where)
+    try:
+        if isinstance(value, str):
+            if not conv.is_hh_transcript(value):
+                return value
+            value = conv.parse_hh(value, field)
+            while len(value) > 1 and value[-1]["role"] == "assistant":
+                value = value[:-1]  # a whole transcript as a prompt: up to its last Human turn
+        return conv.check_prompt(value, field)
+    except ConversationError as e:
+        raise _where(where, e) from None
+
+
+def _completion(rec: dict, field: str, where: str, prompt):
+    """A response in the prompt's form: text after a text prompt, assistant turns after a
+    conversational one."""
+    value = _field(rec, field, where)
+    if isinstance(prompt, str) != isinstance(value, str):
+        raise DataFormatError(
+            f"{where}: the record mixes formats: field 'prompt' is "
+            f"{'text' if isinstance(prompt, str) else 'a message list'} but field {field!r} is "
+            f"{'text' if isinstance(value, str) else 'a message list'}")
+    if isinstance(value, list):
+        try:
+            conv.check_completion(value, field)
+        except ConversationError as e:
+            raise _where(where, e) from None
+    return value
+
+
+def _pair(rec: dict, where: str) -> tuple:
+    """(prompt, chosen, rejected) of the pairwise forms: explicit prompt (text or messages),
+    TRL's implicit prompt (whole conversations sharing their prompt turns; UltraFeedback's
+    binarised `prompt` string, when given, must be that prompt's last user turn) and HH-RLHF
+    transcripts."""
+    chosen, rejected = _field(rec, "chosen", where), _field(rec, "rejected", where)
+    if isinstance(chosen, str) != isinstance(rejected, str):
+        raise DataFormatError(f"{where}: the record mixes formats: fields 'chosen' and "
+                              "'rejected' must both be text or both message lists")
+    given = rec.get("prompt")
+    whole = isinstance(chosen, list) and chosen[0]["role"] != "assistant"
+    if isinstance(chosen, str) and given is None:
+        if not (conv.is_hh_transcript(chosen) and conv.is_hh_transcript(rejected)):
+            raise DataFormatError(f"{where}: fields 'chosen'/'rejected' without 'prompt' must "
+                                  "be conversations sharing their prompt (message lists or "
+                                  "'\\n\\nHuman:' / '\\n\\nAssistant:' transcripts)")
+        try:
+            chosen, rejected = conv.parse_hh(chosen, "chosen"), conv.parse_hh(rejected,
+                                                                             "rejected")
+        except ConversationError as e:
+            raise _where(where, e) from None
+        whole = True
+    if whole and (given is None or isinstance(given, str)):
+        try:
+            prompt, (chosen, rejected) = conv.split_shared_prompt(
+                [chosen, rejected], "'chosen'/'rejected'")
+            conv.check_prompt(prompt)
+            conv.check_completion(chosen, "chosen")
+            conv.check_completion(rejected, "rejected")
+        except ConversationError as e:
+            raise _where(where, e) from None
+        if given is not None:
+            _text(rec, "prompt", where)
+            if given.strip() != conv.last_user_text(prompt).strip():
+                raise DataFormatError(f"{where}: the record mixes formats: field 'prompt' is "
+                                      "text that differs from the user turn that the "
+                                      "conversations in 'chosen'/'rejected' share")
+        return prompt, chosen, rejected
+    prompt = _prompt(rec, where)
+    return (prompt, _completion(rec, "chosen", where, prompt),
+            _completion(rec, "rejected", where, prompt))
+
+
+def _rating_value(value, name: str, where: str, rating_range) -> float:
+    if isinstance(value, str):  # UltraFeedback writes its ratings as strings
+        try:
+            value = float(value)
+        except ValueError:
+            raise DataFormatError(f"{where}: {name}={value!r} is not a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value):
+        raise DataFormatError(f"{where}: {name} must be a finite number")
+    low, high = rating_range
+    if not low <= value <= high:
+        raise DataFormatError(f"{where}: {name}={value} is outside the declared range "
+                              f"[{low}, {high}]")
+    return float(value)
+
+
+def _named_ratings(rec: dict, where: str, rating_range) -> dict:
+    """The optional `ratings` field: named (per-aspect) ratings on the declared range."""
+    ratings = rec.get("ratings")
+    if ratings is None:
+        return {}
+    if not isinstance(ratings, dict) or not ratings or not all(
+            isinstance(k, str) and k for k in ratings):
+        raise DataFormatError(f"{where}: field 'ratings' must map aspect names to ratings")
+    return {k: _rating_value(v, f"field 'ratings'[{k!r}]", where, rating_range)
+            for k, v in ratings.items()}
+
+
+def _ultrafeedback(rec: dict, kind: str, where: str, rating_range) -> list[dict]:
+    """openbmb/UltraFeedback's rows: an `instruction` and its `completions`, each rated per
+    aspect (`annotations[aspect]["Rating"]`, 1–5, "N/A" when not rated). The instruction is a
+    user turn and every completion an assistant turn. A completion's score is the mean of its
+    aspect ratings (the `fine-grained_score`); kind "ranking" ranks the completions by it,
+    "pairwise" takes the best against the worst, "rating" gives one record per completion with
+    the score as `rating` and the aspects as named `ratings`."""
+    if kind not in ("ranking", "pairwise", "rating"):
+        raise DataFormatError(f"{where}: an UltraFeedback row (instruction, completions) gives "
+                              f"ranking, pairwise or rating records, not {kind}")
+    instruction = _text(rec, "instruction", where)
+    completions = rec["completions"]
+    if not isinstance(completions, list) or not completions:
+        raise DataFormatError(f"{where}: field 'completions' must be a non-empty list")
+    prompt = [{"role": "user", "content": instruction}]
+    scored = []
+    for i, c in enumerate(completions):
+        at = f"field 'completions'[{i}]"
+        if not isinstance(c, dict):
+            raise DataFormatError(f"{where}: {at} must be an object")
+        response = _text(c, "response", f"{where}: {at}")
+        notes = c.get("annotations")
+        if not isinstance(notes, dict):
+            raise DataFormatError(f"{where}: {at}: field 'annotations' must be an object of "
+                                  "aspects")
+        aspects = {}
+        for name, note in notes.items():
+            value = note.get("Rating") if isinstance(note, dict) else None
+            if value in (None, "N/A"):
+                continue
+            aspects[name] = _rating_value(value, f"{at} annotations[{name!r}]", where,
+                                          rating_range or (1, 5))
+        if aspects and response.strip():
+            scored.append(([{"role": "assistant", "content": response}],
+                           sum(aspects.values()) / len(aspects), aspects))
+    if len(scored) < (1 if kind == "rating" else 2):
+        raise DataFormatError(f"{where}: fewer than {1 if kind == 'rating' else 2} completions "
+                              "with text and at least one aspect rating")
+    if kind == "rating":
+        return [{"prompt": prompt, "responses": [r], "ranks": [0], "rating": s, "ratings": a}
+                for r, s, a in scored]
+    order = sorted(range(len(scored)), key=lambda i: -scored[i][1])
+    if scored[order[0]][1] == scored[order[-1]][1]:
+        raise DataFormatError(f"{where}: every completion has the same score; nothing is "
+                              "preferred")
+    if kind == "pairwise":
+        order = [order[0], order[-1]]
+    scores = sorted({scored[i][1] for i in order}, reverse=True)
+    return [{"prompt": prompt, "responses": [scored[i][0] for i in order],
+             "ranks": [scores.index(scored[i][1]) for i in order]}]
+
+
+def _sft(rec: dict, where: str) -> dict:
+    """A text to learn: `text` (plain), `messages` (a conversation: its assistant turns are
+    learnt) or `prompt` + `completion` (text or messages: the completion is learnt)."""
+    if "messages" in rec and rec["messages"] is not None:
+        try:
+            messages = conv.check_messages(rec["messages"], "messages")
+        except ConversationError as e:
+            raise _where(where, e) from None
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+            raise DataFormatError(f"{where}: field 'messages' has no assistant turn with text")
+        return {"messages": messages}
+    if "text" not in rec and "completion" in rec:
+        prompt = _prompt(rec, where)
+        completion = _completion(rec, "completion", where, prompt)
+        _responses([completion], "field 'completion'", where)
+        return {"prompt": prompt, "completion": completion}
+    value = _text(rec, "text", where)
+    if not value.strip():
+        raise DataFormatError(f"{where}: field 'text' is empty")
+    return {"text": value}
+
+
+def _nested(rec: dict, path: str, where: str):
+    """The value at a dotted `path` (e.g. RealToxicityPrompts' `prompt.text`) as {leaf: value}."""
+    *parents, leaf = path.split(".")
+    for name in parents:
+        if not isinstance(rec.get(name), dict):
+            raise DataFormatError(f"{where}: field {name!r} must be an object holding "
+                                  f"{path!r}")
+        rec = rec[name]
+    return {"prompt": rec.get(leaf)}
+
+
+def _validate(rec: Any, kind: str, where: str, rating_range, field: Optional[str] = None) \
+        -> list[dict]:
     if isinstance(rec, Exception):
         raise rec
     if not isinstance(rec, dict):
         raise DataFormatError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     extra = {"annotator_id": _text(rec, "annotator_id", where, optional=True) or "",
              "rationale": _text(rec, "rationale", where, optional=True) or ""}
+    if kind == "text":
+        return [{**_sft(rec, where), **extra}]
+    if kind == "prompt":
+        if field and field != "prompt":
+            rec = _nested(rec, field, where)
+        elif isinstance(rec.get("prompt"), dict) and "role" not in rec["prompt"]:
+            raise DataFormatError(f"{where}: field 'prompt' is an object; name the text inside "
+                                  "it, e.g. prompts.field=prompt.text")
+        value = _prompt(rec, where)
+        if isinstance(value, str) and not value.strip():
+            raise DataFormatError(f"{where}: field {field or 'prompt'!r} is empty")
+        return [{"prompt": value, "responses": [], "ranks": [], **extra}]
+    if "instruction" in rec and "completions" in rec and "prompt" not in rec:
+        return [{**r, **extra} for r in _ultrafeedback(rec, kind, where, rating_range)]
     if kind == "pairwise":
-        chosen, rejected = _text(rec, "chosen", where), _text(rec, "rejected", where)
-        prompt = _text(rec, "prompt", where, optional=True)
-        if prompt is None:  # whole dialogues
-            try:
-                prompt, chosen, rejected = split_dialogue(chosen, rejected)
-            except ValueError as e:
-                raise DataFormatError(f"{where}: fields 'chosen'/'rejected' without 'prompt' "
-                                      f"must be dialogues sharing a prefix ({e})") from None
+        prompt, chosen, rejected = _pair(rec, where)
         _responses([chosen, rejected], "fields 'chosen'/'rejected'", where)
         if chosen == rejected:
             raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' are identical")
@@ -190,19 +445,15 @@ def _validate(rec: Any, kind: str, where: str, rating_range) -> dict:
                 raise DataFormatError(f"{where}: field 'probability'={prob!r} must be a number "
                                       "in [0.5, 1] (the probability that 'chosen' is better)")
             out["confidence"] = float(prob)
-        return out
-    if kind in ("prompt", "text"):  # prompts for sampling; text for PPO-ptx
-        value = _text(rec, kind, where)
-        if not value.strip():
-            raise DataFormatError(f"{where}: field {kind!r} is empty")
-        return {"prompt": value, "responses": [], "ranks": [], **extra}
-    prompt = _text(rec, "prompt", where)
+        return [out]
+    prompt = _prompt(rec, where)
     if kind == "ranking":
         responses = rec.get("responses")
-        if not isinstance(responses, list) or len(responses) < 2 or not all(
-                isinstance(r, str) for r in responses):
+        if not isinstance(responses, list) or len(responses) < 2:
             raise DataFormatError(f"{where}: field 'responses' must be a list of at least two "
-                                  "strings")
+                                  "responses")
+        responses = [_completion({"responses": r}, "responses", where, prompt)
+                     for r in responses]
         ranks = rec.get("ranks")
         if ranks is None:
             ranks = list(range(len(responses)))  # given in preference order
@@ -220,27 +471,26 @@ def _validate(rec: Any, kind: str, where: str, rating_range) -> dict:
                 if responses[a] == responses[b] and ranks[a] != ranks[b]:
                     raise DataFormatError(f"{where}: field 'responses' has the same text at "
                                           f"{b} and {a} with different ranks")
-        return {"prompt": prompt, "responses": responses, "ranks": ranks, **extra}
-    response = _text(rec, "response", where)
-    _responses([response], "field 'response'", where)
-    if kind == "binary":  # thumbs up/down (KTO's unpaired feedback)
+        return [{"prompt": prompt, "responses": responses, "ranks": ranks, **extra}]
+    name = "completion" if "response" not in rec and "completion" in rec else "response"
+    response = _completion(rec, name, where, prompt)
+    _responses([response], f"field {name!r}", where)
+    if kind == "binary":  # thumbs up/down (KTO's unpaired feedback; TRL's boolean label)
         label = rec.get("label")
-        if isinstance(label, bool) or not isinstance(label, (str, int)) or \
-                label not in BINARY_LABELS:
-            raise DataFormatError(f"{where}: field 'label'={label!r} must be 'desirable' or "
-                                  "'undesirable' (or thumbs 1 / 0)")
-        return {"prompt": prompt, "responses": [response], "ranks": [0],
-                "label": BINARY_LABELS[label], **extra}
-    rating = rec.get("rating")
-    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or \
-            not math.isfinite(rating):
-        raise DataFormatError(f"{where}: field 'rating' must be a finite number")
-    low, high = rating_range
-    if not low <= rating <= high:
-        raise DataFormatError(f"{where}: field 'rating'={rating} is outside the declared range "
-                              f"[{low}, {high}]")
-    return {"prompt": prompt, "responses": [response], "ranks": [0], "rating": float(rating),
-            **extra}
+        if isinstance(label, bool):
+            label = int(label)
+        if not isinstance(label, (str, int)) or label not in BINARY_LABELS:
+            raise DataFormatError(f"{where}: field 'label'={rec.get('label')!r} must be "
+                                  "'desirable' or 'undesirable' (or true / false, 1 / 0)")
+        return [{"prompt": prompt, "responses": [response], "ranks": [0],
+                 "label": BINARY_LABELS[label], **extra}]
+    ratings = _named_ratings(rec, where, rating_range)
+    if rec.get("rating") is None and ratings:
+        rating = sum(ratings.values()) / len(ratings)  # the mean of the aspects
+    else:
+        rating = _rating_value(rec.get("rating"), "field 'rating'", where, rating_range)
+    out = {"prompt": prompt, "responses": [response], "ranks": [0], "rating": rating, **extra}
+    return [{**out, "ratings": ratings}] if ratings else [out]
 
 
 def normalise_rating(rating, low: float, high: float):
@@ -249,13 +499,24 @@ def normalise_rating(rating, low: float, high: float):
 
 
 def read_records(path, kind: str, *, on_error: str = "raise",
-                 rating_range: Optional[tuple[float, float]] = None) -> tuple[list[dict], RecordStats]:
-    """Validated records in a common form: prompt, responses, ranks (+ rating, annotator, rationale).
+                 rating_range: Optional[tuple[float, float]] = None,
+                 field: Optional[str] = None) -> tuple[list[dict], RecordStats]:
+    """Validated records in a common form: prompt, responses, ranks (+ rating, named ratings,
+    label, confidence, annotator, rationale).
 
     `kind` is "pairwise", "ranking", "rating", "binary" (a response labelled desirable or
-    undesirable: `label` 1 / 0), "prompt" (prompts alone, for sampling) or "text"; ratings need
-    their declared `rating_range`. Exact duplicates of an earlier record are kept and
-    counted (`stats.duplicates`); dataset builders keep them out of validation splits.
+    undesirable: `label` 1 / 0, TRL's true / false), "prompt" (prompts alone, for sampling;
+    `field` names a nested one such as RealToxicityPrompts' "prompt.text") or "text" (SFT:
+    `text`, `messages`, or `prompt` + `completion`); ratings need their declared
+    `rating_range`. Every kind reads plain text or conversations (see `data.conversation`):
+    a prompt is text or messages ending on a user turn, a response text or assistant turns,
+    and a record uses one form throughout; pairwise records may be whole conversations sharing
+    their prompt (TRL's implicit prompt, HH-RLHF transcripts); an UltraFeedback row gives
+    ranking, pairwise or rating records (`_ultrafeedback`). In the common form a conversational
+    prompt is a message list and each response a list of assistant messages.
+    Exact duplicates of an earlier record are kept and counted (`stats.duplicates`); dataset
+    builders keep them out of validation splits. `stats.read` counts the file's records (lines),
+    `kept` the records returned (an UltraFeedback row rated per completion gives several).
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
@@ -269,17 +530,20 @@ def read_records(path, kind: str, *, on_error: str = "raise",
     for line, rec in iter_raw_records(path):
         stats.read += 1
         try:
-            record = _validate(rec, kind, f"{path}:{line}", rating_range)
-            key = record_key(record)
-            stats.duplicates += key in seen
-            seen.add(key)
-            out.append(record)
-            stats.kept += 1
+            records = _validate(rec, kind, f"{path}:{line}", rating_range, field)
         except DataFormatError as e:
             if on_error == "raise":
                 raise
             stats.skipped += 1
             stats.reasons[str(e).split(": ", 1)[-1][:80]] += 1
+            continue
+        for record in records:
+            key = record_key(record)
+            stats.duplicates += key in seen
+            seen.add(key)
+            out.append(record)
+            stats.lines.append(line)
+            stats.kept += 1
     if not out:
         raise DataFormatError(f"{path}: no valid {kind} records ({stats.read} read)")
     return out, stats

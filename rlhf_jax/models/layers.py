@@ -144,14 +144,15 @@ class Attention(nn.Module):
     """Causal multi-head / grouped-query attention (Vaswani et al. 2017; Ainslie et al. 2023).
 
     Queries occupy cache slots `cache_index + t`; key slot s is visible to query slot q when
-    s <= q and `slot_mask_bs[b, s]` is 1. Without a cache the slots are simply 0..T-1.
+    s <= q and `slot_mask_bs[b, s]` is 1. Without a cache the slots are simply 0..T-1, and
+    `segment_ids_bt` (packed rows) restricts attention to keys of the query's own segment.
     """
 
     config: TransformerConfig
 
     @nn.compact
     def __call__(self, x_btd, slot_mask_bs, positions_bt, cache: Optional[dict],
-                 cache_index, deterministic: bool):
+                 cache_index, deterministic: bool, segment_ids_bt=None):
         cfg = self.config
         h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dense = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
@@ -190,9 +191,12 @@ class Attention(nn.Module):
             # slots 0..T−1 of an empty cache, so its queries see exactly these keys.
             k = nn.with_logical_constraint(k, (BATCH, LENGTH, ACT_KV_HEADS, None))
             v = nn.with_logical_constraint(v, (BATCH, LENGTH, ACT_KV_HEADS, None))
+            key_mask = (slot_mask_bs[:, :t] > 0)[:, None, None]
+            if segment_ids_bt is not None:  # packed rows: keys of the query's own segment
+                key_mask = key_mask & (segment_ids_bt[:, None, :, None]
+                                       == segment_ids_bt[:, None, None, :])
             out = jax.nn.dot_product_attention(
-                q, k.astype(q.dtype), v.astype(q.dtype),
-                mask=(slot_mask_bs[:, :t] > 0)[:, None, None], is_causal=True,
+                q, k.astype(q.dtype), v.astype(q.dtype), mask=key_mask, is_causal=True,
                 implementation="cudnn" if cfg.attention == "cudnn" else "xla")
             return self._out(out, deterministic), new_cache
         # XLA's own path (attention="xla"; and decode steps, attention dropout): explicit
@@ -203,6 +207,8 @@ class Attention(nn.Module):
         q_slots = cache_index + jnp.arange(t)
         visible_bts = (jnp.arange(s)[None, :] <= q_slots[:, None])[None] & (
             slot_mask_bs[:, None, :] > 0)
+        if segment_ids_bt is not None:
+            visible_bts = visible_bts & (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])
 
         groups = h // kv
         q = q.reshape(b, t, kv, groups, hd).transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, hd]
@@ -256,14 +262,15 @@ class Block(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, x_btd, slot_mask_bs, positions_bt, cache, cache_index, deterministic):
+    def __call__(self, x_btd, slot_mask_bs, positions_bt, cache, cache_index, deterministic,
+                 segment_ids_bt=None):
         cfg = self.config
         norm_cls = LayerNorm if cfg.is_gpt2 else RMSNorm
         norm = dict(eps=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
         drop = nn.Dropout(cfg.resid_dropout)
         attn_out, new_cache = Attention(cfg, name="attn")(
             norm_cls(name="attn_norm", **norm)(x_btd), slot_mask_bs, positions_bt, cache,
-            cache_index, deterministic)
+            cache_index, deterministic, segment_ids_bt)
         x_btd = x_btd + drop(attn_out, deterministic=deterministic or cfg.resid_dropout == 0)
         mlp_out = MLP(cfg, name="mlp")(norm_cls(name="mlp_norm", **norm)(x_btd), deterministic)
         x_btd = x_btd + drop(mlp_out, deterministic=deterministic or cfg.resid_dropout == 0)

@@ -48,6 +48,8 @@ class Transformer(nn.Module):
 
     `__call__` returns the final hidden states [B, T, D] and, when a cache is passed, the updated
     cache. `attention_mask` covers all key slots: [B, T] without a cache, [B, S] with one.
+    `segment_ids` [B, T] (packed rows: 1, 2, … per example, 0 on padding) lets each token attend
+    only within its own segment; pass the per-segment `position_ids` with them.
     `inputs_embeds` [B, T, D] replaces the token-embedding lookup (position embeddings are still
     added), as Hugging Face's `inputs_embeds` does: what gradient-based attributions
     differentiate through. Hidden state l (0: the embeddings, l: after block l, the last one
@@ -76,8 +78,12 @@ class Transformer(nn.Module):
         self.embed_dropout = nn.Dropout(cfg.embd_dropout)
 
     def __call__(self, tokens_bt, attention_mask=None, position_ids=None, *, cache=None,
-                 cache_index=0, deterministic: bool = True, inputs_embeds=None):
+                 cache_index=0, deterministic: bool = True, inputs_embeds=None,
+                 segment_ids=None):
         cfg = self.config
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids (packed rows) are for training and scoring, not "
+                             "with a KV cache")
         b, t = (tokens_bt if inputs_embeds is None else inputs_embeds).shape[:2]
         slots = t if cache is None else cache[0]["k"].shape[2]
         cfg.check_length(slots)
@@ -100,7 +106,7 @@ class Transformer(nn.Module):
             x = self._tap(i, x)
             x, layer_cache = block(x, attention_mask, position_ids,
                                    None if cache is None else cache[i], cache_index,
-                                   deterministic)
+                                   deterministic, segment_ids)
             new_cache.append(layer_cache)
         return self._tap(cfg.num_layers, self.final_norm(x)), (None if cache is None
                                                                else new_cache)
@@ -167,7 +173,8 @@ class DecoderModel(nn.Module):
     computes logits for the final position only ([B, 1, V]); `skip_logits=True` none at all (for
     `models.predicted_logprobs` with `config.logit_chunk`). `inputs_embeds` [B, T, D] (from
     `model.apply(..., method="embed")`) stands in for the tokens' embeddings; pass
-    `tokens_bt=None` with it.
+    `tokens_bt=None` with it. `segment_ids` [B, T] keep packed examples apart (see
+    `Transformer`).
     """
 
     config: TransformerConfig
@@ -197,11 +204,12 @@ class DecoderModel(nn.Module):
     def __call__(self, tokens_bt, attention_mask=None, position_ids=None, *, cache=None,
                  cache_index=0, deterministic: bool = True,
                  last_logits_only: bool = False, skip_logits: bool = False,
-                 inputs_embeds=None) -> ModelOutput:
+                 inputs_embeds=None, segment_ids=None) -> ModelOutput:
         hidden, new_cache = self.transformer(tokens_bt, attention_mask, position_ids,
                                              cache=cache, cache_index=cache_index,
                                              deterministic=deterministic,
-                                             inputs_embeds=inputs_embeds)
+                                             inputs_embeds=inputs_embeds,
+                                             segment_ids=segment_ids)
         out = {"hidden": hidden, "cache": new_cache}
         if "lm" in self.heads and not skip_logits:
             h = hidden[:, -1:] if last_logits_only else hidden  # prefill needs the last only

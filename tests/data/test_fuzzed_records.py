@@ -101,7 +101,7 @@ def test_every_fuzzed_record_is_named_or_counted(tmp_path, kind):
 
     tok = data.builtin.train_tokenizer(tmp_path / "tok")
     ds = data.build_preference_dataset(whole, kind, tok, tmp_path / "built", max_prompt_len=6,
-                                       max_response_len=6, rating_range=RANGE, on_error="skip",
+                                       max_response_len=16, rating_range=RANGE, on_error="skip",
                                        validation_fraction=0.2)
     assert ds.stats["kept"] == kept and ds.stats["skipped"] == stats.skipped
     assert sum(ds.stats["splits"].values()) + ds.stats[

@@ -4,8 +4,9 @@ import json
 import numpy as np
 import pytest
 
+from rlhf_jax.data import render_plain
 from rlhf_jax.data import (DataFormatError, build_preference_dataset, describe_dataset,
-                           preference_batches, read_records, split_dialogue)
+                           preference_batches, read_records)
 from tests.hf_reference import train_tiny_tokenizer
 
 
@@ -30,8 +31,8 @@ def tok(tmp_path_factory):
     ("rating", {"prompt": "p", "response": "a", "rating": 11}, r"'rating'=11 is outside the "
                                                                 r"declared range \[1, 10\]"),
     ("binary", {"prompt": "p", "response": "a", "label": "good"}, r"data.jsonl:2: field "
-     r"'label'='good' must be 'desirable' or 'undesirable' \(or thumbs 1 / 0\)"),
-    ("binary", {"prompt": "p", "response": "a", "label": True}, r"field 'label'=True must be"),
+     r"'label'='good' must be 'desirable' or 'undesirable' \(or true / false, 1 / 0\)"),
+    ("binary", {"prompt": "p", "response": "a", "label": "yes"}, r"field 'label'='yes' must be"),
     ("binary", {"prompt": "p", "response": "a", "label": 2}, r"field 'label'=2 must be"),
     ("binary", {"prompt": "p", "response": "a"}, r"field 'label'=None must be"),
     ("binary", {"prompt": "p", "response": " ", "label": 1}, r"field 'response': a response "
@@ -52,12 +53,18 @@ def test_malformed_record_named(tmp_path, kind, row, match):
 def test_dialogues_and_ties(tmp_path):
     chosen = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: cat?\n\nAssistant: a pet"
     rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: cat?\n\nAssistant: no idea"
-    prompt, c, r = split_dialogue(chosen, rejected)
-    assert prompt.endswith("cat?\n\nAssistant:") and c == " a pet" and r == " no idea"
     path = _jsonl(tmp_path / "hh.jsonl", [{"chosen": chosen, "rejected": rejected,
                                           "annotator_id": "x", "rationale": "kinder"}])
     (rec,), _ = read_records(path, "pairwise")
-    assert rec["prompt"] == prompt and rec["responses"] == [c, r] and rec["rationale"] == "kinder"
+    # an HH-RLHF transcript is a conversation: the shared turns up to the last Human turn
+    assert rec["prompt"] == [{"role": "user", "content": "hi"},
+                             {"role": "assistant", "content": "hello"},
+                             {"role": "user", "content": "cat?"}]
+    assert rec["responses"] == [[{"role": "assistant", "content": "a pet"}],
+                                [{"role": "assistant", "content": "no idea"}]]
+    assert rec["rationale"] == "kinder"
+    # without a chat template it is rendered back to the transcript it came from
+    assert render_plain(rec["prompt"], True) == chosen[:chosen.rindex(" a pet")]
     path = _jsonl(tmp_path / "rank.jsonl", [{"prompt": "p", "responses": ["a", "b", "c"],
                                             "ranks": [1, 0, 1]}])
     (rec,), _ = read_records(path, "ranking")
@@ -76,7 +83,7 @@ def test_parquet_input(tmp_path):
 
 def test_build_tokenise_and_load(tmp_path, tok):
     rows = [{"prompt": f"the cat sat on the mat {i}", "chosen": "a dog ran in the park",
-             "rejected": "hello", "annotator_id": f"a{i % 3}"} for i in range(30)]
+             "rejected": "a cat", "annotator_id": f"a{i % 3}"} for i in range(30)]
     path = _jsonl(tmp_path / "pairs.jsonl", rows)
     ds = build_preference_dataset(path, "pairwise", tok, tmp_path / "built", max_prompt_len=5,
                                   max_response_len=4, validation_fraction=0.2)
@@ -154,7 +161,7 @@ def test_binary_feedback_is_a_rating_of_plus_or_minus_one(tmp_path, tok):
             {"prompt": "q", "response": "fine", "label": 1},
             {"prompt": "q", "response": "awful", "label": 0}]
     ds = build_preference_dataset(_jsonl(tmp_path / "thumbs.jsonl", rows), "binary", tok,
-                                  tmp_path / "built", max_prompt_len=4, max_response_len=4,
+                                  tmp_path / "built", max_prompt_len=4, max_response_len=12,
                                   validation_fraction=0.0)
     assert ds.stats["kind"] == "binary" and ds.annotators == ["u1"]
     batch = next(preference_batches([ds.splits["train"]], 4, prompt_len=4, num_responses=1,
