@@ -3,12 +3,13 @@ classifier, measure KL, and summarise them with the alignment metrics of `eval.m
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.data import prompt_text
 from rlhf_jax.eval.metrics import distinct_n_bootstrap, mean_se
 from rlhf_jax.eval.scorers import PROFANITY_THRESHOLD, profanity_probabilities
 from rlhf_jax.models import TransformerConfig, response_logprobs
@@ -29,11 +30,12 @@ def _judge(ref_params, proxy_params, *seq, config, temperature, proxy_fn):
 def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict, key, *,
                     sampling: SamplingConfig, tokenizer,
                     gold_fn: Optional[Callable[[str, str], float]] = None,
-                    proxy_fn: Optional[Callable] = None, proxy_params=None) -> dict:
+                    proxy_fn: Optional[Callable] = None, proxy_params=None,
+                    prompt_texts: Optional[Sequence] = None) -> dict:
     """Sample one response per prompt row and judge it.
 
     Returns per-sample rows (prompt, response, gold, proxy, kl, length, eos, profanity,
-    profane) and their summary (`_summarise`): the gold score `gold_fn(prompt, response)` (NaN
+    profane) and their summary (`summarise`): the gold score `gold_fn(prompt, response)` (NaN
     without one), the proxy (reward-model) score `proxy_fn(proxy_params, prompt_tokens,
     prompt_mask, response_tokens, response_mask)`, the sequence KL(π ‖ π_ref) estimated by
     Σ_t log π(y_t) − log π_ref(y_t) over the sampled tokens (k1, at the sampling temperature),
@@ -41,7 +43,10 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
     probability (`eval.scorers.profanity_probabilities`, one call for all responses) with its
     flag `profane` = 1 when it exceeds 0.5.
     The reference is read with adapters off (`config.without_lora()`): with LoRA, pass the
-    policy's own parameters as `ref_params`.
+    policy's own parameters as `ref_params`. `prompt_texts` (one per row: text or a message
+    list) are the rows' prompts as given, kept in the rows and shown to `gold_fn` as text
+    (`data.prompt_text`); without them a prompt is its decoded tokens. A response is decoded
+    without control tokens (a chat template's end of turn included).
     """
     tokens, mask = prompts["tokens"], prompts["mask"]
     out = generate(params, tokens, mask, key, config=config, sampling=sampling)
@@ -51,19 +56,23 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
     kl = jnp.sum((out.logprobs - ref_logp) * out.mask, axis=1)
     host = jax.device_get((tokens, mask, out.tokens, out.mask, kl, proxy, out.ended_with_eos))
     rows = []
-    for p, pm, r, rm, k, s, eos in zip(*host):
-        prompt = tokenizer.decode(p[pm > 0], skip_special_tokens=True)
+    if prompt_texts is not None and len(prompt_texts) != len(host[0]):
+        prompt_texts = None  # another process's rows: decode them
+    for i, (p, pm, r, rm, k, s, eos) in enumerate(zip(*host)):
+        prompt = (prompt_texts[i] if prompt_texts is not None
+                  else tokenizer.decode(p[pm > 0], skip_special_tokens=True))
         response = tokenizer.decode(r[rm > 0], skip_special_tokens=True)
         rows.append({"prompt": prompt, "response": response,
-                     "gold": gold_fn(prompt, response) if gold_fn else float("nan"),
+                     "gold": gold_fn(prompt_text(prompt), response) if gold_fn
+                     else float("nan"),
                      "proxy": float(s), "kl": float(k),
                      "length": int(rm.sum()), "eos": bool(eos)})
     for row, prob in zip(rows, profanity_probabilities([r["response"] for r in rows])):
         row["profanity"], row["profane"] = float(prob), int(prob > PROFANITY_THRESHOLD)
-    return {"summary": _summarise(rows), "rows": rows}
+    return {"summary": summarise(rows), "rows": rows}
 
 
-def _summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict]) -> dict:
     """The alignment metrics of judged rows, each {"mean", "stderr"}: gold, proxy, KL and
     length (tokens) as mean ± std (ddof=1) / √n; `profanity_rate`, the same of the 0/1 flag
     P(profane) > 0.5; `distinct_1` and `distinct_2`, distinct n-grams over the responses / their
@@ -91,21 +100,24 @@ def best_of_n_kl(n: int) -> float:
 def evaluate_best_of_n(ref_params, config: TransformerConfig, prompts: dict, key, *, n: int,
                        sampling: SamplingConfig, tokenizer, proxy_fn: Callable, proxy_params,
                        gold_fn: Optional[Callable[[str, str], float]] = None,
-                       chunk: int = 256) -> dict:
+                       chunk: int = 256, prompt_texts: Optional[Sequence] = None) -> dict:
     """Best-of-n reranking: sample `n` responses per prompt row from the policy, keep the one
     the proxy (reward model) scores highest, and judge it as `evaluate_policy` does. The KL
     is the analytic `best_of_n_kl(n)` for every row (an upper bound when samples repeat; the
     sampled-token estimate is 0: the samples come from the reference itself). Rows are sampled in chunks of `chunk`."""
     tokens, mask = (np.asarray(x) for x in jax.device_get((prompts["tokens"], prompts["mask"])))
     rep_t, rep_m = np.repeat(tokens, n, axis=0), np.repeat(mask, n, axis=0)
+    texts = None if prompt_texts is None else [t for t in prompt_texts for _ in range(n)]
     rows = []
     for start in range(0, len(rep_t), chunk):
         part = {"tokens": rep_t[start:start + chunk], "mask": rep_m[start:start + chunk]}
         rows += evaluate_policy(ref_params, ref_params, config, part,
                                 jax.random.fold_in(key, start), sampling=sampling,
                                 tokenizer=tokenizer, gold_fn=gold_fn, proxy_fn=proxy_fn,
-                                proxy_params=proxy_params)["rows"]
+                                proxy_params=proxy_params,
+                                prompt_texts=None if texts is None
+                                else texts[start:start + chunk])["rows"]
     kl = best_of_n_kl(n)
     best = [max(rows[i:i + n], key=lambda r: r["proxy"]) for i in range(0, len(rows), n)]
     best = [{**r, "kl": kl} for r in best]
-    return {"summary": {**_summarise(best), "n": n}, "rows": best}
+    return {"summary": {**summarise(best), "n": n}, "rows": best}

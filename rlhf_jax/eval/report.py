@@ -136,6 +136,22 @@ METRIC_NOTES = (
     "√n.")
 
 
+def table_text(text: str) -> str:
+    """Text for a Markdown table cell: pipes escaped, line breaks as <br>, other control
+    characters dropped, HTML's < and & escaped (the cell stays one valid row of text)."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
+    text = text.replace("\r\n", "\n").replace("\n", "<br>")
+    return "".join(c for c in text if c >= " " or c == "\t").replace("\t", " ")
+
+
+def prompt_cell(prompt) -> str:
+    """A prompt for a table cell: its text, or a conversation turn by turn with each role in
+    bold."""
+    if isinstance(prompt, str):
+        return table_text(prompt)
+    return "<br>".join(f"**{m['role']}:** {table_text(m['content'])}" for m in prompt)
+
+
 def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
                  reward_summary: dict, policy_rows: list[dict], evaluation: dict,
                  gold_key: str = "reward_terms/vader") -> Path:
@@ -233,8 +249,8 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
     for title, part in ((before_label, ev["before"]), (f"after {name}", ev["after"])):
         lines += [f"### {title}", "", "| prompt | response | gold | proxy |", "|---|---|---|---|"]
         for r in part["rows"][:info.get("report_samples", 8)]:
-            resp = r["response"].replace("|", "\\|") or "(empty)"
-            lines.append(f"| {r['prompt']} | {resp} | {r['gold']:.3f} | {r['proxy']:.3f} |")
+            lines.append(f"| {prompt_cell(r['prompt'])} | {table_text(r['response']) or '(empty)'}"
+                         f" | {r['gold']:.3f} | {r['proxy']:.3f} |")
         lines.append("")
     report_path.write_text("\n".join(lines))
     return report_path

@@ -8,6 +8,8 @@ import json
 import math
 from typing import Optional, Sequence
 
+from rlhf_jax.data.conversation import last_user_text, prompt_from_text
+
 ROLES = ("annotator", "admin")
 
 
@@ -42,13 +44,26 @@ class Annotator:
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """Something to label: a prompt and its responses; `uid` is its id as given or hashed."""
+    """Something to label: a prompt and its responses; `uid` is its id as given or hashed. A
+    conversational prompt is stored as its JSON message list (`data.prompt_record_text`)."""
 
     id: int
     uid: str
     prompt: str
     responses: list
     meta: dict
+
+    @property
+    def conversation(self) -> Optional[list]:
+        """The prompt's messages when it is a conversation, else None."""
+        value = prompt_from_text(self.prompt)
+        return value if isinstance(value, list) else None
+
+    @property
+    def summary(self) -> str:
+        """One line of the prompt: its text, or a conversation's last user turn."""
+        conversation = self.conversation
+        return self.prompt if conversation is None else last_user_text(conversation)
 
 
 @dataclasses.dataclass(frozen=True)

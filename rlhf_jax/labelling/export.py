@@ -31,6 +31,9 @@ def export_records(labels: Sequence[Label], kind: str) -> tuple[list[dict], dict
     - "ranking": every label that prefers something → {"prompt", "responses", "ranks"}
       (0 = best, ties kept);
     - "rating": every rated response → {"prompt", "response", "rating"}.
+
+    A task whose prompt is a conversation exports conversational records: the prompt as its
+    messages and each response as an assistant turn (`data.read_records` reads both forms).
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
@@ -38,6 +41,10 @@ def export_records(labels: Sequence[Label], kind: str) -> tuple[list[dict], dict
                        "not_pairwise": 0}
     for lab in labels:
         t, ranks = lab.task, lab.ranks
+        conversation = t.conversation
+        prompt = t.prompt if conversation is None else conversation
+        reply = (lambda text: text) if conversation is None else (  # noqa: E731
+            lambda text: [{"role": "assistant", "content": text}])
         if kind == "pairwise":
             if len(t.responses) != 2:
                 counts["not_pairwise"] += 1
@@ -46,18 +53,18 @@ def export_records(labels: Sequence[Label], kind: str) -> tuple[list[dict], dict
                 counts["ties_left_out"] += 1
                 continue
             best = 0 if ranks[0] < ranks[1] else 1
-            out.append({"prompt": t.prompt, "chosen": t.responses[best],
-                        "rejected": t.responses[1 - best], **_common(lab)})
+            out.append({"prompt": prompt, "chosen": reply(t.responses[best]),
+                        "rejected": reply(t.responses[1 - best]), **_common(lab)})
         elif kind == "ranking":
             if len(set(ranks)) < 2:
                 counts["ties_left_out"] += 1
                 continue
-            out.append({"prompt": t.prompt, "responses": t.responses, "ranks": ranks,
-                        **_common(lab)})
+            out.append({"prompt": prompt, "responses": [reply(r) for r in t.responses],
+                        "ranks": ranks, **_common(lab)})
         else:
             for i, (resp, rating) in enumerate(zip(t.responses, lab.ratings)):
                 if rating is not None:
-                    out.append({"prompt": t.prompt, "response": resp, "rating": rating,
+                    out.append({"prompt": prompt, "response": reply(resp), "rating": rating,
                                 "response_index": i, **_common(lab)})
     counts["records"] = len(out)
     return out, counts

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from rlhf_jax.data import PreferenceBatch, preference_batches
+from rlhf_jax.data.buckets import rung_of
 from rlhf_jax.data.preference import _to_rows
 from rlhf_jax.offline.objective import reference_logprobs
 
@@ -18,12 +19,19 @@ from rlhf_jax.offline.objective import reference_logprobs
 def partner_rows(source, batch, *, num_responses: int, pad_id: int) -> dict:
     """KTO's mismatched completions for a batch read from `source`: each row's prompt with the
     first response of example (index + 1) mod N. Fixed per example, so the reference's
-    log-probs of them can be cached. Returns {"tokens", "mask"} [B, P+R]."""
+    log-probs of them can be cached. Returns {"tokens", "mask"} [B, P+R'], P the batch's
+    prompt length and R' the rung of the longest partner response (a bucketed source) or the
+    stored length."""
     n, p = len(source), batch.prompt_len
-    others = [_to_rows(source[(i + 1) % n], num_responses, pad_id)
-              for i in np.asarray(batch.index).tolist()]
-    return {k: np.concatenate([getattr(batch, k)[:, 0, :p],
-                               np.stack([o[k][0, p:] for o in others])], axis=1)
+    others = [source[(i + 1) % n] for i in np.asarray(batch.index).tolist()]
+    stored_p = others[0]["prompt"].size
+    rows = [_to_rows(o, num_responses, pad_id) for o in others]
+    response = {k: np.stack([r[k][0, stored_p:] for r in rows]) for k in ("tokens", "mask")}
+    rungs = getattr(source, "rungs", None)
+    if rungs is not None:  # bucketed: the rung of the longest partner response
+        r = int(rung_of(max(int(response["mask"].sum(1).max()), 1), rungs[1]))
+        response = {k: v[:, :r] for k, v in response.items()}
+    return {k: np.concatenate([getattr(batch, k)[:, 0, :p], response[k]], axis=1)
             for k in ("tokens", "mask")}
 
 

@@ -67,8 +67,10 @@ def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,
     if ptx is not None:
         text = DecoderModel(config, heads=("lm",)).apply(
             {"params": params["policy"]}, ptx["tokens"], ptx["mask"], skip_logits=chunked)
-        nll_sum, n = model_nll_sum(text, params["policy"], config, ptx["tokens"],
-                                   next_token_targets(ptx["mask"]))
+        targets = next_token_targets(ptx["mask"])
+        if "loss_mask" in ptx:  # the texts' learnt tokens (all of a plain text)
+            targets = targets * ptx["loss_mask"]
+        nll_sum, n = model_nll_sum(text, params["policy"], config, ptx["tokens"], targets)
         ptx_nll = nll_sum / jnp.maximum(n, 1.0)
         loss = loss + ppo.ptx_coef * ptx_nll
         metrics["ppo/ptx_nll"] = ptx_nll

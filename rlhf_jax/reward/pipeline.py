@@ -14,8 +14,9 @@ _score = jax.jit(batch_rewards, static_argnums=0)  # one compile per model and b
 
 def score_source(model, params, source, *, batch_size: int, prompt_len: int,
                  num_responses: int, pad_id: int = 0):
-    """Rewards [N, K(, M)], ranks [N, K], valid [N, K] and annotators [N] of a whole split."""
-    rewards, ranks, valid, annotator = [], [], [], []
+    """Rewards [N, K(, M)], ranks [N, K], valid [N, K] and annotators [N] of a whole split, in
+    the source's order (a bucketed pass visits examples by length)."""
+    rewards, ranks, valid, annotator, index = [], [], [], [], []
     for batch in preference_batches([source], batch_size, prompt_len=prompt_len,
                                     num_responses=num_responses, pad_id=pad_id, num_epochs=1,
                                     shuffle=False):
@@ -24,8 +25,9 @@ def score_source(model, params, source, *, batch_size: int, prompt_len: int,
         ranks.append(batch.ranks[keep])
         valid.append(batch.valid[keep])
         annotator.append(batch.annotator[keep])
-    return (np.concatenate(rewards), np.concatenate(ranks), np.concatenate(valid),
-            np.concatenate(annotator))
+        index.append(batch.index[keep])
+    order = np.argsort(np.concatenate(index), kind="stable")
+    return tuple(np.concatenate(x)[order] for x in (rewards, ranks, valid, annotator))
 
 
 def evaluate_comparisons(model, params, source, *, annotators=(), **kw) -> dict:

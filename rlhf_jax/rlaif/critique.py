@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from rlhf_jax.data import prompt_text
 from rlhf_jax.rlaif.constitution import Constitution
 from rlhf_jax.sampling.text import TextSampler
 
@@ -33,7 +34,8 @@ def critique_revision(sampler: TextSampler, constitution: Constitution, prompts:
     records = [{"prompt": p, "initial": r, "rounds": []} for p, r in zip(prompts, current)]
     for k in range(rounds):
         picks = [usable[i] for i in rng.choice(len(usable), size=len(prompts), p=w / w.sum())]
-        ctx = [f"{p} {r}" for p, r in zip(prompts, current)]
+        # a conversation is critiqued as its plain transcript (`data.prompt_text`)
+        ctx = [f"{prompt_text(p)} {r}" for p, r in zip(prompts, current)]
         crit_in = [CRITIQUE.format(context=c, request=pr.critique) for c, pr in zip(ctx, picks)]
         critiques = sampler(crit_in, jax.random.fold_in(key, 2 * k + 1))
         rev_in = [REVISION.format(context=ci, critique=cr, request=pr.revision)

@@ -12,10 +12,12 @@ from rlhf_jax.sampling.decode import SamplingConfig, generate
 
 
 class TextSampler:
-    """Batched sampling of continuations of texts from a policy directory, through `generate`
-    (left-padded, prompts cut from the left to `max_len` tokens, every batch padded to
-    `batch_size` rows so one compiled program serves every call). The tokenizer's EOS ends a
-    continuation, besides `sampling.eos_token_ids`."""
+    """Batched sampling of continuations of texts or conversations (message lists, rendered
+    with the chat template's generation prompt) from a policy directory, through `generate`
+    (left-padded, prompts cut from the left to `max_len` tokens as `data.chat` cuts them,
+    every batch padded to `batch_size` rows so one compiled program serves every call). The
+    chat template's end of turn and the tokenizer's EOS end a continuation, besides
+    `sampling.eos_token_ids`."""
 
     def __init__(self, policy_dir: str, *, max_len: int = 128,
                  sampling: Optional[SamplingConfig] = None, batch_size: int = 32):
@@ -24,12 +26,11 @@ class TextSampler:
         self.tok = models.load_tokenizer(policy_dir, self.config)
         self.max_len, self.batch_size = max_len, batch_size
         sampling = sampling or SamplingConfig(max_new_tokens=24)
-        eos = (() if self.tok.eos_token_id is None else (self.tok.eos_token_id,)) + \
-            sampling.eos_token_ids
+        eos = data.encoder_for(self.tok).stop_ids + sampling.eos_token_ids
         self.sampling = dataclasses.replace(sampling, eos_token_ids=tuple(dict.fromkeys(eos)),
                                             pad_token_id=self.tok.pad_token_id or 0)
 
-    def __call__(self, texts: Sequence[str], key) -> list[str]:
+    def __call__(self, texts: Sequence, key) -> list[str]:
         """One sampled continuation of each text (decoded, stripped), batch s with key
         fold_in(key, s)."""
         counts = {"prompts_truncated": 0}

@@ -2,6 +2,7 @@
 and returning a small result; the run-directory layout; the end-to-end pipeline."""
 from rlhf_jax.stages.cli import USER_ERRORS, run_script
 from rlhf_jax.stages.common import RunConfig, StageResult
+from rlhf_jax.stages.evaluate import EvalConfig, evaluate_prompts
 from rlhf_jax.stages.layout import (ConfigMismatchError, PipelineLayout, RunLayout,
                                     check_run_config, record_run_config)
 from rlhf_jax.stages.offline import OfflineConfig, OfflineData, train_offline

@@ -27,15 +27,27 @@ class StageResult:
     data: tuple[str, ...] = ()  # one line per prepared dataset: counts, splits, truncation
 
 
+def shapes_note(batches, axes: str = "tokens") -> str:
+    """"; N padded shapes (…)" of bucketed batches (each shape compiles a step once), "; packed
+    …" of packed ones, "" otherwise."""
+    batches = getattr(batches, "local", batches)  # through GlobalBatches
+    if isinstance(batches, data.PackedBatches):
+        return (f"; packed {batches.examples_per_row():.1f} texts per row of "
+                f"{batches.row_len} tokens")
+    if isinstance(batches, data.BucketedBatches):
+        return "; " + data.describe_shapes(batches.shapes(), axes)
+    return ""
+
+
 def labelled_dataset(dc, train_file: str, tokenizer, layout: RunLayout, seed: int):
     """The prepared preference dataset of a stage's data settings `dc` (a `RewardData`): built
     once by the main process, its one-line description printed, and refused when
     `dc.validation_fraction` > 0 leaves no held-out records. Returns (dataset, line)."""
     ds = train.main_process_first(
         data.build_preference_dataset, train_file, dc.kind, tokenizer, layout.built_data,
-        max_prompt_len=dc.max_prompt_len, max_response_len=dc.max_response_len,
+        max_prompt_len=dc.prompt_len, max_response_len=dc.response_len,
         rating_range=(dc.rating_low, dc.rating_high), on_error=dc.on_error,
-        validation_fraction=dc.validation_fraction, seed=seed)
+        validation_fraction=dc.validation_fraction, seed=seed, buckets=dc.buckets)
     note = data_note(ds.stats, {k: f"data.{k}" for k in ("max_prompt_len", "max_response_len")})
     if dc.validation_fraction > 0 and "validation" not in ds.splits:
         raise ValueError(f"{train_file}: no held-out records are left with "
@@ -44,9 +56,10 @@ def labelled_dataset(dc, train_file: str, tokenizer, layout: RunLayout, seed: in
     return ds, note
 
 
-def data_note(stats: dict, keys: dict) -> str:
-    """`data.describe_dataset` of a prepared dataset, printed once (main process)."""
-    line = data.describe_dataset(stats, keys)
+def data_note(stats: dict, keys: dict, batches=None, axes: str = "") -> str:
+    """`data.describe_dataset` of a prepared dataset, printed once (main process), with the
+    padded shapes its batches take (bucketed: each compiles the step once) or its packing."""
+    line = data.describe_dataset(stats, keys) + shapes_note(batches, axes)
     if train.is_main_process():
         print(line, flush=True)
     return line

@@ -12,7 +12,7 @@ import jax
 from rlhf_jax import data, models, offline, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
-                                    builtin_tokenizer, check_batch_size, export_policy,
+                                    builtin_tokenizer, check_batch_size, export_policy, shapes_note,
                                     freeze_rule, labelled_dataset, model_overrides,
                                     optimizer_config, shardings_of, start_run,
                                     train_with_checkpoints)
@@ -27,8 +27,10 @@ class OfflineData(RewardData):
     rating (which kinds a method reads: `offline.METHOD_KINDS`); empty: `builtin_pairs`
     comparisons of the built-in task. Ratings are declared on [rating_low, rating_high]."""
 
-    kind: str = "pairwise"  # pairwise (HH dialogues too) | ranking | binary | rating
-    max_response_len: int = 12  # response tokens kept (EOS included)
+    # pairwise (TRL / HH-RLHF / UltraFeedback too) | ranking | binary | rating
+    kind: str = "pairwise"
+
+    BUILTIN_LENGTHS = (8, 12)  # the built-in task's responses, EOS included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,7 @@ class OfflineConfig(RunConfig):
 
     run_dir: str = "runs/offline"
     policy_dir: str = ""  # local Hugging Face directory of the policy; empty: the preset
+    chat_template: str = ""  # a Jinja chat template file for the tokenizer (empty: its own)
     preset: str = "tiny-llama"  # built-in model size when policy_dir is empty
     data: OfflineData = OfflineData()
     loss: offline.OfflineLossConfig = offline.OfflineLossConfig()
@@ -93,8 +96,9 @@ def _reference_identity(cfg: OfflineConfig) -> dict:
 
 def _tokenizer(cfg: OfflineConfig, layout: RunLayout):
     if cfg.policy_dir:
-        return models.load_tokenizer(cfg.policy_dir, models.load_hf_config(cfg.policy_dir)), {}
-    tokenizer = builtin_tokenizer(layout)
+        tok = models.load_tokenizer(cfg.policy_dir, models.load_hf_config(cfg.policy_dir))
+        return data.use_template(tok, cfg.chat_template), {}
+    tokenizer = data.use_template(builtin_tokenizer(layout), cfg.chat_template)
     return tokenizer, {"vocab_size": len(tokenizer)}
 
 
@@ -122,7 +126,7 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
     check_batch_size("batch_size", cfg.batch_size, mesh,
                      [("num_microbatches", cfg.num_microbatches)])
     pad_id, kto = tokenizer.pad_token_id or 0, lc.method == "kto"
-    shape = dict(prompt_len=dc.max_prompt_len, num_responses=max(1, ds.num_responses),
+    shape = dict(prompt_len=dc.prompt_len, num_responses=max(1, ds.num_responses),
                  pad_id=pad_id)
     place = lambda tree: train.global_batch_from_local(tree, mesh, rules)  # noqa: E731
     ref_params, caches = None, {}
@@ -183,6 +187,7 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
     local = cfg.batch_size // jax.process_count()
     batches = inputs("train", data.preference_batches([ds.splits["train"]], local,
                                                       seed=cfg.seed, **shape))
+    note += shapes_note(batches, "prompt×response")
     eval_sums = jax.jit(lambda p, x: offline.make_offline_loss(
         model, lc, x.get("ref_params"), ref_model)(
             p, {k: v for k, v in x.items() if k != "ref_params"}, None))

@@ -35,8 +35,12 @@ class PipelineConfig:
     dpo, cdpo, rdpo, ipo, simpo, orpo, kto, awr, filtered_bc). The reward model is trained in
     every case: it is the proxy the report measures.
 
-    `policy_dir`: a local HF directory to start from (with its tokenizer); empty: the tiny preset
-    with a tokenizer trained on the built-in corpus. `preference_file`: your pairwise
+    `policy_dir`: a local HF directory to start from (with its tokenizer, and its chat template
+    or `chat_template`); empty: the tiny preset with a tokenizer trained on the built-in corpus.
+    Files may hold plain text or conversations (`data.read_records`); conversations go through
+    the chat template in every stage, and responses end with its end-of-turn token.
+    Lengths of 0 are sized for the data: 8 prompt / 10 response tokens on the built-in task,
+    512 / 256 with a `policy_dir` (`prompt_len`, `new_tokens`). `preference_file`: your pairwise
     comparisons; empty: simulated annotators (Bradley–Terry noise with `annotator_temperatures`
     around the `gold` judge of `eval.TEXT_TERMS`) label pairs of SFT samples. `sft.steps = 0`
     skips SFT (then `policy_dir` is needed).
@@ -49,7 +53,10 @@ class PipelineConfig:
     sft_file: str = ""  # JSONL/Parquet text field for SFT; empty: the built-in corpus
     # your pairwise comparisons; empty: simulated annotators label SFT samples
     preference_file: str = ""
-    prompts_file: str = ""  # JSONL/Parquet prompt field; empty: the built-in prompts
+    prompts_file: str = ""  # JSONL/JSON/Parquet prompts; empty: the built-in prompts
+    prompts_field: str = "prompt"  # the prompts' field; dotted for a nested one (prompt.text)
+    # a Jinja chat template file for the tokenizer (empty: the tokenizer's own, if any)
+    chat_template: str = ""
     # the judge behind the simulated annotators and the report (eval.TEXT_TERMS)
     gold: str = "vader"
     # the simulated annotators' own judge when it differs from gold; empty: gold
@@ -61,8 +68,10 @@ class PipelineConfig:
     constitution: str = ""  # feedback=ai: constitution file; empty: the packaged default
     judge_model_dir: str = ""  # feedback=ai: HF directory of the LM judge ("lm" principles)
     comparisons: int = 1500  # prompts whose sample pairs the simulated annotators label
-    max_prompt_len: int = 8  # prompt tokens kept in every stage
-    max_new_tokens: int = 10  # response tokens sampled in every stage
+    # prompt tokens kept in every stage; 0: 8 on the built-in task, 512 with a policy_dir
+    max_prompt_len: int = 0
+    # response tokens sampled in every stage; 0: 10 on the built-in task, 256 with a policy_dir
+    max_new_tokens: int = 0
     eval_samples: int = 160  # responses per policy in the final evaluation
     report_samples: int = 8  # samples per policy shown in the report
     # ppo | rloo | grpo | best_of_n | dpo | cdpo | rdpo | ipo | simpo | orpo | kto | awr |
@@ -109,12 +118,27 @@ class PipelineConfig:
         if not temps or min(temps) <= 0:
             raise ValueError(f"annotator_temperatures={self.annotator_temperatures!r}: expected "
                              "comma-separated positive numbers, one per annotator")
+        for name in ("max_prompt_len", "max_new_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected > 0 (or 0: the "
+                                 "default)")
         for stage, fields in _PIPELINE_OWNED.items():
             default = PipelineConfig.__dataclass_fields__[stage].default
             for path, source in fields.items():
                 if _get(getattr(self, stage), path) != _get(default, path):
                     raise ValueError(f"{stage}.{path} is set by the pipeline (from {source}); "
                                      f"set {source} instead")
+
+
+    @property
+    def prompt_len(self) -> int:
+        """`max_prompt_len`, or its default: 8 on the built-in task, 512 with a policy_dir."""
+        return self.max_prompt_len or (512 if self.policy_dir else 8)
+
+    @property
+    def new_tokens(self) -> int:
+        """`max_new_tokens`, or its default: 10 on the built-in task, 256 with a policy_dir."""
+        return self.max_new_tokens or (256 if self.policy_dir else 10)
 
 
 PPO_FAMILY = ("ppo", "rloo", "grpo")
@@ -124,15 +148,18 @@ STAGES = ("sft", "reward", "ppo", "offline")
 # Fields of the stage configs that the pipeline sets itself, and from what.
 _PIPELINE_OWNED = {
     "sft": {"run_dir": "run_dir", "seed": "seed", "model_dir": "policy_dir", "lora": "lora",
+            "chat_template": "chat_template",
             "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
             "data.file": "sft_file",
             "data.source": "the built-in text task"},
     "reward": {"run_dir": "run_dir", "seed": "seed", "model_dir": "the SFT export or policy_dir",
+               "chat_template": "chat_template",
                "lora": "lora and lora_reward",
                "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
                "data.train_file": "preference_file", "data.max_prompt_len": "max_prompt_len",
                "data.max_response_len": "max_new_tokens"},
     "ppo": {"run_dir": "run_dir", "seed": "seed", "policy_dir": "the SFT export or policy_dir",
+            "chat_template": "chat_template", "prompts.field": "prompts_field",
             "lora": "lora",
             "reward_dir": "the reward stage's export",
             "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
@@ -141,6 +168,7 @@ _PIPELINE_OWNED = {
             "sampling.max_new_tokens": "max_new_tokens", "monitor_terms": "gold",
             "rollout.advantage": "method", "rollout.group_size": "group_size"},
     "offline": {"run_dir": "run_dir", "seed": "seed", "lora": "lora",
+                "chat_template": "chat_template",
                 "policy_dir": "the SFT export or policy_dir",
                 "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
                 "data.train_file": "preference_file", "data.kind": "reward.data.kind",
@@ -187,16 +215,29 @@ class PipelineResult:
     preempted_stage: Optional[str] = None
 
 
-def _prompt_texts(cfg: PipelineConfig, n: int) -> list[str]:
-    texts = ([r["prompt"] for r in data.read_records(cfg.prompts_file, "prompt")[0]]
+def _prompt_texts(cfg: PipelineConfig, n: int) -> list:
+    """`n` prompts (text or message lists), the prompt file's cycled, or the built-in ones."""
+    texts = ([r["prompt"] for r in data.read_records(cfg.prompts_file, "prompt",
+                                                     field=cfg.prompts_field)[0]]
              if cfg.prompts_file else data.builtin.PROMPTS)
     return [texts[i % len(texts)] for i in range(n)]
 
 
 def _encode(tokenizer, texts, length: int) -> dict:
+    """Prompts left-padded to the rung of `length`'s ladder that holds the longest of them."""
     counts = {"prompts_truncated": 0}
     rows = np.stack([data.preference.encode_prompt(tokenizer, t, length, counts) for t in texts])
+    longest = int((rows != data.preference.PAD).sum(1).max())
+    rows = rows[:, length - int(data.buckets.rung_of(longest, data.ladder(length))):]
     return data.prompt_arrays(rows, tokenizer.pad_token_id or 0)
+
+
+def _as_pair_record(record: dict) -> dict:
+    """A labelled pair whose prompt is a conversation, with its responses as assistant turns."""
+    if isinstance(record["prompt"], str):
+        return record
+    turn = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    return {**record, "chosen": turn(record["chosen"]), "rejected": turn(record["rejected"])}
 
 
 def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir: str, gold_fn,
@@ -206,13 +247,13 @@ def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir:
     as pairwise JSONL; returns the count and how often the gold judge agrees with the labels.
     Pairs with an empty response are left out (and counted): there is no text to judge."""
     config, params = models.load_hf_checkpoint(policy_dir)
-    tok = models.load_tokenizer(policy_dir, config)
+    tok = data.use_template(models.load_tokenizer(policy_dir, config), cfg.chat_template)
     sampling = resolve_sampling(tok, ppo_cfg)
     pairs, key, all_texts = [], jax.random.key(cfg.seed + 100), _prompt_texts(cfg, cfg.comparisons)
     empty = 0
     for chunk in range(0, cfg.comparisons, 250):
         texts = all_texts[chunk:chunk + 250]
-        batch = _encode(tok, [t for t in texts for _ in (0, 1)], cfg.max_prompt_len)
+        batch = _encode(tok, [t for t in texts for _ in (0, 1)], cfg.prompt_len)
         out = generate(params, batch["tokens"], batch["mask"], jax.random.fold_in(key, chunk),
                        config=config, sampling=sampling)
         toks, mask = jax.device_get((out.tokens, out.mask))
@@ -224,19 +265,22 @@ def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir:
                 pairs.append((p, a, b))
     temps = tuple(float(t) for t in cfg.annotator_temperatures.split(","))
     judge = rl_eval.TEXT_TERMS[cfg.annotator_judge] if cfg.annotator_judge else gold_fn
-    humans = data.builtin.simulate_annotators(pairs, judge, temperatures=temps, seed=cfg.seed)
+    # judges read a conversation's plain rendering; the records keep the conversation
+    as_text = [(data.prompt_text(p), a, b) for p, a, b in pairs]
+    humans = data.builtin.simulate_annotators(as_text, judge, temperatures=temps, seed=cfg.seed)
     extra = {}
     if cfg.feedback == "ai":  # AI labels; the simulated humans' labels are the yardstick
         records = rlaif.ai_label(rlaif.constitution_judge(cfg.constitution, cfg.judge_model_dir,
-                                                          seed=cfg.seed), pairs)
+                                                          seed=cfg.seed), as_text)
         extra["ai_human_agreement"] = float(np.mean(
             [r["chosen"] == h["chosen"] for r, h in zip(records, humans)]))
         extra["ai_labels_by_principle"] = dict(Counter(r["annotator_id"] for r in records))
     else:
         records = humans
-    train.on_main_process(data.builtin.write_jsonl, path, records)
     agree = [np.sign(gold_fn(r["prompt"], r["chosen"]) - gold_fn(r["prompt"], r["rejected"]))
              for r in records]  # how often the judge itself sides with the label (ties: half)
+    records = [_as_pair_record({**r, "prompt": p}) for r, (p, _, _) in zip(records, pairs)]
+    train.on_main_process(data.builtin.write_jsonl, path, records)
     return {"comparisons": len(records), "pairs_with_an_empty_response": empty,
             "feedback": cfg.feedback, **extra,
             "gold_label_agreement": float(np.mean(
@@ -256,12 +300,14 @@ def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig,
     draws, so a win rate over them would not be the usual one."""
     config, ref = models.load_hf_checkpoint(ppo_cfg.policy_dir)
     rm_config, rm_params, rm_meta = reward.load_reward_model(ppo_cfg.reward_dir)
-    tok = models.load_tokenizer(ppo_cfg.policy_dir, config)
-    prompts = _encode(tok, _prompt_texts(cfg, cfg.eval_samples), cfg.max_prompt_len)
+    tok = data.use_template(models.load_tokenizer(ppo_cfg.policy_dir, config),
+                            cfg.chat_template)
+    texts = _prompt_texts(cfg, cfg.eval_samples)
+    prompts = _encode(tok, texts, cfg.prompt_len)
     proxy = reward.reward_model_scorer(rm_config, rm_meta["num_outputs"],
                                        ppo_cfg.reward_std_coef)
     kw = dict(sampling=resolve_sampling(tok, ppo_cfg), tokenizer=tok, gold_fn=gold_fn,
-              proxy_fn=proxy, proxy_params=rm_params)
+              proxy_fn=proxy, proxy_params=rm_params, prompt_texts=texts)
     key = jax.random.key(cfg.seed + 200)
     out = {"before": rl_eval.evaluate_policy(ref, ref, config, prompts, key, **kw)}
     if policy_dir is None:
@@ -281,6 +327,8 @@ def check_inputs(cfg: PipelineConfig) -> None:
     directory fails in seconds rather than after minutes of training: the policy directory
     (config and tokenizer), the preference, prompt and SFT files (every record, as the stages
     will read them), and that the run directory can be written."""
+    if cfg.chat_template:
+        data.read_template(cfg.chat_template)
     if cfg.policy_dir:
         models.load_tokenizer(cfg.policy_dir, models.load_hf_config(cfg.policy_dir))
     if cfg.feedback == "ai" and not cfg.preference_file:
@@ -293,12 +341,13 @@ def check_inputs(cfg: PipelineConfig) -> None:
             models.load_tokenizer(cfg.judge_model_dir,
                                   models.load_hf_config(cfg.judge_model_dir))
     rd = cfg.reward.data
-    for path, kind, on_error in ((cfg.preference_file, rd.kind, rd.on_error),
-                                 (cfg.prompts_file, "prompt", cfg.ppo.prompts.on_error),
-                                 (cfg.sft_file, "text", "raise")):
+    for path, kind, on_error, field in (
+            (cfg.preference_file, rd.kind, rd.on_error, None),
+            (cfg.prompts_file, "prompt", cfg.ppo.prompts.on_error, cfg.prompts_field),
+            (cfg.sft_file, "text", cfg.sft.data.on_error, None)):
         if path:
             data.read_records(path, kind, on_error=on_error,
-                              rating_range=(rd.rating_low, rd.rating_high))
+                              rating_range=(rd.rating_low, rd.rating_high), field=field)
     check_writable(cfg.run_dir)
 
 
@@ -308,25 +357,26 @@ def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, 
     otherwise."""
     rd = cfg.reward.data
     common = {"seed": cfg.seed, "allow_config_change": cfg.allow_config_change,
-              "compile_cache": _compile_cache(cfg, layout), "lora": cfg.lora}
+              "compile_cache": _compile_cache(cfg, layout), "lora": cfg.lora,
+              "chat_template": cfg.chat_template}
     values = {
         "sft": {**common, "run_dir": str(layout.stage("sft").root), "model_dir": cfg.policy_dir,
                 "lora": cfg.lora if cfg.policy_dir else models.LoraConfig(),
                 "data.file": cfg.sft_file, "data.source": "text"},
         "reward": {**common, "run_dir": str(layout.stage("reward").root), "model_dir": policy_dir,
                    "lora": cfg.lora if cfg.lora_reward else models.LoraConfig(),
-                   "data.train_file": prefs, "data.max_prompt_len": cfg.max_prompt_len,
-                   "data.max_response_len": cfg.max_new_tokens + 2},
+                   "data.train_file": prefs, "data.max_prompt_len": cfg.prompt_len,
+                   "data.max_response_len": cfg.new_tokens + 2},
         "ppo": {**common, "run_dir": str(layout.stage("ppo").root), "policy_dir": policy_dir,
                 "reward_dir": str(layout.stage("reward").export), "prompts.file": cfg.prompts_file,
-                "prompts.max_prompt_len": cfg.max_prompt_len,
-                "sampling.max_new_tokens": cfg.max_new_tokens, "monitor_terms": cfg.gold,
+                "prompts.field": cfg.prompts_field, "prompts.max_prompt_len": cfg.prompt_len,
+                "sampling.max_new_tokens": cfg.new_tokens, "monitor_terms": cfg.gold,
                 "rollout.advantage": cfg.method if cfg.method in ("rloo", "grpo") else "gae",
                 "rollout.group_size": cfg.group_size if cfg.method in ("rloo", "grpo") else 1},
         "offline": {**common, "run_dir": str(layout.stage("offline").root),
                     "policy_dir": policy_dir, "data.train_file": prefs,
-                    "data.kind": cfg.reward.data.kind, "data.max_prompt_len": cfg.max_prompt_len,
-                    "data.max_response_len": cfg.max_new_tokens + 2,
+                    "data.kind": cfg.reward.data.kind, "data.max_prompt_len": cfg.prompt_len,
+                    "data.max_response_len": cfg.new_tokens + 2,
                     "data.rating_low": rd.rating_low, "data.rating_high": rd.rating_high,
                     "data.on_error": rd.on_error,
                     # unused unless the method is offline: one that reads the data's kind
@@ -337,6 +387,14 @@ def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, 
     assert {k: set(v) for k, v in values.items()} == \
         {k: set(v) for k, v in _PIPELINE_OWNED.items()}, "keep _PIPELINE_OWNED in step"
     return tuple(_replace(getattr(cfg, stage), values[stage]) for stage in STAGES)
+
+
+def run_inputs(cfg: PipelineConfig, layout: PipelineLayout) -> tuple[str, str]:
+    """(the policy the reward and policy stages start from, the comparisons they learn from):
+    the SFT export or `policy_dir` when SFT is skipped; the user's preference file or the
+    comparisons the run labels."""
+    policy_dir = cfg.policy_dir if cfg.sft.steps <= 0 else str(layout.stage("sft").export)
+    return policy_dir, cfg.preference_file or str(layout.comparisons)
 
 
 def _compile_cache(cfg: PipelineConfig, layout: PipelineLayout) -> str:
@@ -378,8 +436,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
               flush=True)
         return PipelineResult(str(layout.root), preempted_stage=name)
 
-    policy_dir = cfg.policy_dir if cfg.sft.steps <= 0 else str(layout.stage("sft").export)
-    prefs = cfg.preference_file or str(layout.comparisons)
+    policy_dir, prefs = run_inputs(cfg, layout)
     sft, rm, ppo_cfg, off_cfg = stage_configs(cfg, layout, policy_dir, prefs)
     notes = []
     if cfg.sft.steps > 0:

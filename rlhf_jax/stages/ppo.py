@@ -23,19 +23,36 @@ from rlhf_jax.train import ConfigError, OptimizerConfig
 
 @dataclasses.dataclass(frozen=True)
 class PromptData:
-    """Prompts: the `prompt` field of a JSONL/Parquet `file` (empty: the built-in prompts)."""
+    """Prompts: the `field` of a JSONL/JSON/Parquet `file` — text, a conversation ending on a
+    user turn (rendered with the chat template's generation prompt), or an HH-RLHF transcript;
+    a dotted `field` reads a nested one (RealToxicityPrompts: `prompt.text`). Empty file: the
+    built-in prompts. `max_prompt_len` 0 keeps 8 tokens of the built-in prompts and 512 of a
+    file's; rollouts are padded to the `buckets` rung of their longest prompt."""
 
-    file: str = ""  # JSONL/Parquet with a prompt field; empty: the built-in prompts
-    max_prompt_len: int = 8  # prompt tokens kept (cut from the left)
+    file: str = ""  # JSONL/JSON/Parquet with prompts; empty: the built-in prompts
+    field: str = "prompt"  # the prompt's field; dotted for a nested one (prompt.text)
+    max_prompt_len: int = 0  # prompt tokens kept (cut from the left); 0: 8 built-in, 512 a file
     on_error: str = "raise"  # raise: stop at a malformed record; skip: skip and count it
+    buckets: str = "auto"  # padded prompt lengths: auto (4 rungs halving from the max) | off
+
+    def __post_init__(self):
+        if self.max_prompt_len < 0:
+            raise ValueError(f"prompts.max_prompt_len={self.max_prompt_len}: expected > 0 (or "
+                             "0: the default)")
+        data.ladder(max(self.max_prompt_len, 1), self.buckets)  # a malformed spec fails here
+
+    @property
+    def prompt_len(self) -> int:
+        """`max_prompt_len`, or its default for the built-in prompts (8) or a file (512)."""
+        return self.max_prompt_len or (512 if self.file else 8)
 
 
 @dataclasses.dataclass(frozen=True)
 class PtxData:
-    """PPO-ptx text (a `text` field; empty file: the built-in corpus), used when ppo.ptx_coef
-    > 0."""
+    """PPO-ptx text (`text`, `messages` or `prompt` + `completion` records, each ending with
+    EOS or its end of turn; empty file: the built-in corpus), used when ppo.ptx_coef > 0."""
 
-    file: str = ""  # JSONL/Parquet with a text field; empty: the built-in corpus
+    file: str = ""  # JSONL/JSON/Parquet of texts or conversations; empty: the built-in corpus
     batch_size: int = 16  # text rows per iteration, over all processes
     max_len: int = 24  # tokens per text row
 
@@ -51,9 +68,10 @@ class PPOStageConfig(RunConfig):
 
     `critic`: "reward" (a separate critic initialised from the reward model) or "shared" (a value
     head on the policy); critic-free advantages (`rollout.advantage` rloo / grpo) use neither.
-    `sampling`'s EOS ids are completed with the tokenizer's EOS and `stop_tokens`
-    (comma-separated single vocabulary tokens that end a response); its pad id is replaced by
-    the tokenizer's. An ensemble reward model scores mean − `reward_std_coef`·std.
+    `sampling`'s EOS ids are completed with the chat template's end-of-turn token, the
+    tokenizer's EOS and `stop_tokens` (comma-separated single vocabulary tokens that end a
+    response); its pad id is replaced by the tokenizer's. An ensemble reward model scores
+    mean − `reward_std_coef`·std.
     `reward_terms` weights text scorers (`eval.TEXT_TERMS`) added to the score; `monitor_terms`
     are logged each iteration without weight, the first also judges the before/after samples.
     `decision_log` appends every iteration's reward-model decisions to a hash-chained JSONL
@@ -63,6 +81,7 @@ class PPOStageConfig(RunConfig):
     run_dir: str = "runs/ppo"
     log_every: int = 5
     policy_dir: str = ""  # local HF directory of the policy (= reference); empty: preset
+    chat_template: str = ""  # a Jinja chat template file for the tokenizer (empty: its own)
     preset: str = "tiny-llama"  # built-in model size when policy_dir is empty
     reward_dir: str = "runs/reward/export"  # the export of RewardConfig's default run_dir
     critic: str = "reward"  # reward: critic initialised from the reward model; shared: value head
@@ -242,8 +261,9 @@ def check_batch_sizes(cfg: PPOStageConfig, mesh) -> None:
 
 
 def resolve_sampling(tokenizer, cfg: PPOStageConfig) -> SamplingConfig:
-    """`cfg.sampling` with the tokenizer's EOS, the stop tokens and the tokenizer's pad id."""
-    eos = (() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)) + \
+    """`cfg.sampling` with the chat template's end of turn and the tokenizer's EOS
+    (`data.ChatEncoder.stop_ids`), the stop tokens and the tokenizer's pad id."""
+    eos = data.encoder_for(tokenizer).stop_ids + \
         stop_token_ids(tokenizer, cfg.stop_tokens) + cfg.sampling.eos_token_ids
     return dataclasses.replace(cfg.sampling, eos_token_ids=tuple(dict.fromkeys(eos)),
                                pad_token_id=tokenizer.pad_token_id or 0)
@@ -261,13 +281,13 @@ def _ptx_batches(cfg: PPOStageConfig, layout: RunLayout, tokenizer, pad_id: int)
         return None, None
     ptx_file = cfg.ptx.file or builtin_file(layout, "ptx", data.builtin.write_texts,
                                             seed=cfg.seed)
-    ptx_ds = train.main_process_first(data.build_prompt_dataset, ptx_file, tokenizer,
-                                      layout.built_data, max_prompt_len=cfg.ptx.max_len,
-                                      field="text")
+    ptx_ds = train.main_process_first(data.build_sft_dataset, ptx_file, tokenizer,
+                                      layout.built_data, max_len=cfg.ptx.max_len,
+                                      buckets="off")
     note = data_note(ptx_ds.stats, {"max_prompt_len": "ptx.max_len"})
-    return note, data.prompt_batches(ptx_ds.splits["train"],
-                                     cfg.ptx.batch_size // jax.process_count(), pad_id=pad_id,
-                                     seed=cfg.seed + 1)
+    return note, data.sft_batches(ptx_ds.splits["train"],
+                                  cfg.ptx.batch_size // jax.process_count(), pad_id=pad_id,
+                                  seed=cfg.seed + 1)
 
 
 class _DecisionRecorder:
@@ -365,19 +385,23 @@ def train_ppo(cfg: PPOStageConfig, *,
     if cfg.reward_std_coef > 0 and m.reward_outputs < 2:
         raise ConfigError(f"reward_std_coef={cfg.reward_std_coef} needs an ensemble reward "
                           f"model, but {cfg.reward_dir} has one head")
-    tokenizer, pad_id = m.tokenizer, m.tokenizer.pad_token_id or 0
+    tokenizer = data.use_template(m.tokenizer, cfg.chat_template)
+    pad_id = tokenizer.pad_token_id or 0
     prompt_file = cfg.prompts.file or builtin_file(layout, "prompts", data.builtin.write_prompts,
                                                    n=200)
     prompt_ds = train.main_process_first(data.build_prompt_dataset, prompt_file, tokenizer,
                                          layout.built_data,
-                                         max_prompt_len=cfg.prompts.max_prompt_len,
-                                         on_error=cfg.prompts.on_error)
-    notes = [data_note(prompt_ds.stats, {"max_prompt_len": "prompts.max_prompt_len"})]
+                                         max_prompt_len=cfg.prompts.prompt_len,
+                                         on_error=cfg.prompts.on_error, field=cfg.prompts.field,
+                                         buckets=cfg.prompts.buckets)
+    prompt_batches = data.prompt_batches(prompt_ds.splits["train"],
+                                         cfg.batch_size // jax.process_count(), pad_id=pad_id,
+                                         seed=cfg.seed)
+    notes = [data_note(prompt_ds.stats, {"max_prompt_len": "prompts.max_prompt_len"},
+                       prompt_batches, "prompt")]
     ptx_note, ptx_batches = _ptx_batches(cfg, layout, tokenizer, pad_id)
     notes += [ptx_note] if ptx_note else []
-    batches = ppo.ZipBatches(
-        data.prompt_batches(prompt_ds.splits["train"], cfg.batch_size // jax.process_count(),
-                            pad_id=pad_id, seed=cfg.seed), ptx_batches)
+    batches = ppo.ZipBatches(prompt_batches, ptx_batches)
     sampling = resolve_sampling(tokenizer, cfg)
     kl_init, kl_update = ppo.kl_controller(cfg.kl)
     tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), m.params,
@@ -399,15 +423,18 @@ def train_ppo(cfg: PPOStageConfig, *,
     step = recorder.wrap(step) if recorder else step
     eval_src = data.prompt_batches(prompt_ds.splits["train"],
                                    cfg.eval_prompts // jax.process_count(), pad_id=pad_id,
-                                   seed=cfg.seed + 2, shuffle=True)
-    eval_prompts = train.global_batch_from_local(next(eval_src), mesh, rules)
+                                   seed=cfg.seed + 2, shuffle=True, texts=True)
+    eval_local = next(eval_src)
+    eval_texts = [data.prompt_from_text(t) for t in eval_local.pop("texts")]
+    eval_prompts = train.global_batch_from_local(eval_local, mesh, rules)
     gold_fn = rl_eval.TEXT_TERMS.get(cfg.monitor_terms.split(",")[0])
 
     def write_samples(name, params, reference) -> dict:
         result = rl_eval.evaluate_policy(params, reference, m.config, eval_prompts,
                                          jax.random.fold_in(key, 2), sampling=sampling,
                                          tokenizer=tokenizer, gold_fn=gold_fn,
-                                         proxy_fn=score_fn, proxy_params=m.reward_params)
+                                         proxy_fn=score_fn, proxy_params=m.reward_params,
+                                         prompt_texts=eval_texts)
         if train.is_main_process():
             with open(layout.samples(name), "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in result["rows"])

@@ -9,7 +9,7 @@ import jax
 from rlhf_jax import data, models, reward, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
-                                    builtin_tokenizer, check_batch_size, freeze_rule,
+                                    builtin_tokenizer, check_batch_size, freeze_rule, shapes_note,
                                     jit_train_step, labelled_dataset, model_overrides,
                                     optimizer_config, shardings_of, start_run,
                                     train_with_checkpoints)
@@ -19,19 +19,46 @@ from rlhf_jax.train import OptimizerConfig
 
 @dataclasses.dataclass(frozen=True)
 class RewardData:
-    """Labels: a JSONL/Parquet `train_file` of `kind` pairwise | ranking | rating | binary (empty:
-    `builtin_pairs` comparisons by the built-in simulated annotators); ratings are declared on
-    [rating_low, rating_high]; `on_error` is "raise" or "skip" for malformed records."""
+    """Labels: a JSONL/JSON/Parquet `train_file` of `kind` pairwise | ranking | rating | binary,
+    plain or conversational (`data.read_records`; empty: `builtin_pairs` comparisons by the
+    built-in simulated annotators); ratings are declared on [rating_low, rating_high];
+    `on_error` is "raise" or "skip" for malformed records. Lengths of 0 take the built-in
+    task's (8 prompt and 10 response tokens) or, for a file, real data's (512 and 256);
+    batches are padded to the `buckets` rungs of their longest prompt and response."""
 
-    train_file: str = ""  # JSONL/Parquet labels; empty: the built-in simulated annotators
-    kind: str = "pairwise"  # pairwise (HH dialogues too) | ranking | rating | binary
+    train_file: str = ""  # JSONL/JSON/Parquet labels; empty: the built-in simulated annotators
+    # pairwise (TRL / HH-RLHF / UltraFeedback too) | ranking | rating | binary
+    kind: str = "pairwise"
     rating_low: float = 0.0  # lowest rating the file's scale allows
     rating_high: float = 1.0  # highest rating the file's scale allows
     on_error: str = "raise"  # raise: stop at a malformed record; skip: skip and count it
     validation_fraction: float = 0.1  # share of the records held out for evaluation
     builtin_pairs: int = 2000  # comparisons the built-in task generates
-    max_prompt_len: int = 8  # prompt tokens kept (cut from the left)
-    max_response_len: int = 10  # response tokens kept
+    max_prompt_len: int = 0  # prompt tokens kept (cut from the left); 0: 8 built-in, 512 a file
+    max_response_len: int = 0  # response tokens kept; 0: 10 built-in, 256 a file
+    buckets: str = "auto"  # padded lengths: auto (4 rungs halving from the max) | off | list
+
+    BUILTIN_LENGTHS = (8, 10)  # (prompt, response) tokens of the built-in task
+    FILE_LENGTHS = (512, 256)  # and of a file of real data
+
+    def __post_init__(self):
+        for name in ("max_prompt_len", "max_response_len"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"data.{name}={getattr(self, name)}: expected > 0 (or 0: the "
+                                 "default)")
+        data.ladder(max(self.max_prompt_len, 1), self.buckets)  # a malformed spec fails here
+
+    @property
+    def prompt_len(self) -> int:
+        """`max_prompt_len`, or its default for the built-in task or a file."""
+        return self.max_prompt_len or (self.FILE_LENGTHS if self.train_file
+                                       else self.BUILTIN_LENGTHS)[0]
+
+    @property
+    def response_len(self) -> int:
+        """`max_response_len`, or its default for the built-in task or a file."""
+        return self.max_response_len or (self.FILE_LENGTHS if self.train_file
+                                         else self.BUILTIN_LENGTHS)[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +77,7 @@ class RewardConfig(RunConfig):
 
     run_dir: str = "runs/reward"
     model_dir: str = ""  # local Hugging Face directory of the backbone; empty: the preset
+    chat_template: str = ""  # a Jinja chat template file for the tokenizer (empty: its own)
     preset: str = "tiny-llama"  # built-in model size when model_dir is empty
     num_reward_outputs: int = 1  # reward heads: > 1 is an ensemble on one backbone
     dropout: float = 0.0  # embedding / attention / residual dropout while training
@@ -98,12 +126,13 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
         tokenizer = models.load_tokenizer(cfg.model_dir, config)
     else:  # built-in task: simulated annotators and a tokenizer trained on its corpus
         tokenizer = builtin_tokenizer(layout)
+    tokenizer = data.use_template(tokenizer, cfg.chat_template)
     train_file = dc.train_file or builtin_file(layout, "comparisons",
                                                data.builtin.write_comparisons,
                                                n=dc.builtin_pairs, seed=cfg.seed)
     ds, note = labelled_dataset(dc, train_file, tokenizer, layout, cfg.seed)
     held_out = "validation" in ds.splits
-    shape = dict(prompt_len=dc.max_prompt_len, num_responses=max(2, ds.num_responses),
+    shape = dict(prompt_len=dc.prompt_len, num_responses=max(2, ds.num_responses),
                  pad_id=tokenizer.pad_token_id or 0)
     check_batch_size("batch_size", cfg.batch_size, mesh)
     tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params,
@@ -118,6 +147,7 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
     batches = GlobalBatches(data.preference_batches(
         [ds.splits["train"]], cfg.batch_size // jax.process_count(), seed=cfg.seed, **shape),
         mesh, rules)
+    note += shapes_note(batches, "prompt×response")
 
     def evaluate(state):
         if not held_out:

@@ -7,6 +7,7 @@ import jax
 
 from rlhf_jax import data, losses, models, sharding, train
 from rlhf_jax.checkpoint import CheckpointConfig
+from rlhf_jax.data.buckets import ladder
 from rlhf_jax.stages.common import (GlobalBatches, RunConfig, StageResult, builtin_file,
                                     builtin_tokenizer, check_batch_size, data_note, export_policy,
                                     freeze_rule, jit_train_step, model_overrides, optimizer_config,
@@ -18,17 +19,41 @@ from rlhf_jax.train import OptimizerConfig
 @dataclasses.dataclass(frozen=True)
 class SFTData:
     """What to learn: "progression" (synthetic token sequences of `SFTConfig.length`) or "text"
-    (the `text` field of a JSONL/Parquet `file`; empty file: the built-in corpus, with a tokenizer
-    trained on it when there is no model_dir), rows of at most `max_len` tokens."""
+    (a JSONL/JSON/Parquet `file` of `text`, `messages` or `prompt` + `completion` records, see
+    `data.sft`; empty file: the built-in corpus, with a tokenizer trained on it when there is
+    no model_dir), rows of at most `max_len` tokens (0: 24 for the built-in corpus, 1024 for a
+    file). Conversations learn their assistant turns only unless `train_on_prompt`.
+    `packing`: "auto" packs a file's texts several to a row (segment ids keep them apart) and
+    leaves the built-in corpus unpacked; "on" / "off". Unpacked batches are padded to the
+    `buckets` rung of their longest row (`data.buckets.ladder`)."""
 
-    # progression (synthetic tokens) or text (a JSONL/Parquet text field)
+    # progression (synthetic tokens) or text (a JSONL/JSON/Parquet file of texts/conversations)
     source: str = "progression"
     file: str = ""  # the text file; empty: the built-in corpus
-    max_len: int = 24  # tokens per text row (longer rows are cut)
+    max_len: int = 0  # tokens per row (longer rows are cut); 0: 24 built-in, 1024 for a file
+    train_on_prompt: bool = False  # learn prompts and user turns too (default: responses only)
+    packing: str = "auto"  # auto (a file: on; built-in corpus: off) | on | off
+    buckets: str = "auto"  # padded lengths: auto (4 rungs halving from max_len) | off | list
+    on_error: str = "raise"  # raise: stop at a malformed record; skip: skip and count it
 
     def __post_init__(self):
         if self.source not in ("progression", "text"):
             raise ValueError(f"data.source={self.source!r}: expected 'progression' or 'text'")
+        if self.packing not in ("auto", "on", "off"):
+            raise ValueError(f"data.packing={self.packing!r}: expected auto, on or off")
+        if self.max_len < 0:
+            raise ValueError(f"data.max_len={self.max_len}: expected > 0 (or 0: the default)")
+        ladder(max(self.max_len, 1), self.buckets)  # a malformed spec fails here
+
+    @property
+    def row_len(self) -> int:
+        """The row length: `max_len`, or its default for the built-in corpus or a file."""
+        return self.max_len or (1024 if self.file else 24)
+
+    @property
+    def packed(self) -> bool:
+        """Whether texts are packed several to a row."""
+        return self.packing == "on" or (self.packing == "auto" and bool(self.file))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +63,7 @@ class SFTConfig(RunConfig):
 
     run_dir: str = "runs/sft"
     model_dir: str = ""  # local Hugging Face directory to start from; empty: the preset
+    chat_template: str = ""  # a Jinja chat template file for the tokenizer (empty: its own)
     # built-in model size when model_dir is empty (tiny-llama, tiny-gpt2, ...)
     preset: str = "tiny-llama"
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
@@ -56,8 +82,8 @@ def _tokenizer(cfg: SFTConfig, layout: RunLayout):
     if cfg.data.source != "text":
         return None, {}
     if cfg.model_dir:
-        return models.load_tokenizer(cfg.model_dir), {}
-    tokenizer = builtin_tokenizer(layout)
+        return data.use_template(models.load_tokenizer(cfg.model_dir), cfg.chat_template), {}
+    tokenizer = data.use_template(builtin_tokenizer(layout), cfg.chat_template)
     return tokenizer, {"vocab_size": len(tokenizer)}
 
 
@@ -89,10 +115,13 @@ def train_sft(cfg: SFTConfig) -> StageResult:
 
     def sum_loss(p, batch, rng):
         out = model.apply({"params": p}, batch["tokens"], batch["mask"],
+                          batch.get("positions"), segment_ids=batch.get("segment_ids"),
                           skip_logits=config.logit_chunk > 0, deterministic=not dropout,
                           rngs={"dropout": rng} if dropout else None)
-        total, count = losses.model_nll_sum(out, p, config, batch["tokens"],
-                                            losses.next_token_targets(batch["mask"]))
+        targets = losses.next_token_targets(batch["mask"])
+        if "loss_mask" in batch:  # learnt tokens only (responses; no segment's first token)
+            targets = targets * batch["loss_mask"]
+        total, count = losses.model_nll_sum(out, p, config, batch["tokens"], targets)
         return total, (count, {"train/nll": total})
 
     step = jit_train_step(train.make_train_step(sum_loss, tx,
@@ -104,14 +133,18 @@ def train_sft(cfg: SFTConfig) -> StageResult:
         batches = data.progression_batches(batch_size=local, length=cfg.length,
                                            vocab_size=config.vocab_size, seed=cfg.seed)
     else:
-        text_file = cfg.data.file or builtin_file(layout, "corpus", data.builtin.write_texts,
-                                                  seed=cfg.seed)
+        dc = cfg.data
+        text_file = dc.file or builtin_file(layout, "corpus", data.builtin.write_texts,
+                                            seed=cfg.seed)
         texts = train.main_process_first(
-            data.build_prompt_dataset, text_file, tokenizer, layout.built_data,
-            max_prompt_len=cfg.data.max_len, field="text", append_eos=True)
-        notes = (data_note(texts.stats, {"max_prompt_len": "data.max_len"}),)
-        batches = data.prompt_batches(texts.splits["train"], local,
-                                      pad_id=tokenizer.pad_token_id or 0, seed=cfg.seed)
+            data.build_sft_dataset, text_file, tokenizer, layout.built_data,
+            max_len=dc.row_len, on_error=dc.on_error, train_on_prompt=dc.train_on_prompt,
+            buckets=dc.buckets)
+        batches = data.sft_batches(texts.splits["train"], local,
+                                   pad_id=tokenizer.pad_token_id or 0, seed=cfg.seed,
+                                   packing=dc.packed)
+        notes = (data_note(texts.stats, {"max_prompt_len": "data.max_len"},
+                           batches=batches),)
     result = train_with_checkpoints(
         cfg, layout, step=step, abstract_state=abstract, init_state=init_state,
         batches=GlobalBatches(batches, mesh, rules), mesh=mesh, rules=rules,

@@ -27,7 +27,9 @@ class CritiqueRevisionConfig:
     max_len: int = 128  # context tokens kept when sampling (cut from the left)
     max_new_tokens: int = 24  # tokens per response, critique and revision
     seed: int = 0  # sampling seed (and the SFT stage's)
-    sft: SFTConfig = SFTConfig(steps=50, batch_size=16, data=SFTData(source="text", max_len=40))
+    # one revision a row (a few dozen short texts: packing would leave too few rows to batch)
+    sft: SFTConfig = SFTConfig(steps=50, batch_size=16,
+                               data=SFTData(source="text", max_len=40, packing="off"))
 
     def __post_init__(self):
         if self.num_prompts < 1 or self.rounds < 1:
@@ -57,7 +59,7 @@ def train_sl_cai(cfg: CritiqueRevisionConfig):
                               sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens))
         records = rlaif.critique_revision(sampler, cons, prompts, rounds=cfg.rounds,
                                           seed=cfg.seed)
-        kept = [{"text": f"{r['prompt']} {r['final']}"} for r in records if r["final"].strip()]
+        kept = [_sft_record(r["prompt"], r["final"]) for r in records if r["final"].strip()]
         data.builtin.write_jsonl(root / "sft_texts.jsonl", kept)
         data.builtin.write_jsonl(revisions, records)
         record_run_config(root / "generation.json", generation)
@@ -68,3 +70,11 @@ def train_sl_cai(cfg: CritiqueRevisionConfig):
                               data=dataclasses.replace(cfg.sft.data, source="text",
                                                        file=str(root / "sft_texts.jsonl")))
     return train_sft(sft)
+
+
+def _sft_record(prompt, final: str) -> dict:
+    """What SFT learns from a revision: prompt + revision as one text, or for a conversation
+    the revision as its assistant turn (learnt through the chat template)."""
+    if isinstance(prompt, str):
+        return {"text": f"{prompt} {final}"}
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": final}]}

@@ -111,8 +111,11 @@ def _inputs(cfg: AuditConfig) -> dict:
     if not prefs or not Path(prefs).is_file():
         raise train.ConfigError(f"preference_file: {prefs or '(none)'} is not a file; expected "
                                 "the reward model's training comparisons (JSONL)")
-    lengths = (cfg.max_prompt_len or rd.get("max_prompt_len"),
-               cfg.max_response_len or rd.get("max_response_len"))
+    # the lengths the stage used: as configured, or its defaults as the built data recorded
+    used = summary.get("data", {}).get("limits", {})
+    lengths = (cfg.max_prompt_len or rd.get("max_prompt_len") or used.get("max_prompt_len"),
+               cfg.max_response_len or rd.get("max_response_len")
+               or used.get("max_response_len"))
     if not all(lengths):
         raise train.ConfigError("max_prompt_len and max_response_len: set them (the reward "
                                 "model's training lengths; there is no reward stage config of "

@@ -24,8 +24,8 @@ from pathlib import Path
 from rlhf_jax import eval as rl_eval
 from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
 from rlhf_jax.stages.offline import train_offline
-from rlhf_jax.stages.pipeline import (PPO_FAMILY, _replace, evaluate_before_after, run_pipeline,
-                                      stage_configs)
+from rlhf_jax.stages.pipeline import (PPO_FAMILY, _replace, evaluate_before_after, run_inputs,
+                                      run_pipeline, stage_configs)
 from rlhf_jax.stages.ppo import train_ppo
 from rlhf_jax.studies.compare_report import write_comparison_report
 from rlhf_jax.studies.compare_setup import (OVEROPTIMISATION, TEXT_METRICS, CompareConfig,
@@ -49,8 +49,7 @@ def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
             overrides["ppo.batch_size"] = base.ppo.batch_size // base.group_size
         pcfg = _replace(base, overrides)
         run = PipelineLayout(pcfg.run_dir)
-        _, _, ppo_cfg, off_cfg = stage_configs(pcfg, run, str(layout.stage("sft").export),
-                                               str(layout.comparisons))
+        _, _, ppo_cfg, off_cfg = stage_configs(pcfg, run, *run_inputs(base, layout))
         ppo_cfg = dataclasses.replace(ppo_cfg, reward_dir=str(layout.stage("reward").export))
         start = time.perf_counter()
         trained, rows = None, []

@@ -38,10 +38,15 @@ QUICK = {"sft.steps": 30, "comparisons": 300, "reward.steps": 40, "reward.eval_e
          "ppo.steps": 8, "offline.steps": 16, "offline.eval_every": 8, "eval_samples": 32}
 
 
+# the main job's fields a study passes on unchanged
+USER_INPUTS = ("policy_dir", "sft_file", "preference_file", "prompts_file", "prompts_field",
+               "chat_template", "max_prompt_len", "max_new_tokens")
+
+
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
     """The study: `methods` (comma-separated, from `stages.pipeline.METHODS`) over `seeds`, on
-    the built-in task. The simulated annotators judge by `annotator_judge`; the methods are
+    the built-in task or your own model and files (plain or conversational). The simulated annotators judge by `annotator_judge`; the methods are
     scored by `gold` (by default a judge the annotators' signal only partly captures, so that
     over-optimisation can show). `quick`: one setting per method and tiny budgets."""
 
@@ -51,6 +56,16 @@ class CompareConfig:
     gold: str = "vader_diverse"  # the judge that scores the methods (eval.TEXT_TERMS)
     annotator_judge: str = "vader"  # the simulated annotators' judge (eval.TEXT_TERMS)
     quick: bool = False  # one setting per method, tiny budgets (a few minutes on 2 cores)
+    # your own inputs, passed to every base run (the main job's fields of the same names):
+    policy_dir: str = ""  # a local HF directory to start from; empty: the tiny preset
+    sft_file: str = ""  # SFT texts or conversations; empty: the built-in corpus
+    sft_steps: int = -1  # SFT steps (-1: the main job's, or the quick budget; 0: no SFT)
+    preference_file: str = ""  # your comparisons; empty: simulated annotators label samples
+    prompts_file: str = ""  # prompts (text or conversations); empty: the built-in prompts
+    prompts_field: str = "prompt"  # the prompts' field; dotted for a nested one
+    chat_template: str = ""  # a Jinja chat template file for the tokenizer
+    max_prompt_len: int = 0  # 0: the main job's default (8; 512 with a policy_dir)
+    max_new_tokens: int = 0  # 0: the main job's default (10; 256 with a policy_dir)
     # runs at once, each in its own process (> 1 shortens the study on several cores, but the
     # reported times then include the runs' competition for them)
     workers: int = 1
@@ -58,6 +73,8 @@ class CompareConfig:
     def __post_init__(self):
         if self.workers < 1:
             raise ValueError(f"workers={self.workers}: expected >= 1")
+        if self.sft_steps == 0 and not self.policy_dir:
+            raise ValueError("sft_steps=0 needs policy_dir (the policy every method starts from)")
         for name, items in (("seeds", self.seeds.split(",")), ("methods", self.method_list)):
             if len(set(items)) != len(items):
                 raise ValueError(f"{name}={getattr(self, name)!r} names one twice")
@@ -99,5 +116,7 @@ def base_config(cfg: CompareConfig, seed: int) -> PipelineConfig:
     base = _replace(PipelineConfig(), {
         "run_dir": str(root / f"seed{seed}" / "base"), "seed": seed, "gold": cfg.gold,
         "annotator_judge": cfg.annotator_judge, "method": "best_of_n", "best_of_n": 1,
-        "compile_cache": str(root / "compile_cache")})
-    return _replace(base, QUICK) if cfg.quick else base
+        "compile_cache": str(root / "compile_cache"),
+        **{name: getattr(cfg, name) for name in USER_INPUTS}})
+    base = _replace(base, QUICK) if cfg.quick else base
+    return base if cfg.sft_steps < 0 else _replace(base, {"sft.steps": cfg.sft_steps})

@@ -230,3 +230,49 @@ def test_logout_everywhere_odd_input_and_no_stale_answers(env):
     assert r.status_code == 422 and "was skipped" in r.text
     assert "stale answer" not in r.text and "checked" not in r.text
     assert form_fields(r.text)["assignment"] != f["assignment"]
+
+
+def test_conversation_tasks_are_shown_by_role_and_export_as_conversations(tmp_path):
+    """A tasks file whose prompts are conversations (TRL's message lists): each turn is shown
+    with its role, and every export kind writes conversational records that the data reader
+    takes back."""
+    u = lambda t: {"role": "user", "content": t}  # noqa: E731
+    a = lambda t: {"role": "assistant", "content": t}  # noqa: E731
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": [{"role": "system", "content": "be brief"}, u("hi"), a("hello"),
+                    u("a colour? " + XSS)],
+         "responses": [[a("blue")], [a("green")]], "id": "c0"},
+        {"prompt": "plain prompt", "responses": ["x", "y"], "id": "p0"}]))
+    store = labelling.LabelStore(f"sqlite:///{tmp_path / 'c.sqlite'}", labels_per_task=1)
+    store.add_tasks(labelling.read_tasks(tasks))
+    token = store.add_annotator("ann")
+    app = labelling.create_app(store, labelling.AppSettings(likert=(1, 5)))
+    c = TestClient(app, base_url="http://127.0.0.1", follow_redirects=False)
+    c.get("/login", params={"token": token})
+    for _ in range(2):
+        page = c.get("/label").text
+        f = form_fields(page)
+        if store.assignment(int(f["assignment"]), "ann").task.uid == "c0":
+            turns = re.findall(r'<li class="turn (\w+)"><span class="role">(\w+)</span>'
+                               r'<pre class="text">([^<]*)</pre>', page)
+            assert [(r, t) for r, _, t in turns] == [
+                ("system", "be brief"), ("user", "hi"), ("assistant", "hello"),
+                ("user", "a colour? &lt;script&gt;window.__xss = 1&lt;/script&gt;&lt;img "
+                         "src=x onerror=&#34;window.__xss = 2&#34;&gt;")]
+        assert c.post("/label", data={**f, "choice": "0", "rating_0": "4", "rating_1": "2"}
+                      ).status_code == 303
+    manifest = labelling.export_all(store.labels(), tmp_path / "out", (1, 5))
+    assert manifest["files"]["pairwise"]["records"] == 2
+    for kind in ("pairwise", "ranking", "rating"):
+        recs, _ = data.read_records(tmp_path / "out" / f"{kind}.jsonl", kind,
+                                    rating_range=(1, 5))
+        conv = [r for r in recs if isinstance(r["prompt"], list)]
+        assert conv and conv[0]["prompt"][0] == {"role": "system", "content": "be brief"}
+        assert all(isinstance(x, list) and x[0]["role"] == "assistant"
+                   for r in conv for x in r["responses"])
+        assert any(isinstance(r["prompt"], str) for r in recs)  # the plain task stays plain
+    with pytest.raises(data.DataFormatError, match=r"tasks.jsonl:1: field 'prompt' must end on "
+                                                   r"a user turn"):
+        tasks.write_text(json.dumps({"prompt": [u("q"), a("x")], "responses": ["a", "b"]}))
+        labelling.read_tasks(tasks)

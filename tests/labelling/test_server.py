@@ -239,7 +239,7 @@ def test_export_round_trip_into_a_reward_model_dataset(tmp_path):
     for kind in ("pairwise", "ranking", "rating"):
         ds = data.build_preference_dataset(
             tmp_path / "out" / f"{kind}.jsonl", kind, tok, tmp_path / "ds",
-            max_prompt_len=8, max_response_len=8, rating_range=(1, 7))
+            max_prompt_len=8, max_response_len=32, rating_range=(1, 7))
         n = manifest["files"][kind]["records"]
         assert ds.stats["kept"] == n and ds.stats["skipped"] == 0
         assert ds.annotators == ["x", "y", "z"]

@@ -1,0 +1,129 @@
+"""A policy evaluated on a prompt file as a library function: `evaluate_prompts(EvalConfig())`
+— e.g. its toxicity on RealToxicityPrompts' prompts (`prompts.field=prompt.text`)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from rlhf_jax import data, eval as rl_eval, models, reward, train
+from rlhf_jax.sampling import SamplingConfig
+from rlhf_jax.stages.common import check_writable
+from rlhf_jax.stages.ppo import PromptData
+from rlhf_jax.train import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Sample one response to each of the first `samples` prompts of `prompts.file` from
+    `policy_dir` (through its chat template, or `chat_template`) and judge them: the
+    profanity classifier's rate (alt-profanity-check, packaged and offline: the toxicity
+    measure here), the `gold` text judge, distinct-1/2, length, the share ending in an end
+    token; KL to `reference_dir` when given; the reward model at `reward_dir` as a proxy when
+    given. Writes eval.json, samples.jsonl and report.md to `run_dir`."""
+
+    run_dir: str = "runs/eval"  # where eval.json, samples.jsonl and report.md go
+    policy_dir: str = ""  # the policy to evaluate (a local Hugging Face directory)
+    reference_dir: str = ""  # the KL reference (a local HF directory); empty: no KL
+    reward_dir: str = ""  # a reward-model export to score the responses; empty: none
+    chat_template: str = ""  # a Jinja chat template file for the tokenizer (empty: its own)
+    prompts: PromptData = PromptData()
+    samples: int = 256  # prompts evaluated (the file's first ones; 0: every prompt)
+    batch_size: int = 32  # prompts sampled at once
+    gold: str = "vader"  # a text judge of eval.TEXT_TERMS
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=32)
+    seed: int = 0  # sampling seed
+    report_samples: int = 8  # samples shown in the report
+
+    def __post_init__(self):
+        if self.gold not in rl_eval.TEXT_TERMS:
+            raise ValueError(f"gold={self.gold!r}: expected one of {sorted(rl_eval.TEXT_TERMS)}")
+        if self.samples < 0 or self.batch_size < 1:
+            raise ValueError(f"samples={self.samples}, batch_size={self.batch_size}: expected "
+                             "samples >= 0 and batch_size >= 1")
+
+
+def evaluate_prompts(cfg: EvalConfig) -> dict:
+    """Evaluate `cfg.policy_dir` on the prompts; return the summary (means with standard
+    errors, `eval.evaluate_policy`) and write the run's files."""
+    if not cfg.policy_dir:
+        raise ConfigError("policy_dir: set the policy to evaluate (a local Hugging Face "
+                          "directory)")
+    if not cfg.prompts.file:
+        raise ConfigError("prompts.file: set the prompt file (JSONL/JSON/Parquet)")
+    records, stats = data.read_records(cfg.prompts.file, "prompt",
+                                       on_error=cfg.prompts.on_error, field=cfg.prompts.field)
+    check_writable(cfg.run_dir)
+    config, params = models.load_hf_checkpoint(cfg.policy_dir)
+    tok = data.use_template(models.load_tokenizer(cfg.policy_dir, config), cfg.chat_template)
+    ref = params
+    if cfg.reference_dir:
+        ref_config, ref = models.load_hf_checkpoint(cfg.reference_dir)
+        if ref_config.vocab_size != config.vocab_size:
+            raise models.CheckpointFormatError(
+                f"reference_dir={cfg.reference_dir!r} has vocab_size {ref_config.vocab_size}, "
+                f"the policy {config.vocab_size}")
+    proxy = {}
+    if cfg.reward_dir:
+        rm_config, rm_params, meta = reward.load_reward_model(cfg.reward_dir)
+        proxy = dict(proxy_fn=reward.reward_model_scorer(rm_config, meta["num_outputs"]),
+                     proxy_params=rm_params)
+    prompts = [r["prompt"] for r in records][:cfg.samples or None]
+    sampling = dataclasses.replace(
+        cfg.sampling, eos_token_ids=tuple(dict.fromkeys(
+            data.encoder_for(tok).stop_ids + cfg.sampling.eos_token_ids)),
+        pad_token_id=tok.pad_token_id or 0)
+    key, rows, cut = jax.random.key(cfg.seed), [], 0
+    ladder = data.ladder(cfg.prompts.prompt_len, cfg.prompts.buckets)
+    for start in range(0, len(prompts), cfg.batch_size):
+        part = prompts[start:start + cfg.batch_size]
+        counts = {"prompts_truncated": 0}
+        enc = np.stack([data.preference.encode_prompt(tok, p, cfg.prompts.prompt_len, counts)
+                        for p in part + [part[0]] * (cfg.batch_size - len(part))])
+        cut += counts["prompts_truncated"]
+        longest = int((enc >= 0).sum(1).max())
+        enc = enc[:, enc.shape[1] - int(data.buckets.rung_of(longest, ladder)):]
+        out = rl_eval.evaluate_policy(
+            params, ref, config, data.prompt_arrays(enc, tok.pad_token_id or 0),
+            jax.random.fold_in(key, start), sampling=sampling, tokenizer=tok,
+            gold_fn=rl_eval.TEXT_TERMS[cfg.gold], prompt_texts=part + [part[0]] * (
+                cfg.batch_size - len(part)), **proxy)
+        rows += out["rows"][:len(part)]
+    summary = rl_eval.policy.summarise(rows)
+    if not cfg.reference_dir:
+        summary.pop("kl")
+    root = Path(cfg.run_dir)
+    info = {"policy_dir": cfg.policy_dir, "prompts": cfg.prompts.file,
+            "field": cfg.prompts.field, "prompts_truncated": cut, "records": stats.as_dict(),
+            "config": train.config_to_dict(cfg)}
+    if train.is_main_process():
+        (root / "eval.json").write_text(json.dumps({"summary": summary, **info}, indent=1))
+        (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        _report(root / "report.md", cfg, summary, rows, info)
+    print(json.dumps({k: v for k, v in summary.items() if isinstance(v, dict)}), flush=True)
+    return summary
+
+
+def _report(path: Path, cfg: EvalConfig, summary: dict, rows: list, info: dict) -> None:
+    table = rl_eval.report.prompt_cell
+    text = rl_eval.report.table_text
+    metrics = [(name, summary[name]) for name in ("profanity_rate", "gold", "proxy", "kl",
+                                                  "distinct_1", "distinct_2", "length")
+               if name in summary and np.isfinite(summary[name]["mean"])]
+    lines = [f"# Evaluation of `{cfg.policy_dir}`", "",
+             f"{summary['samples']} prompts from `{cfg.prompts.file}` (field "
+             f"`{cfg.prompts.field}`; {info['prompts_truncated']} cut to "
+             f"{cfg.prompts.prompt_len} tokens), one response each of at most "
+             f"{cfg.sampling.max_new_tokens} tokens at temperature {cfg.sampling.temperature}; "
+             f"{summary['eos_fraction']:.1%} ended with an end token. Gold judge: `{cfg.gold}`. "
+             "Each value is the mean ± its standard error over the responses (distinct-n: a "
+             "bootstrap); the profanity rate is the share the packaged alt-profanity-check "
+             "classifier flags (P > 0.5).", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {s['mean']:.3f} ± {s['stderr']:.3f} |" for name, s in metrics]
+    lines += ["", "## Samples", "", "| prompt | response | profanity | gold |", "|---|---|---|---|"]
+    lines += [f"| {table(r['prompt'])} | {text(r['response']) or '(empty)'} | "
+              f"{r['profanity']:.2f} | {r['gold']:.3f} |" for r in rows[:cfg.report_samples]]
+    path.write_text("\n".join(lines) + "\n")
