@@ -1,4 +1,4 @@
-"""The package's import graph points down the layers of DESIGN.md and has no cycle."""
+"""The package's import graph points down the layers of docs/design.md and has no cycle."""
 import ast
 from pathlib import Path
 
@@ -15,8 +15,8 @@ def _layer(package: str) -> int:
     for i, names in enumerate(LAYERS):
         if package in names:
             return i
-    raise AssertionError(f"rlhf_jax.{package} is in no layer of LAYERS: add it where DESIGN.md "
-                         "puts it")
+    raise AssertionError(f"rlhf_jax.{package} is in no layer of LAYERS: add it where "
+                         "docs/design.md puts it")
 
 
 def _imports() -> dict:

@@ -1,6 +1,6 @@
 """Texts in the reward model's layout, and a reward model loaded for inspection.
 
-Reward models score prompt + response as the preference data stores them (DESIGN.md): the prompt
+Reward models score prompt + response as the preference data stores them (docs/design.md): the prompt
 left-padded to `max_prompt_len`, the response right-padded to `max_response_len` with EOS
 appended. Everything in `interpret` reads texts through `encode` so that a score here is the
 score the model gave in training.

@@ -10,7 +10,7 @@ def next_token_nll_sum(logits_btv, tokens_bt, loss_mask_bt):
     """Σ −log p(x_{t+1} | x_≤t) over target positions whose mask is 1, and their count.
 
     `loss_mask_bt[:, t]` says whether token t is a target (so position 0 never is). Returns
-    (sum, count) so that callers divide once over micro-batches (DESIGN.md, masked means).
+    (sum, count) so that callers divide once over micro-batches (docs/design.md, masked means).
     """
     nll = -token_logprobs(logits_btv[:, :-1], tokens_bt[:, 1:])
     mask = loss_mask_bt[:, 1:].astype(jnp.float32)

@@ -4,7 +4,7 @@ Every consumer — the sampler's draw, the reference policy's scoring of a rollo
 update's ratio, evaluation's KL and the language-modelling NLL — goes through `token_logprobs`
 (teacher-forced ones through `predicted_logprobs`, which uses it, or its vocabulary-chunked
 equivalent `chunked_logprobs`), so the same token gets the same log-probability wherever it is
-computed (DESIGN.md: at the sampling temperature, over response tokens only).
+computed (docs/design.md: at the sampling temperature, over response tokens only).
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 
 def masked_mean(x, mask, axis=None):
-    """Σ x·m / max(Σ m, 1) (DESIGN.md: exact masked means)."""
+    """Σ x·m / max(Σ m, 1) (docs/design.md: exact masked means)."""
     mask = mask.astype(x.dtype)
     return jnp.sum(x * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
 

@@ -30,7 +30,7 @@ def kl_estimate(logp_bt, ref_logp_bt, estimator: str = "k1"):
 
 def token_rewards(score_b, kl_bt, mask_bt, beta):
     """r_t = −β·kl_t on every response token, plus the sequence score on the last real token
-    (Ziegler et al. 2019, eq. 2; DESIGN.md numerics)."""
+    (Ziegler et al. 2019, eq. 2; docs/design.md numerics)."""
     mask = mask_bt.astype(jnp.float32)
     t = mask.shape[1]
     has_tokens = mask.sum(1) > 0

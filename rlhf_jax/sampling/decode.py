@@ -1,6 +1,6 @@
 """Jitted autoregressive sampling with a KV cache: one compiled program per set of shapes.
 
-Layout (DESIGN.md): prompts are left-padded to a fixed length P; the response occupies cache
+Layout (docs/design.md): prompts are left-padded to a fixed length P; the response occupies cache
 slots P .. P+N−1. Position ids come from the slot mask, so padding never shifts positions.
 """
 from __future__ import annotations

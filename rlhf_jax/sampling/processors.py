@@ -60,7 +60,7 @@ def sample_token(key, logits_bv, *, temperature: float = 1.0, top_k: int = 0,
     """Draw one token per row; return it and its log-probability at the sampling temperature.
 
     The log-probability is log softmax(logits / T) of the drawn token over the full vocabulary
-    (before top-k/top-p truncation): the quantity PPO's ratio and KL use (DESIGN.md, numerics).
+    (before top-k/top-p truncation): the quantity PPO's ratio and KL use (docs/design.md, numerics).
     """
     if greedy:
         token_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)

@@ -60,7 +60,7 @@ SumLossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, tuple[jax.Array, di
 
 def accumulate_gradients(sum_loss_fn: SumLossFn, params: Any, batch: Any, key: jax.Array,
                          num_microbatches: int = 1):
-    """Exact masked-mean gradients over micro-batches (DESIGN.md: divide once).
+    """Exact masked-mean gradients over micro-batches (docs/design.md: divide once).
 
     `sum_loss_fn(params, micro_batch, key) -> (loss_sum, (count, metric_sums))` returns sums over
     its tokens/examples and their count. Sums and counts are accumulated over the micro-batches
