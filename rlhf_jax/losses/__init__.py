@@ -1,4 +1,6 @@
 """Pure objective functions: language modelling, preference and policy-gradient losses."""
+from rlhf_jax.losses.custom import (CustomLossError, loss_name, resolve_loss, sum_form,
+                                    with_context)
 from rlhf_jax.losses.offline import (awr_loss, dpo_loss, filtered_bc_loss, ipo_loss, kto_loss,
                                      kto_reference_point, orpo_loss, simpo_loss)
 from rlhf_jax.losses.lm import model_nll_sum, next_token_nll_sum, next_token_targets

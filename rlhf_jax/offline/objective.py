@@ -38,7 +38,12 @@ class OfflineLossConfig:
     `beta`: DPO/cDPO/rDPO/IPO/KTO's β (SimPO's β is `simpo_beta`); `label_smoothing`: cDPO and
     robust DPO's ε; `gamma`: SimPO's target margin; `orpo_lambda`: ORPO's λ; `temperature` and
     `max_weight`: AWR's τ and weight clip; `top_fraction`: filtered BC's kept share of each
-    batch; `desirable_weight` / `undesirable_weight`: KTO's λ_D / λ_U.
+    batch; `desirable_weight` / `undesirable_weight`: KTO's λ_D / λ_U. `custom` names your
+    own loss in place of the method's: `fn(params, inputs, rng[, model=...]) -> (loss,
+    metrics)` or `(loss_sum, (count, metric_sums))`, where `inputs` is what the DPO family
+    reads — {"batch": `PreferenceBatch`, "reference": {"responses": the reference policy's
+    log-prob sums [B, K]}} — and `sequence_logprobs(model, params, tokens, mask, prompt_len)`
+    gives the policy's (`losses.custom`).
     """
 
     method: str = "dpo"  # dpo | cdpo | rdpo | ipo | simpo | orpo | kto | awr | filtered_bc
@@ -52,6 +57,9 @@ class OfflineLossConfig:
     top_fraction: float = 0.5  # filtered BC: share of each batch kept (by reward)
     desirable_weight: float = 1.0  # KTO's λ_D
     undesirable_weight: float = 1.0  # KTO's λ_U
+    # your own loss in place of the method's (module:function, file.py:function or
+    # __main__:function); the reference's log-probs are cached for it as for DPO
+    custom: str = ""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -69,11 +77,16 @@ class OfflineLossConfig:
                                  "simpo_beta, temperature, max_weight, KTO weights > 0; "
                                  "orpo_lambda >= 0; 0 < top_fraction <= 1; 0 <= "
                                  "label_smoothing < 0.5)")
+        if callable(self.custom):  # a function given in code: recorded by its name
+            object.__setattr__(self, "custom", losses.loss_name(self.custom))
+        if self.custom:  # a name that does not resolve fails here, before any work
+            losses.resolve_loss(self.custom, "loss.custom")
 
     @property
     def uses_reference(self) -> bool:
-        """Whether the loss reads the reference policy's log-probabilities."""
-        return self.method in USES_REFERENCE
+        """Whether the loss reads the reference policy's log-probabilities (a custom loss gets
+        them)."""
+        return bool(self.custom) or self.method in USES_REFERENCE
 
 
 def check_method_kind(method: str, kind: str, where: str = "data.kind") -> None:
@@ -213,12 +226,15 @@ def make_offline_loss(model: DecoderModel, cfg: OfflineLossConfig, ref_params=No
     adapters off, `config.without_lora()`), the reference is that model over the policy's own
     parameters with `ref_params` (None, or initial copies of `lora.modules_to_save`) laid over
     them: the frozen base, with no second copy."""
-    kto = cfg.method == "kto"
+    kto = cfg.method == "kto" and not cfg.custom
+    user = None if not cfg.custom else losses.with_context(
+        losses.resolve_loss(cfg.custom, "loss.custom"), model=model)
 
     def sum_loss(params, inputs, rng):
         batch = inputs["batch"]
-        logp, lengths = sequence_logprobs(model, params, batch.tokens, batch.mask,
-                                          batch.prompt_len)
+        if user is None:
+            logp, lengths = sequence_logprobs(model, params, batch.tokens, batch.mask,
+                                              batch.prompt_len)
         ref = None
         if cfg.uses_reference:
             ref = inputs.get("reference")
@@ -228,6 +244,8 @@ def make_offline_loss(model: DecoderModel, cfg: OfflineLossConfig, ref_params=No
                                          batch, inputs.get("partners"))
             elif ref is None:
                 ref = reference_logprobs(model, ref_params, batch, inputs.get("partners"))
+        if user is not None:
+            return losses.sum_form(user(params, {**inputs, "reference": ref}, rng))
         partners = None
         if kto:  # the reference point carries no gradient
             pt = inputs["partners"]

@@ -7,5 +7,5 @@ from rlhf_jax.ppo.kl import (ESTIMATORS, KLControllerState, adaptive_kl_init,
 from rlhf_jax.ppo.rollout import (RewardTerm, Rollout, RolloutConfig, finish_rollout,
                                   make_rollout, rollout_metrics, score_responses, sequence_values,
                                   text_reward_term)
-from rlhf_jax.ppo.update import PPOConfig, ppo_update
+from rlhf_jax.ppo.update import PPOConfig, policy_objective, ppo_update
 from rlhf_jax.ppo.trainer import KLConfig, ZipBatches, kl_controller, make_ppo_step

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax.losses import (clipped_value_loss, model_nll_sum, next_token_targets,
-                             ppo_policy_loss)
+from rlhf_jax.losses import (CustomLossError, clipped_value_loss, loss_name, model_nll_sum,
+                             next_token_targets, ppo_policy_loss, resolve_loss)
 from rlhf_jax.models import DecoderModel, TransformerConfig
 from rlhf_jax.models.logprobs import predicted_logprobs
 from rlhf_jax.ppo.advantages import masked_mean
@@ -19,7 +19,8 @@ from rlhf_jax.ppo.rollout import Rollout, sequence_values
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
     """Update hyper-parameters (defaults: Huang et al. 2023). `ptx_coef` > 0 adds the
-    pretraining log-likelihood term of PPO-ptx (Ouyang et al. 2022, eq. 2)."""
+    pretraining log-likelihood term of PPO-ptx (Ouyang et al. 2022, eq. 2). `policy_loss` names
+    an objective of your own in place of PPO's clipped surrogate (`policy_objective`)."""
 
     epochs: int = 4  # passes over each rollout
     num_minibatches: int = 1  # minibatches per epoch
@@ -28,6 +29,38 @@ class PPOConfig:
     value_coef: float = 0.1  # weight of the value loss
     entropy_coef: float = 0.0  # weight of the entropy bonus
     ptx_coef: float = 0.0  # weight of the pretraining NLL (PPO-ptx; 0: off)
+    # your own policy objective in place of the clipped surrogate (module:function,
+    # file.py:function or __main__:function; see `policy_objective`)
+    policy_loss: str = ""
+
+    def __post_init__(self):
+        if callable(self.policy_loss):  # a function given in code: recorded by its name
+            object.__setattr__(self, "policy_loss", loss_name(self.policy_loss))
+        if self.policy_loss:  # a name that does not resolve fails here, before any work
+            resolve_loss(self.policy_loss, "ppo.policy_loss")
+
+
+def policy_objective(ppo: PPOConfig):
+    """The policy term: `losses.ppo_policy_loss` (Schulman et al. 2017, eq. 7), or
+    `ppo.policy_loss`, a function of your own with its signature —
+    `fn(logp_bt, old_logp_bt, advantages_bt, mask_bt, *, clip) -> (loss_sum, count,
+    metric_sums)` over response tokens (log π now and at sampling, the advantages, the mask),
+    or returning `(loss, metrics)` means (the sum is then loss × the masked token count)."""
+    if not ppo.policy_loss:
+        return ppo_policy_loss
+    user = resolve_loss(ppo.policy_loss, "ppo.policy_loss")
+
+    def objective(logp, old_logp, advantages, mask, *, clip):
+        out = user(logp, old_logp, advantages, mask, clip=clip)
+        if isinstance(out, tuple) and len(out) == 3:
+            return out
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+            count = jnp.sum(mask.astype(jnp.float32))
+            return out[0] * count, count, {k: v * count for k, v in out[1].items()}
+        raise CustomLossError("ppo.policy_loss: return (loss_sum, count, metric_sums) or "
+                              "(loss, metrics)")
+
+    return objective
 
 
 def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,
@@ -55,15 +88,15 @@ def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,
                                  mb.prompt_mask, mb.response_tokens, rmask)
     else:
         values = mb.values
-    pg_sum, count, pg_metrics = ppo_policy_loss(logp, mb.logprobs, mb.advantages, rmask,
-                                                clip=ppo.clip)
+    pg_sum, count, pg_metrics = policy_objective(ppo)(logp, mb.logprobs, mb.advantages, rmask,
+                                                      clip=ppo.clip)
     vf_sum, _ = clipped_value_loss(values, mb.values, mb.returns, rmask, clip=ppo.value_clip)
     entropy = masked_mean(token_ent, rmask)
     denom = jnp.maximum(count, 1.0)
     loss = pg_sum / denom + ppo.value_coef * vf_sum / denom - ppo.entropy_coef * entropy
     metrics = {"ppo/policy_loss": pg_sum / denom, "ppo/value_loss": vf_sum / denom,
-               "ppo/entropy": entropy, "ppo/clipfrac": pg_metrics["ppo/clipfrac"] / denom,
-               "ppo/approx_kl": pg_metrics["ppo/approx_kl"] / denom}
+               "ppo/entropy": entropy,
+               **{k: v / denom for k, v in pg_metrics.items()}}
     if ptx is not None:
         text = DecoderModel(config, heads=("lm",)).apply(
             {"params": params["policy"]}, ptx["tokens"], ptx["mask"], skip_logits=chunked)

@@ -16,13 +16,18 @@ class RewardLossConfig:
 
     Comparisons of two responses use Bradley–Terry with `margin` and `label_smoothing`; rankings of
     more use Plackett–Luce. Ratings add `scalar_weight` · (r − y)². `centering_coef` adds
-    (Σ_k r_k)² per comparison (Eisenstein et al. 2023).
+    (Σ_k r_k)² per comparison (Eisenstein et al. 2023). `custom` names your own loss instead:
+    `fn(params, batch, rng[, model=...]) -> (loss, metrics)` or `(loss_sum, (count,
+    metric_sums))` over a `PreferenceBatch` (`batch_rewards(model, params, batch)` gives the
+    rewards [B, K]; `losses.custom`).
     """
 
     margin: float = 0.0  # Bradley-Terry margin subtracted from the reward difference
     label_smoothing: float = 0.0  # probability that a label is flipped (0 <= eps < 0.5)
     scalar_weight: float = 1.0  # weight of the rating regression loss
     centering_coef: float = 0.0  # weight of the (sum of rewards)^2 centering penalty
+    # your own loss in place of these (module:function, file.py:function or __main__:function)
+    custom: str = ""
 
     def __post_init__(self):
         if not 0 <= self.label_smoothing < 0.5:
@@ -30,6 +35,10 @@ class RewardLossConfig:
                              "0 <= ε < 0.5")
         if self.scalar_weight < 0 or self.centering_coef < 0:
             raise ValueError("RewardLossConfig.scalar_weight and centering_coef must be >= 0")
+        if callable(self.custom):  # a function given in code: recorded by its name
+            object.__setattr__(self, "custom", losses.loss_name(self.custom))
+        if self.custom:  # a name that does not resolve fails here, before any work
+            losses.resolve_loss(self.custom, "loss.custom")
 
 
 def batch_rewards(model: nn.Module, params, batch, *, rng=None, deterministic: bool = True):
@@ -76,9 +85,13 @@ def make_reward_loss(model: nn.Module, cfg: RewardLossConfig, *, dropout: bool =
     """`sum_loss(params, batch, rng) -> (loss_sum, (count, metric_sums))` for `make_train_step`.
 
     loss = Σ_examples [comparison loss + λ·scalar loss + c·centering] / #labelled examples; an
-    ensemble averages the loss over its members. With `bootstrap`, member m weighs each example
+    ensemble averages the loss over its members. `cfg.custom` replaces it with your own. With `bootstrap`, member m weighs each example
     by `bootstrap_weights(batch.index, m)`, so the members disagree where the data is thin.
     """
+    if cfg.custom:
+        user = losses.with_context(losses.resolve_loss(cfg.custom, "loss.custom"), model=model)
+        return lambda params, batch, rng: losses.sum_form(user(params, batch, rng))
+
     def sum_loss(params, batch, rng):
         r = batch_rewards(model, params, batch, rng=rng if dropout else None,
                           deterministic=not dropout)

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 from rlhf_jax import train
 from rlhf_jax.checkpoint import NoReadableCheckpointError
 from rlhf_jax.data import ChatTemplateError, DataFormatError
+from rlhf_jax.losses import CustomLossError
 from rlhf_jax.models import CheckpointFormatError, CorruptCheckpointError, UnsupportedConfigError
 from rlhf_jax.rlaif import ConstitutionError
 from rlhf_jax.train.config_help import class_summary, config_help
@@ -16,7 +17,7 @@ from rlhf_jax.train.config_help import class_summary, config_help
 # anything else is a bug and keeps its traceback.
 USER_ERRORS = (train.ConfigError, DataFormatError, CheckpointFormatError, CorruptCheckpointError,
                UnsupportedConfigError, NoReadableCheckpointError, train.NonFiniteError,
-               ConstitutionError, ChatTemplateError)
+               ConstitutionError, ChatTemplateError, CustomLossError)
 
 
 def run_script(stage: Callable, config_cls, argv: Sequence[str], default_config: str):

@@ -66,7 +66,8 @@ class OfflineConfig(RunConfig):
         if dc.kind not in ("pairwise", "ranking", "binary", "rating"):
             raise ValueError(f"data.kind={dc.kind!r}: expected pairwise, ranking, binary or "
                              "rating")
-        offline.check_method_kind(self.loss.method, dc.kind)
+        if not self.loss.custom:  # a custom loss reads whatever kind it is given
+            offline.check_method_kind(self.loss.method, dc.kind)
         if self.num_microbatches > 1 and self.loss.method in ("kto", "awr", "filtered_bc"):
             raise ValueError(f"num_microbatches={self.num_microbatches}: {self.loss.method}'s "
                              "reference point / baseline / kept share is a statistic of the "
@@ -214,7 +215,8 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
         else ("train/loss",))
     if result.preempted:
         print(f"preempted at step {result.step}", flush=True)
-        return StageResult(str(layout.root), None, result.step, True, data=(note,))
+        return StageResult(str(layout.root), None, result.step, True, data=(note,),
+                           warnings=tuple(layout.read_warnings()))
     with sharding.activation_sharding(mesh, rules):
         metrics = evaluate(result.state)
     if train.is_main_process():
@@ -223,5 +225,5 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
     export_policy(layout, config, result.state.params, tokenizer)  # collective
     print(json.dumps(metrics), flush=True)
     return StageResult(str(layout.root), str(layout.export), result.step, False, metrics,
-                       data=(note,))
+                       data=(note,), warnings=tuple(layout.read_warnings()))
 
