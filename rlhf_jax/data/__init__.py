@@ -13,7 +13,8 @@ from rlhf_jax.data.preference import (PreferenceBatch, PreferenceDataset,
 from rlhf_jax.data.prompts import (PromptDataset, build_prompt_dataset, prompt_arrays,
                                    prompt_batches)
 from rlhf_jax.data.records import (DataFormatError, RecordStats, describe_dataset,
-                                   iter_raw_records, normalise_rating, read_records)
+                                   iter_raw_records, normalise_rating, read_records,
+                                   truncation_warnings)
 from rlhf_jax.data.sft import PackedBatches, SFTDataset, build_sft_dataset, sft_batches
 from rlhf_jax.data import builtin
 from rlhf_jax.data.synthetic import progression_batches, progression_example

@@ -72,6 +72,25 @@ def describe_dataset(stats: dict, keys: Optional[dict] = None) -> str:
     return f"data {stats.get('file', '')} ({stats.get('kind', '?')}): " + "; ".join(parts)
 
 
+def truncation_warnings(stats: dict, keys: Optional[dict] = None,
+                        share: float = 0.5) -> list[str]:
+    """Warnings for a prepared dataset whose length limits cut more than `share` of its prompts
+    or responses, each with the numbers and the setting to raise (`keys` maps a limit such as
+    "max_prompt_len" to its config key)."""
+    keys, limits, out = keys or {}, stats.get("limits", {}), []
+    for what, limit in (("prompts", "max_prompt_len"), ("responses", "max_response_len")):
+        total, cut = stats.get(what), stats.get(f"{what}_truncated")
+        if not total or cut is None or cut <= share * total:
+            continue
+        name = keys.get(limit, limit)
+        noun = "texts" if stats.get("kind") == "text" and what == "prompts" else what
+        ends = ("lose their start" if what == "prompts"
+                else "lose their end and their end-of-turn / EOS token")
+        out.append(f"{stats.get('file', '')}: {cut} of {total} {noun} ({cut / total:.0%}) are "
+                   f"cut to {name}={limits.get(limit, '?')} tokens and {ends}; raise {name}")
+    return out
+
+
 def record_key(record: dict) -> str:
     """A canonical string of a validated record: equal for exact duplicates."""
     return json.dumps(record, sort_keys=True)

@@ -4,6 +4,7 @@ preemption)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -25,6 +26,8 @@ class StageResult:
     preempted: bool
     metrics: dict = dataclasses.field(default_factory=dict)
     data: tuple[str, ...] = ()  # one line per prepared dataset: counts, splits, truncation
+    # settings that defeat the stage (most prompts / responses cut, most responses without EOS)
+    warnings: tuple[str, ...] = ()
 
 
 def shapes_note(batches, axes: str = "tokens") -> str:
@@ -39,6 +42,18 @@ def shapes_note(batches, axes: str = "tokens") -> str:
     return ""
 
 
+def warn(layout: RunLayout, message: str) -> None:
+    """Print `warning: <message>` and record it in the run's warnings.json (once; main process),
+    so that a resumed run and the pipeline's report still show it."""
+    if not train.is_main_process():
+        return
+    print(f"warning: {message}", flush=True)
+    seen = layout.read_warnings()
+    if message not in seen:
+        layout.warnings.parent.mkdir(parents=True, exist_ok=True)
+        layout.warnings.write_text(json.dumps(seen + [message], indent=1))
+
+
 def labelled_dataset(dc, train_file: str, tokenizer, layout: RunLayout, seed: int):
     """The prepared preference dataset of a stage's data settings `dc` (a `RewardData`): built
     once by the main process, its one-line description printed, and refused when
@@ -48,7 +63,8 @@ def labelled_dataset(dc, train_file: str, tokenizer, layout: RunLayout, seed: in
         max_prompt_len=dc.prompt_len, max_response_len=dc.response_len,
         rating_range=(dc.rating_low, dc.rating_high), on_error=dc.on_error,
         validation_fraction=dc.validation_fraction, seed=seed, buckets=dc.buckets)
-    note = data_note(ds.stats, {k: f"data.{k}" for k in ("max_prompt_len", "max_response_len")})
+    note = data_note(ds.stats, {k: f"data.{k}" for k in ("max_prompt_len", "max_response_len")},
+                     layout=layout)
     if dc.validation_fraction > 0 and "validation" not in ds.splits:
         raise ValueError(f"{train_file}: no held-out records are left with "
                          f"data.validation_fraction={dc.validation_fraction} ({note}); use more "
@@ -56,12 +72,18 @@ def labelled_dataset(dc, train_file: str, tokenizer, layout: RunLayout, seed: in
     return ds, note
 
 
-def data_note(stats: dict, keys: dict, batches=None, axes: str = "") -> str:
+def data_note(stats: dict, keys: dict, batches=None, axes: str = "",
+              layout: Optional[RunLayout] = None) -> str:
     """`data.describe_dataset` of a prepared dataset, printed once (main process), with the
-    padded shapes its batches take (bucketed: each compiles the step once) or its packing."""
+    padded shapes its batches take (bucketed: each compiles the step once) or its packing; a
+    limit that cuts most prompts or responses is also a warning (`warn`, when `layout` is
+    given)."""
     line = data.describe_dataset(stats, keys) + shapes_note(batches, axes)
     if train.is_main_process():
         print(line, flush=True)
+    if layout is not None:
+        for message in data.truncation_warnings(stats, keys):
+            warn(layout, message)
     return line
 
 

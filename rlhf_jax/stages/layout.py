@@ -7,6 +7,7 @@ A stage's run directory holds:
     export/            the trained model (Hugging Face directory; reward models add their head)
     metrics.jsonl      one JSON line of scalars per logged step; tensorboard/ the same as events
     eval_summary.json  the reward model's held-out metrics after training
+    warnings.json      the warnings the stage printed (e.g. most responses without EOS)
     samples_*.jsonl    policy samples (before/after PPO)
     data/              files written for the run (built-in data, tokenised TFDS datasets)
     tokenizer/         a tokenizer trained for the run (built-in corpus)
@@ -63,6 +64,7 @@ class RunLayout:
     metrics = _under("metrics.jsonl")
     tensorboard = _under("tensorboard")
     eval_summary = _under("eval_summary.json")
+    warnings = _under("warnings.json")  # what the stage warned about (settings that defeat it)
     built_data = _under("data", "built")
     tokenizer = _under("tokenizer")
     compile_cache = _under("compile_cache")
@@ -74,6 +76,10 @@ class RunLayout:
     def samples(self, name: str) -> Path:
         """Samples written under `name` ("before", "after")."""
         return self.root / f"samples_{name}.jsonl"
+
+    def read_warnings(self) -> list[str]:
+        """The warnings the stage recorded (empty when there are none)."""
+        return json.loads(self.warnings.read_text()) if self.warnings.is_file() else []
 
     def read_metrics(self) -> list[dict]:
         """The rows of metrics.jsonl (empty when there is none)."""

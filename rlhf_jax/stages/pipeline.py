@@ -438,18 +438,20 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
 
     policy_dir, prefs = run_inputs(cfg, layout)
     sft, rm, ppo_cfg, off_cfg = stage_configs(cfg, layout, policy_dir, prefs)
-    notes = []
+    notes, warnings = [], []
     if cfg.sft.steps > 0:
         sft_result = timed("sft", train_sft, sft)
         if sft_result.preempted:
             return preempted("sft")
         notes += sft_result.data
+        warnings += sft_result.warnings
     labels = (timed("comparisons", sample_comparisons, cfg, ppo_cfg, policy_dir, gold_fn, prefs)
               if not cfg.preference_file else {"preference_file": prefs})
     rm_result = timed("reward", train_reward_model, rm)
     if rm_result.preempted:
         return preempted("reward")
     notes += rm_result.data
+    warnings += rm_result.warnings
     policy_rows, trained = [], None
     if cfg.method != "best_of_n":
         stage, run, stage_cfg = (("ppo", train_ppo, ppo_cfg) if cfg.method in PPO_FAMILY
@@ -458,6 +460,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         if result.preempted:
             return preempted(cfg.method)
         notes += result.data
+        warnings += result.warnings
         policy_rows, trained = layout.stage(stage).read_metrics(), result.export_dir
     ev = timed("evaluation", evaluate_before_after, cfg, ppo_cfg, trained, gold_fn)
     info = {"seed": cfg.seed, "stage_seconds": seconds, **labels, "gold": cfg.gold,
@@ -466,7 +469,10 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             "annotator_temperatures": cfg.annotator_temperatures,
             "report_samples": cfg.report_samples, "run_dir": str(layout.root),
             "before_label": "before (SFT)" if cfg.sft.steps > 0 else "before (initial policy)",
-            "data": notes,
+            "data": notes, "warnings": warnings,
+            "custom_loss": (cfg.ppo.ppo.policy_loss if cfg.method in PPO_FAMILY
+                            else cfg.offline.loss.custom if cfg.method in offline.METHODS
+                            else ""),
             "config": resolved}
     if train.is_main_process():
         layout.evaluation.write_text(json.dumps(ev, indent=1))

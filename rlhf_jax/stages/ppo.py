@@ -15,8 +15,8 @@ from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.models import CheckpointFormatError, TransformerConfig
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.stages.common import (RunConfig, StageResult, builtin_file, check_batch_size,
-                                    data_note, export_policy, model_overrides, optimizer_config, shardings_of,
-                                    start_run, train_with_checkpoints)
+                                    data_note, export_policy, model_overrides, optimizer_config,
+                                    shardings_of, start_run, train_with_checkpoints, warn)
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.train import ConfigError, OptimizerConfig
 
@@ -284,10 +284,40 @@ def _ptx_batches(cfg: PPOStageConfig, layout: RunLayout, tokenizer, pad_id: int)
     ptx_ds = train.main_process_first(data.build_sft_dataset, ptx_file, tokenizer,
                                       layout.built_data, max_len=cfg.ptx.max_len,
                                       buckets="off")
-    note = data_note(ptx_ds.stats, {"max_prompt_len": "ptx.max_len"})
+    note = data_note(ptx_ds.stats, {"max_prompt_len": "ptx.max_len"}, layout=layout)
     return note, data.sft_batches(ptx_ds.splits["train"],
                                   cfg.ptx.batch_size // jax.process_count(), pad_id=pad_id,
                                   seed=cfg.seed + 1)
+
+
+def check_first_iteration(step_fn, layout: RunLayout, cfg: PPOStageConfig,
+                          sampling: SamplingConfig, share: float = 0.5):
+    """`step_fn` that, after the run's first iteration, warns (`stages.common.warn`) when more
+    than `share` of the responses reached `sampling.max_new_tokens` without an end token: each
+    of those gets `rollout.missing_eos_penalty` instead of the reward model's score, so PPO
+    would learn from the penalty alone. One host fetch of one metric, once."""
+    checked = [False]
+
+    def step(state, batch):
+        state, metrics = step_fn(state, batch)
+        if not checked[0]:
+            checked[0] = True
+            eos = float(metrics["response/eos_fraction"])
+            if 1.0 - eos > share:
+                n = cfg.batch_size * cfg.rollout.group_size
+                penalty = cfg.rollout.missing_eos_penalty
+                cost = (f"each gets rollout.missing_eos_penalty={penalty} instead of the reward "
+                        "model's score, so PPO learns from the penalty, not the reward model"
+                        if penalty is not None else "the reward model scores them cut short")
+                warn(layout, f"PPO iteration {int(state.step)}: {1.0 - eos:.0%} of the {n} "
+                             "responses reached sampling.max_new_tokens="
+                             f"{sampling.max_new_tokens} (the main job's max_new_tokens) "
+                             f"without an end token; {cost}. Raise max_new_tokens, or check "
+                             "that the policy ends its answers (its chat template's end of "
+                             f"turn or EOS: ids {list(sampling.eos_token_ids)})")
+        return state, metrics
+
+    return step
 
 
 class _DecisionRecorder:
@@ -398,7 +428,7 @@ def train_ppo(cfg: PPOStageConfig, *,
                                          cfg.batch_size // jax.process_count(), pad_id=pad_id,
                                          seed=cfg.seed)
     notes = [data_note(prompt_ds.stats, {"max_prompt_len": "prompts.max_prompt_len"},
-                       prompt_batches, "prompt")]
+                       prompt_batches, "prompt", layout=layout)]
     ptx_note, ptx_batches = _ptx_batches(cfg, layout, tokenizer, pad_id)
     notes += [ptx_note] if ptx_note else []
     batches = ppo.ZipBatches(prompt_batches, ptx_batches)
@@ -421,6 +451,7 @@ def train_ppo(cfg: PPOStageConfig, *,
         + ((recorder.term,) if recorder else ()),
         place_batch=lambda b: train.global_batch_from_local(b, mesh, rules))
     step = recorder.wrap(step) if recorder else step
+    step = check_first_iteration(step, layout, cfg, sampling)
     eval_src = data.prompt_batches(prompt_ds.splits["train"],
                                    cfg.eval_prompts // jax.process_count(), pad_id=pad_id,
                                    seed=cfg.seed + 2, shuffle=True, texts=True)
@@ -448,7 +479,8 @@ def train_ppo(cfg: PPOStageConfig, *,
         progress_keys=("score/mean", "kl/sequence", "time/iteration"))
     if result.preempted:
         print(f"preempted at step {result.step}", flush=True)
-        return StageResult(str(layout.root), None, result.step, True, data=tuple(notes))
+        return StageResult(str(layout.root), None, result.step, True, data=tuple(notes),
+                           warnings=tuple(layout.read_warnings()))
     with sharding.activation_sharding(mesh, rules):
         after = write_samples("after", result.state.params["policy"],
                               _reference(m, result.state))
@@ -457,5 +489,5 @@ def train_ppo(cfg: PPOStageConfig, *,
                "reward_model_score_after": after["proxy"]["mean"]}
     print(json.dumps(metrics), flush=True)
     return StageResult(str(layout.root), str(layout.export), result.step, False, metrics,
-                       data=tuple(notes))
+                       data=tuple(notes), warnings=tuple(layout.read_warnings()))
 

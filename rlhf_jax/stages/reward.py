@@ -164,7 +164,8 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
         leaf_names=train.leaf_names(params), progress_keys=("train/loss", "reward/accuracy"))
     if result.preempted:
         print(f"preempted at step {result.step}", flush=True)
-        return StageResult(str(layout.root), None, result.step, True, data=(note,))
+        return StageResult(str(layout.root), None, result.step, True, data=(note,),
+                           warnings=tuple(layout.read_warnings()))
     with sharding.activation_sharding(mesh, rules):  # as in training: reuses its eval program
         params, norm = reward.normalise_reward_params(
             model, result.state.params, ds.splits["train"], max_samples=cfg.normalise_samples,
@@ -181,4 +182,4 @@ def train_reward_model(cfg: RewardConfig) -> StageResult:
     metrics = {k: v for k, v in summary.items() if k.startswith("eval/")}
     print(json.dumps(metrics), flush=True)
     return StageResult(str(layout.root), str(layout.export), result.step, False, metrics,
-                       data=(note,))
+                       data=(note,), warnings=tuple(layout.read_warnings()))

@@ -144,13 +144,16 @@ def train_sft(cfg: SFTConfig) -> StageResult:
                                    pad_id=tokenizer.pad_token_id or 0, seed=cfg.seed,
                                    packing=dc.packed)
         notes = (data_note(texts.stats, {"max_prompt_len": "data.max_len"},
-                           batches=batches),)
+                           batches=batches, layout=layout),)
     result = train_with_checkpoints(
         cfg, layout, step=step, abstract_state=abstract, init_state=init_state,
         batches=GlobalBatches(batches, mesh, rules), mesh=mesh, rules=rules,
         leaf_names=train.leaf_names(params))
     print(f"{'preempted' if result.preempted else 'finished'} at step {result.step}", flush=True)
+    warnings = tuple(layout.read_warnings())
     if result.preempted:
-        return StageResult(str(layout.root), None, result.step, True, data=notes)
+        return StageResult(str(layout.root), None, result.step, True, data=notes,
+                           warnings=warnings)
     export_policy(layout, config, result.state.params, tokenizer)  # collective
-    return StageResult(str(layout.root), str(layout.export), result.step, False, data=notes)
+    return StageResult(str(layout.root), str(layout.export), result.step, False, data=notes,
+                       warnings=warnings)
