@@ -1,4 +1,4 @@
-"""The README's example runs as written."""
+"""The README's example runs as written, continued by docs/scaling.md's."""
 import pathlib
 import re
 
@@ -6,16 +6,19 @@ import pytest
 
 pytestmark = pytest.mark.slow  # it trains a reward model and runs PPO through the stages
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, ROOT / "docs" / "scaling.md"]  # read in this order, as a reader goes on
 
 
 def test_readme_example_runs(tmp_path, monkeypatch, capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "README has no python example"
+    blocks = [(page, block) for page in PAGES
+              for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)]
+    assert blocks and blocks[0][0] == README, "README has no python example"
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__readme__"}
-    for block in blocks:  # later blocks continue the earlier ones, as a reader would
-        exec(compile(block, str(README), "exec"), namespace)
+    for page, block in blocks:  # later blocks continue the earlier ones, as a reader would
+        exec(compile(block, str(page), "exec"), namespace)
     out = capsys.readouterr().out
     assert "(2, 6, 256)" in out and "(2, 8)" in out
     assert namespace["sample"].mask.shape == (2, 8)
