@@ -19,7 +19,6 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "compare.py")
 
 
 def main(argv):
-    argv = ["--config.quick=True" if a == "--quick" else a for a in argv]
     return stages.run_script(studies.compare_methods, studies.CompareConfig, argv, DEFAULT)
 
 

@@ -12,13 +12,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import losses, sharding, train
+from rlhf_jax.train.config_help import config_file_help
 from rlhf_jax.models import load_or_init_model
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "inspect_model.py")
 
 
 def main(argv):
-    cfg = train.parse_config(argv, DEFAULT)
+    if "--help" in argv or "-h" in argv:
+        print(f"{__doc__.strip()}\n\nOverride any key with --config.KEY=VALUE (defaults from "
+              f"{DEFAULT}):\n\n" + "\n".join(config_file_help(DEFAULT)))
+        raise SystemExit(0)
+    try:
+        cfg = train.parse_config(argv, DEFAULT)
+    except train.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
     config, model, params = load_or_init_model(
         cfg.model_dir, cfg.preset, mesh, rules, jax.random.key(cfg.seed), dtype=cfg.dtype,

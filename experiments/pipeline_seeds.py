@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from rlhf_jax import stages, train
+from rlhf_jax.train.config_help import config_help
 
 # the evaluation's text metrics in the second table, before and after
 METRICS = ("profanity_rate", "distinct_1", "distinct_2", "length")
@@ -22,11 +23,18 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "pipeline.py")
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--run-dir", default="runs/seeds")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter,
+        epilog="Every key of the main job (each seed's run) as --config.KEY=VALUE:\n\n"
+        + "\n".join(config_help(stages.PipelineConfig())))
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds, one run each")
+    p.add_argument("--run-dir", default="runs/seeds",
+                   help="where each seed's run (seed_<n>/) and summary.md go")
     args, extra = p.parse_known_args()
-    base = train.config_from_dict(stages.PipelineConfig, train.parse_config(extra, DEFAULT))
+    try:
+        base = train.config_from_dict(stages.PipelineConfig, train.parse_config(extra, DEFAULT))
+    except train.ConfigError as e:
+        p.exit(2, f"error: {e}\n")
     rows = []
     cache = (os.path.join(args.run_dir, "compile_cache") if base.compile_cache == "auto"
              else base.compile_cache)  # one for all seeds: their programs are the same

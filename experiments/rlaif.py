@@ -1,7 +1,7 @@
 """RLAIF: the main job with a constitution judge's AI labels beside the simulated humans' labels,
 and a report comparing the two (label agreement, gold, KL, profanity rate).
 
-    python experiments/rlaif.py [--config.constitution=my.toml] [--config.quick=true]
+    python experiments/rlaif.py [--config.constitution=my.toml] [--quick]
 
 Every key: `--help`.
 """

@@ -1,6 +1,6 @@
 """Study: labels per item against annotator noise, and annotator models on a mixed crowd (report.md with plots).
 
-    python experiments/study_annotators.py [--config.quick=true] [--config.run_dir=runs/study_annotators]
+    python experiments/study_annotators.py [--quick] [--config.run_dir=runs/study_annotators]
 
 Every key: `--help`.
 """

@@ -1,6 +1,6 @@
 """Study: comparisons, ratings or both at equal annotation budgets (report.md with plots).
 
-    python experiments/study_hybrid.py [--config.quick=true] [--config.run_dir=runs/study_hybrid]
+    python experiments/study_hybrid.py [--quick] [--config.run_dir=runs/study_hybrid]
 
 Every key: `--help`.
 """

@@ -1,6 +1,6 @@
 """Study: held-out accuracy against labels for each acquisition function (report.md with plots).
 
-    python experiments/study_label_efficiency.py [--config.quick=true] [--config.run_dir=runs/study_label_efficiency]
+    python experiments/study_label_efficiency.py [--quick] [--config.run_dir=runs/study_label_efficiency]
 
 Every key: `--help`.
 """

@@ -27,6 +27,19 @@ from orbax.checkpoint import checkpoint_managers as policies
 log = logging.getLogger(__name__)
 
 
+class _NoMetricsNote(logging.Filter):
+    """Drops Orbax's "Requested `tracked_metric`; did not provide metrics." note: with
+    `keep_best`, the saves between two evaluations carry no metrics by design (they are kept by
+    recency, `keep_last`; the best by metric among the evaluated ones), so the note fires on
+    every such save of a normal run and says nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Requested `tracked_metric`")
+
+
+logging.getLogger("absl").addFilter(_NoMetricsNote())
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     """Where and how often to save, and which checkpoints to keep.

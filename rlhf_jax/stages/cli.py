@@ -2,6 +2,7 @@
 a user's mistakes reported as one line instead of a traceback."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Callable, Sequence
 
@@ -23,9 +24,16 @@ USER_ERRORS = (train.ConfigError, DataFormatError, CheckpointFormatError, Corrup
 def run_script(stage: Callable, config_cls, argv: Sequence[str], default_config: str):
     """Parse `argv` against the config file, build `config_cls` and call `stage` with it.
 
-    `--help` lists every config key with its default and description. A user error prints
-    `error: <message>` on stderr and exits with status 2.
+    `--help` lists every config key with its default and description. `--quick` is
+    `--config.quick=true` on every script whose config has a quick mode, and refused on the
+    others. A user error prints `error: <message>` on stderr and exits with status 2.
     """
+    if "--quick" in argv:
+        if "quick" not in {f.name for f in dataclasses.fields(config_cls)}:
+            print(f"error: --quick: this script ({config_cls.__name__}) has no quick mode",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(2)
+        argv = ["--config.quick=true" if a == "--quick" else a for a in argv]
     if "--help" in argv or "-h" in argv:
         print(f"{class_summary(config_cls)}\n\nOverride any key with --config.KEY=VALUE "
               f"(defaults from {default_config}):\n")

@@ -148,27 +148,28 @@ def active_learning(cfg: ActiveConfig, *, tokenizer=None, learner: Optional[Lear
                     verbose: bool = True) -> ActiveResult:
     """Run (or resume) the active-learning loop of `cfg`; see the module docstring."""
     layout = RunLayout(cfg.run_dir)
-    layout.root.mkdir(parents=True, exist_ok=True)
     config_dict = train.config_to_dict(cfg)
     config_dict.pop("rounds")  # more rounds continue the same run
+    oracle = LabelSource(cfg)  # reads and checks a labels file before anything is written
+    if cfg.labels == "file":
+        need = cfg.heldout_pairs + cfg.initial_labels + cfg.rounds * cfg.labels_per_round
+        if len(oracle.file_pairs) < need:
+            raise train.ConfigError(
+                f"labels_file={cfg.labels_file}: {len(oracle.file_pairs)} distinct pairs, but "
+                f"heldout_pairs + initial_labels + rounds * labels_per_round = {need}")
+    layout.root.mkdir(parents=True, exist_ok=True)
     check_run_config(layout.config, config_dict)
     record_run_config(layout.config, config_dict)
     if tokenizer is None:
         tokenizer = (models.load_tokenizer(cfg.learner.model_dir) if cfg.learner.model_dir
                      else train.on_main_process(data.builtin.train_tokenizer, layout.tokenizer)
                      or models.load_tokenizer(layout.tokenizer))
-    oracle = LabelSource(cfg)
     if learner is None:
         learner = Learner(cfg.learner, tokenizer, cfg.annotators().ids())
     learner.init(cfg.seed)
     # the fixed held-out set: the same for every acquisition function of a seed
     eval_rng = np.random.default_rng([cfg.seed, 7])
     if cfg.labels == "file":  # held out from the file, scored by the file's own labels
-        need = cfg.heldout_pairs + cfg.initial_labels + cfg.rounds * cfg.labels_per_round
-        if len(oracle.file_pairs) < need:
-            raise train.ConfigError(
-                f"labels_file={cfg.labels_file}: {len(oracle.file_pairs)} distinct pairs, but "
-                f"heldout_pairs + initial_labels + rounds * labels_per_round = {need}")
         heldout = oracle.pool(eval_rng, cfg.heldout_pairs, set())
         gold = np.array([1.0 if r["ranks"][0] == 0 else -1.0
                          for r in oracle.label(heldout, eval_rng, "")])

@@ -24,6 +24,10 @@ class LabelSource:
         self.file_labels = {}
         if cfg.labels == "file":
             recs, _ = data.read_records(cfg.labels_file, "pairwise")
+            if any(isinstance(r["prompt"], list) for r in recs):
+                raise data.DataFormatError(
+                    f"{cfg.labels_file}: active learning reads plain-text pairs; this file "
+                    "holds conversations (train a reward model on them with the reward stage)")
             for r in recs:  # responses in the file's order: chosen first
                 key = (r["prompt"], *sorted(r["responses"]))
                 self.file_labels[key] = (r["responses"][0], r["annotator_id"])

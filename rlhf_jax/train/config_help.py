@@ -74,3 +74,18 @@ def missing_descriptions(cls, prefix: str = "") -> list[str]:
         elif not comments.get(f.name):
             out.append(prefix + f.name)
     return out
+
+
+def config_file_help(path) -> list[str]:
+    """Lines `--config.key=value  description` of a config file that builds a plain ConfigDict
+    (`config.key = value  # description` lines), for scripts without a config dataclass."""
+    import re
+    from pathlib import Path
+
+    out = []
+    for line in Path(path).read_text().splitlines():
+        m = re.match(r"\s*config\.([\w.]+)\s*=\s*(.+?)\s*(?:#\s*(.*))?$", line)
+        if m:
+            key, value, note = m.groups()
+            out.append(f"--config.{key}={value}" + (f"  {note}" if note else ""))
+    return out

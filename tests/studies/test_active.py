@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from rlhf_jax import data
+from rlhf_jax import data, train
 from rlhf_jax.labelling import LabelStore
 from rlhf_jax.studies.active import ActiveConfig, active_learning
 from rlhf_jax.studies.learner import Learner, LearnerConfig
@@ -138,3 +138,15 @@ def test_pool_sampled_from_a_policy(tmp_path, shared):
         words = set(" ".join(r["responses"]).split())
         assert not words <= set(data.builtin.NEUTRAL + data.builtin.PLEASANT +
                                 data.builtin.UNPLEASANT)
+
+
+def test_a_bad_labels_file_is_refused_before_anything_is_written(tmp_path):
+    """The labels file is read and checked first: a file with too few pairs stops the run and
+    leaves no config.json, so the corrected rerun is not refused as a different run."""
+    rows = [{"prompt": "p", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(3)]
+    path = tmp_path / "few.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(train.ConfigError, match="few.jsonl: 3 distinct pairs, but"):
+        active_learning(ActiveConfig(run_dir=str(tmp_path / "run"), labels="file",
+                                     labels_file=str(path)), verbose=False)
+    assert not (tmp_path / "run").exists()
