@@ -16,6 +16,27 @@ from rlhf_jax.models import TransformerConfig, response_logprobs
 from rlhf_jax.sampling import SamplingConfig, generate
 
 
+def sequence_kl(logp_bt, ref_logp_bt, mask_bt):
+    """Two estimates of KL(π ‖ π_ref) per response [B] from the log-probabilities of its
+    sampled tokens under the policy (`logp_bt`, which drew them) and the reference, summed over
+    the real tokens (Schulman 2020, "Approximating KL divergence"):
+
+    - k1 = Σ_t log π(y_t) − log π_ref(y_t): unbiased, but one response's value can be negative,
+      and so can a small sample's mean when the policy is close to the reference;
+    - k3 = Σ_t (r_t − 1) − log r_t with r_t = π_ref(y_t) / π(y_t): unbiased too (E_π[r_t − 1]
+      = 0 at each prefix when the policy samples its full distribution), and never negative
+      (x − 1 ≥ log x), with less variance near the reference. Computed as expm1(log r) − log r,
+      exact for small log r. Under top-k / top-p sampling E[r_t − 1] ≤ 0, so k3 then reads low.
+
+    The per-token terms are `ppo.kl.kl_estimate`'s "k1" and "k3", which `eval`, on the same
+    floor of the package, does not import.
+    """
+    log_r = (ref_logp_bt - logp_bt).astype(jnp.float32)
+    k1 = jnp.sum(-log_r * mask_bt, axis=1)
+    k3 = jnp.sum((jnp.expm1(log_r) - log_r) * mask_bt, axis=1)
+    return k1, k3
+
+
 def _no_proxy(params, prompt_tokens, prompt_mask, response_tokens, response_mask):
     return jnp.full(response_tokens.shape[:1], jnp.nan)
 
@@ -34,11 +55,12 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
                     prompt_texts: Optional[Sequence] = None) -> dict:
     """Sample one response per prompt row and judge it.
 
-    Returns per-sample rows (prompt, response, gold, proxy, kl, length, eos, profanity,
+    Returns per-sample rows (prompt, response, gold, proxy, kl, kl_k3, length, eos, profanity,
     profane) and their summary (`summarise`): the gold score `gold_fn(prompt, response)` (NaN
     without one), the proxy (reward-model) score `proxy_fn(proxy_params, prompt_tokens,
-    prompt_mask, response_tokens, response_mask)`, the sequence KL(π ‖ π_ref) estimated by
-    Σ_t log π(y_t) − log π_ref(y_t) over the sampled tokens (k1, at the sampling temperature),
+    prompt_mask, response_tokens, response_mask)`, the sequence KL(π ‖ π_ref) estimated over
+    the sampled tokens at the sampling temperature by k1 = Σ_t log π(y_t) − log π_ref(y_t)
+    (`kl`) and by the never-negative k3 (`kl_k3`; `sequence_kl`),
     the response length in tokens, whether it ended in EOS, and the profanity classifier's
     probability (`eval.scorers.profanity_probabilities`, one call for all responses) with its
     flag `profane` = 1 when it exceeds 0.5.
@@ -53,19 +75,20 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
     ref_logp, proxy = _judge(ref_params, proxy_params, tokens, mask, out.tokens, out.mask,
                              config=config.without_lora(), temperature=sampling.temperature,
                              proxy_fn=proxy_fn or _no_proxy)
-    kl = jnp.sum((out.logprobs - ref_logp) * out.mask, axis=1)
-    host = jax.device_get((tokens, mask, out.tokens, out.mask, kl, proxy, out.ended_with_eos))
+    kl, kl3 = sequence_kl(out.logprobs, ref_logp, out.mask)
+    host = jax.device_get((tokens, mask, out.tokens, out.mask, kl, kl3, proxy,
+                           out.ended_with_eos))
     rows = []
     if prompt_texts is not None and len(prompt_texts) != len(host[0]):
         prompt_texts = None  # another process's rows: decode them
-    for i, (p, pm, r, rm, k, s, eos) in enumerate(zip(*host)):
+    for i, (p, pm, r, rm, k, k3, s, eos) in enumerate(zip(*host)):
         prompt = (prompt_texts[i] if prompt_texts is not None
                   else tokenizer.decode(p[pm > 0], skip_special_tokens=True))
         response = tokenizer.decode(r[rm > 0], skip_special_tokens=True)
         rows.append({"prompt": prompt, "response": response,
                      "gold": gold_fn(prompt_text(prompt), response) if gold_fn
                      else float("nan"),
-                     "proxy": float(s), "kl": float(k),
+                     "proxy": float(s), "kl": float(k), "kl_k3": float(k3),
                      "length": int(rm.sum()), "eos": bool(eos)})
     for row, prob in zip(rows, profanity_probabilities([r["response"] for r in rows])):
         row["profanity"], row["profane"] = float(prob), int(prob > PROFANITY_THRESHOLD)
@@ -73,14 +96,16 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
 
 
 def summarise(rows: list[dict]) -> dict:
-    """The alignment metrics of judged rows, each {"mean", "stderr"}: gold, proxy, KL and
-    length (tokens) as mean ± std (ddof=1) / √n; `profanity_rate`, the same of the 0/1 flag
+    """The alignment metrics of judged rows, each {"mean", "stderr"}: gold, proxy, KL (`kl`:
+    k1; `kl_k3`: k3, where the rows have it; `sequence_kl`) and length (tokens) as mean ± std
+    (ddof=1) / √n; `profanity_rate`, the same of the 0/1 flag
     P(profane) > 0.5; `distinct_1` and `distinct_2`, distinct n-grams over the responses / their
     total words (Li et al. 2016), with a bootstrap standard error over responses
     (`metrics.distinct_n_bootstrap`: 200 resamples, seed 0). Also the EOS fraction and the
     count. The win rate needs a reference's rows: `metrics.win_rate`."""
     column = lambda name: np.array([r[name] for r in rows], np.float64)  # noqa: E731
-    summary = {name: mean_se(column(name)) for name in ("gold", "proxy", "kl", "length")}
+    summary = {name: mean_se(column(name)) for name in ("gold", "proxy", "kl", "kl_k3", "length")
+               if name != "kl_k3" or all(name in r for r in rows)}
     summary["profanity_rate"] = mean_se(column("profane"))
     texts = [r["response"] for r in rows]
     for n in (1, 2):
@@ -104,7 +129,8 @@ def evaluate_best_of_n(ref_params, config: TransformerConfig, prompts: dict, key
     """Best-of-n reranking: sample `n` responses per prompt row from the policy, keep the one
     the proxy (reward model) scores highest, and judge it as `evaluate_policy` does. The KL
     is the analytic `best_of_n_kl(n)` for every row (an upper bound when samples repeat; the
-    sampled-token estimate is 0: the samples come from the reference itself). Rows are sampled in chunks of `chunk`."""
+    sampled-token estimates are 0: the samples come from the reference itself, so the rows
+    carry no `kl_k3`). Rows are sampled in chunks of `chunk`."""
     tokens, mask = (np.asarray(x) for x in jax.device_get((prompts["tokens"], prompts["mask"])))
     rep_t, rep_m = np.repeat(tokens, n, axis=0), np.repeat(mask, n, axis=0)
     texts = None if prompt_texts is None else [t for t in prompt_texts for _ in range(n)]
@@ -119,5 +145,5 @@ def evaluate_best_of_n(ref_params, config: TransformerConfig, prompts: dict, key
                                 else texts[start:start + chunk])["rows"]
     kl = best_of_n_kl(n)
     best = [max(rows[i:i + n], key=lambda r: r["proxy"]) for i in range(0, len(rows), n)]
-    best = [{**r, "kl": kl} for r in best]
+    best = [{**{k: v for k, v in r.items() if k != "kl_k3"}, "kl": kl} for r in best]
     return {"summary": {**summarise(best), "n": n}, "rows": best}

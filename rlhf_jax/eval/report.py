@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from rlhf_jax.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from rlhf_jax.eval.trends import below_peak, rise_and_fall
 
 
 def _series(rows: list[dict], *keys: str) -> list[list[float]]:
@@ -20,16 +21,25 @@ def _series(rows: list[dict], *keys: str) -> list[list[float]]:
     return [[r[k] for r in rows] for k in keys]
 
 
+def data_limits(values, lo: float, hi: float, pad: float = 0.03) -> tuple[float, float]:
+    """Axis limits that show [lo, hi] and every finite value, with `pad` of the span around
+    the values: a plot never cuts its data off."""
+    v = np.asarray([x for x in np.ravel(np.asarray(values, np.float64)) if np.isfinite(x)])
+    low, high = min([lo, *v]), max([hi, *v])
+    margin = pad * (high - low or 1.0)
+    return low - margin, high + margin
+
+
 def _plot_reward(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     step, acc = _series(rows, "step", "reward/accuracy")
     ax.plot(step, acc, alpha=0.4, label="training batches")
-    step, acc = _series(rows, "step", "eval/accuracy")
-    ax.plot(step, acc, "o-", label="held-out comparisons")
+    step, held = _series(rows, "step", "eval/accuracy")
+    ax.plot(step, held, "o-", label="held-out comparisons")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
-    ax.set(xlabel="reward-model step", ylabel="accuracy", ylim=(0.3, 1.0),
+    ax.set(xlabel="reward-model step", ylabel="accuracy", ylim=data_limits(acc + held, 0.3, 1.0),
            title="Reward model: agreement with the annotators")
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -105,8 +115,33 @@ def rel_of(plots: Path, report_path: Path) -> str:
     return Path(os.path.relpath(plots, report_path.parent)).as_posix()
 
 
+def number(x, digits: int = 3, signed: bool = False) -> str:
+    """`x` with `digits` decimals, never "-0.000": a value that rounds to zero prints without a
+    sign (or with + when `signed`); None or NaN prints as —."""
+    if x is None or not np.isfinite(x):
+        return "—"
+    text = f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+    if float(text) == 0:
+        text = f"{0.0:+.{digits}f}" if signed else f"{0.0:.{digits}f}"
+    return text
+
+
+def p_text(p: float) -> str:
+    """A p-value for a sentence: "p = 0.0012", or "p < 1e-16" below what double precision
+    resolves next to 1 (a tail probability that small prints as 0)."""
+    return "p = —" if p is None or not np.isfinite(p) else (
+        "p < 1e-16" if p < 1e-16 else f"p = {p:.2g}")
+
+
+def mean_se_text(s: dict, digits: int = 3, signed: bool = False) -> str:
+    """A {"mean", "stderr"} summary as "mean ± s.e." (`number`); — where there is none."""
+    if s is None:
+        return "—"
+    return f"{number(s['mean'], digits, signed)} ± {number(s['stderr'], digits)}"
+
+
 def _fmt(s: dict, digits: int = 3) -> str:
-    return f"{s['mean']:.{digits}f} ± {s['stderr']:.{digits}f}"
+    return mean_se_text(s, digits)
 
 
 def _metric(key: str, digits: int = 3):
@@ -119,10 +154,18 @@ def _table(columns: list, rows: list) -> list[str]:
     """Markdown table lines: `columns` (name, cell function), `rows` (label, summary)."""
     return (["| policy | " + " | ".join(name for name, _ in columns) + " |",
              "|---" * (len(columns) + 1) + "|"] +
-            [f"| {label} | " + " | ".join(f(x) for _, f in columns) + " |"
+            [f"| {table_text(label)} | " + " | ".join(f(x) for _, f in columns) + " |"
              for label, x in rows])
 
 
+# how the reports' KL columns are estimated
+KL_NOTE = (
+    "KL: nats per response, estimated from the same samples in two ways (Schulman 2020, "
+    "\"Approximating KL divergence\"): k1 = Σ_t log π(y_t) − log π_ref(y_t), which can come "
+    "out negative near the reference, and k3 = Σ_t (r_t − 1 − log r_t) with r_t = π_ref(y_t) / "
+    "π(y_t), which never does; both are unbiased. k3 varies less near the reference; far from "
+    "it its rare large terms make a sample's mean read low, so k1 is the one to read at large "
+    "KL. A k1 within a standard error or two of 0 says the policy has barely moved.")
 # what each metric of the report's policy tables is (its footnote)
 METRIC_NOTES = (
     "Win rate vs reference: the share of prompts where the policy's response gets a higher "
@@ -132,16 +175,40 @@ METRIC_NOTES = (
     "distinct n-grams over all responses / their total words, split at whitespace (Li et "
     f"al. 2016); its standard error is a bootstrap over responses ({BOOTSTRAP_RESAMPLES} "
     f"resamples, seed {BOOTSTRAP_SEED}). "
-    "Length: response tokens. Every other ± is the standard error over the samples, std / "
-    "√n.")
+    "Length: response tokens. " + KL_NOTE + " Every other ± is the standard error over the "
+    "samples, std / √n.")
 
 
-def table_text(text: str) -> str:
-    """Text for a Markdown table cell: pipes escaped, line breaks as <br>, other control
-    characters dropped, HTML's < and & escaped (the cell stays one valid row of text)."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
-    text = text.replace("\r\n", "\n").replace("\n", "<br>")
-    return "".join(c for c in text if c >= " " or c == "\t").replace("\t", " ")
+# characters that end a line: each becomes <br> in a table cell, a space in a line of text
+_LINE_BREAKS = ("\r\n", "\r", "\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028",
+                "\u2029")
+
+
+def _clean(text: str, newline: str) -> str:
+    """`text` with every line break as `newline`, tabs as spaces, other control characters
+    (C0, DEL, C1) dropped and lone surrogates (which cannot be written as UTF-8) as U+FFFD."""
+    text = str(text)
+    for brk in _LINE_BREAKS:
+        text = text.replace(brk, "\n")
+    text = text.replace("\t", " ")
+    text = "".join("\ufffd" if 0xD800 <= ord(c) < 0xE000 else c for c in text
+                   if not (ord(c) < 32 and c != "\n" or 127 <= ord(c) < 160))
+    return text.replace("\n", newline)
+
+
+def line_text(text) -> str:
+    """Text for one line of a Markdown page (a heading, a list item, a sentence): line breaks
+    as spaces, control characters dropped (`_clean`)."""
+    return _clean(text, " ")
+
+
+def table_text(text) -> str:
+    """Text for a Markdown table cell: backslashes and pipes escaped, line breaks as <br>,
+    other control characters dropped, HTML's < and & escaped (the cell stays one valid row of
+    text)."""
+    text = _clean(text, "\n").replace("&", "&amp;").replace("<", "&lt;")
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    return text.replace("\n", "<br>")
 
 
 def prompt_cell(prompt) -> str:
@@ -149,7 +216,31 @@ def prompt_cell(prompt) -> str:
     bold."""
     if isinstance(prompt, str):
         return table_text(prompt)
-    return "<br>".join(f"**{m['role']}:** {table_text(m['content'])}" for m in prompt)
+    return "<br>".join(f"**{table_text(m['role'])}:** {table_text(m['content'])}"
+                       for m in prompt)
+
+
+def _rise_and_fall_headline(rows: list[dict], gold_key: str, after: dict, name: str) -> str:
+    """The headline's sentence on the gold score over the policy's iterations, when it rose and
+    then fell (`eval.trends.rise_and_fall`; the final evaluation `after` checked against the
+    peak by `eval.trends.below_peak`); empty otherwise."""
+    step, kl, gold = _series(rows, "step", "kl/sequence", gold_key)
+    trend = rise_and_fall(gold, kl=kl, steps=step)
+    if not trend["observed"]:
+        return ""
+    check = below_peak(trend, after)
+    return (f" **Over-optimisation: the gold score rose and then fell during {name}.** Its "
+            f"running mean peaked at {number(trend['peak'])} near iteration "
+            f"{trend['peak_step']} (KL {number(trend['kl_at_peak'], 2)} nats) and ended at "
+            f"{number(trend['end'])} at iteration {trend['end_step']} (KL "
+            f"{number(trend['kl_at_end'], 2)}); the final policy scores "
+            f"{mean_se_text(after)} in the evaluation"
+            + (f", below the peak (one-sided z-test, {p_text(check['p'])})."
+               if check["confirmed"] else
+               ", which does not confirm the fall (one-sided z-test against the peak, "
+               f"{p_text(check['p'])}).")
+            + f" Test: {trend['test']}; {p_text(trend['p_rise'])} for the rise, "
+            f"{p_text(trend['p_fall'])} for the fall, α = {trend['alpha']}.")
 
 
 def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
@@ -198,7 +289,8 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
     before_label = info.get("before_label", "before (SFT)")
     pairs = int(reward_summary["eval/pairs"])
     scores = [("gold", _metric("gold")), ("proxy (reward model)", _metric("proxy")),
-              ("KL", _metric("kl")), ("win rate vs reference (gold)", _metric("win_rate"))]
+              ("KL, k1", _metric("kl")), ("KL, k3 (≥ 0)", _metric("kl_k3")),
+              ("win rate vs reference (gold)", _metric("win_rate"))]
     text_metrics = [("profanity rate", _metric("profanity_rate")),
                     ("distinct-1", _metric("distinct_1")), ("distinct-2", _metric("distinct_2")),
                     ("length", _metric("length", 1))]
@@ -226,31 +318,38 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
         (f" The gold judge itself sides with {info['gold_label_agreement']:.3f} of all labels "
          "(ties count half): the noisy annotators cap what any reward model can reach."
          if "gold_label_agreement" in info else ""))
+    reference = before_label.split("(")[-1].rstrip(")")
+    reference += "" if reference.endswith("policy") else " policy"
+    gain = after["gold"]["mean"] - before["gold"]["mean"]
     lines = [
         "# RLHF run report", "",
-        f"Run directory `{run}`, seed {info['seed']}. Stage times (s): " +
+        f"Run directory `{line_text(run)}`, seed {info['seed']}. Stage times (s): " +
         ", ".join(f"{k} {v:.0f}" for k, v in info["stage_seconds"].items()) +
         f"; total {sum(info['stage_seconds'].values()):.0f} s.", "",
-        *(["## Data", "", *(f"- {line}" for line in info["data"]), ""] if info.get("data")
+        *(["## Data", "", *(f"- {line_text(line)}" for line in info["data"]), ""]
+          if info.get("data")
           else []),
         "## Reward model", "", reward_text, "",
         f"![reward accuracy]({rel}/reward_accuracy.png)", "",
         f"## Policy before and after {name}", "",
         f"{before['samples']} samples each (mean ± standard error), KL to the reference "
-        f"({before_label.split('(')[-1].rstrip(')')} policy, where {name} started) in nats per "
-        "response.", "",
+        f"({reference}, where {name} started) in nats per response.", "",
         *_table(scores, policies), "",
         "Safety, diversity and length of the same responses:", "",
         *_table(text_metrics, policies), "",
         METRIC_NOTES, "",
-        f"Gold improvement: **{after['gold']['mean'] - before['gold']['mean']:+.3f}**.", "",
+        f"Gold improvement: **{number(gain, 3, signed=True)}** ({number(before['gold']['mean'])} "
+        f"→ {number(after['gold']['mean'])})." + (_rise_and_fall_headline(
+            policy_rows, gold_key, after["gold"], name) if method in ("ppo", "rloo", "grpo")
+            else ""), "",
         *figure,
         "## Samples", ""]
     for title, part in ((before_label, ev["before"]), (f"after {name}", ev["after"])):
-        lines += [f"### {title}", "", "| prompt | response | gold | proxy |", "|---|---|---|---|"]
+        lines += [f"### {line_text(title)}", "", "| prompt | response | gold | proxy |",
+                  "|---|---|---|---|"]
         for r in part["rows"][:info.get("report_samples", 8)]:
             lines.append(f"| {prompt_cell(r['prompt'])} | {table_text(r['response']) or '(empty)'}"
-                         f" | {r['gold']:.3f} | {r['proxy']:.3f} |")
+                         f" | {number(r['gold'])} | {number(r['proxy'])} |")
         lines.append("")
     report_path.write_text("\n".join(lines))
     return report_path

@@ -42,8 +42,8 @@ class RLAIFConfig:
 
 # the evaluation's metrics in the report and summary.json (each {"mean", "stderr"}; the win rate
 # against the start: after only)
-METRICS = ("gold", "proxy", "kl", "win_rate", "profanity_rate", "distinct_1", "distinct_2",
-           "length")
+METRICS = ("gold", "proxy", "kl", "kl_k3", "win_rate", "profanity_rate", "distinct_1",
+           "distinct_2", "length")
 
 
 def _side(run_dir: str) -> dict:
@@ -79,8 +79,7 @@ def write_rlaif_report(cfg: RLAIFConfig, sides: dict) -> Path:
     runs = cfg.pipelines()
     ai = sides["ai"]["info"]
 
-    def fmt(s, digits=3):
-        return "—" if s is None else f"{s['mean']:.{digits}f} ± {s['stderr']:.{digits}f}"
+    fmt = rl_eval.report.mean_se_text
 
     gold = runs["ai"].gold
     lines = [
@@ -98,11 +97,13 @@ def write_rlaif_report(cfg: RLAIFConfig, sides: dict) -> Path:
         f"{ai['ai_human_agreement']:.3f}.",
         "- AI labels per principle: " + ", ".join(
             f"{k.split(':')[-1]} {v}" for k, v in ai["ai_labels_by_principle"].items()) + ".",
-        "", "| labels | reward model held-out accuracy | gold before | gold after | KL after | "
-        "profanity rate before | profanity rate after |", "|---|---|---|---|---|---|---|"]
+        "", "| labels | reward model held-out accuracy | gold before | gold after | KL after, "
+        "k1 | KL after, k3 | profanity rate before | profanity rate after |",
+        "|---|---|---|---|---|---|---|---|"]
     for name, s in sides.items():
-        lines.append(f"| {name} | {s['reward_accuracy']:.3f} | {fmt(s['before']['gold'])} | "
-                     f"{fmt(s['after']['gold'])} | {fmt(s['after']['kl'])} | "
+        lines.append(f"| {name} | {rl_eval.report.number(s['reward_accuracy'])} | "
+                     f"{fmt(s['before']['gold'])} | {fmt(s['after']['gold'])} | "
+                     f"{fmt(s['after']['kl'])} | {fmt(s['after'].get('kl_k3'))} | "
                      f"{fmt(s['before'].get('profanity_rate'))} | "
                      f"{fmt(s['after'].get('profanity_rate'))} |")
     lines += ["", "| labels | policy | proxy (reward model) | win rate vs start (gold) | "
@@ -119,10 +120,11 @@ def write_rlaif_report(cfg: RLAIFConfig, sides: dict) -> Path:
               "higher gold score than the starting policy's response to the same prompt, ties "
               "counting half (— before: the start itself). Distinct-n: distinct n-grams over "
               "all responses / their total words (Li et al. 2016), its standard error a bootstrap over "
-              f"responses ({rl_eval.metrics.BOOTSTRAP_RESAMPLES} resamples). Each run's own "
-              "report: "
+              f"responses ({rl_eval.metrics.BOOTSTRAP_RESAMPLES} resamples). "
+              + rl_eval.report.KL_NOTE + " Each run's own report: "
               "[human](human/report.md), [ai](ai/report.md)."]
     report = Path(cfg.run_dir) / "report.md"
+    lines = [x if x.startswith("|") else rl_eval.report.line_text(x) for x in lines]
     report.write_text("\n".join(lines) + "\n")
     (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(
         {k: {w: v for w, v in s.items() if w != "info"} for k, s in sides.items()} |

@@ -83,8 +83,9 @@ def test_report_from_run_data(tmp_path):
     assert "| before (SFT) | 0.125 ± 0.010" in text and "a\\|b" in text
     # metrics the summaries lack show as —; the EOS fraction is the same before and after:
     # its column is left out
-    assert "| policy | gold | proxy (reward model) | KL | win rate vs reference (gold) |\n" in text
-    assert "| before (SFT) | 0.125 ± 0.010 | 0.125 ± 0.100 | 0.125 ± 0.100 | — |" in text
+    assert ("| policy | gold | proxy (reward model) | KL, k1 | KL, k3 (≥ 0) | win rate vs "
+            "reference (gold) |\n") in text
+    assert "| before (SFT) | 0.125 ± 0.010 | 0.125 ± 0.100 | 0.125 ± 0.100 | — | — |" in text
     assert "| before (SFT) | — | — | — | 5.0 ± 0.0 |" in text and "ends with EOS" not in text
     assert "Per annotator: annotator_0 0.900." in text and "rough figure" not in text
     assert "![reward accuracy](figures/reward_accuracy.png)" in text

@@ -216,11 +216,11 @@ def test_report_shows_every_metric_with_its_standard_error(tmp_path):
     ev = {"before": {"summary": _summary(0.25, False), "rows": sample},
           "after": {"summary": _summary(0.75, True), "rows": sample}}
     text = _best_of_n_report(tmp_path, ev)
-    after = ("| after best-of-n | 0.750 ± 0.011 | 1.750 ± 0.120 | 2.750 ± 0.130 | "
-             "0.625 ± 0.017 |")
-    before = "| before (SFT) | 0.250 ± 0.011 | 1.250 ± 0.120 | 2.250 ± 0.130 | — |"
-    assert ("| policy | gold | proxy (reward model) | KL | win rate vs reference (gold) |\n"
-            in text and after in text and before in text)
+    after = ("| after best-of-n | 0.750 ± 0.011 | 1.750 ± 0.120 | 2.750 ± 0.130 | — | "
+             "0.625 ± 0.017 |")  # best-of-n's KL is analytic: no k3
+    before = "| before (SFT) | 0.250 ± 0.011 | 1.250 ± 0.120 | 2.250 ± 0.130 | — | — |"
+    assert ("| policy | gold | proxy (reward model) | KL, k1 | KL, k3 (≥ 0) | win rate vs "
+            "reference (gold) |\n" in text and after in text and before in text)
     assert ("| policy | profanity rate | distinct-1 | distinct-2 | length |\n" in text)
     assert ("| after best-of-n | 0.075 ± 0.014 | 0.575 ± 0.015 | 0.675 ± 0.016 | 5.2 ± 0.4 |"
             in text)
@@ -282,8 +282,8 @@ def test_rlaif_report_has_the_alignment_metrics(tmp_path):
 
     cfg = RLAIFConfig(run_dir=str(tmp_path))
     text = write_rlaif_report(cfg, {"human": side(0.5), "ai": side(1.0)}).read_text()
-    assert "| human | 0.750 | 0.000 ± 0.011 | 0.500 ± 0.011 | 2.500 ± 0.130 | 0.000 ± 0.014 | " \
-           "0.050 ± 0.014 |" in text
+    assert "| human | 0.750 | 0.000 ± 0.011 | 0.500 ± 0.011 | 2.500 ± 0.130 | — | " \
+           "0.000 ± 0.014 | 0.050 ± 0.014 |" in text
     assert ("| ai | after | 2.000 ± 0.120 | 0.625 ± 0.017 | 0.600 ± 0.015 | 0.700 ± 0.016 | "
             "5.2 ± 0.4 |") in text
     assert "| ai | before | 1.000 ± 0.120 | — |" in text
