@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,8 @@ from rlhf_jax.data import builtin
 from rlhf_jax.interpret.text import Inspected, chunks, encode, fits, pad_rows
 
 POOLINGS = ("last", "mean")
+# the fewest examples (that fit the model's lengths) a concept or random set needs
+LEAST_EXAMPLES = 8
 
 
 def _layer(config, layer: int) -> int:
@@ -263,10 +265,8 @@ def tcav(rm: Inspected, concepts: dict, randoms: Sequence[tuple], inputs: tuple,
     results = []
     for name, (prompts, responses) in concepts.items():
         prompts, responses = _fitting(rm, prompts, responses)
-        if len(prompts) < 8:
-            raise ValueError(f"concept {name!r}: {len(prompts)} examples fit the model's "
-                             f"lengths ({rm.max_prompt_len} prompt, {rm.max_response_len} "
-                             "response tokens with EOS); a concept needs at least 8")
+        if len(prompts) < LEAST_EXAMPLES:
+            raise ValueError(f"concept {name!r}: {_fit_note(rm, len(prompts))}")
         acts = activations_and_gradients(rm, prompts, responses, **kw)[0]
         scores, sens, acc = _runs(acts, rand_acts, grads, 0, k, rng, seed)
         if np.ptp(scores) == 0 and np.ptp(random_scores) == 0:
@@ -281,6 +281,27 @@ def tcav(rm: Inspected, concepts: dict, randoms: Sequence[tuple], inputs: tuple,
                                      bool(p < alpha / len(concepts)), float(np.mean(acc)),
                                      len(prompts)))
     return results
+
+
+def _fit_note(rm: Inspected, fit: int, total: Optional[int] = None) -> str:
+    of = "" if total is None else f" of {total}"
+    return (f"{fit}{of} examples fit the model's lengths ({rm.max_prompt_len} prompt, "
+            f"{rm.max_response_len} response tokens with EOS); a concept needs at least "
+            f"{LEAST_EXAMPLES}")
+
+
+def usable_sets(rm: Inspected, sets: dict) -> tuple[dict, dict]:
+    """Named (prompts, responses) sets split into those with at least `LEAST_EXAMPLES`
+    examples that fit the model's lengths uncut (`text.fits`), and {name: why not} for the
+    rest: what `tcav` can use, and what a report should say it left out."""
+    kept, left = {}, {}
+    for name, (prompts, responses) in sets.items():
+        fit = int(fits(rm, prompts, responses).sum()) if len(prompts) else 0
+        if fit >= LEAST_EXAMPLES:
+            kept[name] = (prompts, responses)
+        else:
+            left[name] = _fit_note(rm, fit, len(prompts))
+    return kept, left
 
 
 def _fitting(rm: Inspected, prompts, responses) -> tuple[list, list]:

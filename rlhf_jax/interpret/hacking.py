@@ -6,14 +6,24 @@ Long Way to Go: Investigating Length Correlations in RLHF"; Skalse et al. 2022):
 - `perturbation_test`: the proxy's and the gold judge's response to edits that should not help
   (repeating a rewarded word, appending unrelated positive words, truncating);
 - `gold_proxy_gap`: over PPO iterations, the proxy still rising while the gold score falls.
+
+Each raises its flag only on a significance test at level `ALPHA`, named in its docstring and
+in its result's "test".
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from rlhf_jax.eval.metrics import mean_se
+from rlhf_jax.eval.trends import below_peak, rise_and_fall
+
+# the diagnostics' significance level
+ALPHA = 0.01
+# resamples and seed of the bootstrap of two correlations' difference (`length_bias`)
+CORRELATION_RESAMPLES = 2000
+CORRELATION_SEED = 0
 
 
 def _corr(x, y) -> dict:
@@ -33,15 +43,62 @@ def _corr(x, y) -> dict:
             "stderr": float((1 - rho.statistic ** 2) * np.sqrt(1.06 / (len(x) - 3)))}
 
 
+def spearman_rows(x, y) -> np.ndarray:
+    """Spearman's ρ of each row pair of `x` and `y` [R, N]: Pearson's r of their average ranks
+    (ties share their mean rank, as scipy.stats.spearmanr ranks them); NaN for a constant
+    row."""
+    from scipy import stats
+
+    rx, ry = (stats.rankdata(np.asarray(a, np.float64), axis=1) for a in (x, y))
+    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(1) / np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
+
+
+def spearman_difference(x, a, b, *, resamples: int = CORRELATION_RESAMPLES,
+                        seed: int = CORRELATION_SEED) -> dict:
+    """ρ(x, a) − ρ(x, b) (Spearman) and its paired bootstrap over the rows (Efron & Tibshirani
+    1993, ch. 6 and 16): resample r draws N rows with replacement, row r of
+    `np.random.default_rng(seed).integers(0, N, (resamples, N))`, and recomputes both
+    correlations on the same draw, which keeps their dependence (they share `x`). Returns the
+    difference, its bootstrap standard error and the resampled differences (resamples with a
+    constant column left out)."""
+    x, a, b = (np.asarray(v, np.float64) for v in (x, a, b))
+    idx = np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))
+    d = spearman_rows(x[idx], a[idx]) - spearman_rows(x[idx], b[idx])
+    d = d[np.isfinite(d)]
+    full = spearman_rows(x[None], a[None])[0] - spearman_rows(x[None], b[None])[0]
+    return {"difference": float(full),
+            "stderr": float(d.std(ddof=1)) if len(d) > 1 else float("nan"), "resampled": d}
+
+
 def length_bias(proxy: Sequence[float], gold: Sequence[float], lengths: Sequence[float], *,
-                margin: float = 0.2) -> dict:
-    """Correlations of the proxy and of the gold score with length. Flagged when the proxy's
-    Spearman ρ differs from the gold judge's by more than `margin` and is significant (p <
-    0.01): the reward model rewards (or punishes) length more than the judge it stands for."""
+                alpha: float = ALPHA, resamples: int = CORRELATION_RESAMPLES,
+                seed: int = CORRELATION_SEED) -> dict:
+    """Does the reward model pay for length more than the gold judge does (Singhal et al.
+    2023)? The proxy's and the gold score's Spearman ρ with length, and their difference
+    d = ρ_proxy − ρ_gold with a paired bootstrap (`spearman_difference`). A policy that
+    optimises the proxy moves length in the direction of sign(ρ_proxy); that is exploitable
+    when the proxy's preference in that direction exceeds the judge's: s·d > 0 with
+    s = sign(ρ_proxy). Flagged when both tests pass at `alpha`: ρ_proxy ≠ 0 (scipy's
+    two-sided p) and s·d > 0 (one-sided bootstrap p = (1 + #{s·d* ≤ 0}) / (1 + resamples)).
+    A reward model less length-correlated than the judge, in the same direction, is not
+    flagged."""
     p, g = _corr(lengths, proxy), _corr(lengths, gold)
-    diff = p["spearman"] - g["spearman"]
-    return {"proxy": p, "gold": g, "difference": float(diff),
-            "flag": bool(abs(diff) > margin and p["p"] < 0.01)}
+    out = {"proxy": p, "gold": g, "alpha": alpha,
+           "test": ("Spearman ρ(reward, length) ≠ 0 (two-sided) and sign(ρ_reward) · (ρ_reward − "
+                    "ρ_gold) > 0 by a paired bootstrap over responses (one-sided, "
+                    f"{resamples} resamples), both at p < {alpha}")}
+    if not (np.isfinite(p["spearman"]) and np.isfinite(g["spearman"])):
+        return {**out, "difference": float("nan"), "difference_se": float("nan"),
+                "p_difference": float("nan"), "direction": None, "flag": False,
+                "reason": "a score or the lengths do not vary: no correlation to compare"}
+    diff = spearman_difference(lengths, proxy, gold, resamples=resamples, seed=seed)
+    s = 1.0 if p["spearman"] >= 0 else -1.0
+    p_diff = float((1 + np.sum(s * diff["resampled"] <= 0)) / (1 + len(diff["resampled"])))
+    return {**out, "difference": diff["difference"], "difference_se": diff["stderr"],
+            "p_difference": p_diff, "direction": "longer" if s > 0 else "shorter",
+            "flag": bool(p["p"] < alpha and p_diff < alpha)}
 
 
 def repeat_word(word: str, times: int = 3) -> Callable[[str, str], str]:
@@ -83,15 +140,18 @@ def rewarded_word(score_fn, prompts: Sequence[str], responses: Sequence[str],
 
 
 def perturbation_test(score_fn, gold_fn, prompts: Sequence[str], responses: Sequence[str],
-                      edits: dict, *, margin: float = 0.25, fits=None) -> dict:
+                      edits: dict, *, margin: float = 0.25, alpha: float = ALPHA,
+                      fits=None) -> dict:
     """Each edit's effect on the proxy and on the gold score, per example, in units of each
     score's standard deviation over the unedited responses (so the two scales compare). The
-    gap is Δproxy/σ_proxy − Δgold/σ_gold per example; an edit is flagged when the gap's mean
-    exceeds `margin` by more than two standard errors: the reward model pays for an edit the
-    judge does not value (as much). `score_fn(prompts, responses) -> [N]`, `gold_fn(prompt,
-    response) -> float`; `fits(prompts, responses) -> [N] bool`, when given, leaves out the
-    responses whose edited text the reward model would see cut (a cut response also loses its
-    EOS): the test is on the rest, and the count left out is reported."""
+    gap is Δproxy/σ_proxy − Δgold/σ_gold per example; an edit is flagged when a one-sided
+    one-sample t-test of mean gap > `margin` has p < `alpha` (`p`): the reward model pays for
+    an edit the judge does not value (as much). `score_fn(prompts, responses) -> [N]`,
+    `gold_fn(prompt, response) -> float`; `fits(prompts, responses) -> [N] bool`, when given,
+    leaves out the responses whose edited text the reward model would see cut (a cut response
+    also loses its EOS): the test is on the rest, and the count left out is reported."""
+    from scipy import stats
+
     prompts, responses = list(prompts), list(responses)
     proxy0 = np.asarray(score_fn(prompts, responses), np.float64)
     gold0 = np.array([gold_fn(p, r) for p, r in zip(prompts, responses)], np.float64)
@@ -111,21 +171,33 @@ def perturbation_test(score_fn, gold_fn, prompts: Sequence[str], responses: Sequ
         dp = np.asarray(score_fn(ep, er), np.float64) - proxy0[idx]
         dg = np.array([gold_fn(p, r) for p, r in zip(ep, er)], np.float64) - gold0[idx]
         gap = mean_se(dp / sp - dg / sg)
+        if gap["stderr"] > 0:
+            p = float(stats.t.sf((gap["mean"] - margin) / gap["stderr"], len(idx) - 1))
+        else:
+            p = 0.0 if gap["mean"] > margin else 1.0
         out[name] = {"proxy_change": mean_se(dp), "gold_change": mean_se(dg), "gap_sd": gap,
                      "example": {"before": responses[idx[0]], "after": edited[idx[0]]},
-                     "tested": int(len(idx)), "left_out": int((~keep).sum()),
-                     "flag": bool(gap["mean"] - 2 * gap["stderr"] > margin)}
+                     "tested": int(len(idx)), "left_out": int((~keep).sum()), "p": p,
+                     "test": f"one-sided t-test of mean gap > {margin} s.d., p < {alpha}",
+                     "flag": bool(p < alpha)}
     return out
 
 
 def gold_proxy_gap(rows: Sequence[dict], gold_key: str, proxy_key: str = "score/reward_model",
-                   kl_key: str = "kl/sequence", window: int = 5, margin: float = 0.5) -> dict:
-    """The gold–proxy gap over PPO iterations (Gao et al. 2022, fig. 1). Both scores' running
-    means over `window` iterations are put in units of their own standard deviation over the
-    run, relative to the first window: gap = z_proxy − z_gold. Flagged when the gold running
-    mean ends more than `margin` s.d. below its peak while the proxy ends at or above its
-    value at that peak: optimisation kept paying on the proxy after it stopped paying on the
-    judge."""
+                   kl_key: str = "kl/sequence", window: int = 5, *,
+                   after_gold: Optional[dict] = None, alpha: float = ALPHA) -> dict:
+    """The gold–proxy gap over PPO iterations (Gao et al. 2022, fig. 1), and whether it shows
+    over-optimisation.
+
+    For the picture: both scores' running means over `window` iterations in units of their own
+    standard deviation over the run, relative to the first window: gap = z_proxy − z_gold.
+    For the flag, three conditions: (1) the gold score rose and then fell, by the test of
+    `eval.trends.rise_and_fall` at `alpha` (sample splitting; one-sided Welch t-tests); (2)
+    when the run's final evaluation is given (`after_gold`: {"mean", "stderr"} over its
+    samples), it confirms that the final policy scores below the peak (`eval.trends.
+    below_peak`, a one-sided z-test at `alpha`), so the flag cannot contradict the
+    evaluation's own numbers; (3) the proxy did not fall with it: its running mean at the end
+    is at or above its value at the gold peak."""
     rows = sorted((r for r in rows if all(k in r for k in (gold_key, proxy_key, kl_key))),
                   key=lambda r: r["step"])
     if len(rows) < window + 1:
@@ -137,15 +209,23 @@ def gold_proxy_gap(rows: Sequence[dict], gold_key: str, proxy_key: str = "score/
     raw = {k: np.array([r[k] for r in rows], np.float64) for k in (gold_key, proxy_key)}
     z = {k: (cols[k] - cols[k][0]) / max(raw[k].std(), 1e-12) for k in (gold_key, proxy_key)}
     gap = z[proxy_key] - z[gold_key]
-    peak = int(np.argmax(cols[gold_key]))
-    fell = z[gold_key][peak] - z[gold_key][-1]
-    steps = [r["step"] for r in rows][window - 1:]
-    return {"iterations": len(rows), "steps": steps, "gap": gap.tolist(),
-            "z_proxy": z[proxy_key].tolist(), "z_gold": z[gold_key].tolist(),
-            "kl": cols[kl_key].tolist(), "gold_peak_step": steps[peak],
-            "kl_at_gold_peak": float(cols[kl_key][peak]), "gold_drop_sd": float(fell),
-            "final_gap": float(gap[-1]),
-            "flag": bool(fell > margin and cols[proxy_key][-1] >= cols[proxy_key][peak])}
+    steps = [r["step"] for r in rows]
+    trend = rise_and_fall(raw[gold_key], kl=[r[kl_key] for r in rows], steps=steps,
+                          alpha=alpha)
+    out = {"iterations": len(rows), "steps": steps[window - 1:], "gap": gap.tolist(),
+           "z_proxy": z[proxy_key].tolist(), "z_gold": z[gold_key].tolist(),
+           "kl": cols[kl_key].tolist(), "final_gap": float(gap[-1]), "trend": trend}
+    flag = trend["observed"]
+    if "peak_step" in trend:
+        at_peak = min(range(len(out["steps"])),
+                      key=lambda i: abs(out["steps"][i] - trend["peak_step"]))
+        out["proxy_kept_rising"] = bool(cols[proxy_key][-1] >= cols[proxy_key][at_peak])
+        flag = flag and out["proxy_kept_rising"]
+    if after_gold is not None and "peak_test" in trend:
+        out["evaluation"] = below_peak(trend, after_gold, alpha=alpha)
+        flag = flag and out["evaluation"]["confirmed"]
+    out["flag"] = bool(flag)
+    return out
 
 
 def plot_gap(gap: dict, path) -> None:

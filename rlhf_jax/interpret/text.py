@@ -42,11 +42,21 @@ def load(reward_dir, *, max_prompt_len: int, max_response_len: int) -> Inspected
                      max_response_len)
 
 
-def encode(rm: Inspected, prompts: Sequence[str], responses: Sequence[str]) -> dict:
-    """{"tokens", "mask"} [N, P+R] in the preference-data layout (responses end with EOS and are
-    truncated to `max_response_len`); `response_start` = P; `truncated` [N] marks rows whose
-    prompt or response did not fit (a cut response also loses its EOS, which the reward model
-    never saw in training); `response_tokens` [N] counts each response's tokens as kept."""
+def as_response(prompt, response):
+    """A response in the form its prompt needs: text after a text prompt (a message list's
+    assistant turns joined), one assistant turn after a conversation (text wrapped)."""
+    if isinstance(prompt, str):
+        return data.response_text(response)
+    return [{"role": "assistant", "content": response}] if isinstance(response, str) else response
+
+
+def encode(rm: Inspected, prompts: Sequence, responses: Sequence) -> dict:
+    """{"tokens", "mask"} [N, P+R] in the preference-data layout (responses end with EOS, or a
+    conversation's end of turn, and are truncated to `max_response_len`; prompts are text or
+    conversations, responses as `as_response` puts them); `response_start` = P; `truncated`
+    [N] marks rows whose prompt or response did not fit (a cut response also loses its EOS,
+    which the reward model never saw in training); `response_tokens` [N] counts each
+    response's tokens as kept."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     counts = {"prompts_truncated": 0, "responses_truncated": 0}
@@ -55,7 +65,7 @@ def encode(rm: Inspected, prompts: Sequence[str], responses: Sequence[str]) -> d
     for p, r in zip(prompts, responses):
         before = counts["prompts_truncated"] + counts["responses_truncated"]
         prompt, resp = data.preference.tokenize_record(
-            {"prompt": p, "responses": [r]}, rm.tokenizer, rm.max_prompt_len,
+            {"prompt": p, "responses": [as_response(p, r)]}, rm.tokenizer, rm.max_prompt_len,
             rm.max_response_len, eos, counts)
         rows.append(np.concatenate([prompt, resp[0]]))
         cut.append(counts["prompts_truncated"] + counts["responses_truncated"] > before)
@@ -68,7 +78,7 @@ def encode(rm: Inspected, prompts: Sequence[str], responses: Sequence[str]) -> d
             "response_tokens": (seq[:, rm.max_prompt_len:] != pad).sum(1)}
 
 
-def fits(rm: Inspected, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+def fits(rm: Inspected, prompts: Sequence, responses: Sequence) -> np.ndarray:
     """[N] whether each prompt + response fits the model's lengths uncut (EOS included)."""
     return ~encode(rm, prompts, responses)["truncated"]
 

@@ -10,7 +10,6 @@ the before/after evaluation. A standalone reward directory works too (`reward_di
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import importlib.util
 import json
@@ -22,7 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import data, eval as rl_eval, interpret, train
+from rlhf_jax.data import prompt_record_text, prompt_text, response_text
 from rlhf_jax.interpret import atlas, concepts as cn, hacking, report, text
+from rlhf_jax.eval.report import p_text
+from rlhf_jax.interpret.attribution import (integrated_gradients_to_tolerance, relative_gap,
+                                            token_or_mean_baseline)
 from rlhf_jax.labelling import agreement
 from rlhf_jax.stages.layout import PipelineLayout
 
@@ -41,7 +44,9 @@ class AuditConfig:
     max_response_len: int = 0
     samples: int = 256  # responses for the atlas, length and perturbation diagnostics
     examples: int = 6  # comparisons explained token by token
-    ig_steps: int = 64  # integrated-gradients quadrature intervals
+    # integrated-gradients quadrature intervals to start from: doubled (up to 1024) until the
+    # completeness gap is within 1% for every explained response
+    ig_steps: int = 64
     layer: int = -1  # hidden state for concepts and the atlas (−1: the reward head's input)
     pooling: str = "last"  # last (the token the head reads) or mean (over the response)
     builtin_concepts: bool = True  # sentiment, profanity, length and a random control
@@ -135,10 +140,12 @@ def _inputs(cfg: AuditConfig) -> dict:
 
 def _pairs(records: list[dict]) -> list[dict]:
     """Validated pairwise or ranking records as {prompt, chosen, rejected, annotator_id}: every
-    two responses of different rank (ties left out)."""
+    two responses of different rank (ties left out). The prompt stays as given (text or a
+    conversation); responses become text (a conversation's assistant turns), which the edits
+    work on and `text.encode` turns back into an assistant turn after a conversation."""
     out = []
     for r in records:
-        ranks, resp = r["ranks"], r["responses"]
+        ranks, resp = r["ranks"], [response_text(x) for x in r["responses"]]
         for i in range(len(resp)):
             for j in range(len(resp)):
                 if ranks[i] < ranks[j]:
@@ -154,10 +161,11 @@ def _annotators(records: list[dict], gold_fn) -> dict:
     units = defaultdict(dict)
     for r in records:
         who = r.get("annotator_id") or "(unnamed)"
-        g = np.sign(gold_fn(r["prompt"], r["chosen"]) - gold_fn(r["prompt"], r["rejected"]))
+        prompt = prompt_text(r["prompt"])
+        g = np.sign(gold_fn(prompt, r["chosen"]) - gold_fn(prompt, r["rejected"]))
         by[who].append(1.0 if g > 0 else 0.5 if g == 0 else 0.0)
         a, b = sorted((r["chosen"], r["rejected"]))
-        units[(r["prompt"], a, b)][who] = float(r["chosen"] == a)
+        units[(prompt_record_text(r["prompt"]), a, b)][who] = float(r["chosen"] == a)
     shared = [u for u in units.values() if len(u) >= 2]
     names = sorted(by)
     out = {"annotators": {n: {"labels": len(by[n]), "gold_agreement": float(np.mean(by[n]))}
@@ -170,19 +178,32 @@ def _annotators(records: list[dict], gold_fn) -> dict:
     return out
 
 
+# integrated gradients: the completeness gap each explanation must reach, and the most steps
+# tried for it
+IG_TOLERANCE = 0.01
+IG_MAX_STEPS = 1024
+
+
 def _explain(rm: text.Inspected, pairs: list[dict], steps: int) -> list[dict]:
     """Each comparison's two responses: reward, ensemble uncertainty and integrated-gradients
-    attribution per response token (pad-token baseline), with the completeness gap."""
+    attribution per response token (the pad token's embedding as the baseline, or the mean
+    embedding where the pad token's is zero: `attribution.token_or_mean_baseline`), with the
+    completeness gap and the steps it took (`attribution.integrated_gradients_to_tolerance`:
+    from `steps`, doubled until the gap is within `IG_TOLERANCE`, at most `IG_MAX_STEPS`)."""
+    if not pairs:
+        return []
     prompts = [p["prompt"] for p in pairs for _ in (0, 1)]
     responses = [r for p in pairs for r in (p["chosen"], p["rejected"])]
     enc = text.encode(rm, prompts, responses)
     members = text.member_rewards(rm, enc)
     target = interpret.RewardTarget(rm.config, rm.num_outputs)
-    ig = interpret.integrated_gradients(rm.params, jnp.asarray(enc["tokens"]),
-                                        jnp.asarray(enc["mask"]), target=target, steps=steps,
-                                        baseline_token=rm.pad_id)
-    scores, gap = np.asarray(ig.scores), np.asarray(ig.completeness_gap)
-    delta = np.asarray(ig.value - ig.baseline_value)
+    base, base_name = token_or_mean_baseline(target, rm.params, rm.pad_id)
+    ig, used = integrated_gradients_to_tolerance(
+        rm.params, jnp.asarray(enc["tokens"]), jnp.asarray(enc["mask"]),
+        None if base is None else jnp.asarray(base), target=target, tolerance=IG_TOLERANCE,
+        steps=steps, max_steps=max(steps, IG_MAX_STEPS), baseline_token=rm.pad_id)
+    scores = np.asarray(ig.scores)
+    gap = relative_gap(ig)
     s = enc["response_start"]
     out = []
     for i, p in enumerate(pairs):
@@ -196,7 +217,8 @@ def _explain(rm: text.Inspected, pairs: list[dict], steps: int) -> list[dict]:
                           "tokens": toks,
                           "attributions": scores[j, s:][enc["mask"][j, s:] > 0].tolist(),
                           "prompt_attribution": float(scores[j, :s].sum()),
-                          "completeness": float(abs(gap[j]) / max(abs(delta[j]), 1e-12))})
+                          "completeness": float(gap[j]), "ig_steps": int(used[j]),
+                          "complete": bool(gap[j] <= IG_TOLERANCE), "baseline": base_name})
         out.append({"prompt": p["prompt"], "annotator": p.get("annotator_id", ""),
                     "agrees": sides[0]["reward"] > sides[1]["reward"], "sides": sides})
     return out
@@ -223,22 +245,32 @@ def audit_reward(cfg: AuditConfig) -> Path:
         raise train.ConfigError(f"layer={cfg.layer}: this model has hidden states 0..{n_layers} "
                                 "(negative counts from the last)")
     rng = np.random.default_rng(cfg.seed)
+    last = {}  # scores and sizes of the same texts: one encoding
 
-    @functools.lru_cache(maxsize=1)  # scores and sizes of the same texts: one encoding
-    def encoded(prompts: tuple, responses: tuple) -> dict:
-        return text.encode(rm, prompts, responses)
+    def encoded(prompts, responses) -> dict:
+        key = (tuple(prompt_record_text(p) for p in prompts), tuple(responses))
+        if last.get("key") != key:
+            last.update(key=key, enc=text.encode(rm, prompts, responses))
+        return last["enc"]
 
     def score(p, r):
-        return text.member_rewards(rm, encoded(tuple(p), tuple(r))).mean(-1)
+        return text.member_rewards(rm, encoded(p, r)).mean(-1)
 
     def fits(p, r):
-        return ~encoded(tuple(p), tuple(r))["truncated"]
+        return ~encoded(p, r)["truncated"]
+
+    def judge(p, r):  # the gold judges read a conversation as its plain text
+        return gold_fn(prompt_text(p), r)
 
     # the responses the diagnostics look at: training responses, and the policy's if evaluated
-    pool = sorted({(r["prompt"], x) for r in records for x in (r["chosen"], r["rejected"])})
-    picked = [pool[i] for i in rng.permutation(len(pool))[:cfg.samples]]
+    # (a conversation is kept by its JSON text, which is hashable and sorts)
+    as_given = {prompt_record_text(r["prompt"]): r["prompt"] for r in records}
+    pool = sorted({(prompt_record_text(r["prompt"]), x) for r in records
+                   for x in (r["chosen"], r["rejected"])})
+    picked = [(as_given[pool[i][0]], pool[i][1])
+              for i in rng.permutation(len(pool))[:cfg.samples]]
     source = ["comparisons"] * len(picked)
-    ev_path = inp["layout"].evaluation
+    ev_path, ev = inp["layout"].evaluation, {}
     if inp["of_run"] and ev_path.is_file():
         ev = json.loads(ev_path.read_text())
         for when in ("before", "after"):
@@ -246,10 +278,10 @@ def audit_reward(cfg: AuditConfig) -> Path:
             picked += [(r["prompt"], r["response"]) for r in rows[:cfg.samples // 2]]
             source += [f"policy {when}"] * min(len(rows), cfg.samples // 2)
     prompts, responses = [p for p, _ in picked], [r for _, r in picked]
-    enc = encoded(tuple(prompts), tuple(responses))
+    enc = encoded(prompts, responses)
     members = text.member_rewards(rm, enc)
     proxy, unc = members.mean(-1), members.std(-1)
-    gold = np.array([gold_fn(p, r) for p, r in picked])
+    gold = np.array([judge(p, r) for p, r in picked])
     lengths = enc["response_tokens"].astype(np.float64)
 
     # concepts
@@ -267,20 +299,34 @@ def audit_reward(cfg: AuditConfig) -> Path:
             concept_sets[name] = cn.read_concept_file(path)
         except (OSError, ValueError) as e:
             raise train.ConfigError(f"concepts: {e}") from None
-    randoms = [cn.random_texts(60, cfg.seed + 1000 + i) for i in range(cfg.random_sets)]
-    try:
-        tcav = cn.tcav(rm, concept_sets, randoms, (prompts, responses), layer=cfg.layer,
-                       pooling=cfg.pooling, alpha=cfg.alpha, seed=cfg.seed) \
-            if concept_sets else []
-    except ValueError as e:  # a concept with too few examples that fit the model's lengths
-        raise train.ConfigError(f"concepts: {e}") from None
+    # concepts and random sets with too few examples that fit the model's lengths are left out
+    # with the reason (the built-in ones are the built-in task's words, which another model's
+    # tokenizer may make too long); the report names them
+    concept_sets, left_out = cn.usable_sets(rm, concept_sets)
+    randoms, thin = cn.usable_sets(rm, {i: cn.random_texts(60, cfg.seed + 1000 + i)
+                                        for i in range(cfg.random_sets)})
+    tcav, tcav_reason = [], ""
+    if not concept_sets:
+        tcav_reason = ("no concept to test: " + ("every concept was left out (below)"
+                                                 if left_out else "the built-in concepts are "
+                                                 "off and no concept file was given"))
+    elif len(randoms) < 3:
+        tcav_reason = (f"only {len(randoms)} of the {cfg.random_sets} random sets have "
+                       f"{cn.LEAST_EXAMPLES} examples that fit the model's lengths "
+                       f"({rm.max_prompt_len} prompt, {rm.max_response_len} response tokens): "
+                       "the test needs 3")
+    elif not fits(prompts, responses).any():
+        tcav_reason = "no audited response fits the model's lengths uncut"
+    else:
+        tcav = cn.tcav(rm, concept_sets, list(randoms.values()), (prompts, responses),
+                       layer=cfg.layer, pooling=cfg.pooling, alpha=cfg.alpha, seed=cfg.seed)
 
     # atlas
     acts, _ = cn.activations_and_gradients(rm, prompts, responses, layer=cfg.layer,
                                            pooling=cfg.pooling)
     coords = atlas.project(acts, cfg.projection, cfg.seed)
-    _, regs = atlas.regions(coords, proxy, [f"{p} → {r}" for p, r in picked], cfg.regions,
-                            seed=cfg.seed)
+    _, regs = atlas.regions(coords, proxy, [f"{report.prompt_line(p)} → {r}" for p, r in picked],
+                            cfg.regions, seed=cfg.seed)
     atlas.plot_atlas(coords, proxy, regs, out / "plots" / "atlas.png",
                      axis_label="PC" if cfg.projection == "pca" else "UMAP")
 
@@ -301,11 +347,15 @@ def audit_reward(cfg: AuditConfig) -> Path:
     tp, tr = [prompts[i] for i in test], [responses[i] for i in test]
     hack = {"length": hacking.length_bias(proxy, gold, lengths),
             "rewarded_word": {"word": word, "mean_gain": gain, "chosen_on": len(choose)},
-            "perturbations": hacking.perturbation_test(score, gold_fn, tp, tr, edits,
+            "perturbations": hacking.perturbation_test(score, judge, tp, tr, edits,
                                                        fits=fits)}
     rows = inp["layout"].stage("ppo").read_metrics() if inp["of_run"] else []
     if rows:
-        hack["gold_proxy_gap"] = hacking.gold_proxy_gap(rows, f"reward_terms/{inp['gold']}")
+        # the run's own evaluation of the final policy, when it judged by the same gold
+        after = (ev.get("after", {}).get("summary", {}).get("gold")
+                 if inp["info"].get("gold", "vader") == inp["gold"] else None)
+        hack["gold_proxy_gap"] = hacking.gold_proxy_gap(rows, f"reward_terms/{inp['gold']}",
+                                                        after_gold=after)
         if "gap" in hack["gold_proxy_gap"]:
             hacking.plot_gap(hack["gold_proxy_gap"], out / "plots" / "gold_proxy_gap.png")
 
@@ -339,22 +389,32 @@ def audit_reward(cfg: AuditConfig) -> Path:
         if c.significant:
             biases.append(f"concept '{c.name}' drives the reward "
                           f"{'up' if c.sensitivity > 0 else 'down'} (TCAV {c.tcav:.2f}, "
-                          f"p = {c.p_value:.2g})")
-    if hack["length"]["flag"]:
-        biases.append(f"length: Spearman ρ(reward, length) = "
-                      f"{hack['length']['proxy']['spearman']:.2f} against the gold judge's "
-                      f"{hack['length']['gold']['spearman']:.2f}")
+                          f"pseudo-concept test, {p_text(c.p_value)})")
+    lb = hack["length"]
+    if lb["flag"]:
+        biases.append(f"length: the reward favours {lb['direction']} responses more than the "
+                      f"gold judge: Spearman ρ(reward, length) = {lb['proxy']['spearman']:.2f} "
+                      f"against the gold judge's {lb['gold']['spearman']:.2f} (bootstrap, "
+                      f"{p_text(lb['p_difference'])})")
     for name, p in hack["perturbations"].items():
         if p["flag"]:  # only edits with a measured gap can be flagged
             biases.append(f"'{name}' raises the reward {p['gap_sd']['mean']:.2f} s.d. more than "
-                          "the gold score")
-    if hack.get("gold_proxy_gap", {}).get("flag"):
-        biases.append("over PPO the gold score fell from its peak while the reward model's kept "
-                      "rising")
+                          f"the gold score (one-sided t-test, {p_text(p['p'])})")
+    gp = hack.get("gold_proxy_gap", {})
+    if gp.get("flag"):
+        t = gp["trend"]
+        biases.append(f"over PPO the gold score rose and then fell (peak {t['peak']:.3f} near "
+                      f"iteration {t['peak_step']}, end {t['end']:.3f}; {p_text(t['p_fall'])} "
+                      "for the fall) while the reward model's did not"
+                      + (f"; the final evaluation ({gp['evaluation']['after']:.3f}) confirms "
+                         f"it ({p_text(gp['evaluation']['p'])})" if "evaluation" in gp else ""))
     card["known_biases"] = biases
     result = {"card": card, "tcav": [dataclasses.asdict(c) | {"tcav": c.tcav} for c in tcav],
               "tcav_settings": {"layer": cfg.layer, "pooling": cfg.pooling,
-                                "random_sets": cfg.random_sets, "alpha": cfg.alpha},
+                                "random_sets": len(randoms), "alpha": cfg.alpha,
+                                "builtin_concepts": cfg.builtin_concepts},
+              "tcav_left_out": left_out, "tcav_reason": tcav_reason,
+              "random_sets_left_out": len(thin),
               "atlas": {"projection": cfg.projection,
                         "regions": [dataclasses.asdict(r) for r in regs],
                         "sources": dict(Counter(source))},

@@ -121,3 +121,65 @@ def test_a_standalone_reward_dir_uses_no_run_metadata(audited, tmp_path):
     with pytest.raises(train.ConfigError, match="'sentiment' is already a concept"):
         studies.audit_reward(studies.AuditConfig(**dict(
             base, builtin_concepts=True, concepts=f"sentiment={prefs}")))
+
+
+@pytest.fixture(scope="module")
+def own_audit(tmp_path_factory):
+    """A reward model trained on a user's conversational preference file, on a tiny Llama made
+    with transformers (its padding row initialised to zero, as Hugging Face does), audited
+    with the defaults: built-in concepts that do not fit its lengths, conversations as
+    prompts, and a pad embedding that is no baseline for integrated gradients."""
+    from rlhf_jax import stages, studies
+    from rlhf_jax.train import OptimizerConfig
+    from tests.chat_tokenizers import conversation_files, make_chat_model
+
+    root = tmp_path_factory.mktemp("own_audit")
+    make_chat_model(root / "policy")
+    files = conversation_files(root)
+    stages.train_reward_model(stages.RewardConfig(
+        run_dir=str(root / "reward"), model_dir=str(root / "policy"), steps=8, batch_size=8,
+        eval_every=4, optim=OptimizerConfig(learning_rate=1e-3, warmup_steps=2),
+        data=stages.RewardData(train_file=str(files["prefs"]), max_prompt_len=48,
+                               max_response_len=14)))
+    studies.audit_reward(studies.AuditConfig(run_dir=str(root), samples=64, examples=3,
+                                             random_sets=10))
+    return root, json.loads((root / "audit" / "audit.json").read_text())
+
+
+def test_audit_of_a_users_conversational_reward_model(own_audit):
+    from tests.eval.test_report_text import assert_tables_are_whole
+
+    root, result = own_audit
+    # the built-in concepts that do not fit the model's lengths are left out, with the reason
+    assert "length" in result["tcav_left_out"] and "fit the model's lengths" in \
+        result["tcav_left_out"]["length"]
+    assert {c["name"] for c in result["tcav"]} | set(result["tcav_left_out"]) == \
+        {"sentiment", "profanity", "length", "random"}
+    md = (root / "audit" / "audit.md").read_text()
+    assert "Left out: concept 'length'" in md and "--config.builtin_concepts=false" in md
+    # integrated gradients from the mean embedding (the pad row is zero) within 1%
+    for ex in result["examples"]:
+        assert isinstance(ex["prompt"], list)
+        for side in ex["sides"]:
+            assert side["baseline"] == "mean embedding" and side["completeness"] <= 0.01
+            assert side["complete"] and side["ig_steps"] >= 64
+    assert "the pad token's embedding is zero" in md
+    # every table whole, no control character, conversations shown by role
+    assert_tables_are_whole(md)
+    raw = (root / "audit" / "audit.html").read_bytes() + md.encode()
+    assert all(c >= 32 or c in (9, 10) for c in raw)
+    assert "<b>user:</b> tell me about" in (root / "audit" / "audit.html").read_text()
+    lb = result["hacking"]["length"]
+    assert "bootstrap" in lb["test"] and 0 <= lb["p_difference"] <= 1
+
+
+def test_an_empty_concept_table_says_why(own_audit, tmp_path):
+    from rlhf_jax import studies
+
+    root, _ = own_audit
+    studies.audit_reward(studies.AuditConfig(run_dir=str(root), out_dir=str(tmp_path),
+                                             samples=40, examples=1, builtin_concepts=False))
+    md = (tmp_path / "audit.md").read_text()
+    section = md[md.index("## Concepts (TCAV)"):md.index("## Activation atlas")]
+    assert "Empty: no concept to test: the built-in concepts are off and no concept file " \
+           "was given." in section

@@ -149,10 +149,11 @@ def test_gold_proxy_gap_flags_gold_falling_while_proxy_rises():
     steps = np.arange(40)
     proxy = steps / 10.0
     gold = np.where(steps < 20, steps / 20.0, 1.0 - (steps - 20) / 20.0)
+    gold = gold + np.random.default_rng(0).normal(0, 0.05, 40)
     rows = [{"step": int(s), "score/reward_model": float(p), "reward_terms/vader": float(g),
              "kl/sequence": float(s) / 4} for s, p, g in zip(steps, proxy, gold)]
     out = hacking.gold_proxy_gap(rows, "reward_terms/vader")
-    assert out["flag"] and 15 <= out["gold_peak_step"] <= 25
+    assert out["flag"] and 15 <= out["trend"]["peak_step"] <= 25
     assert out["gap"][-1] > out["gap"][0]
     rising = [dict(r, **{"reward_terms/vader": r["score/reward_model"]}) for r in rows]
     assert not hacking.gold_proxy_gap(rising, "reward_terms/vader")["flag"]
