@@ -13,7 +13,8 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "active_learning.py
 
 
 def main(argv):
-    return stages.run_script(studies.active_learning, studies.ActiveConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.studies:active_learning", studies.ActiveConfig,
+                             argv, DEFAULT)
 
 
 if __name__ == "__main__":

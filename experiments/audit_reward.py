@@ -17,7 +17,7 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "audit_reward.py")
 
 
 def main(argv):
-    return stages.run_script(studies.audit_reward, studies.AuditConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.studies:audit_reward", studies.AuditConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "compare.py")
 
 
 def main(argv):
-    return stages.run_script(studies.compare_methods, studies.CompareConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.studies:compare_methods", studies.CompareConfig,
+                             argv, DEFAULT)
 
 
 if __name__ == "__main__":

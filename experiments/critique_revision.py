@@ -13,7 +13,8 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "critique_revision.
 
 
 def main(argv):
-    return stages.run_script(stages.train_sl_cai, stages.CritiqueRevisionConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.stages:train_sl_cai", stages.CritiqueRevisionConfig,
+                             argv, DEFAULT)
 
 
 if __name__ == "__main__":

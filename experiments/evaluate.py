@@ -13,7 +13,7 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "evaluate.py")
 
 
 def main(argv):
-    return stages.run_script(stages.evaluate_prompts, stages.EvalConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.stages:evaluate_prompts", stages.EvalConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

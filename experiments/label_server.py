@@ -16,7 +16,7 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "label_server.py")
 
 
 def main(argv):
-    return stages.run_script(labelling.serve, labelling.LabelServerConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.labelling:serve", labelling.LabelServerConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

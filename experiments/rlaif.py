@@ -14,7 +14,7 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "rlaif.py")
 
 
 def main(argv):
-    return stages.run_script(studies.run_rlaif, studies.RLAIFConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.studies:run_rlaif", studies.RLAIFConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "pipeline.py")
 
 
 def main(argv):
-    return stages.run_script(stages.run_pipeline, stages.PipelineConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.stages:run_pipeline", stages.PipelineConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

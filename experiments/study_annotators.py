@@ -13,7 +13,8 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "study_annotators.p
 
 
 def main(argv):
-    return stages.run_script(studies.annotator_variance, studies.AnnotatorVarianceConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.studies:annotator_variance", studies.AnnotatorVarianceConfig,
+                             argv, DEFAULT)
 
 
 if __name__ == "__main__":

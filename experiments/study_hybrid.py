@@ -13,7 +13,8 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "study_hybrid.py")
 
 
 def main(argv):
-    return stages.run_script(studies.hybrid_supervision, studies.HybridConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.studies:hybrid_supervision", studies.HybridConfig,
+                             argv, DEFAULT)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "study_label_effici
 
 
 def main(argv):
-    return stages.run_script(studies.label_efficiency, studies.LabelEfficiencyConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.studies:label_efficiency", studies.LabelEfficiencyConfig,
+                             argv, DEFAULT)
 
 
 if __name__ == "__main__":

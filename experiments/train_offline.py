@@ -13,7 +13,7 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "offline.py")
 
 
 def main(argv):
-    return stages.run_script(stages.train_offline, stages.OfflineConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.stages:train_offline", stages.OfflineConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

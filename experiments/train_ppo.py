@@ -12,7 +12,7 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "ppo.py")
 
 
 def main(argv):
-    return stages.run_script(stages.train_ppo, stages.PPOStageConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.stages:train_ppo", stages.PPOStageConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

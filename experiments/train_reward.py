@@ -11,7 +11,8 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "reward.py")
 
 
 def main(argv):
-    return stages.run_script(stages.train_reward_model, stages.RewardConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.stages:train_reward_model", stages.RewardConfig,
+                             argv, DEFAULT)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "sft.py")
 
 
 def main(argv):
-    return stages.run_script(stages.train_sft, stages.SFTConfig, argv, DEFAULT)
+    return stages.run_script("rlhf_jax.stages:train_sft", stages.SFTConfig, argv, DEFAULT)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_jax import stages, studies, train
+from rlhf_jax import labelling, stages, studies, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -56,11 +56,13 @@ COMMANDS = _commands()
 def _stage_of(script: str):
     """(config class, default config file) of a script built on `stages.run_script`."""
     src = (ROOT / script).read_text()
-    m = re.search(r"run_script\([\w.]+, (stages|studies)\.(\w+), argv, DEFAULT\)", src)
+    m = re.search(r"run_script\([^,]+, (stages|studies|labelling)\.(\w+), argv,\s*DEFAULT\)",
+                  src)
     if not m:
         return None
     default = re.search(r'"configs", "(\w+\.py)"', src).group(1)
-    return getattr({"stages": stages, "studies": studies}[m.group(1)], m.group(2)), \
+    return getattr({"stages": stages, "studies": studies,
+                    "labelling": labelling}[m.group(1)], m.group(2)), \
         ROOT / "experiments" / "configs" / default
 
 

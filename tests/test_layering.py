@@ -4,7 +4,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "rlhf_jax"
 # lower index = lower layer; a module may import its own layer or lower ones
-LAYERS = [("sharding", "checkpoint"), ("data",), ("models",), ("sampling",), ("losses",),
+LAYERS = [("_lazy",), ("sharding", "checkpoint"), ("data",), ("models",), ("sampling",), ("losses",),
           ("reward", "ppo", "offline", "eval", "train", "labelling", "rlaif",
            "interpret"), ("stages",), ("studies",)]
 ALLOWED_ACROSS = {("ppo", "reward"), ("eval", "reward"), ("labelling", "train"), ("rlaif", "eval"),
@@ -33,6 +33,11 @@ def _imports() -> dict:
                 deps.update(f"{node.module}.{a.name}" for a in node.names)
             elif isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names if a.name.startswith("rlhf_jax"))
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "lazy_exports":
+                # a package's lazy re-exports: edges to the submodules it loads on first use
+                for key in node.args[1].keys:
+                    deps.add(key.value if key.value.startswith("rlhf_jax.")
+                             else f"{name}.{key.value}")
         graph[name] = deps
     return {k: {d for d in v if d in graph} for k, v in graph.items()}
 

@@ -24,6 +24,9 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from rlhf_jax.checkpoint.config import (CheckpointConfig, DamagedCheckpointError,
+                                        NoReadableCheckpointError)
+
 log = logging.getLogger(__name__)
 
 
@@ -40,33 +43,6 @@ class _NoMetricsNote(logging.Filter):
 logging.getLogger("absl").addFilter(_NoMetricsNote())
 
 
-@dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
-    """Where and how often to save, and which checkpoints to keep.
-
-    The last `keep_last` are kept, plus the `keep_best` best by `best_metric` ("min" or "max"
-    `best_mode`) among saves that reported it.
-    """
-
-    directory: str = ""  # empty: not set yet (the stages fill in their run layout's)
-    save_every: int = 100  # steps between checkpoints (and one at the end)
-    keep_last: int = 3  # newest checkpoints kept
-    keep_best: int = 0  # best checkpoints kept in addition, by best_metric
-    best_metric: str = ""  # evaluation metric that ranks checkpoints for keep_best
-    best_mode: str = "min"  # min or max: which direction is better
-    async_save: bool = True  # write checkpoints in the background
-
-    def __post_init__(self):
-        if self.save_every <= 0 or self.keep_last <= 0 or self.keep_best < 0:
-            raise ValueError("CheckpointConfig: save_every and keep_last must be > 0, "
-                             "keep_best >= 0")
-        if self.keep_best and not self.best_metric:
-            raise ValueError("CheckpointConfig.keep_best > 0 needs best_metric (e.g. 'eval/loss')")
-        if self.best_mode not in ("min", "max"):
-            raise ValueError(f"CheckpointConfig.best_mode={self.best_mode!r}: expected 'min' or "
-                             "'max'")
-
-
 @dataclasses.dataclass
 class Restored:
     """A restored checkpoint."""
@@ -76,14 +52,6 @@ class Restored:
     data_state: dict
     config: dict
     loop_state: dict = dataclasses.field(default_factory=dict)
-
-
-class NoReadableCheckpointError(RuntimeError):
-    """Every checkpoint in the directory failed to restore."""
-
-
-class DamagedCheckpointError(RuntimeError):
-    """A checkpoint's files do not match the digests recorded when it was saved."""
 
 
 INTEGRITY_FILE = "integrity.json"

@@ -20,10 +20,17 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-import jax
 import numpy as np
 
 MIN_RUNG = 16
+
+
+def _processes() -> tuple[int, int]:
+    """(this process's index, the process count); JAX is imported here, not with the module,
+    so that config checks (`ladder`) run without it."""
+    import jax
+
+    return jax.process_index(), jax.process_count()
 
 
 def ladder(max_len: int, spec: str = "auto") -> tuple[int, ...]:
@@ -79,7 +86,7 @@ class LengthSource:
         several rungs, unless a repeated pass holds fewer examples than one global batch (a
         tiny dataset is repeated into fixed-shape batches instead)."""
         return self.bucketed and (num_epochs is not None
-                                  or len(self) >= local_batch * jax.process_count())
+                                  or len(self) >= local_batch * _processes()[1])
 
     def shape_of(self, indices) -> tuple[int, ...]:
         """The padded shape of a batch of these examples: each axis's rung of its longest."""
@@ -127,7 +134,7 @@ class BucketedBatches:
                  shuffle: bool = True, num_epochs: Optional[int] = None):
         self.src, self.local_batch, self.make = src, local_batch, make
         self.seed, self.shuffle, self.num_epochs = seed, shuffle, num_epochs
-        self.global_batch = local_batch * jax.process_count()
+        self.global_batch = local_batch * _processes()[1]
         if num_epochs is None and len(src) < self.global_batch:
             raise ValueError(f"{len(src)} examples are fewer than one batch of "
                              f"{self.global_batch}")
@@ -156,7 +163,7 @@ class BucketedBatches:
         shape = self.src.shape_of(rows)
         full = np.full(self.global_batch, -1, np.int64)
         full[:len(rows)] = rows
-        p = jax.process_index()
+        p = _processes()[0]
         return self.make(full[p * self.local_batch:(p + 1) * self.local_batch], shape)
 
     def get_state(self) -> dict:
@@ -184,7 +191,7 @@ def fixed_batches(source, batch_size: int, arrays: Callable, *, seed: int, shuff
     batched by `batch_fn` (default: stacked), the last partial batch dropped."""
     import grain
 
-    ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
+    ds = grain.MapDataset.source(source)[_processes()[0]::_processes()[1]]
     if len(ds) < batch_size and num_epochs is not None:
         raise ValueError(f"{len(ds)} {what} per process is fewer than batch_size={batch_size}")
     if shuffle:

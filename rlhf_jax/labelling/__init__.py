@@ -1,9 +1,16 @@
 """Human feedback collection: a labelling web app over a SQL database, agreement statistics and
 export to the project's preference files."""
-from rlhf_jax.labelling.app import AppSettings, create_app
-from rlhf_jax.labelling.entities import (Annotator, Assignment, Forbidden, Label, LabelError,
-                                         NotFound, Task, TaskFull)
-from rlhf_jax.labelling.export import export_all, export_records
-from rlhf_jax.labelling.server import LabelServerConfig, load_tasks, open_store, serve
-from rlhf_jax.labelling.store import LabelStore
-from rlhf_jax.labelling.tasks import read_tasks, sample_tasks
+from rlhf_jax._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "app": ("AppSettings", "create_app",),
+    "entities": (
+        "Annotator", "Assignment", "Forbidden", "Label", "LabelError", "NotFound", "Task",
+        "TaskFull",
+    ),
+    "export": ("export_all", "export_records",),
+    "config": ("LabelServerConfig",),
+    "server": ("load_tasks", "open_store", "serve",),
+    "store": ("LabelStore",),
+    "tasks": ("read_tasks", "sample_tasks",),
+})

@@ -9,9 +9,9 @@ from rlhf_jax.data import DataFormatError, iter_raw_records
 from rlhf_jax.data.conversation import (ConversationError, check_completion, check_messages,
                                         check_prompt, prompt_record_text, response_text)
 from rlhf_jax.data.records import check_data_file
+from rlhf_jax.labelling.config import MAX_RESPONSES
 from rlhf_jax.sampling import SamplingConfig, TextSampler
 
-MAX_RESPONSES = 9  # responses are lettered A-I and ranked with one digit
 
 
 def read_tasks(path, max_responses: int = MAX_RESPONSES) -> list[dict]:

@@ -14,14 +14,12 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from rlhf_jax.models.errors import CorruptCheckpointError
+
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
            "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
            "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
-
-
-class CorruptCheckpointError(ValueError):
-    """A weights file is truncated or its header is malformed."""
 
 
 def _is_int(x) -> bool:

@@ -10,7 +10,6 @@ import dataclasses
 import math
 from typing import Optional
 
-import jax.numpy as jnp
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -248,13 +247,15 @@ class TransformerConfig:
         return self.model_type == "gpt2"
 
     @property
-    def compute_dtype(self) -> jnp.dtype:
+    def compute_dtype(self):
         """The compute dtype as a jnp dtype."""
+        import jax.numpy as jnp  # here: the config itself is read without JAX (the CLI)
         return jnp.dtype(self.dtype)
 
     @property
-    def params_dtype(self) -> jnp.dtype:
+    def params_dtype(self):
         """The parameter storage dtype as a jnp dtype."""
+        import jax.numpy as jnp
         return jnp.dtype(self.param_dtype)
 
     def replace(self, **changes) -> "TransformerConfig":

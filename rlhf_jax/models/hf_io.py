@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from rlhf_jax.models._safetensors import CorruptCheckpointError, SafetensorsFile, save_safetensors
+from rlhf_jax.models.errors import CheckpointFormatError
 from rlhf_jax.models.hf_config import config_from_hf, config_to_hf
 from rlhf_jax.models.config import SUPPORTED_MODEL_TYPES, TransformerConfig, UnsupportedConfigError
 
@@ -34,10 +35,6 @@ log = logging.getLogger(__name__)
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-class CheckpointFormatError(ValueError):
-    """A checkpoint directory is missing files, holds the wrong tensors, or uses pickle."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,46 +12,10 @@ import numpy as np
 from flax import struct
 
 from rlhf_jax.models import DecoderModel, TransformerConfig, response_logprobs
+from rlhf_jax.ppo.config import RolloutConfig
 from rlhf_jax.ppo.advantages import gae, grpo_advantages, masked_mean, rloo_advantages, whiten
 from rlhf_jax.ppo.kl import kl_estimate, token_rewards
 from rlhf_jax.sampling import SampleOutput, SamplingConfig, generate
-
-
-@dataclasses.dataclass(frozen=True)
-class RolloutConfig:
-    """Reward shaping and advantage settings (defaults: Huang et al. 2023, "The N Implementation
-    Details of RLHF with PPO"): γ = 1, λ = 0.95, k1 KL, whitened advantages."""
-
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
-    kl_estimator: str = "k1"  # per-token KL estimate: k1 | k2 | k3
-    missing_eos_penalty: float | None = None  # score given to responses without EOS
-    whiten_rewards: bool = False  # rescale per-token rewards to unit variance (mean kept)
-    # whiten advantages over the batch's tokens; None: yes for GAE, no for the critic-free
-    # estimators, whose per-sequence advantages are already centred within each group (token
-    # whitening would weight long responses more and can flip the sign of a group's winner)
-    whiten_advantages: bool | None = None
-    reward_clip: float = 0.0  # > 0: clip scores to [−c, c]
-    advantage: str = "gae"  # "gae" (critic), or critic-free "rloo" / "grpo"
-    group_size: int = 1  # samples per prompt for rloo / grpo, consecutive rows
-    group_std_ddof: int = 1  # GRPO's group std: 1 = sample std (GRPO code, TRL), 0 = population
-
-    @property
-    def whitens_advantages(self) -> bool:
-        """Whether advantages are whitened over tokens (resolving the None default)."""
-        if self.whiten_advantages is None:
-            return self.advantage == "gae"
-        return self.whiten_advantages
-
-    def __post_init__(self):
-        if self.advantage not in ("gae", "rloo", "grpo"):
-            raise ValueError(f"RolloutConfig.advantage={self.advantage!r}: expected 'gae', "
-                             "'rloo' or 'grpo'")
-        if self.advantage != "gae" and self.group_size < 2:
-            raise ValueError(f"RolloutConfig.advantage={self.advantage!r} needs group_size >= 2 "
-                             f"samples per prompt, got {self.group_size}")
-        if self.group_std_ddof not in (0, 1):
-            raise ValueError(f"RolloutConfig.group_std_ddof={self.group_std_ddof}: expected 0 or 1")
 
 
 @struct.dataclass

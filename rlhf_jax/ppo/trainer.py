@@ -6,7 +6,6 @@ come from the training infrastructure unchanged.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from functools import partial
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -17,29 +16,12 @@ import numpy as np
 import optax
 
 from rlhf_jax.models import TransformerConfig
+from rlhf_jax.ppo.config import KLConfig, PPOConfig, RolloutConfig
 from rlhf_jax.ppo.kl import (KLControllerState, adaptive_kl_init, adaptive_kl_update,
                             fixed_kl_init, fixed_kl_update)
-from rlhf_jax.ppo.rollout import RewardTerm, RolloutConfig, make_rollout, rollout_metrics
-from rlhf_jax.ppo.update import PPOConfig, ppo_update
+from rlhf_jax.ppo.rollout import RewardTerm, make_rollout, rollout_metrics
+from rlhf_jax.ppo.update import ppo_update
 from rlhf_jax.sampling import SamplingConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class KLConfig:
-    """β: "fixed", or "adaptive" toward `target` nats per sequence over `horizon` samples
-    (Ziegler et al. 2019, §2.2)."""
-
-    controller: str = "fixed"  # fixed or adaptive beta
-    beta: float = 0.05  # KL penalty coefficient (the adaptive controller's start)
-    target: float = 6.0  # adaptive: KL per sequence to aim for, nats
-    horizon: float = 10000.0  # adaptive: samples over which beta moves by at most 20%
-
-    def __post_init__(self):
-        if self.controller not in ("fixed", "adaptive"):
-            raise ValueError(f"KLConfig.controller={self.controller!r}: expected 'fixed' or "
-                             "'adaptive'")
-        if self.beta < 0 or self.target <= 0 or self.horizon <= 0:
-            raise ValueError(f"KLConfig: expected beta >= 0, target > 0, horizon > 0; got {self}")
 
 
 def kl_controller(kl: KLConfig) -> tuple[Callable[[], KLControllerState], Callable]:

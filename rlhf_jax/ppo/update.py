@@ -1,43 +1,19 @@
 """The PPO update: epochs × minibatches as one `lax.scan` inside one jit (Schulman et al. 2017)."""
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax.losses import (CustomLossError, clipped_value_loss, loss_name, model_nll_sum,
+from rlhf_jax.losses import (CustomLossError, clipped_value_loss, model_nll_sum,
                              next_token_targets, ppo_policy_loss, resolve_loss)
 from rlhf_jax.models import DecoderModel, TransformerConfig
 from rlhf_jax.models.logprobs import predicted_logprobs
 from rlhf_jax.ppo.advantages import masked_mean
+from rlhf_jax.ppo.config import PPOConfig
 from rlhf_jax.ppo.rollout import Rollout, sequence_values
-
-
-@dataclasses.dataclass(frozen=True)
-class PPOConfig:
-    """Update hyper-parameters (defaults: Huang et al. 2023). `ptx_coef` > 0 adds the
-    pretraining log-likelihood term of PPO-ptx (Ouyang et al. 2022, eq. 2). `policy_loss` names
-    an objective of your own in place of PPO's clipped surrogate (`policy_objective`)."""
-
-    epochs: int = 4  # passes over each rollout
-    num_minibatches: int = 1  # minibatches per epoch
-    clip: float = 0.2  # policy ratio clip epsilon
-    value_clip: float = 0.2  # value change clip around the rollout's values
-    value_coef: float = 0.1  # weight of the value loss
-    entropy_coef: float = 0.0  # weight of the entropy bonus
-    ptx_coef: float = 0.0  # weight of the pretraining NLL (PPO-ptx; 0: off)
-    # your own policy objective in place of the clipped surrogate (module:function,
-    # file.py:function or __main__:function; see `policy_objective`)
-    policy_loss: str = ""
-
-    def __post_init__(self):
-        if callable(self.policy_loss):  # a function given in code: recorded by its name
-            object.__setattr__(self, "policy_loss", loss_name(self.policy_loss))
-        if self.policy_loss:  # a name that does not resolve fails here, before any work
-            resolve_loss(self.policy_loss, "ppo.policy_loss")
 
 
 def policy_objective(ppo: PPOConfig):

@@ -1,44 +1,13 @@
 """The reward-model training objective over `PreferenceBatch`es (comparisons, rankings, ratings)."""
 from __future__ import annotations
 
-import dataclasses
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from rlhf_jax import losses
-
-
-@dataclasses.dataclass(frozen=True)
-class RewardLossConfig:
-    """Weights of the reward objective.
-
-    Comparisons of two responses use Bradley–Terry with `margin` and `label_smoothing`; rankings of
-    more use Plackett–Luce. Ratings add `scalar_weight` · (r − y)². `centering_coef` adds
-    (Σ_k r_k)² per comparison (Eisenstein et al. 2023). `custom` names your own loss instead:
-    `fn(params, batch, rng[, model=...]) -> (loss, metrics)` or `(loss_sum, (count,
-    metric_sums))` over a `PreferenceBatch` (`batch_rewards(model, params, batch)` gives the
-    rewards [B, K]; `losses.custom`).
-    """
-
-    margin: float = 0.0  # Bradley-Terry margin subtracted from the reward difference
-    label_smoothing: float = 0.0  # probability that a label is flipped (0 <= eps < 0.5)
-    scalar_weight: float = 1.0  # weight of the rating regression loss
-    centering_coef: float = 0.0  # weight of the (sum of rewards)^2 centering penalty
-    # your own loss in place of these (module:function, file.py:function or __main__:function)
-    custom: str = ""
-
-    def __post_init__(self):
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"RewardLossConfig.label_smoothing={self.label_smoothing}: expected "
-                             "0 <= ε < 0.5")
-        if self.scalar_weight < 0 or self.centering_coef < 0:
-            raise ValueError("RewardLossConfig.scalar_weight and centering_coef must be >= 0")
-        if callable(self.custom):  # a function given in code: recorded by its name
-            object.__setattr__(self, "custom", losses.loss_name(self.custom))
-        if self.custom:  # a name that does not resolve fails here, before any work
-            losses.resolve_loss(self.custom, "loss.custom")
+from rlhf_jax.reward.config import RewardLossConfig
 
 
 def batch_rewards(model: nn.Module, params, batch, *, rng=None, deterministic: bool = True):

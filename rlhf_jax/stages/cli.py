@@ -3,8 +3,9 @@ a user's mistakes reported as one line instead of a traceback."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 from rlhf_jax import train
 from rlhf_jax.checkpoint import NoReadableCheckpointError
@@ -21,8 +22,11 @@ USER_ERRORS = (train.ConfigError, DataFormatError, CheckpointFormatError, Corrup
                ConstitutionError, ChatTemplateError, CustomLossError)
 
 
-def run_script(stage: Callable, config_cls, argv: Sequence[str], default_config: str):
-    """Parse `argv` against the config file, build `config_cls` and call `stage` with it.
+def run_script(stage: Union[Callable, str], config_cls, argv: Sequence[str],
+               default_config: str):
+    """Parse `argv` against the config file, build `config_cls` and call `stage` with it (a
+    function, or its `module:function` name, imported only once the config is good: `--help`
+    and config mistakes answer without loading JAX).
 
     `--help` lists every config key with its default and description. `--quick` is
     `--config.quick=true` on every script whose config has a quick mode, and refused on the
@@ -41,6 +45,9 @@ def run_script(stage: Callable, config_cls, argv: Sequence[str], default_config:
         raise SystemExit(0)
     try:
         cfg = train.config_from_dict(config_cls, train.parse_config(argv, default_config))
+        if isinstance(stage, str):
+            module, _, name = stage.partition(":")
+            stage = getattr(importlib.import_module(module), name)
         return stage(cfg)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

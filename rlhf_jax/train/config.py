@@ -184,3 +184,7 @@ def config_from_dict(cls, mapping, where: str = "config"):
 def config_to_dict(config) -> dict:
     """A frozen config dataclass as a plain JSON-ready dict (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""

@@ -7,13 +7,10 @@ import threading
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.train.config import NonFiniteError
 from rlhf_jax.train.early_stopping import (EarlyStoppingState, early_stopping_init,
                                            early_stopping_update)
 from rlhf_jax.train.metrics import MetricBuffer, MetricWriter, Progress
-
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive steps had a non-finite loss or gradient."""
 
 
 @dataclasses.dataclass
