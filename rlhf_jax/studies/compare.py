@@ -28,15 +28,17 @@ from rlhf_jax.stages.pipeline import (PPO_FAMILY, _replace, evaluate_before_afte
                                       run_pipeline, stage_configs)
 from rlhf_jax.stages.ppo import train_ppo
 from rlhf_jax.studies.compare_report import write_comparison_report
-from rlhf_jax.studies.compare_setup import (OVEROPTIMISATION, TEXT_METRICS, CompareConfig,
-                                            base_config, sweep)
+from rlhf_jax.studies.compare_setup import (OVEROPTIMISATION, QUICK_OVEROPTIMISATION,
+                                            TEXT_METRICS, CompareConfig, base_config,
+                                            quick_groups, sweep)
 
 
 def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
     """Every setting of `method`'s sweep on `seed`'s base run: the alignment metrics before
     and after (gold, proxy, KL, profanity rate, distinct-1/2, length; after also the win rate
     against the starting policy), the seconds each took, this process's peak memory, and for
-    the over-optimisation setting the per-iteration KL and gold score."""
+    the over-optimisation setting the per-iteration KL and gold score (in a quick study with
+    `QUICK_OVEROPTIMISATION`'s budget)."""
     base = base_config(cfg, seed)
     layout = PipelineLayout(base.run_dir)
     gold_fn = rl_eval.TEXT_TERMS[cfg.gold]
@@ -47,6 +49,8 @@ def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
         overrides = {"run_dir": str(run_dir), "method": method, key: value}
         if method in ("rloo", "grpo"):
             overrides["ppo.batch_size"] = base.ppo.batch_size // base.group_size
+        if cfg.quick and (method, value) == OVEROPTIMISATION:
+            overrides.update(QUICK_OVEROPTIMISATION)
         pcfg = _replace(base, overrides)
         run = PipelineLayout(pcfg.run_dir)
         _, _, ppo_cfg, off_cfg = stage_configs(pcfg, run, *run_inputs(base, layout))
@@ -64,7 +68,8 @@ def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
                  "train_seconds": seconds,
                  "eval_seconds": time.perf_counter() - start - seconds,
                  **{f"{w}_{q}": ev[w]["summary"][q] for w in ("before", "after")
-                    for q in ("gold", "proxy", "kl") + TEXT_METRICS},
+                    for q in ("gold", "proxy", "kl", "kl_k3") + TEXT_METRICS
+                    if q in ev[w]["summary"]},
                  "after_win_rate": ev["after"]["summary"]["win_rate"]}
         if (method, value) == OVEROPTIMISATION:
             gk = f"reward_terms/{cfg.gold}"
@@ -76,40 +81,43 @@ def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
     return {"results": results, "peak_rss_mib": peak}
 
 
-def _child(cfg: CompareConfig, seed: int, what: str, out: Path) -> dict:
-    """Run `what` ("base" or a method) for `seed` in a fresh process; its JSON result is saved
-    in `out` (a rerun of the study reuses it)."""
-    if out.is_file():
-        return json.loads(out.read_text())
-    spec = json.dumps({"config": dataclasses.asdict(cfg), "seed": seed, "what": what,
-                       "out": str(out)})
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", "import json, sys; from rlhf_jax.studies."
-                           "compare import _worker; _worker(json.loads(sys.argv[1]))", spec],
-                          capture_output=True, text=True)
-    log = out.with_suffix(".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{what} (seed {seed}) failed; its output is in {log}:\n"
-                           + proc.stderr[-2000:])
-    result = json.loads(out.read_text())
-    print(f"seed {seed} {what}: {time.perf_counter() - start:.0f} s", flush=True)
-    return result
+def _child(cfg: CompareConfig, seed: int, what, out) -> list[dict]:
+    """Run `what` ("base", a method, or a list of methods one after the other) for `seed` in a
+    fresh process; each one's JSON result is saved in its `out` path (a rerun of the study
+    reuses it, and runs only what has none)."""
+    whats, outs = ([what], [out]) if isinstance(what, str) else (list(what), list(out))
+    todo = [(w, o) for w, o in zip(whats, outs) if not o.is_file()]
+    if todo:
+        spec = json.dumps({"config": dataclasses.asdict(cfg), "seed": seed,
+                           "what": [w for w, _ in todo], "out": [str(o) for _, o in todo]})
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", "import json, sys; from rlhf_jax.studies."
+                               "compare import _worker; _worker(json.loads(sys.argv[1]))",
+                               spec], capture_output=True, text=True)
+        log = todo[0][1].with_suffix(".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(proc.stdout + proc.stderr)
+        names = ", ".join(w for w, _ in todo)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{names} (seed {seed}) failed; the output is in {log}:\n"
+                               + proc.stderr[-2000:])
+        print(f"seed {seed} {names}: {time.perf_counter() - start:.0f} s", flush=True)
+    return [json.loads(o.read_text()) for o in outs]
 
 
 def _worker(spec: dict) -> None:
     cfg = CompareConfig(**spec["config"])
-    if spec["what"] == "base":
-        r = run_pipeline(base_config(cfg, spec["seed"]))
-        result = {"seconds": r.seconds,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    else:
-        result = run_method(cfg, spec["seed"], spec["what"])
-    out = Path(spec["out"])
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    for what, out in zip(spec["what"], spec["out"]):
+        if what == "base":
+            r = run_pipeline(base_config(cfg, spec["seed"]))
+            result = {"seconds": r.seconds,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        else:
+            result = run_method(cfg, spec["seed"], what)
+        out = Path(out)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, out)
 
 
 def compare_methods(cfg: CompareConfig) -> Path:
@@ -126,12 +134,20 @@ def compare_methods(cfg: CompareConfig) -> Path:
     with ThreadPoolExecutor(cfg.workers) as pool:  # each thread waits on its process
         list(pool.map(lambda seed: _child(cfg, seed, "base", root / f"seed{seed}" / "base.json"),
                       cfg.seed_list))
-        jobs = [(seed, method) for seed in cfg.seed_list for method in cfg.method_list]
+        # one process per method; a quick study's methods share a few processes, which saves
+        # each one's start (importing JAX, tracing the evaluation) that tiny budgets make count
+        jobs = [(seed, group) for seed in cfg.seed_list
+                for group in (quick_groups(cfg) if cfg.quick
+                              else [[m] for m in cfg.method_list])]
         outs = pool.map(lambda job: _child(cfg, job[0], job[1],
-                                           root / f"seed{job[0]}" / f"{job[1]}.json"), jobs)
-        for (seed, method), out in zip(jobs, outs):
-            results += out["results"]
-            peaks[(method, seed)] = out["peak_rss_mib"]
+                                           [root / f"seed{job[0]}" / f"{m}.json"
+                                            for m in job[1]]), jobs)
+        done = {(seed, m): out for (seed, group), group_outs in zip(jobs, outs)
+                for m, out in zip(group, group_outs)}
+        for seed in cfg.seed_list:
+            for method in cfg.method_list:
+                results += done[(seed, method)]["results"]
+                peaks[(method, seed)] = done[(seed, method)]["peak_rss_mib"]
     path = write_comparison_report(cfg, results, peaks, time.perf_counter() - start)
     print(f"report: {path}", flush=True)
     return path

@@ -1,6 +1,7 @@
 """The method comparison's quick version, as a user runs it: every method learns from one
 seed's shared comparisons and reward model, and the report holds the frontier, the table and
-the over-optimisation section (the default study runs two seeds; one keeps this test short)."""
+the over-optimisation section, where PPO without a KL penalty rises and then falls (the default
+study runs two seeds; one keeps this test short)."""
 import json
 import math
 import os
@@ -8,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rlhf_jax.stages.pipeline import METHODS
+from rlhf_jax.studies.compare_setup import QUICK_OVEROPTIMISATION
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -54,4 +57,18 @@ def test_methods_share_the_start_and_move_away_from_it(study):
             # is small and noisy over 32 samples (either sign), so only its size is checked
             assert abs(r["after_kl"]["mean"]) > 1e-4, method
     traj = by_method["ppo"]["trajectory"]
-    assert [t["step"] for t in traj] == list(range(1, len(traj) + 1)) and len(traj) == 8
+    assert [t["step"] for t in traj] == list(range(1, len(traj) + 1))
+    assert len(traj) == QUICK_OVEROPTIMISATION["ppo.steps"]
+
+
+def test_quick_run_shows_the_rise_and_fall(study):
+    """PPO without a KL penalty: the gold score climbs and then falls while the proxy keeps
+    rising, by the report's test, and the final evaluation confirms the fall."""
+    results = json.loads((study / "results.json").read_text())
+    verdict = results["overoptimisation"]["0"]
+    assert verdict["observed"] and verdict["evaluation"]["confirmed"], verdict
+    assert verdict["peak"] > verdict["start"] + 0.1 and verdict["end"] < verdict["peak"] - 0.1
+    traj = next(r for r in results["runs"] if r.get("trajectory"))["trajectory"]
+    assert np.mean([t["proxy"] for t in traj[-20:]]) > np.mean([t["proxy"] for t in traj[:20]])
+    report = (study / "report.md").read_text()
+    assert "- seed 0: the gold score rises then falls" in report
