@@ -265,6 +265,8 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
     _plot_reward(reward_rows, plots / "reward_accuracy.png")
     method = info.get("method", "ppo")
     name = METHOD_NAMES.get(method, method)
+    if info.get("custom_loss"):  # a loss of the user's own in place of the method's
+        name = f"{name} with the loss `{info['custom_loss']}`"
     if method in ("ppo", "rloo", "grpo"):
         _plot_overoptimisation(policy_rows, gold_key, plots / "gold_proxy_vs_kl.png")
         figure = [f"![gold and proxy vs KL]({rel_of(plots, report_path)}/gold_proxy_vs_kl.png)",
@@ -326,6 +328,9 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
         f"Run directory `{line_text(run)}`, seed {info['seed']}. Stage times (s): " +
         ", ".join(f"{k} {v:.0f}" for k, v in info["stage_seconds"].items()) +
         f"; total {sum(info['stage_seconds'].values()):.0f} s.", "",
+        *(["## Warnings", "", "Settings of this run that may defeat it (each stage printed "
+           "them too):", "", *(f"- **{table_text(w)}**" for w in info["warnings"]), ""]
+          if info.get("warnings") else []),
         *(["## Data", "", *(f"- {line_text(line)}" for line in info["data"]), ""]
           if info.get("data")
           else []),

@@ -164,3 +164,15 @@ def test_headline_says_when_gold_rose_and_fell(tmp_path):
     text = _report(tmp_path, _rows(0.2 + t / 300), _evaluation(0.7))
     head = next(line for line in text.splitlines() if line.startswith("Gold improvement"))
     assert head == "Gold improvement: **+0.500** (0.200 → 0.700)."
+
+
+def test_warnings_and_a_custom_loss_are_in_the_report(tmp_path):
+    warning = "ppo: 97% of the 32 responses reached | max_new_tokens=10\nwithout an end token"
+    text = _report(tmp_path, _rows(np.linspace(0.2, 0.4, 20)), _evaluation(0.4),
+                   warnings=[warning], custom_loss="my_losses:gspo")
+    head = text[:text.index("## Data")]
+    assert "## Warnings" in head and "97% of the 32 responses" in head
+    assert_tables_are_whole(text)
+    assert "PPO with the loss `my_losses:gspo`" in text
+    plain = _report(tmp_path, _rows(np.linspace(0.2, 0.4, 20)), _evaluation(0.4))
+    assert "## Warnings" not in plain
