@@ -7,13 +7,8 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from rlhf_jax import losses, sharding, train
+from rlhf_jax import train
 from rlhf_jax.train.config_help import config_file_help
-from rlhf_jax.models import load_or_init_model
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "inspect_model.py")
 
@@ -28,6 +23,19 @@ def main(argv):
     except train.ConfigError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    run(cfg)
+
+
+def run(cfg):
+    """Load or build the model, shard it, time a forward pass (JAX is imported here, after the
+    config is read)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from rlhf_jax import losses, sharding
+    from rlhf_jax.models import load_or_init_model
+
     mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
     config, model, params = load_or_init_model(
         cfg.model_dir, cfg.preset, mesh, rules, jax.random.key(cfg.seed), dtype=cfg.dtype,

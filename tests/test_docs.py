@@ -91,3 +91,19 @@ def test_every_command_parses(page, script, args):
     assert overrides == args, f"{page}: {script}: not a --config.KEY=VALUE argument in {args}"
     cfg = train.config_from_dict(config_cls, train.parse_config(overrides, str(default)))
     assert isinstance(cfg, config_cls)
+
+
+SCRIPTS = sorted((ROOT / "experiments").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_script_answers_help_describing_every_key(script):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, str(script), "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    keys = [line.strip() for line in r.stdout.splitlines()
+            if line.strip().startswith("--config.")]
+    assert keys, f"{script.name}: --help lists no --config keys"
+    bare = [k for k in keys if not re.match(r"--config\.\S+=.*\S  +\S", k)]
+    assert not bare, f"{script.name}: keys without a description: {bare[:5]}"

@@ -41,7 +41,7 @@ class AuditConfig:
     out_dir: str = ""  # where the report goes; empty: <run_dir>/audit
     gold: str = ""  # the gold judge (eval.TEXT_TERMS); empty: the run's, else vader
     max_prompt_len: int = 0  # encoding lengths; 0: the reward stage's
-    max_response_len: int = 0
+    max_response_len: int = 0  # response tokens kept; 0: the reward stage's
     samples: int = 256  # responses for the atlas, length and perturbation diagnostics
     examples: int = 6  # comparisons explained token by token
     # integrated-gradients quadrature intervals to start from: doubled (up to 1024) until the
@@ -59,7 +59,7 @@ class AuditConfig:
     # appended by the "unrelated positive words" edit (keep it within max_response_len)
     positive_words: str = "wonderful lovely"
     repeat_times: int = 2  # how often the repeat edit appends the most rewarded word
-    seed: int = 0
+    seed: int = 0  # seed of the sampled texts, probes and random concepts
 
     def __post_init__(self):
         if self.pooling not in cn.POOLINGS:
