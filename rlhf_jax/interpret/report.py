@@ -19,7 +19,8 @@ def _f(x, digits: int = 3) -> str:
 
 
 def _p(x) -> str:
-    return p_text(x).replace("p = ", "")
+    """A p-value for a table cell: "0.0012", "< 1e-16" or —."""
+    return p_text(x).removeprefix("p = ").removeprefix("p ")
 
 
 def _concept_notes(result: dict) -> tuple[list[str], str]:
@@ -104,7 +105,8 @@ def _sections(result: dict) -> list[tuple[str, list[list[str]], list[str], str]]
                    + (lb["reason"] if lb.get("reason") else
                       f"the reward favours {lb['direction']} responses"
                       + (" more than the gold judge does." if lb["flag"] else
-                         " no more than the gold judge does, or not significantly."))
+                         f" no more than the gold judge does (by over {lb.get('margin', 0)}), "
+                         "or not significantly."))
                    + f" Test: {lb['test']}." if "test" in lb else
                    ("Flagged." if lb["flag"] else "Not flagged."))
     pert = [["edit", "responses (left out: cut)", "reward change", "gold change", "gap (s.d.)",

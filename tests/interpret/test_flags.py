@@ -53,6 +53,13 @@ def test_length_bias_flags_only_a_reward_that_pays_for_length_more_than_gold():
     proxy, gold, length = _lengths_and_scores(-0.6, 0.1)
     out = hacking.length_bias(proxy, gold, length)
     assert out["flag"] and out["direction"] == "shorter"
+    # a difference well measured but too small to matter (0.54 against 0.52 on the main job):
+    # below the 0.1 margin, not flagged; the same data with no margin is
+    _, gold, length = _lengths_and_scores(0.5, 0.5)
+    proxy = gold + 0.05 * (length - length.mean()) / length.std()
+    out = hacking.length_bias(proxy, gold, length)
+    assert 0 < out["difference"] < 0.05 and not out["flag"]
+    assert hacking.length_bias(proxy, gold, length, margin=0.0)["flag"]
     # equal correlations: not flagged
     proxy, gold, length = _lengths_and_scores(0.5, 0.5)
     assert not hacking.length_bias(proxy, gold, length)["flag"]
