@@ -7,7 +7,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "comparison_metrics", "ensemble_statistics", "expected_calibration_error",
         "normalised_head", "write_summary",
     ),
-    "config": ("RewardLossConfig",),
+    "config": ("ACQUISITIONS", "RewardLossConfig",),
     "objective": (
         "batch_rewards", "bootstrap_weights", "make_reward_loss",
         "reward_loss_terms",
@@ -15,6 +15,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "export": ("load_reward_model", "save_reward_model",),
     "pipeline": ("evaluate_comparisons", "normalise_reward_params", "score_source",),
     "scoring": ("critic_from_reward_model", "reward_model_scorer",),
-    "acquisition": ("ACQUISITIONS", "acquisition_scores",),
+    "acquisition": ("acquisition_scores",),
     "annotators": ("dawid_skene", "make_annotator_reward_loss",),
 })

@@ -23,7 +23,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-ACQUISITIONS = ("random", "entropy", "disagreement", "bald")
+from rlhf_jax.reward.config import ACQUISITIONS  # noqa: F401 (re-exported)
 
 
 def _bernoulli_entropy(p):

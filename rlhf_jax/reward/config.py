@@ -5,6 +5,9 @@ import dataclasses
 
 from rlhf_jax import losses
 
+# the acquisition functions of active learning (`reward.acquisition`)
+ACQUISITIONS = ("random", "entropy", "disagreement", "bald")
+
 
 @dataclasses.dataclass(frozen=True)
 class RewardLossConfig:

@@ -1,11 +1,20 @@
 """Experiments composed of stages: the method comparison, the active-learning loop, the
-annotation-budget studies, RLAIF beside human labels, and the reward-model audit."""
-from rlhf_jax.studies.active import ActiveConfig, ActiveResult, active_learning
-from rlhf_jax.studies.annotator_variance import AnnotatorVarianceConfig, annotator_variance
-from rlhf_jax.studies.audit import AuditConfig, audit_reward
-from rlhf_jax.studies.compare import CompareConfig, compare_methods
-from rlhf_jax.studies.hybrid import HybridConfig, hybrid_supervision
-from rlhf_jax.studies.label_efficiency import LabelEfficiencyConfig, label_efficiency
-from rlhf_jax.studies.learner import Learner, LearnerConfig
-from rlhf_jax.studies.pairs import SimulatedAnnotators
-from rlhf_jax.studies.rlaif import RLAIFConfig, run_rlaif
+annotation-budget studies, RLAIF beside human labels, and the reward-model audit. The configs
+live in `studies.configs` (importable without JAX)."""
+from rlhf_jax._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "configs.active": ("ActiveConfig",),
+    "configs.budgets": ("AnnotatorVarianceConfig", "HybridConfig", "LabelEfficiencyConfig",),
+    "configs.learner": ("LearnerConfig",),
+    "configs.rlaif": ("RLAIFConfig",),
+    "active": ("ActiveResult", "active_learning",),
+    "annotator_variance": ("annotator_variance",),
+    "audit": ("AuditConfig", "audit_reward",),
+    "compare": ("CompareConfig", "compare_methods",),
+    "hybrid": ("hybrid_supervision",),
+    "label_efficiency": ("label_efficiency",),
+    "learner": ("Learner",),
+    "pairs": ("SimulatedAnnotators",),
+    "rlaif": ("run_rlaif",),
+})

@@ -15,30 +15,9 @@ from scipy.stats import spearmanr
 from rlhf_jax.reward.annotators import dawid_skene
 from rlhf_jax.studies.common import (band_plot, cached_json, float_list, int_list, mean_se,
                                      start_study, study_tokenizer, write_report)
+from rlhf_jax.studies.configs.budgets import AnnotatorVarianceConfig
 from rlhf_jax.studies.learner import Learner, LearnerConfig
 from rlhf_jax.studies.pairs import SimulatedAnnotators, builtin_pairs, gold_delta
-
-@dataclasses.dataclass(frozen=True)
-class AnnotatorVarianceConfig:
-    """More labels per item or more items, at several annotator noise levels; and annotator
-    models on a mixed-reliability crowd."""
-
-    run_dir: str = "runs/study_annotators"  # report, plots, results and every run
-    seeds: str = "0,1,2"  # comma-separated seeds (>= 3 for error bands)
-    quick: bool = False  # tiny budgets, for the tests
-    total_labels: int = 450  # labels bought in every condition
-    labels_per_item: str = "1,3,5"  # redundancy levels compared
-    noise: str = "0.3,1.0,3.0"  # annotator temperatures compared (all annotators alike)
-    crowd: str = "0.1,0.3,0.9,2.7,8.1"  # mixed crowd for the annotator-model comparison
-    crowd_items: int = 150  # items of the crowd comparison, each labelled by 3 of the crowd
-    steps: int = 200  # optimiser steps per training run
-    heldout_pairs: int = 1000  # gold-judged evaluation pairs
-
-    def resolved(self) -> "AnnotatorVarianceConfig":
-        if not self.quick:
-            return self
-        return dataclasses.replace(self, total_labels=30, labels_per_item="1,3", noise="0.3,3.0",
-                                   crowd_items=30, steps=20, heldout_pairs=200)
 
 
 def _majority(records_by_item: list[list[dict]]) -> list[dict]:

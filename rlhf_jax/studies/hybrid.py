@@ -13,29 +13,9 @@ import numpy as np
 from rlhf_jax.studies.common import (band_plot, cached_json, first_reaching, float_list,
                                      fmt_reached, int_list, mean_se, start_study,
                                      study_tokenizer, write_report)
+from rlhf_jax.studies.configs.budgets import HybridConfig
 from rlhf_jax.studies.learner import Learner, LearnerConfig
 from rlhf_jax.studies.pairs import SimulatedAnnotators, builtin_pairs, gold_delta
-
-@dataclasses.dataclass(frozen=True)
-class HybridConfig:
-    """Equal annotation budgets spent on comparisons, on ratings, or half on each."""
-
-    run_dir: str = "runs/study_hybrid"  # report, plots, results and every run
-    seeds: str = "0,1,2"  # comma-separated seeds (>= 3 for error bands)
-    quick: bool = False  # tiny budgets, for the tests
-    budgets: str = "20,40,80,160,320"  # annotation budgets, in units of one comparison's cost
-    comparison_cost: float = 1.0  # cost of one pairwise comparison
-    rating_cost: float = 0.5  # cost of one Likert rating of one response
-    rating_noise: float = 1.0  # std of the simulated raters' noise, in Likert points
-    steps: int = 200  # optimiser steps per training run
-    target: float = 0.0  # accuracy to reach (0: 95% of pairwise-only's best mean)
-    heldout_pairs: int = 1000  # gold-judged evaluation pairs
-    annotator_temperatures: str = "0.15,0.3,0.6"  # simulated annotators (comparisons)
-
-    def resolved(self) -> "HybridConfig":
-        if not self.quick:
-            return self
-        return dataclasses.replace(self, budgets="8,16", steps=20, heldout_pairs=200)
 
 
 HYBRID_ARMS = ("pairwise only", "pairwise + ratings", "ratings only")

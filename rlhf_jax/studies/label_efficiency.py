@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from rlhf_jax import train
+from rlhf_jax.studies.configs.budgets import LabelEfficiencyConfig
 from rlhf_jax.studies.active import ActiveConfig, active_learning
 from rlhf_jax.studies.common import (band_plot, cached_json, first_reaching, fmt_reached,
                                      int_list, mean_se, start_study, study_tokenizer,
@@ -21,31 +22,6 @@ from rlhf_jax.studies.pairs import SimulatedAnnotators
 ACQUISITION_ARMS = {"random": ("random", "top"), "entropy": ("entropy", "per_prompt"),
                     "disagreement": ("disagreement", "per_prompt"),
                     "bald": ("bald", "per_prompt"), "bald + diverse": ("bald", "diverse")}
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelEfficiencyConfig:
-    """Held-out accuracy against the number of labels for each acquisition function."""
-
-    run_dir: str = "runs/study_label_efficiency"  # report, plots, results and every run
-    seeds: str = "0,1,2"  # comma-separated seeds (>= 3 for error bands)
-    arms: str = "random,entropy,disagreement,bald,bald + diverse"  # acquisition arms compared
-    quick: bool = False  # tiny budgets, for the tests
-    rounds: int = 10  # acquisition rounds
-    initial_labels: int = 40  # random labels first
-    labels_per_round: int = 40  # labels acquired per round
-    pool_size: int = 800  # candidates per round
-    steps_per_round: int = 60  # warm-start steps per round
-    initial_steps: int = 150  # steps on the initial labels
-    heldout_pairs: int = 1000  # gold-judged evaluation pairs
-    annotator_temperatures: str = "0.15,0.3,0.6"  # simulated annotators
-
-    def resolved(self) -> "LabelEfficiencyConfig":
-        if not self.quick:
-            return self
-        return dataclasses.replace(self, rounds=2, initial_labels=16, labels_per_round=16,
-                                   pool_size=96, steps_per_round=10, initial_steps=20,
-                                   heldout_pairs=200)
 
 
 def label_efficiency(cfg: LabelEfficiencyConfig) -> Path:

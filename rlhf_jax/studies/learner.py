@@ -2,7 +2,6 @@
 reward stage's model, objective, step, scorer and mesh, driven by labels held in memory."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import jax
@@ -14,30 +13,8 @@ from rlhf_jax.data.preference import PAD, batch_examples, tokenize_record
 from rlhf_jax.reward.annotators import (init_annotator_params, make_annotator_reward_loss,
                                         temperatures)
 from rlhf_jax.stages.common import RunConfig, check_batch_size, jit_train_step, shardings_of
+from rlhf_jax.studies.configs.learner import LearnerConfig
 from rlhf_jax.studies.pairs import pair_record
-
-
-@dataclasses.dataclass(frozen=True)
-class LearnerConfig:
-    """The reward-model ensemble the loop trains."""
-
-    model_dir: str = ""  # local HF directory to start from; empty: `preset`, randomly initialised
-    preset: str = "tiny-llama"  # model size when model_dir is empty
-    ensemble: int = 4  # reward heads on the shared backbone (members of the ensemble)
-    bootstrap: bool = True  # each member sees its own Poisson(1) resample of the labels
-    learning_rate: float = 1e-3  # Adam step size (constant after warmup)
-    batch_size: int = 32  # labels per step
-    max_prompt_len: int = 8  # prompt tokens kept
-    max_response_len: int = 10  # response tokens kept
-    annotator_model: str = "none"  # none | temperature | temperature_bias (reward.annotators)
-    rating_range: tuple = (1.0, 7.0)  # Likert scale of rating records
-
-    def __post_init__(self):
-        if self.ensemble < 1 or self.batch_size < 1:
-            raise ValueError("ensemble and batch_size must be >= 1")
-        if self.annotator_model not in ("none", "temperature", "temperature_bias"):
-            raise ValueError(f"annotator_model={self.annotator_model!r}: expected none, "
-                             "temperature or temperature_bias")
 
 
 class Learner:

@@ -1,0 +1,1 @@
+"""The studies' config dataclasses, in modules that import no JAX (see `stages.configs`)."""
