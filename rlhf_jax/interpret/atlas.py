@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-PROJECTIONS = ("pca", "umap")
+from rlhf_jax.interpret.options import PROJECTIONS  # noqa: F401 (re-exported)
 
 
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from rlhf_jax import models
 from rlhf_jax.data import builtin
 from rlhf_jax.interpret.text import Inspected, chunks, encode, fits, pad_rows
 
-POOLINGS = ("last", "mean")
+from rlhf_jax.interpret.options import POOLINGS  # noqa: F401 (re-exported)
 # the fewest examples (that fit the model's lengths) a concept or random set needs
 LEAST_EXAMPLES = 8
 

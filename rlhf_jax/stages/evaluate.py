@@ -62,8 +62,9 @@ def evaluate_prompts(cfg: EvalConfig) -> dict:
                 cfg.batch_size - len(part)), **proxy)
         rows += out["rows"][:len(part)]
     summary = rl_eval.policy.summarise(rows)
-    if not cfg.reference_dir:
+    if not cfg.reference_dir:  # the policy against itself: no KL to report
         summary.pop("kl")
+        summary.pop("kl_k3", None)
     root = Path(cfg.run_dir)
     info = {"policy_dir": cfg.policy_dir, "prompts": cfg.prompts.file,
             "field": cfg.prompts.field, "prompts_truncated": cut, "records": stats.as_dict(),
@@ -77,22 +78,25 @@ def evaluate_prompts(cfg: EvalConfig) -> dict:
 
 
 def _report(path: Path, cfg: EvalConfig, summary: dict, rows: list, info: dict) -> None:
-    table = rl_eval.report.prompt_cell
-    text = rl_eval.report.table_text
+    R = rl_eval.report
     metrics = [(name, summary[name]) for name in ("profanity_rate", "gold", "proxy", "kl",
-                                                  "distinct_1", "distinct_2", "length")
+                                                  "kl_k3", "distinct_1", "distinct_2", "length")
                if name in summary and np.isfinite(summary[name]["mean"])]
-    lines = [f"# Evaluation of `{cfg.policy_dir}`", "",
-             f"{summary['samples']} prompts from `{cfg.prompts.file}` (field "
-             f"`{cfg.prompts.field}`; {info['prompts_truncated']} cut to "
-             f"{cfg.prompts.prompt_len} tokens), one response each of at most "
-             f"{cfg.sampling.max_new_tokens} tokens at temperature {cfg.sampling.temperature}; "
-             f"{summary['eos_fraction']:.1%} ended with an end token. Gold judge: `{cfg.gold}`. "
-             "Each value is the mean ± its standard error over the responses (distinct-n: a "
-             "bootstrap); the profanity rate is the share the packaged alt-profanity-check "
-             "classifier flags (P > 0.5).", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {name} | {s['mean']:.3f} ± {s['stderr']:.3f} |" for name, s in metrics]
+    lines = [f"# Evaluation of `{R.line_text(cfg.policy_dir)}`", "",
+             R.line_text(
+                 f"{summary['samples']} prompts from `{cfg.prompts.file}` (field "
+                 f"`{cfg.prompts.field}`; {info['prompts_truncated']} cut to "
+                 f"{cfg.prompts.prompt_len} tokens), one response each of at most "
+                 f"{cfg.sampling.max_new_tokens} tokens at temperature "
+                 f"{cfg.sampling.temperature}; {summary['eos_fraction']:.1%} ended with an end "
+                 f"token. Gold judge: `{cfg.gold}`. Each value is the mean ± its standard error "
+                 "over the responses (distinct-n: a bootstrap); the profanity rate is the share "
+                 "the packaged alt-profanity-check classifier flags (P > 0.5).")
+             + (" " + R.KL_NOTE if "kl" in summary else ""),
+             "", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {R.mean_se_text(s)} |" for name, s in metrics]
     lines += ["", "## Samples", "", "| prompt | response | profanity | gold |", "|---|---|---|---|"]
-    lines += [f"| {table(r['prompt'])} | {text(r['response']) or '(empty)'} | "
-              f"{r['profanity']:.2f} | {r['gold']:.3f} |" for r in rows[:cfg.report_samples]]
+    lines += [f"| {R.prompt_cell(r['prompt'])} | {R.table_text(r['response']) or '(empty)'} | "
+              f"{r['profanity']:.2f} | {R.number(r['gold'])} |"
+              for r in rows[:cfg.report_samples]]
     path.write_text("\n".join(lines) + "\n")

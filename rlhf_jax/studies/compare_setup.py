@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from rlhf_jax import eval as rl_eval
-from rlhf_jax.stages.pipeline import METHODS, PipelineConfig, _replace
+from rlhf_jax.stages.configs.pipeline import METHODS, PipelineConfig, _replace
 
 
 # Each method's sweep: the setting that trades reward against staying near the start, and its
