@@ -12,6 +12,7 @@ import numpy as np
 from rlhf_jax.data import prompt_text
 from rlhf_jax.eval.metrics import distinct_n_bootstrap, mean_se
 from rlhf_jax.eval.scorers import PROFANITY_THRESHOLD, profanity_probabilities
+from rlhf_jax.losses.kl import kl_estimate
 from rlhf_jax.models import TransformerConfig, response_logprobs
 from rlhf_jax.sampling import SamplingConfig, generate
 
@@ -28,13 +29,10 @@ def sequence_kl(logp_bt, ref_logp_bt, mask_bt):
       (x − 1 ≥ log x), with less variance near the reference. Computed as expm1(log r) − log r,
       exact for small log r. Under top-k / top-p sampling E[r_t − 1] ≤ 0, so k3 then reads low.
 
-    The per-token terms are `ppo.kl.kl_estimate`'s "k1" and "k3", which `eval`, on the same
-    floor of the package, does not import.
+    The per-token terms are `losses.kl_estimate`'s "k1" and "k3", as PPO's penalty uses them.
     """
-    log_r = (ref_logp_bt - logp_bt).astype(jnp.float32)
-    k1 = jnp.sum(-log_r * mask_bt, axis=1)
-    k3 = jnp.sum((jnp.expm1(log_r) - log_r) * mask_bt, axis=1)
-    return k1, k3
+    logp, ref = logp_bt.astype(jnp.float32), ref_logp_bt.astype(jnp.float32)
+    return tuple(jnp.sum(kl_estimate(logp, ref, k) * mask_bt, axis=1) for k in ("k1", "k3"))
 
 
 def _no_proxy(params, prompt_tokens, prompt_mask, response_tokens, response_mask):

@@ -13,5 +13,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "scalar_regression_loss",
     ),
     "policy": ("clipped_value_loss", "ppo_policy_loss",),
+    "kl": ("ESTIMATORS", "kl_estimate",),
     "rlhf_jax.models.logprobs": ("token_entropy",),
 })

@@ -11,21 +11,8 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
+from rlhf_jax.losses.kl import ESTIMATORS, kl_estimate  # noqa: F401 (re-exported)
 from rlhf_jax.models import last_token_index
-
-ESTIMATORS = ("k1", "k2", "k3")
-
-
-def kl_estimate(logp_bt, ref_logp_bt, estimator: str = "k1"):
-    """Per-token KL estimate from the policy's and the reference's log-probs of sampled tokens."""
-    log_r = ref_logp_bt - logp_bt
-    if estimator == "k1":
-        return -log_r
-    if estimator == "k2":
-        return 0.5 * jnp.square(log_r)
-    if estimator == "k3":
-        return jnp.expm1(log_r) - log_r
-    raise ValueError(f"KL estimator {estimator!r}: expected one of {ESTIMATORS}")
 
 
 def token_rewards(score_b, kl_bt, mask_bt, beta):
