@@ -124,8 +124,9 @@ def plan_epoch(src: LengthSource, batch_size: int, *, seed: int, epoch: int, shu
 class BucketedBatches:
     """Batches of `src` grouped by length (`plan_epoch`), each padded to its own shape.
 
-    `make(indices, shape)` builds this process's batch from its rows of the global batch
-    (`indices` holds −1 for the padding rows of a last partial batch). Repeats forever
+    `make(indices, shape, valid)` builds this process's batch from its rows of the global batch
+    (`valid` is False for the padding rows of a last partial batch, which repeat its first
+    example and must weigh nothing). Repeats forever
     (`num_epochs=None`, partial batches dropped) or for `num_epochs` (kept, padded). The state
     is {"epoch", "batch"}: exact resume.
     """
@@ -161,10 +162,15 @@ class BucketedBatches:
         rows = batches[self.batch]
         self.batch += 1
         shape = self.src.shape_of(rows)
-        full = np.full(self.global_batch, -1, np.int64)
+        # a last, partial batch: the empty slots repeat the batch's first example, marked
+        # invalid (weight 0), so every process gets real rows to read even when its whole
+        # share is padding
+        full = np.full(self.global_batch, rows[0], np.int64)
         full[:len(rows)] = rows
+        valid = np.arange(self.global_batch) < len(rows)
         p = _processes()[0]
-        return self.make(full[p * self.local_batch:(p + 1) * self.local_batch], shape)
+        mine = slice(p * self.local_batch, (p + 1) * self.local_batch)
+        return self.make(full[mine], shape, valid[mine])
 
     def get_state(self) -> dict:
         """The position: epoch and batch within it."""

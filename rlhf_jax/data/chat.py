@@ -167,9 +167,22 @@ class ChatEncoder:
         content = msgs[-1]["content"]
         start = text.rfind(content.strip()) if content.strip() else -1
         pre = self.bos if self.template is None else []
+        end = start + len(content.strip())
+        if not getattr(self.tok, "is_fast", False):  # no offsets: the three pieces apart
+            if start < 0:
+                raise ChatTemplateError("cannot find the last user turn's text in the "
+                                        "template's rendering to cut it")
+            head_ids, body, tail = (self._ids(text[:start]), self._ids(text[start:end]),
+                                    self._ids(text[end:]))
+            room = max_len - len(pre) - len(head_ids) - len(tail)
+            if room < 1:
+                raise ChatTemplateError(
+                    f"max_prompt_len={max_len} is too small for this conversation's control "
+                    f"tokens and generation prompt: they need "
+                    f"{len(pre) + len(head_ids) + len(tail) + 1} tokens with one token of text")
+            return pre + head_ids + body[-room:] + tail
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = enc["offset_mapping"]
-        end = start + len(content.strip())
         inside = [i for i, (s, e) in enumerate(offsets) if start >= 0 and start <= s and e <= end]
         head = [i for i, (s, e) in enumerate(offsets) if e <= max(start, 0)]
         after = len(offsets) - (inside[-1] + 1) if inside else None
@@ -239,11 +252,15 @@ class ChatEncoder:
             if whole[:len(head)] != head or whole[:len(upto)] != upto:
                 raise ChatTemplateError(f"the chat template's tokens of the conversation do not "
                                         f"start with those of its first {k} turns; cannot "
-                                        "find assistant turn {k}")
+                                        f"find assistant turn {k}")
             span = range(len(head), len(upto))
             ends = [i for i in span if whole[i] == self.end_of_turn]
             for i in span if not ends else range(len(head), ends[0] + 1):
                 mask[i] = 1
+        if self.end_of_turn is None and messages[-1]["role"] == "assistant" and self._eos():
+            # a template that ends no turn: EOS ends the response, as in `response_ids`, so the
+            # model learns to stop where sampling stops
+            whole, mask = whole + self._eos(), mask + [int(len(messages) - 1 >= first)]
         return whole, mask
 
     # text ------------------------------------------------------------------------------------

@@ -381,12 +381,15 @@ def batch_examples(examples: Sequence[dict], *, prompt_len: int, num_responses: 
                    for ex, i in zip(examples, indices)], prompt_len)
 
 
-def bucketed_batch(source, indices, shape, *, num_responses: int,
+def bucketed_batch(source, indices, shape, valid=None, *, num_responses: int,
                    pad_id: int) -> PreferenceBatch:
-    """The rows `indices` of `source` (−1: a weight-0 padding row) padded to `shape` (P, R)."""
-    rows = [_to_rows(source[int(i)], num_responses, pad_id, int(i), shape)
-            for i in indices if i >= 0]
-    return _padded(rows, len(indices), shape[0])
+    """The rows `indices` of `source` padded to `shape` (P, R); rows not `valid` (padding of a
+    last partial batch) weigh 0."""
+    rows = [_to_rows(source[int(i)], num_responses, pad_id, int(i), shape) for i in indices]
+    batch = _stack(rows, shape[0])
+    if valid is not None:
+        batch = batch.replace(weight=batch.weight * np.asarray(valid, np.float32))
+    return batch
 
 
 def preference_batches(sources: Sequence, batch_size: int, *, prompt_len: int,

@@ -93,10 +93,11 @@ def prompt_arrays(prompt: np.ndarray, pad_id: int) -> dict:
             "mask": (prompt != PAD).astype(np.int32)}
 
 
-def _prompt_batch(source, indices, shape, *, pad_id: int, texts: bool) -> dict:
-    """Rows `indices` of `source` (−1: a repeat of the first row) cut to `shape` = (P,)."""
+def _prompt_batch(source, indices, shape, valid, *, pad_id: int, texts: bool) -> dict:
+    """Rows `indices` of `source` cut to `shape` = (P,) (padding rows, not `valid`, repeat a
+    real prompt: prompt batches are sampled from and carry no loss of their own)."""
     p = shape[0]
-    rows = [source[int(i if i >= 0 else indices[0])] for i in indices]
+    rows = [source[int(i)] for i in indices]
     out = prompt_arrays(np.stack([r["prompt"][-p:] for r in rows]), pad_id)
     if texts:
         out["texts"] = [_text(r["text"]) for r in rows]

@@ -105,13 +105,13 @@ def sft_arrays(tokens: np.ndarray, loss: np.ndarray, pad_id: int) -> dict:
             "mask": (tokens != PAD).astype(np.int32), "loss_mask": loss.astype(np.int32)}
 
 
-def _bucketed(source, indices, shape, *, pad_id: int) -> dict:
-    """Rows `indices` (−1: a repeat of the first, weight 0 in the loss) cut to `shape` = (L,)."""
+def _bucketed(source, indices, shape, valid, *, pad_id: int) -> dict:
+    """Rows `indices` cut to `shape` = (L,); rows not `valid` (padding) learn nothing."""
     n = shape[0]
-    rows = [source[int(i if i >= 0 else indices[0])] for i in indices]
+    rows = [source[int(i)] for i in indices]
     out = sft_arrays(np.stack([r["tokens"][-n:] for r in rows]),
                      np.stack([r["loss"][-n:] for r in rows]), pad_id)
-    out["loss_mask"] = out["loss_mask"] * (np.asarray(indices) >= 0)[:, None]
+    out["loss_mask"] = out["loss_mask"] * np.asarray(valid)[:, None]
     return out
 
 

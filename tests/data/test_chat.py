@@ -167,3 +167,35 @@ def test_encode_prompt_batch_layout():
     assert row[-len(ids):].tolist() == ids and (row[:-len(ids)] == -1).all()
     assert counts["prompts_truncated"] == 0
     assert np.asarray(row).dtype == np.int32
+
+
+def test_template_without_an_end_of_turn_learns_eos():
+    """A template that ends no turn (Alpaca-like): the response ends with EOS, and SFT learns
+    that EOS, so the model learns to stop where sampling stops."""
+    tok = chat_tokenizer(template="chatml", vocab_size=400)
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] + ':\n' + m['content'] + '\n\n' }}"
+                         "{% endfor %}{% if add_generation_prompt %}{{ 'assistant:\n' }}"
+                         "{% endif %}")
+    enc = ChatEncoder(tok)
+    assert enc.end_of_turn is None and enc.stop_ids == (tok.eos_token_id,)
+    prompt, response = [U("hello world")], [A("the cat sat")]
+    assert enc.response_ids(prompt, response)[-1] == tok.eos_token_id
+    ids, mask = enc.sft_ids({"messages": prompt + response})
+    assert ids[-1] == tok.eos_token_id and mask[-1] == 1
+    assert ids.count(tok.eos_token_id) == 1
+
+
+def test_a_slow_tokenizer_cuts_a_prompt_by_pieces():
+    from transformers import ByT5Tokenizer
+
+    tok = ByT5Tokenizer()  # a Python tokenizer: no offsets
+    tok.chat_template = CHATML
+    enc = ChatEncoder(tok)
+    prompt = [S("be kind"), U("how are you? tell me about the cat and a dog in the park")]
+    ids, cut = enc.prompt_ids(prompt, 100)
+    text = tok.decode(ids)
+    assert cut and len(ids) == 100
+    assert text.startswith("<|im_start|>system\nbe kind<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("in the park<|im_end|>\n<|im_start|>assistant\n")
+    with pytest.raises(ChatTemplateError, match="max_prompt_len=60 is too small"):
+        enc.prompt_ids(prompt, 60)

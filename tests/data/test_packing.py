@@ -96,7 +96,7 @@ def test_bucketed_plan_covers_each_example_once_and_resumes_exactly():
     def take(it, k):
         return [next(it) for _ in range(k)]
 
-    make = lambda idx, shape: (tuple(idx.tolist()), shape)  # noqa: E731
+    make = lambda idx, shape, valid: (tuple(idx.tolist()), shape)  # noqa: E731
     a = data.BucketedBatches(src, 8, make, seed=3)
     first = take(a, 40)  # crosses into a second epoch
     b = data.BucketedBatches(src, 8, make, seed=3)
@@ -131,3 +131,21 @@ def test_packed_batches_cover_every_example_and_resume_exactly():
     c.set_state(b.get_state())
     for x, y in zip(take(c, 7), first[5:]):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_finite_pass_over_several_processes_reads_every_example_once(monkeypatch):
+    """On 2 processes a last batch no longer than one process's share leaves the second
+    process only padding: it still gets real rows to read, all weighing nothing."""
+    from rlhf_jax.data import buckets
+
+    rng = np.random.default_rng(3)
+    lengths = np.stack([rng.integers(1, 60, 10), rng.integers(1, 30, 10)], 1)
+    src = LengthSource(list(range(10)), lengths, (ladder(64), ladder(32)))
+    seen = []
+    for p in (0, 1):
+        monkeypatch.setattr(buckets, "_processes", lambda p=p: (p, 2))
+        for idx, shape, valid in data.BucketedBatches(
+                src, 4, lambda i, s, v: (i, s, v), shuffle=False, num_epochs=1):
+            assert (idx >= 0).all() and len(idx) == 4
+            seen += idx[valid].tolist()
+    assert sorted(seen) == list(range(10))
