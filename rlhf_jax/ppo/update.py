@@ -66,11 +66,14 @@ def _loss(params, mb: Rollout, ptx, *, config: TransformerConfig,
         values = mb.values
     pg_sum, count, pg_metrics = policy_objective(ppo)(logp, mb.logprobs, mb.advantages, rmask,
                                                       clip=ppo.clip)
-    vf_sum, _ = clipped_value_loss(values, mb.values, mb.returns, rmask, clip=ppo.value_clip)
+    vf_sum, vf_count = clipped_value_loss(values, mb.values, mb.returns, rmask,
+                                          clip=ppo.value_clip)
     entropy = masked_mean(token_ent, rmask)
-    denom = jnp.maximum(count, 1.0)
-    loss = pg_sum / denom + ppo.value_coef * vf_sum / denom - ppo.entropy_coef * entropy
-    metrics = {"ppo/policy_loss": pg_sum / denom, "ppo/value_loss": vf_sum / denom,
+    # the policy term over its own count (a custom objective may count sequences, not tokens);
+    # the value term always over response tokens
+    denom, vf_denom = jnp.maximum(count, 1.0), jnp.maximum(vf_count, 1.0)
+    loss = pg_sum / denom + ppo.value_coef * vf_sum / vf_denom - ppo.entropy_coef * entropy
+    metrics = {"ppo/policy_loss": pg_sum / denom, "ppo/value_loss": vf_sum / vf_denom,
                "ppo/entropy": entropy,
                **{k: v / denom for k, v in pg_metrics.items()}}
     if ptx is not None:

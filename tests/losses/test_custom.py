@@ -114,6 +114,36 @@ def test_custom_policy_objective_equals_the_clipped_surrogate(name):
     assert ppo.policy_objective(ppo.PPOConfig()) is losses.ppo_policy_loss
 
 
+def test_a_sequence_level_objective_leaves_the_value_loss_a_token_mean():
+    """An objective that counts sequences divides its own sum; the value loss stays the mean
+    of ½(V − R)² over response tokens (not over sequences)."""
+    from rlhf_jax.ppo.rollout import Rollout
+    from rlhf_jax.ppo.update import _loss
+
+    cfg = preset("tiny-gpt2")
+    params = {"policy": init_params(DecoderModel(cfg), jax.random.key(0))}
+    rng = np.random.default_rng(3)
+    b, p, n = 3, 4, 6
+    rmask = np.ones((b, n), np.int32)
+    rmask[0, 4:], rmask[2, 2:] = 0, 0
+    f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)  # noqa: E731
+    mb = Rollout(prompt_tokens=jnp.asarray(rng.integers(1, 50, (b, p)), jnp.int32),
+                 prompt_mask=jnp.ones((b, p), jnp.int32),
+                 response_tokens=jnp.asarray(rng.integers(1, 50, (b, n)), jnp.int32),
+                 response_mask=jnp.asarray(rmask), logprobs=f(b, n) - 4, ref_logprobs=f(b, n),
+                 values=f(b, n), scores=f(b), kl=f(b, n), rewards=f(b, n), advantages=f(b, n),
+                 returns=f(b, n), ended_with_eos=jnp.ones(b, bool), temperature=1.0)
+    def value_loss(objective):
+        fn = jax.jit(lambda q, m: _loss(q, m, None, config=cfg, critic_config=None,
+                                        ppo=objective)[1]["ppo/value_loss"])
+        return float(fn(params, mb))
+
+    mine = value_loss(ppo.PPOConfig(policy_loss=f"{USER}:my_sequence_objective"))
+    want = 0.5 * np.sum((np.asarray(mb.values) - np.asarray(mb.returns)) ** 2 * rmask)
+    np.testing.assert_allclose(mine, want / rmask.sum(), rtol=1e-6)
+    assert value_loss(ppo.PPOConfig()) == mine
+
+
 def test_offline_stage_trains_with_a_custom_loss_and_resumes_exactly(tmp_path):
     def cfg(run, steps):
         return stages.OfflineConfig(

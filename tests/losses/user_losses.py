@@ -42,3 +42,14 @@ def my_mean_objective(logp, old_logp, adv, mask, *, clip):
     """The same, as a mean over response tokens."""
     total, count, sums = my_clipped_surrogate(logp, old_logp, adv, mask, clip=clip)
     return total / count, {k: v / count for k, v in sums.items()}
+
+
+def my_sequence_objective(logp, old_logp, adv, mask, *, clip):
+    """A sequence-level clipped surrogate (GSPO, Zheng et al. 2025, eq. 5): the ratio is the
+    geometric mean of the token ratios; the count is the number of sequences."""
+    m = mask.astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(m, axis=1), 1.0)
+    ratio = jnp.exp(jnp.sum((logp - old_logp) * m, axis=1) / n)
+    a = jnp.sum(adv * m, axis=1) / n
+    obj = jnp.minimum(ratio * a, jnp.clip(ratio, 1 - clip, 1 + clip) * a)
+    return -jnp.sum(obj), jnp.float32(logp.shape[0]), {}

@@ -114,6 +114,15 @@ def test_config_from_dict_names_the_bad_key():
         train.config_from_dict(stages.PPOStageConfig, {"critic": "value"})
 
 
+def test_sft_config_refuses_a_file_it_would_not_read():
+    with pytest.raises(ValueError, match=r"data.file='own.jsonl' is read only with "
+                                         r"data.source='text'.*--config.data.source=text"):
+        stages.SFTData(file="own.jsonl")
+    with pytest.raises(train.ConfigError, match="data.file='own.jsonl'"):
+        train.config_from_dict(stages.SFTConfig, {"data": {"file": "own.jsonl"}})
+    assert stages.SFTData(source="text", file="own.jsonl").row_len == 1024
+
+
 def test_reward_config_refuses_evaluation_without_a_held_out_split():
     no_val = stages.RewardData(validation_fraction=0.0)
     with pytest.raises(ValueError, match=r"data.validation_fraction=0 holds nothing out, but "

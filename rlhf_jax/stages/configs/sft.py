@@ -32,6 +32,10 @@ class SFTData:
     def __post_init__(self):
         if self.source not in ("progression", "text"):
             raise ValueError(f"data.source={self.source!r}: expected 'progression' or 'text'")
+        if self.file and self.source != "text":
+            raise ValueError(f"data.file={self.file!r} is read only with data.source='text' "
+                             f"(data.source={self.source!r} learns synthetic sequences): set "
+                             "--config.data.source=text")
         if self.packing not in ("auto", "on", "off"):
             raise ValueError(f"data.packing={self.packing!r}: expected auto, on or off")
         if self.max_len < 0:
