@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 
 from rlhf_jax.data.buckets import (BucketedBatches, LengthSource, fixed_batches, ladder,
                                    pack_rows)
-from rlhf_jax.data.chat import encoder_for, tokenizer_key
+from rlhf_jax.data.chat import ChatTemplateError, encoder_for, tokenizer_key
 from rlhf_jax.data.preference import (PAD, LocalBuilder, fingerprint, load_lengths,
                                       tokenize_records, write_splits)
 from rlhf_jax.data.records import check_data_file, read_records
@@ -54,10 +54,11 @@ def build_sft_dataset(path, tokenizer, out_dir, *, max_len: int, on_error: str =
                       seed: int = 0, buckets: str = "auto") -> SFTDataset:
     """Validate and tokenise the texts of a local file (`text`, `messages` or `prompt` +
     `completion`) into a TFDS dataset of rows of at most `max_len` tokens. Keyed by the file's
-    contents, the tokenizer and these arguments, and reused. Rows whose every learnt token
-    was cut away are refused (or skipped with `on_error="skip"`)."""
+    contents, the tokenizer and these arguments, and reused. A row whose every learnt token
+    lies beyond `max_len` is refused naming its line (or skipped and counted with
+    `on_error="skip"`)."""
     path = check_data_file(path)
-    key = fingerprint(path, "sft-v1", tokenizer_key(tokenizer), max_len, on_error,
+    key = fingerprint(path, "sft-v2", tokenizer_key(tokenizer), max_len, on_error,
                       train_on_prompt, validation_fraction, seed)
     data_dir = Path(out_dir) / f"{path.stem}-{key}"
     stats_file = data_dir / "stats.json"
@@ -65,8 +66,17 @@ def build_sft_dataset(path, tokenizer, out_dir, *, max_len: int, on_error: str =
         records, rstats = read_records(path, "text", on_error=on_error)
         enc = encoder_for(tokenizer)
         counts = {"prompts_truncated": 0, "trained_tokens": 0}
-        records, encoded = tokenize_records(path, records, rstats,
-                                            lambda r: enc.sft_ids(r, train_on_prompt), on_error)
+
+        def encode(record):
+            ids, loss = enc.sft_ids(record, train_on_prompt)
+            if any(loss[1:]) and not any(loss[1:max_len]):
+                raise ChatTemplateError(
+                    f"every learnt token lies beyond data.max_len={max_len} (the row has "
+                    f"{len(ids)} tokens; the first learnt one is at {loss.index(1, 1)}): "
+                    "raise data.max_len or shorten the prompt")
+            return ids, loss
+
+        records, encoded = tokenize_records(path, records, rstats, encode, on_error)
         rows = []
         for ids, loss in encoded:
             if len(ids) > max_len:

@@ -6,6 +6,10 @@ again. The name is `package.module:attribute` (importable), `path/to/file.py:att
 loaded by path) or `__main__:attribute` (a function defined in a notebook or script);
 `loss_name(fn)` gives a callable's name. `sum_form` lets a loss return either the step's
 `(loss_sum, (count, metric_sums))` or a plain `(loss, metrics)` mean.
+
+A reward or offline loss must weight each example by `batch.weight` (`Σ wᵢ·ℓᵢ / Σ wᵢ`, as the
+built-in losses do): rows that only fill a batch (a last partial batch, a length bucket's
+remainder) have weight 0 and must not count.
 """
 from __future__ import annotations
 

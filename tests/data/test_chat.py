@@ -199,3 +199,23 @@ def test_a_slow_tokenizer_cuts_a_prompt_by_pieces():
     assert text.endswith("in the park<|im_end|>\n<|im_start|>assistant\n")
     with pytest.raises(ChatTemplateError, match="max_prompt_len=60 is too small"):
         enc.prompt_ids(prompt, 60)
+
+
+def test_sft_rows_whose_learnt_tokens_are_cut_away_are_named(tmp_path):
+    """A conversation whose assistant turn lies wholly beyond max_len would train on nothing:
+    it is refused with its file:line, or skipped and counted."""
+    import json
+
+    tok = chat_tokenizer(template="chatml", vocab_size=400)
+    path = tmp_path / "sft.jsonl"
+    long = [U("tell me " + "about the cat " * 30), A("it sat")]
+    path.write_text("\n".join(json.dumps(r) for r in (
+        {"messages": [U("hi"), A("hello there")]}, {"messages": long},
+        {"messages": [U("and you"), A("fine")]})) + "\n")
+    with pytest.raises(data.DataFormatError, match=r"sft.jsonl:2: every learnt token lies "
+                                                   r"beyond data.max_len=32"):
+        data.sft.build_sft_dataset(path, tok, tmp_path / "built", max_len=32)
+    built = data.sft.build_sft_dataset(path, tok, tmp_path / "built", max_len=32,
+                                       on_error="skip")
+    assert built.stats["skipped"] == 1 and built.stats["prompts"] == 2
+    assert len(built.splits["train"]) == 2
