@@ -80,3 +80,19 @@ def test_no_import_cycle_between_modules():
         if m not in state:
             visit(m, [m])
     assert not cycles, cycles
+
+
+def test_no_lazy_export_is_also_a_submodule():
+    """A name a package re-exports lazily must not name one of its submodules: importing that
+    submodule (anywhere) sets the package's attribute to the module, and the re-exported
+    function would then read as a module."""
+    clashes = []
+    for init in PKG.rglob("__init__.py"):
+        for node in ast.walk(ast.parse(init.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "lazy_exports":
+                for names in node.args[1].values:
+                    for elt in names.elts:
+                        if (init.parent / f"{elt.value}.py").exists() or \
+                                (init.parent / elt.value / "__init__.py").exists():
+                            clashes.append(f"{init.parent.name}.{elt.value}")
+    assert not clashes, clashes
