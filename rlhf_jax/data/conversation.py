@@ -158,12 +158,12 @@ def prompt_record_text(prompt) -> str:
 
 
 def prompt_from_text(text: str):
-    """The prompt `prompt_record_text` kept: text, or a conversation (a JSON message list)."""
+    """The prompt `prompt_record_text` kept: a conversation (a JSON list of valid messages
+    ending on a user turn), or else the text itself (text that only looks like JSON stays
+    text)."""
     if text.startswith("[{"):
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
+            return check_prompt(check_messages(json.loads(text), "prompt"))
+        except (json.JSONDecodeError, ConversationError):
             return text
-        if isinstance(value, list) and all(isinstance(m, dict) and "role" in m for m in value):
-            return value
     return text

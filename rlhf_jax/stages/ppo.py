@@ -175,13 +175,33 @@ def _reward_terms(cfg: PPOStageConfig, tokenizer) -> tuple:
                          for name in filter(None, cfg.monitor_terms.split(",")))
 
 
-def _ptx_batches(cfg: PPOStageConfig, layout: RunLayout, tokenizer, pad_id: int):
+def _check_positions(cfg: PPOStageConfig, config: TransformerConfig) -> None:
+    """A GPT-2 policy has no position embedding beyond its learned positions: prompt and
+    response lengths must fit them (named by their settings, not found at compile time)."""
+    total = cfg.prompts.prompt_len + cfg.sampling.max_new_tokens
+    if config.is_gpt2 and total > config.max_position_embeddings:
+        raise ConfigError(f"prompts.max_prompt_len={cfg.prompts.prompt_len} + "
+                          f"sampling.max_new_tokens={cfg.sampling.max_new_tokens} = {total} "
+                          f"tokens exceed the policy's {config.max_position_embeddings} learned "
+                          "positions (max_position_embeddings): lower them (in the main job: "
+                          "max_prompt_len, max_new_tokens)")
+    if config.is_gpt2 and cfg.ppo.ptx_coef > 0 and \
+            cfg.ptx.max_len > config.max_position_embeddings:
+        raise ConfigError(f"ptx.max_len={cfg.ptx.max_len} exceeds the policy's "
+                          f"{config.max_position_embeddings} learned positions "
+                          "(max_position_embeddings)")
+
+
+def _ptx_batches(cfg: PPOStageConfig, layout: RunLayout, tokenizer, pad_id: int,
+                 config: TransformerConfig):
     if cfg.ppo.ptx_coef <= 0:
         return None, None
     ptx_file = cfg.ptx.file or builtin_file(layout, "ptx", data.builtin.write_texts,
                                             seed=cfg.seed)
+    row_len = cfg.ptx.row_len  # the default cut to a GPT-2 policy's learned positions
+    row_len = min(row_len, config.max_position_embeddings) if config.is_gpt2 else row_len
     ptx_ds = train.main_process_first(data.build_sft_dataset, ptx_file, tokenizer,
-                                      layout.built_data, max_len=cfg.ptx.max_len,
+                                      layout.built_data, max_len=row_len,
                                       buckets="off")
     note = data_note(ptx_ds.stats, {"max_prompt_len": "ptx.max_len"}, layout=layout)
     return note, data.sft_batches(ptx_ds.splits["train"],
@@ -316,6 +336,7 @@ def train_ppo(cfg: PPOStageConfig, *,
                           f"model, but {cfg.reward_dir} has one head")
     tokenizer = data.use_template(m.tokenizer, cfg.chat_template)
     pad_id = tokenizer.pad_token_id or 0
+    _check_positions(cfg, m.config)
     prompt_file = cfg.prompts.file or builtin_file(layout, "prompts", data.builtin.write_prompts,
                                                    n=200)
     prompt_ds = train.main_process_first(data.build_prompt_dataset, prompt_file, tokenizer,
@@ -328,7 +349,7 @@ def train_ppo(cfg: PPOStageConfig, *,
                                          seed=cfg.seed)
     notes = [data_note(prompt_ds.stats, {"max_prompt_len": "prompts.max_prompt_len"},
                        prompt_batches, "prompt", layout=layout)]
-    ptx_note, ptx_batches = _ptx_batches(cfg, layout, tokenizer, pad_id)
+    ptx_note, ptx_batches = _ptx_batches(cfg, layout, tokenizer, pad_id, m.config)
     notes += [ptx_note] if ptx_note else []
     batches = ppo.ZipBatches(prompt_batches, ptx_batches)
     sampling = resolve_sampling(tokenizer, cfg)

@@ -22,6 +22,19 @@ def _tokenizer(cfg: SFTConfig, layout: RunLayout):
     return tokenizer, {"vocab_size": len(tokenizer)}
 
 
+def _row_len(dc: SFTData, config: models.TransformerConfig) -> int:
+    """The text rows' length: `data.max_len`, or its default cut to a GPT-2 model's learned
+    positions (beyond them it has no position embedding)."""
+    if not config.is_gpt2:
+        return dc.row_len
+    if dc.max_len > config.max_position_embeddings:
+        raise ValueError(f"data.max_len={dc.max_len} exceeds the model's "
+                         f"{config.max_position_embeddings} learned positions "
+                         f"(max_position_embeddings): set --config.data.max_len to at most "
+                         f"{config.max_position_embeddings}")
+    return min(dc.row_len, config.max_position_embeddings)
+
+
 def train_sft(cfg: SFTConfig) -> StageResult:
     """Fine-tune with next-token NLL; export the model (and tokenizer) to `<run_dir>/export`.
 
@@ -65,6 +78,10 @@ def train_sft(cfg: SFTConfig) -> StageResult:
     local = cfg.batch_size // jax.process_count()
     notes = ()
     if tokenizer is None:
+        if config.is_gpt2 and cfg.length > config.max_position_embeddings:
+            raise ValueError(f"length={cfg.length} exceeds the model's "
+                             f"{config.max_position_embeddings} learned positions "
+                             "(max_position_embeddings)")
         batches = data.progression_batches(batch_size=local, length=cfg.length,
                                            vocab_size=config.vocab_size, seed=cfg.seed)
     else:
@@ -73,7 +90,8 @@ def train_sft(cfg: SFTConfig) -> StageResult:
                                             seed=cfg.seed)
         texts = train.main_process_first(
             data.build_sft_dataset, text_file, tokenizer, layout.built_data,
-            max_len=dc.row_len, on_error=dc.on_error, train_on_prompt=dc.train_on_prompt,
+            max_len=_row_len(dc, config), on_error=dc.on_error,
+            train_on_prompt=dc.train_on_prompt,
             buckets=dc.buckets)
         batches = data.sft_batches(texts.splits["train"], local,
                                    pad_id=tokenizer.pad_token_id or 0, seed=cfg.seed,

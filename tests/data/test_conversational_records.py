@@ -221,3 +221,15 @@ def test_length_setting_that_cuts_every_response_is_refused(tmp_path):
     with pytest.raises(DataFormatError, match=r"p.jsonl:1: max_prompt_len=4 is too small"):
         data.build_preference_dataset(path, "pairwise", tok, tmp_path / "b", max_prompt_len=4,
                                       max_response_len=16, validation_fraction=0.0)
+
+
+def test_a_kept_prompt_reads_back_as_it_was():
+    """Prompts kept beside their ids (`prompt_record_text`) read back as the same prompt; text
+    that only looks like a message list stays text."""
+    conv = [S("be brief"), U("hi"), A("hello"), U("and now?")]
+    for prompt in ("plain text", conv, [U("ünïcode")]):
+        assert data.prompt_from_text(data.prompt_record_text(prompt)) == prompt
+    for text in ('[{"role": "robot", "content": "x"}]',  # unknown role
+                 '[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]',
+                 '[{"role": "user"}]', '[{"role": "user", "content": "q"', '[{}]'):
+        assert data.prompt_from_text(text) == text

@@ -123,6 +123,35 @@ def test_sft_config_refuses_a_file_it_would_not_read():
     assert stages.SFTData(source="text", file="own.jsonl").row_len == 1024
 
 
+def test_sft_rows_fit_a_gpt2_models_positions():
+    from rlhf_jax import models
+    from rlhf_jax.stages.sft import _row_len
+
+    gpt2, llama = models.preset("tiny-gpt2"), models.preset("tiny-llama")
+    own = stages.SFTData(source="text", file="own.jsonl")
+    assert gpt2.max_position_embeddings == 128
+    assert _row_len(own, gpt2) == 128 and _row_len(own, llama) == 1024  # the file's default
+    assert _row_len(stages.SFTData(source="text"), gpt2) == 24
+    with pytest.raises(ValueError, match=r"data.max_len=512 exceeds the model's 128 learned "
+                                         r"positions.*--config.data.max_len to at most 128"):
+        _row_len(dataclasses.replace(own, max_len=512), gpt2)
+
+
+def test_ppo_lengths_fit_a_gpt2_policys_positions():
+    from rlhf_jax import models
+    from rlhf_jax.stages.ppo import _check_positions
+
+    gpt2, llama = models.preset("tiny-gpt2"), models.preset("tiny-llama")
+    own = stages.PPOStageConfig(prompts=stages.PromptData(file="prompts.jsonl"))
+    assert own.prompts.prompt_len == 512
+    _check_positions(own, llama)  # rotary positions: no learned table to run past
+    _check_positions(stages.PPOStageConfig(), gpt2)  # the built-in 8 + 10
+    with pytest.raises(train.ConfigError, match=r"prompts.max_prompt_len=512 \+ "
+                                                r"sampling.max_new_tokens=10 = 522 tokens "
+                                                r"exceed the policy's 128 learned positions"):
+        _check_positions(own, gpt2)
+
+
 def test_reward_config_refuses_evaluation_without_a_held_out_split():
     no_val = stages.RewardData(validation_fraction=0.0)
     with pytest.raises(ValueError, match=r"data.validation_fraction=0 holds nothing out, but "

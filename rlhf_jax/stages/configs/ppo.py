@@ -43,7 +43,16 @@ class PtxData:
 
     file: str = ""  # JSONL/JSON/Parquet of texts or conversations; empty: the built-in corpus
     batch_size: int = 16  # text rows per iteration, over all processes
-    max_len: int = 24  # tokens per text row
+    max_len: int = 0  # tokens per text row; 0: 24 for the built-in corpus, 1024 for a file
+
+    def __post_init__(self):
+        if self.max_len < 0:
+            raise ValueError(f"ptx.max_len={self.max_len}: expected > 0 (or 0: the default)")
+
+    @property
+    def row_len(self) -> int:
+        """The row length: `max_len`, or its default for the built-in corpus or a file."""
+        return self.max_len or (1024 if self.file else 24)
 
 
 def _default_terms() -> dict:
