@@ -51,8 +51,9 @@ def train_sl_cai(cfg: CritiqueRevisionConfig):
 
 
 def _sft_record(prompt, final: str) -> dict:
-    """What SFT learns from a revision: prompt + revision as one text, or for a conversation
-    the revision as its assistant turn (learnt through the chat template)."""
+    """What SFT learns from a revision: the revision after its prompt, the prompt itself not
+    learnt (Bai et al. 2022, §3.1: fine-tune on the final revisions); for a conversation the
+    revision is its assistant turn (through the chat template)."""
     if isinstance(prompt, str):
-        return {"text": f"{prompt} {final}"}
+        return {"prompt": prompt, "completion": f" {final}"}
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": final}]}

@@ -96,6 +96,19 @@ def policy(tmp_path_factory):
                               tokenizer=tok)
 
 
+def test_sl_cai_learns_the_revision_not_the_prompt():
+    from rlhf_jax.stages.sl_cai import _sft_record
+    from tests.chat_tokenizers import chat_tokenizer
+
+    for template in (None, "chatml"):
+        tok = chat_tokenizer(template=template, vocab_size=400)
+        prompt = "how are you" if template is None else [{"role": "user", "content": "how are you"}]
+        ids, mask = data.ChatEncoder(tok).sft_ids(_sft_record(prompt, "fine thanks"))
+        learnt = tok.decode([i for i, m in zip(ids, mask) if m])
+        assert "fine thanks" in learnt and "how are you" not in learnt
+        assert sum(mask) < len(ids)
+
+
 @pytest.mark.slow
 def test_critique_revision_into_sft(tmp_path, policy):
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "critique_revision.py"),
