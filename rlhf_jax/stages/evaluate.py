@@ -40,19 +40,24 @@ def evaluate_prompts(cfg: EvalConfig) -> dict:
         rm_config, rm_params, meta = reward.load_reward_model(cfg.reward_dir)
         proxy = dict(proxy_fn=reward.reward_model_scorer(rm_config, meta["num_outputs"]),
                      proxy_params=rm_params)
-    prompts = [r["prompt"] for r in records][:cfg.samples or None]
+    # a prompt the template cannot encode within the length stops naming its line, or is a
+    # counted skip with prompts.on_error=skip, as in the other stages
+    counts = {"prompts_truncated": 0}
+    records, encoded = data.preference.tokenize_records(
+        cfg.prompts.file, records[:cfg.samples or None], stats,
+        lambda r: data.preference.encode_prompt(tok, r["prompt"], cfg.prompts.prompt_len,
+                                                counts), cfg.prompts.on_error)
+    prompts = [r["prompt"] for r in records]
     sampling = dataclasses.replace(
         cfg.sampling, eos_token_ids=tuple(dict.fromkeys(
             data.encoder_for(tok).stop_ids + cfg.sampling.eos_token_ids)),
         pad_token_id=tok.pad_token_id or 0)
-    key, rows, cut = jax.random.key(cfg.seed), [], 0
+    key, rows, cut = jax.random.key(cfg.seed), [], counts["prompts_truncated"]
     ladder = data.ladder(cfg.prompts.prompt_len, cfg.prompts.buckets)
     for start in range(0, len(prompts), cfg.batch_size):
         part = prompts[start:start + cfg.batch_size]
-        counts = {"prompts_truncated": 0}
-        enc = np.stack([data.preference.encode_prompt(tok, p, cfg.prompts.prompt_len, counts)
-                        for p in part + [part[0]] * (cfg.batch_size - len(part))])
-        cut += counts["prompts_truncated"]
+        fill = cfg.batch_size - len(part)  # the last batch is filled with its first prompt
+        enc = np.stack(encoded[start:start + cfg.batch_size] + [encoded[start]] * fill)
         longest = int((enc >= 0).sum(1).max())
         enc = enc[:, enc.shape[1] - int(data.buckets.rung_of(longest, ladder)):]
         out = rl_eval.evaluate_policy(

@@ -161,6 +161,16 @@ def test_evaluate_a_policy_on_realtoxicityprompts_prompts(own, tmp_path):
         stages.evaluate_prompts(stages.EvalConfig(
             run_dir=str(tmp_path / "eval2"), policy_dir=str(own["policy"]),
             prompts=stages.PromptData(file=str(path))))
+    # a conversation whose system turn leaves no room within the length stops at its line
+    convs = tmp_path / "convs.jsonl"
+    convs.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (
+        [{"role": "user", "content": "hi"}],
+        [{"role": "system", "content": "be kind " * 20}, {"role": "user", "content": "hi"}])))
+    with pytest.raises(data.DataFormatError, match=r"convs.jsonl:2: max_prompt_len=16 is too "
+                                                   r"small"):
+        stages.evaluate_prompts(stages.EvalConfig(
+            run_dir=str(tmp_path / "eval3"), policy_dir=str(own["policy"]),
+            prompts=stages.PromptData(file=str(convs), max_prompt_len=16)))
 
 
 def test_method_comparison_on_conversations(own, tmp_path):
