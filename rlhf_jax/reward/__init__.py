@@ -1,5 +1,6 @@
 """Reward models: the training objective, evaluation, normalisation, ensembles, early stopping,
-acquisition functions for active learning and annotator models."""
+acquisition functions for active learning, annotator models, and rewards personalised to
+each user."""
 from rlhf_jax._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
@@ -17,4 +18,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "scoring": ("critic_from_reward_model", "reward_model_scorer",),
     "acquisition": ("acquisition_scores",),
     "annotators": ("dawid_skene", "make_annotator_reward_loss",),
+    "personal": ("expected_information", "init_user_weights", "laplace_posterior",
+                 "make_personal_reward_loss", "population_prior", "predictive_probability",),
+    "personal_model": ("PersonalRewardModel",),
 })

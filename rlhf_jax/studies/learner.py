@@ -59,6 +59,8 @@ class Learner:
         if cfg.annotator_model == "none":
             self._loss = reward.make_reward_loss(self.model, reward.RewardLossConfig(),
                                                  bootstrap=cfg.bootstrap)
+        elif cfg.annotator_model == "personal":  # the heads are a basis, each user's weights
+            self._loss = reward.make_personal_reward_loss(self.model)
         else:
             self._loss = make_annotator_reward_loss(
                 self.model, use_bias=cfg.annotator_model == "temperature_bias")
@@ -74,10 +76,16 @@ class Learner:
             self.cfg.model_dir, self.cfg.preset, self.mesh, self.rules, key, heads=("reward",),
             num_reward_outputs=self.cfg.ensemble, **self._overrides)
         if self.cfg.annotator_model != "none":
-            annotators = init_annotator_params(max(1, len(self.annotators)))
-            params = {"model": params, "annotators": sharding.shard_params(  # replicated
+            annotators = (init_annotator_params(max(1, len(self.annotators)))
+                          if self.cfg.annotator_model != "personal" else
+                          {"users": reward.init_user_weights(max(1, len(self.annotators)),
+                                                             self.cfg.ensemble,
+                                                             jax.random.fold_in(key, 2))})
+            annotators = sharding.shard_params(  # replicated
                 annotators, {k: PartitionSpec(None) for k in annotators}, self.mesh,
-                self.rules)}
+                self.rules)
+            params = ({"model": params, **annotators} if self.cfg.annotator_model == "personal"
+                      else {"model": params, "annotators": annotators})
         tx = train.make_optimizer(self._opt_cfg, params)
         self.abstract_state, init_state = train.compile_init(
             lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
@@ -168,9 +176,17 @@ class Learner:
         keep = gold != 0
         return float(np.mean(np.sign(delta.mean(1)[keep]) == np.sign(gold[keep])))
 
+    def user_weights(self) -> np.ndarray:
+        """The users' learned weights over the basis heads [U, K'] (annotator_model
+        "personal"), rows in the order of `annotators`."""
+        if self.cfg.annotator_model != "personal":
+            raise ValueError("user_weights: the learner has no users' weights (annotator_model="
+                             f"{self.cfg.annotator_model!r}, expected 'personal')")
+        return np.asarray(jax.device_get(self.state.params["users"]))
+
     def annotator_parameters(self) -> dict:
         """Learned {annotator: (τ, β)} when an annotator model is trained."""
-        if self.cfg.annotator_model == "none":
+        if self.cfg.annotator_model in ("none", "personal"):
             return {}
         ap = self.state.params["annotators"]
         tau, beta = jax.device_get((temperatures(ap), ap["bias"]))

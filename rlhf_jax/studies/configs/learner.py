@@ -16,12 +16,14 @@ class LearnerConfig:
     batch_size: int = 32  # labels per step
     max_prompt_len: int = 8  # prompt tokens kept
     max_response_len: int = 10  # response tokens kept
-    annotator_model: str = "none"  # none | temperature | temperature_bias (reward.annotators)
+    # none | temperature | temperature_bias (reward.annotators) | personal (the heads are a
+    # basis φ and each annotator a user with weights w_u: reward.personal)
+    annotator_model: str = "none"
     rating_range: tuple = (1.0, 7.0)  # Likert scale of rating records
 
     def __post_init__(self):
         if self.ensemble < 1 or self.batch_size < 1:
             raise ValueError("ensemble and batch_size must be >= 1")
-        if self.annotator_model not in ("none", "temperature", "temperature_bias"):
+        if self.annotator_model not in ("none", "temperature", "temperature_bias", "personal"):
             raise ValueError(f"annotator_model={self.annotator_model!r}: expected none, "
-                             "temperature or temperature_bias")
+                             "temperature, temperature_bias or personal")
