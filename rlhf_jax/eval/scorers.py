@@ -78,4 +78,5 @@ def vader_diverse(prompt: str, response: str) -> float:
 
 
 TEXT_TERMS = {"vader": vader_compound, "vader_diverse": vader_diverse,
-              "repetition": repetition_fraction, "words": word_count}
+              "repetition": repetition_fraction, "words": word_count,
+              "profanity": profanity_probability}

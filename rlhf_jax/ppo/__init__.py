@@ -1,8 +1,10 @@
-"""PPO machinery: advantages (GAE, whitening, group baselines), KL penalties and controllers."""
+"""PPO machinery: advantages (GAE, whitening, group baselines), KL penalties and controllers,
+and a Lagrangian cost constraint."""
 from rlhf_jax._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "config": ("KLConfig", "PPOConfig", "RolloutConfig",),
+    "config": ("ConstraintConfig", "KLConfig", "PPOConfig", "RolloutConfig",),
+    "constraint": ("LagrangeState", "lagrange_init", "lagrange_update",),
     "advantages": (
         "gae", "grpo_advantages", "masked_mean", "masked_var", "rloo_advantages", "whiten",
     ),

@@ -63,6 +63,27 @@ class KLConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConstraintConfig:
+    """A cost the policy must keep on average at most `limit` (`ppo.constraint`): `cost` names
+    a text scorer (e.g. "profanity", the packaged classifier's probability; empty: off); the
+    score becomes r − λ·cost with λ learned from `multiplier` at rate `lr` (on ln λ)."""
+
+    cost: str = ""  # a text scorer (eval.TEXT_TERMS) whose mean must stay <= limit; empty: off
+    limit: float = 0.05  # d: the largest mean cost allowed
+    multiplier: float = 1.0  # λ at the start (> 0)
+    lr: float = 0.5  # step size of ln λ per iteration, per unit of violation
+
+    def __post_init__(self):
+        if self.multiplier <= 0 or self.lr <= 0:
+            raise ValueError(f"constraint: expected multiplier > 0 and lr > 0; got {self}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a cost is constrained."""
+        return bool(self.cost)
+
+
+@dataclasses.dataclass(frozen=True)
 class PPOConfig:
     """Update hyper-parameters (defaults: Huang et al. 2023). `ptx_coef` > 0 adds the
     pretraining log-likelihood term of PPO-ptx (Ouyang et al. 2022, eq. 2). `policy_loss` names

@@ -152,15 +152,16 @@ def text_reward_term(name: str, weight: float, tokenizer, fn: Callable[[str, str
 def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, key, beta, *,
                  config: TransformerConfig, sampling: SamplingConfig, rollout: RolloutConfig,
                  score_fn: Callable, critic_config: TransformerConfig | None = None,
-                 reward_terms: Sequence[RewardTerm] = (),
-                 stats: dict | None = None) -> Rollout:
+                 reward_terms: Sequence[RewardTerm] = (), cost: RewardTerm | None = None,
+                 cost_multiplier=0.0, stats: dict | None = None) -> Rollout:
     """Sample with the policy, score, and compute rewards and advantages.
 
     Three jitted programs — `generate`, `score_responses`, `finish_rollout` — with the host in
     between only when `reward_terms` need it. The score is the (clipped) `score_fn` plus
-    Σ weight·term; responses without EOS get `missing_eos_penalty` instead. When `stats` is a
-    dict, the seconds spent generating and scoring, the mean raw score and each term's mean are
-    recorded in it (timing synchronises).
+    Σ weight·term, minus `cost_multiplier`·cost for a constrained `cost` term
+    (`ppo.constraint`); responses without EOS get `missing_eos_penalty` instead. When `stats`
+    is a dict, the seconds spent generating and scoring, the mean raw score, each term's mean
+    and the mean cost ("constraint/cost") are recorded in it (timing synchronises).
     """
     if "policy" not in params:
         raise ValueError("params must be {'policy': ...} or {'policy': ..., 'critic': ...}; got "
@@ -181,7 +182,7 @@ def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, k
         stats["score/reward_model"] = float(jnp.mean(scores))
     if rollout.reward_clip > 0:
         scores = jnp.clip(scores, -rollout.reward_clip, rollout.reward_clip)
-    if reward_terms:
+    if reward_terms or cost is not None:
         host = jax.device_get((prompt_tokens, prompt_mask, sample.tokens, sample.mask))
         total = np.asarray(scores, np.float32)
         for term in reward_terms:
@@ -192,6 +193,11 @@ def make_rollout(params, ref_params, score_params, prompt_tokens, prompt_mask, k
             total = total + term.weight * value
             if stats is not None:
                 stats[f"reward_terms/{term.name}"] = float(value.mean())
+        if cost is not None:  # the Lagrangian's r − λ·c (Dai et al. 2023, eq. 9)
+            value = np.asarray(cost.fn(*host), np.float32)
+            total = total - np.float32(cost_multiplier) * value
+            if stats is not None:
+                stats["constraint/cost"] = float(value.mean())
         scores = jax.device_put(total, scores.sharding)
     if stats is not None:
         jax.block_until_ready(scores)

@@ -16,7 +16,8 @@ import numpy as np
 import optax
 
 from rlhf_jax.models import TransformerConfig
-from rlhf_jax.ppo.config import KLConfig, PPOConfig, RolloutConfig
+from rlhf_jax.ppo.config import ConstraintConfig, KLConfig, PPOConfig, RolloutConfig
+from rlhf_jax.ppo.constraint import lagrange_update
 from rlhf_jax.ppo.kl import (KLControllerState, adaptive_kl_init, adaptive_kl_update,
                             fixed_kl_init, fixed_kl_update)
 from rlhf_jax.ppo.rollout import RewardTerm, make_rollout, rollout_metrics
@@ -61,6 +62,8 @@ def make_ppo_step(*, config: TransformerConfig, ref_params: Any, score_params: A
                   ppo: PPOConfig, tx: optax.GradientTransformation, kl_update: Callable,
                   critic_config: Optional[TransformerConfig] = None,
                   reward_terms: Sequence[RewardTerm] = (),
+                  constraint: Optional[ConstraintConfig] = None,
+                  cost: Optional[RewardTerm] = None,
                   place_batch: Optional[Callable[[Any], Any]] = None) -> Callable:
     """`step_fn(state, batch) -> (state, metrics)`: one PPO iteration (Ouyang et al. 2022).
 
@@ -70,8 +73,14 @@ def make_ppo_step(*, config: TransformerConfig, ref_params: Any, score_params: A
     include the rollout statistics, the update's losses, β, and the seconds spent in generate /
     score / update. `ref_params` is laid over the policy's weights (LoRA: None, or
     copies of `lora.modules_to_save`), read with adapters off. `place_batch` puts host batches on the mesh (e.g.
-    `train.global_batch_from_local`); by default they go to the default device.
+    `train.global_batch_from_local`); by default they go to the default device. With an
+    enabled `constraint`, the `cost` term's mean is held at most `constraint.limit` by a
+    Lagrange multiplier in `state.helpers["constraint"]` (`ppo.constraint`), logged as
+    constraint/lambda and constraint/cost; a `cost` without a constraint is only measured.
     """
+    constrained = constraint is not None and constraint.enabled
+    if constrained and cost is None:
+        raise ValueError(f"constraint.cost={constraint.cost!r} is set but no cost term was given")
     put = place_batch or (lambda tree: jax.tree.map(jnp.asarray, tree))
 
     def step_fn(state, batch):
@@ -82,10 +91,13 @@ def make_ppo_step(*, config: TransformerConfig, ref_params: Any, score_params: A
         key = jax.random.fold_in(state.key(), state.step)
         kl_state = state.helpers["kl"]
         stats: dict = {}
+        lagrange = state.helpers["constraint"] if constrained else None
         ro = make_rollout(state.params, ref_params, score_params, tokens, mask,
                           jax.random.fold_in(key, 0), kl_state.beta, config=config,
                           sampling=sampling, rollout=rollout, score_fn=score_fn,
-                          critic_config=critic_config, reward_terms=reward_terms, stats=stats)
+                          critic_config=critic_config, reward_terms=reward_terms,
+                          cost=cost, cost_multiplier=0.0 if lagrange is None else
+                          float(lagrange.multiplier), stats=stats)
         metrics = rollout_metrics(ro, kl_state.beta)
         clock = time.perf_counter()
         ptx = None if batch.get("ptx") is None else put(dict(batch["ptx"]))
@@ -99,8 +111,13 @@ def make_ppo_step(*, config: TransformerConfig, ref_params: Any, score_params: A
         jax.block_until_ready(params)
         stats["time/update"] = time.perf_counter() - clock
         new_kl = kl_update(kl_state, metrics["kl/sequence"], tokens.shape[0])
+        helpers = {**state.helpers, "kl": new_kl}
+        if constrained:
+            stats["constraint/lambda"] = float(lagrange.multiplier)  # the one this rollout used
+            helpers["constraint"] = lagrange_update(lagrange, stats["constraint/cost"],
+                                                    limit=constraint.limit, lr=constraint.lr)
         state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              helpers={**state.helpers, "kl": new_kl})
+                              helpers=helpers)
         stats["time/iteration"] = time.perf_counter() - start
         return state, {**metrics, **update_metrics, **stats}
 

@@ -168,6 +168,22 @@ def resolve_sampling(tokenizer, cfg: PPOStageConfig) -> SamplingConfig:
                                pad_token_id=tokenizer.pad_token_id or 0)
 
 
+def _helpers(cfg: PPOStageConfig, kl_init) -> dict:
+    """The train state's helpers: β's controller, and the constraint's multiplier when a cost
+    is constrained (both checkpointed: a resumed run continues them exactly)."""
+    helpers = {"kl": kl_init()}
+    if cfg.constraint.enabled:
+        helpers["constraint"] = ppo.lagrange_init(cfg.constraint.multiplier)
+    return helpers
+
+
+def _cost_term(cfg: PPOStageConfig, tokenizer):
+    """The constrained cost as a host-side term (None without a constraint)."""
+    name = cfg.constraint.cost
+    return ppo.text_reward_term(name, 0.0, tokenizer, rl_eval.TEXT_TERMS[name]) if name \
+        else None
+
+
 def _reward_terms(cfg: PPOStageConfig, tokenizer) -> tuple:
     terms = tuple(ppo.text_reward_term(name, float(weight), tokenizer, rl_eval.TEXT_TERMS[name])
                   for name, weight in cfg.reward_terms.items() if weight)
@@ -358,7 +374,7 @@ def train_ppo(cfg: PPOStageConfig, *,
                               freeze=m.freeze_rule())
     abstract, init_state = train.compile_init(
         lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
-                                           helpers={"kl": kl_init()},
+                                           helpers=_helpers(cfg, kl_init),
                                            param_shardings=shardings_of(m.params)), m.params)
     score_fn = m.scorer(cfg.reward_std_coef)
     if recorder:
@@ -369,6 +385,7 @@ def train_ppo(cfg: PPOStageConfig, *,
         rollout=cfg.rollout, ppo=cfg.ppo, tx=tx, kl_update=kl_update,
         reward_terms=_reward_terms(cfg, tokenizer) + tuple(extra_reward_terms)
         + ((recorder.term,) if recorder else ()),
+        constraint=cfg.constraint, cost=_cost_term(cfg, tokenizer),
         place_batch=lambda b: train.global_batch_from_local(b, mesh, rules))
     step = recorder.wrap(step) if recorder else step
     step = check_first_iteration(step, layout, cfg, sampling)
@@ -407,6 +424,8 @@ def train_ppo(cfg: PPOStageConfig, *,
     export_policy(layout, m.config, result.state.params["policy"], tokenizer)  # collective
     metrics = {"steps": result.step, "beta": float(result.state.helpers["kl"].beta),
                "reward_model_score_after": after["proxy"]["mean"]}
+    if cfg.constraint.enabled:  # the multiplier the constraint ended at
+        metrics["constraint_lambda"] = float(result.state.helpers["constraint"].multiplier)
     print(json.dumps(metrics), flush=True)
     return StageResult(str(layout.root), str(layout.export), result.step, False, metrics,
                        data=tuple(notes), warnings=tuple(layout.read_warnings()))

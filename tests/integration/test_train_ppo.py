@@ -52,11 +52,16 @@ def test_shared_value_head_ptx_and_text_terms(tmp_path, reward_dir):
     rows = _ppo(tmp_path / "v", reward_dir, steps=2, critic="shared", logit_chunk=96,
                 remat="dots_no_batch",
                 **{"ppo.ptx_coef": 0.1, "ptx.batch_size": 8, "reward_terms.repetition": -1.0,
-                   "stop_tokens": "good"})
+                   "stop_tokens": "good", "constraint.cost": "profanity",
+                   "constraint.limit": 0.0, "constraint.multiplier": 0.5})
     last = rows[-1]
     assert last["step"] == 2 and np.isfinite(last["ppo/ptx_nll"])
     assert last["ppo/value_loss"] > 0  # the value head on the policy is trained
     assert "reward_terms/repetition" in last
+    # the profanity classifier's mean is constrained: with a limit of 0 any cost raises λ
+    assert rows[0]["constraint/lambda"] == 0.5 and rows[0]["constraint/cost"] > 0
+    np.testing.assert_allclose(last["constraint/lambda"],
+                               0.5 * np.exp(0.5 * rows[0]["constraint/cost"]), rtol=1e-5)
 
 
 def test_ensemble_reward_model_drives_critic_free_ppo(tmp_path, reward_dir):

@@ -5,6 +5,7 @@ import dataclasses
 
 from rlhf_jax import data, eval as rl_eval, ppo
 from rlhf_jax.checkpoint import CheckpointConfig
+from rlhf_jax.ppo.config import ConstraintConfig
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.stages.configs.run import RunConfig
 from rlhf_jax.train import OptimizerConfig
@@ -92,6 +93,8 @@ class PPOStageConfig(RunConfig):
     kl: ppo.KLConfig = ppo.KLConfig()
     ppo: ppo.PPOConfig = ppo.PPOConfig(num_minibatches=2)
     ptx: PtxData = PtxData()
+    # a cost whose mean is held at most a limit by a learned Lagrange multiplier (Safe RLHF)
+    constraint: ConstraintConfig = ConstraintConfig()
     # text scorer name -> weight added to the score (0: off)
     reward_terms: dict = dataclasses.field(default_factory=_default_terms)
     monitor_terms: str = ""  # comma-separated text scorers logged without weight
@@ -114,6 +117,9 @@ class PPOStageConfig(RunConfig):
         if self.reward_std_coef < 0:
             raise ValueError(f"reward_std_coef={self.reward_std_coef}: expected >= 0")
         names = set(rl_eval.TEXT_TERMS)
+        if self.constraint.cost and self.constraint.cost not in names:
+            raise ValueError(f"constraint.cost={self.constraint.cost!r}: expected one of "
+                             f"{sorted(names)}")
         for name in list(self.reward_terms) + list(filter(None, self.monitor_terms.split(","))):
             if name not in names:
                 raise ValueError(f"unknown text scorer {name!r} in reward_terms/monitor_terms; "
