@@ -54,6 +54,9 @@ class PreferenceBatch:
     index: np.ndarray = None
     confidence: np.ndarray = None  # [B] P(the label is right): 1 for a hard label (None: all 1)
     aspects: np.ndarray = None  # [B, A] named ratings in [−1, 1], NaN where not rated (or None)
+    # [B] which objective (index into the dataset's objectives) a row's label is about, −1 none
+    # (None: the dataset names no objectives)
+    objective: np.ndarray = None
     prompt_len: int = struct.field(pytree_node=False, default=0)
 
 
@@ -69,6 +72,7 @@ class PreferenceDataset:
     num_responses: int
     fingerprint: str = ""  # the file's contents and every build setting (seed included)
     aspects: list = dataclasses.field(default_factory=list)  # names of the per-aspect ratings
+    objectives: list = dataclasses.field(default_factory=list)  # names in `objective` fields
 
 
 class LocalBuilder(tfds.core.GeneratorBasedBuilder):
@@ -107,7 +111,8 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder):
             absl_logger.setLevel(level)
 
 
-def _preference_features(prompt_len: int, response_len: int, num_aspects: int = 0):
+def _preference_features(prompt_len: int, response_len: int, num_aspects: int = 0,
+                         objectives: bool = False):
     t = tfds.features.Tensor
     return tfds.features.FeaturesDict({
         "prompt": t(shape=(prompt_len,), dtype=np.int32),
@@ -115,6 +120,8 @@ def _preference_features(prompt_len: int, response_len: int, num_aspects: int = 
         "ranks": t(shape=(None,), dtype=np.int32),
         "rating": np.float32, "has_rating": np.int32, "annotator": np.int32,
         "confidence": np.float32, "aspects": t(shape=(num_aspects,), dtype=np.float32),
+        # the objective's index, stored only when the file names objectives (shape [1] or [0])
+        "objective": t(shape=(int(objectives),), dtype=np.int32),
         "rationale": tfds.features.Text()})
 
 
@@ -256,7 +263,7 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
     """
     path = check_data_file(path)
     eos_id = tokenizer.eos_token_id if append_eos else None
-    key = fingerprint(path, "v3", kind, tokenizer_key(tokenizer), eos_id, max_prompt_len,
+    key = fingerprint(path, "v4", kind, tokenizer_key(tokenizer), eos_id, max_prompt_len,
                       max_response_len, rating_range, on_error, validation_fraction, seed)
     data_dir = Path(out_dir) / f"{path.stem}-{key}"
     stats_file = data_dir / "stats.json"
@@ -269,6 +276,8 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
                 rec, tokenizer, max_prompt_len, max_response_len, eos_id, counts), on_error)
         annotators = sorted({r["annotator_id"] for r in records if r["annotator_id"]})
         index = {a: i for i, a in enumerate(annotators)}
+        objectives = sorted({r["objective"] for r in records if r.get("objective")})
+        which = {o: i for i, o in enumerate(objectives)}
         rows = []
         for rec, (prompt, responses) in zip(records, tokenised):
             if "label" in rec:  # binary feedback: desirable +1, undesirable −1
@@ -286,6 +295,8 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
                          "aspects": np.asarray(
                              [normalise_rating(named[a], *rating_range) if a in named
                               else np.nan for a in aspects], np.float32),
+                         "objective": np.asarray([which.get(rec.get("objective"), -1)]
+                                                 if objectives else [], np.int32),
                          "rationale": rec["rationale"]})
         order = np.random.default_rng(seed).permutation(len(rows))
         n_val = int(round(validation_fraction * len(rows)))
@@ -298,7 +309,8 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
         if held_out:
             splits["validation"] = [rows[i] for i in held_out]
         stats = {**rstats.as_dict(), **counts, "kind": kind, "annotators": annotators,
-                 "aspects": aspects, "file": str(path), "prompts": len(rows),
+                 "aspects": aspects, "objectives": objectives, "file": str(path),
+                 "prompts": len(rows),
                  "responses": sum(len(r["ranks"]) for r in rows),
                  "limits": {"max_prompt_len": max_prompt_len,
                             "max_response_len": max_response_len},
@@ -307,7 +319,7 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
         check_not_all_cut(path, stats, "responses", "max_response_len")
         builder = LocalBuilder(examples=splits,
                                features=_preference_features(max_prompt_len, max_response_len,
-                                                             len(aspects)),
+                                                             len(aspects), bool(objectives)),
                                data_dir=str(data_dir), file_format="array_record")
         builder.prepare()
         save_lengths(builder, data_dir, _example_lengths)
@@ -315,7 +327,8 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
     stats = json.loads(stats_file.read_text())
     builder = LocalBuilder(examples={},
                            features=_preference_features(max_prompt_len, max_response_len,
-                                                         len(stats["aspects"])),
+                                                         len(stats["aspects"]),
+                                                         bool(stats["objectives"])),
                            data_dir=str(data_dir), file_format="array_record")
     rungs = (ladder(max_prompt_len, buckets), ladder(max_response_len, buckets))
     sources = {name: LengthSource(src, load_lengths(data_dir, name), rungs)
@@ -323,7 +336,7 @@ def build_preference_dataset(path, kind: str, tokenizer, out_dir, *, max_prompt_
     return PreferenceDataset(splits=sources, stats=stats, annotators=stats["annotators"],
                              max_prompt_len=max_prompt_len, max_response_len=max_response_len,
                              num_responses=stats["num_responses"], fingerprint=key,
-                             aspects=stats["aspects"])
+                             aspects=stats["aspects"], objectives=stats["objectives"])
 
 
 def _to_rows(example: dict, num_responses: int, pad_id: int, index: int = 0,
@@ -356,6 +369,9 @@ def _to_rows(example: dict, num_responses: int, pad_id: int, index: int = 0,
     aspects = example.get("aspects")
     if aspects is not None and np.size(aspects):
         out["aspects"] = np.asarray(aspects, np.float32)
+    objective = example.get("objective")
+    if objective is not None and np.size(objective):
+        out["objective"] = np.int32(np.asarray(objective).reshape(-1)[0])
     return out
 
 

@@ -437,6 +437,9 @@ def _validate(rec: Any, kind: str, where: str, rating_range, field: Optional[str
         raise DataFormatError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     extra = {"annotator_id": _text(rec, "annotator_id", where, optional=True) or "",
              "rationale": _text(rec, "rationale", where, optional=True) or ""}
+    objective = _text(rec, "objective", where, optional=True)
+    if objective:  # which of a multi-objective reward's objectives the label is about
+        extra["objective"] = objective
     if kind == "text":
         return [{**_sft(rec, where), **extra}]
     if kind == "prompt":

@@ -8,7 +8,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "comparison_metrics", "ensemble_statistics", "expected_calibration_error",
         "normalised_head", "write_summary",
     ),
-    "config": ("ACQUISITIONS", "RewardLossConfig",),
+    "config": ("ACQUISITIONS", "RewardLossConfig", "parse_objectives",),
     "objective": (
         "batch_rewards", "bootstrap_weights", "make_reward_loss",
         "reward_loss_terms",
@@ -21,4 +21,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "personal": ("expected_information", "init_user_weights", "laplace_posterior",
                  "make_personal_reward_loss", "population_prior", "predictive_probability",),
     "personal_model": ("PersonalRewardModel",),
+    "objectives": ("evaluate_objectives", "make_objective_reward_loss", "objective_weights",),
 })

@@ -38,3 +38,12 @@ class RewardLossConfig:
             object.__setattr__(self, "custom", losses.loss_name(self.custom))
         if self.custom:  # a name that does not resolve fails here, before any work
             losses.resolve_loss(self.custom, "loss.custom")
+
+
+def parse_objectives(spec: str) -> tuple[str, ...]:
+    """"helpful,harmless" → ("helpful", "harmless"): a multi-objective reward model's heads
+    (`reward.objectives`), distinct non-empty names."""
+    names = tuple(n.strip() for n in spec.split(",") if n.strip())
+    if len(set(names)) != len(names):
+        raise ValueError(f"objectives={spec!r}: every name must be distinct")
+    return names

@@ -12,7 +12,8 @@ from rlhf_jax.reward.evaluate import ensemble_statistics
 @dataclasses.dataclass(frozen=True)
 class reward_model_scorer:  # noqa: N801 - used like a function
     """`score_fn(reward_params, prompt_tokens, prompt_mask, response_tokens, response_mask) -> [B]`:
-    the reward model's (normalised) reward of prompt + response.
+    the reward model's (normalised) reward of prompt + response. With `weights`, a
+    multi-objective model's heads are combined as Σ_k λ_k r_k (`reward.objectives`).
 
     An ensemble of `num_outputs` heads scores mean_m r_m − `std_coef` · std_m r_m: the mean, or
     with `std_coef` k > 0 a conservative, uncertainty-penalised reward that makes over-optimising
@@ -23,8 +24,14 @@ class reward_model_scorer:  # noqa: N801 - used like a function
     config: TransformerConfig
     num_outputs: int = 1
     std_coef: float = 0.0
+    # a multi-objective reward model's heads combined as Σ_k λ_k r_k (`reward.objectives`);
+    # empty: the heads are an ensemble (their mean)
+    weights: tuple = ()
 
     def __post_init__(self):
+        if self.weights and (len(self.weights) != self.num_outputs or self.std_coef):
+            raise ValueError(f"reward_model_scorer.weights={self.weights}: expected one weight "
+                             f"per head ({self.num_outputs}) and std_coef 0")
         if self.num_outputs < 1:
             raise ValueError(f"reward_model_scorer.num_outputs={self.num_outputs}: expected >= 1")
         if self.std_coef < 0 or (self.std_coef > 0 and self.num_outputs < 2):
@@ -62,6 +69,9 @@ class reward_model_scorer:  # noqa: N801 - used like a function
     def score_and_spread(self, reward_params, *seq):
         """(score [B], ensemble std [B], 0 for one head) from one forward pass."""
         members = self.members(reward_params, *seq)
+        if self.weights:  # objectives: their weighted sum, no spread
+            score = members @ jnp.asarray(self.weights, members.dtype)
+            return score, jnp.zeros_like(score)
         if self.num_outputs == 1:
             return members[:, 0], jnp.zeros(members.shape[:1], members.dtype)
         mean, std = ensemble_statistics(members)

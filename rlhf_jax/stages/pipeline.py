@@ -18,7 +18,7 @@ from rlhf_jax.stages.configs.pipeline import (_PIPELINE_OWNED, METHODS, PPO_FAMI
                                               STAGES, PipelineConfig, _get, _replace)
 from rlhf_jax.stages.offline import train_offline
 from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
-from rlhf_jax.stages.ppo import PPOStageConfig, resolve_sampling, train_ppo
+from rlhf_jax.stages.ppo import PPOStageConfig, resolve_sampling, reward_scorer, train_ppo
 from rlhf_jax.stages.reward import train_reward_model
 from rlhf_jax.stages.sft import train_sft
 
@@ -128,8 +128,8 @@ def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig,
                             cfg.chat_template)
     texts = _prompt_texts(cfg, cfg.eval_samples)
     prompts = _encode(tok, texts, cfg.prompt_len)
-    proxy = reward.reward_model_scorer(rm_config, rm_meta["num_outputs"],
-                                       ppo_cfg.reward_std_coef)
+    proxy = reward_scorer(rm_config, rm_meta["num_outputs"], rm_meta.get("objectives", ()),
+                          ppo_cfg.reward_std_coef, ppo_cfg.objective_weights)
     kw = dict(sampling=resolve_sampling(tok, ppo_cfg), tokenizer=tok, gold_fn=gold_fn,
               proxy_fn=proxy, proxy_params=rm_params, prompt_texts=texts)
     key = jax.random.key(cfg.seed + 200)

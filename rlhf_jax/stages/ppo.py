@@ -35,6 +35,7 @@ class PPOModels:
     ref_params: Any
     params: dict
     critic_lora: bool = False  # the separate critic carries adapters (same lora config)
+    objectives: tuple = ()  # a multi-objective reward model's heads, by name
 
     @property
     def critic_config(self):
@@ -52,9 +53,34 @@ class PPOModels:
         return models.frozen_base(*(("policy", "critic") if self.critic_lora else ("policy",)),
                                   train=self.config.lora.modules_to_save)
 
-    def scorer(self, std_coef: float = 0.0) -> reward.reward_model_scorer:
-        """The reward model as a PPO score_fn (ensemble: mean − std_coef·std)."""
-        return reward.reward_model_scorer(self.reward_config, self.reward_outputs, std_coef)
+    def scorer(self, std_coef: float = 0.0, objective_weights: str = "") \
+            -> reward.reward_model_scorer:
+        """The reward model as a PPO score_fn (`reward_scorer`)."""
+        return reward_scorer(self.reward_config, self.reward_outputs, self.objectives,
+                             std_coef, objective_weights)
+
+
+def reward_scorer(config: TransformerConfig, num_outputs: int, objectives: Sequence[str] = (),
+                  std_coef: float = 0.0, objective_weights: str = "") \
+        -> reward.reward_model_scorer:
+    """A reward model's score: one head; an ensemble's mean − std_coef·std; or a
+    multi-objective model's Σ λ_k r_k by `objective_weights` ("name=weight,…"; default equal
+    weights 1/K)."""
+    if objective_weights and not objectives:
+        raise ConfigError(f"objective_weights={objective_weights!r}: the reward model has no "
+                          "named objectives (train it with --config.objectives)")
+    if not objectives:
+        return reward.reward_model_scorer(config, num_outputs, std_coef)
+    if std_coef:
+        raise ConfigError(f"reward_std_coef={std_coef}: the reward model's heads are "
+                          f"objectives {list(objectives)}, not an ensemble")
+    try:
+        weights = (reward.objective_weights(objective_weights, objectives) if objective_weights
+                   else np.full(len(objectives), 1 / len(objectives), np.float32))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return reward.reward_model_scorer(config, num_outputs,
+                                      weights=tuple(float(x) for x in weights))
 
 
 def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: str, mesh, rules,
@@ -119,7 +145,7 @@ def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: st
             critic_params = copy(critic_params)
         params["critic"] = critic_params
     return PPOModels(config, rm_config, rm_params, int(rm_meta["num_outputs"]), tokenizer, ref,
-                     params, critic_lora)
+                     params, critic_lora, tuple(rm_meta.get("objectives", ())))
 
 
 def _critic_lora(lora: models.LoraConfig) -> models.LoraConfig:
@@ -376,7 +402,7 @@ def train_ppo(cfg: PPOStageConfig, *,
         lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
                                            helpers=_helpers(cfg, kl_init),
                                            param_shardings=shardings_of(m.params)), m.params)
-    score_fn = m.scorer(cfg.reward_std_coef)
+    score_fn = m.scorer(cfg.reward_std_coef, cfg.objective_weights)
     if recorder:
         recorder.set_reward_model(score_fn, m.reward_params)
     step = ppo.make_ppo_step(

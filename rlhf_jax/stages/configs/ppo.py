@@ -86,6 +86,8 @@ class PPOStageConfig(RunConfig):
     critic: str = "reward"  # reward: critic initialised from the reward model; shared: value head
     critic_lora: bool = True  # with lora.rank > 0: the critic trains adapters (False: all weights)
     reward_std_coef: float = 0.0  # ensemble reward: score mean - k*std (0: the mean)
+    # a multi-objective reward model's heads: name=weight,... (empty: equal weights)
+    objective_weights: str = ""
     prompts: PromptData = PromptData()
     sampling: SamplingConfig = SamplingConfig(max_new_tokens=10)
     stop_tokens: str = ""  # comma-separated single tokens that end a response like EOS

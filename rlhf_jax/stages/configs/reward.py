@@ -72,6 +72,9 @@ class RewardConfig(RunConfig):
     chat_template: str = ""  # a Jinja chat template file for the tokenizer (empty: its own)
     preset: str = "tiny-llama"  # built-in model size when model_dir is empty
     num_reward_outputs: int = 1  # reward heads: > 1 is an ensemble on one backbone
+    # named objectives, one head each (helpful,harmless,...); records' `objective` field and
+    # ratings named alike train their head; empty: one reward (or an ensemble)
+    objectives: str = ""
     dropout: float = 0.0  # embedding / attention / residual dropout while training
     data: RewardData = RewardData()
     loss: reward.RewardLossConfig = reward.RewardLossConfig(centering_coef=0.01)
@@ -89,6 +92,14 @@ class RewardConfig(RunConfig):
         super().__post_init__()
         if self.num_reward_outputs < 1:
             raise ValueError(f"num_reward_outputs={self.num_reward_outputs}: expected >= 1")
+        names = reward.parse_objectives(self.objectives)
+        if names and self.num_reward_outputs not in (1, len(names)):
+            raise ValueError(f"objectives={self.objectives!r} gives {len(names)} heads, but "
+                             f"num_reward_outputs={self.num_reward_outputs}: leave it at 1")
+        if names and self.loss.custom:
+            raise ValueError(f"objectives={self.objectives!r} and loss.custom="
+                             f"{self.loss.custom!r}: a custom loss trains its own heads; give "
+                             "one or the other")
         fraction = self.data.validation_fraction
         if not 0 <= fraction < 1:
             raise ValueError(f"data.validation_fraction={fraction}: expected 0 <= x < 1")
