@@ -17,8 +17,9 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -28,9 +29,11 @@ from starlette.concurrency import run_in_threadpool
 
 from rlhf_jax.labelling import export as export_mod
 from rlhf_jax.labelling import stats as stats_mod
+from rlhf_jax.labelling.entities import Label
 from rlhf_jax.labelling.store import (Annotator, Forbidden, LabelError, LabelStore, NotFound,
                                       hash_token)
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 COOKIE = "rlhf_label_session"
 LETTERS = "ABCDEFGHI"
@@ -104,8 +107,11 @@ def csrf_token(store: LabelStore, token: str) -> str:
                     hashlib.sha256).hexdigest()
 
 
-def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> FastAPI:
-    """The labelling app over `store`."""
+def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
+               on_label: Optional[Callable[[Label], object]] = None) -> FastAPI:
+    """The labelling app over `store`. `on_label(label)` runs after each new label is stored
+    (e.g. `reward.PersonalRewardModel.add_label`, which updates the annotator's personal
+    reward); if it fails, the label stays saved and the failure is logged."""
     app = FastAPI(title=settings.title, docs_url=None, redoc_url=None, openapi_url=None)
     env = Environment(loader=FileSystemLoader(HERE / "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
@@ -301,8 +307,13 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings()) -> Fast
             aid = assignment_id(form)
             a = await run_in_threadpool(store.assignment, aid, who.id)
             ranks, ratings, rationale = parse_label(form, len(a.task.responses), a.shown_order)
-            lid, _ = await run_in_threadpool(store.submit, aid, who.id, ranks, ratings,
-                                             rationale)
+            lid, new = await run_in_threadpool(store.submit, aid, who.id, ranks, ratings,
+                                               rationale)
+            if new and on_label is not None:
+                try:
+                    await run_in_threadpool(on_label, store.label(lid, who.id))
+                except Exception:  # noqa: BLE001 - the label is saved; the hook is not the app
+                    log.exception("on_label failed for label %d (the label is saved)", lid)
             return RedirectResponse(f"/label?saved={lid}", 303)
 
         async def correct(who, csrf, form, e):  # the same task again, with the form as sent

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rlhf_jax.data.conversation import prompt_from_text
 from rlhf_jax.data.preference import PAD, tokenize_record
 from rlhf_jax.reward.personal import expected_information, laplace_posterior
 from rlhf_jax.reward.scoring import reward_model_scorer
@@ -92,6 +93,22 @@ class PersonalRewardModel:
         phi = self.features([comparison["prompt"]] * 2,
                             [comparison["chosen"], comparison["rejected"]])
         return self.add_differences(user, phi[:1] - phi[1:])
+
+    def add_label(self, label) -> tuple[np.ndarray, np.ndarray]:
+        """Add a label of the labelling app (`labelling.Label`: its annotator is the user; every
+        pair of responses it ranks apart is a comparison) and refit that user's posterior once.
+        Pass it as the app's `on_label` (`labelling.create_app(store, on_label=prm.add_label)`)
+        so that each label updates its annotator's weights as it arrives."""
+        prompt = prompt_from_text(label.task.prompt)
+        responses = [r if isinstance(prompt, str) or isinstance(r, list)
+                     else [{"role": "assistant", "content": r}] for r in label.task.responses]
+        pairs = [(i, j) for i in range(len(responses)) for j in range(len(responses))
+                 if label.ranks[i] < label.ranks[j]]
+        if not pairs:  # all tied: no preference to learn from
+            return self.weights(label.annotator_id)
+        phi = self.features([prompt] * len(responses), responses)
+        return self.add_differences(label.annotator_id,
+                                    np.stack([phi[i] - phi[j] for i, j in pairs]))
 
     def add_differences(self, user: str, d_nk) -> tuple[np.ndarray, np.ndarray]:
         """Add comparisons as feature differences φ(chosen) − φ(rejected) [n, K'] and refit."""

@@ -9,7 +9,7 @@ import scipy.optimize
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax import models, reward
+from rlhf_jax import data, models, reward
 from rlhf_jax.data import PreferenceBatch
 from rlhf_jax.reward.personal import (expected_information, laplace_posterior,
                                       make_personal_reward_loss, population_prior,
@@ -217,3 +217,46 @@ def test_service_state_is_saved_and_restored(service, tmp_path):
     with pytest.raises(FileNotFoundError, match="no saved personal-reward state"):
         service().restore(tmp_path / "nothing")
 
+
+
+def test_labels_from_the_app_update_their_annotators_weights(service, tmp_path):
+    """The labelling app's annotators are users: each label updates its annotator's posterior
+    as it arrives (the basis stays frozen); a hook that fails leaves the label saved."""
+    import re
+
+    from starlette.testclient import TestClient
+
+    from rlhf_jax import labelling
+
+    store = labelling.LabelStore(f"sqlite:///{tmp_path / 'l.sqlite'}", labels_per_task=1)
+    token = store.add_annotator("ann1")
+    conv = [{"role": "user", "content": "how was the trip?"}]
+    store.add_tasks([{"prompt": data.prompt_record_text(conv),  # as the app's task files
+                      "responses": ["fun and bright", "dull and rude"], "id": "t0"}])
+    prm = service()
+    client = TestClient(labelling.create_app(store, on_label=prm.add_label),
+                        base_url="http://127.0.0.1", follow_redirects=False)
+    assert client.get("/login", params={"token": token}).status_code == 303
+    page = client.get("/label").text
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', page))
+    a = store.assignment(int(fields["assignment"]), "ann1")
+    r = client.post("/label", data={**fields, "choice": str(a.shown_order.index(1))})
+    assert r.status_code == 303  # response 1 ("dull and rude") chosen
+    want = service()
+    want.update("ann1", {"prompt": conv,
+                         "chosen": [{"role": "assistant", "content": "dull and rude"}],
+                         "rejected": [{"role": "assistant", "content": "fun and bright"}]})
+    np.testing.assert_allclose(prm.weights("ann1")[0], want.weights("ann1")[0], rtol=1e-6)
+    assert len(prm.users["ann1"]["d"]) == 1
+
+    def broken(label):
+        raise RuntimeError("no")
+
+    store.add_tasks([{"prompt": "p", "responses": ["x", "y"], "id": "t1"}])
+    client = TestClient(labelling.create_app(store, on_label=broken),
+                        base_url="http://127.0.0.1", follow_redirects=False)
+    client.get("/login", params={"token": token})
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"',
+                             client.get("/label").text))
+    assert client.post("/label", data={**fields, "choice": "0"}).status_code == 303
+    assert len(store.labels("ann1")) == 2
