@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "configs.budgets": ("AnnotatorVarianceConfig", "HybridConfig", "LabelEfficiencyConfig",),
     "configs.learner": ("LearnerConfig",),
     "configs.rlaif": ("RLAIFConfig",),
+    "configs.personal": ("PersonalRewardConfig",),
     "active": ("ActiveResult", "active_learning",),
     "annotator_variance_study": ("annotator_variance",),
     "configs.audit": ("AuditConfig",),
@@ -21,4 +22,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "learner": ("Learner",),
     "pairs": ("SimulatedAnnotators",),
     "rlaif": ("run_rlaif",),
+    "personal": ("personal_reward",),
+    "users": ("SimulatedUsers",),
 })
