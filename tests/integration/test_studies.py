@@ -9,9 +9,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(script, run_dir, *extra):
+def _run(script, run_dir, *extra, seeds="0,1"):
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--config.quick=true",
-                        "--config.seeds=0,1", f"--config.run_dir={run_dir}", *extra],
+                        f"--config.seeds={seeds}", f"--config.run_dir={run_dir}", *extra],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
@@ -19,7 +19,9 @@ def _run(script, run_dir, *extra):
 
 @pytest.mark.slow
 def test_label_efficiency_quick(tmp_path):
-    out = _run("study_label_efficiency.py", tmp_path / "le")
+    # one seed: what is checked holds per seed (seed 0's accuracies are 0.60-0.77, far inside
+    # the (0.3, 1] bound; every arm starts from the same labels), and a seed costs 25 s
+    out = _run("study_label_efficiency.py", tmp_path / "le", seeds="0")
     report = (tmp_path / "le" / "report.md").read_text()
     assert "![label efficiency](plots/label_efficiency.png)" in report
     assert (tmp_path / "le" / "plots" / "label_efficiency.png").stat().st_size > 10_000
@@ -34,7 +36,7 @@ def test_label_efficiency_quick(tmp_path):
     assert len(firsts) == 1
     assert res["summary"]["random"]["ratio"] == pytest.approx(1.0)
     # a second run reads the finished runs back instead of training again
-    again = _run("study_label_efficiency.py", tmp_path / "le")
+    again = _run("study_label_efficiency.py", tmp_path / "le", seeds="0")
     assert again.count("accuracy") == out.count("accuracy")
     assert json.loads((tmp_path / "le" / "results.json").read_text())["summary"] == res["summary"]
 
