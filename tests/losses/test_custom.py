@@ -72,8 +72,8 @@ def test_custom_dpo_equals_the_built_in():
                                       ref_params)
     mine = offline.make_offline_loss(model, offline.OfflineLossConfig(
         "dpo", custom=f"{USER}:my_dpo"), ref_params)
-    (a, (ca, _)), ga = jax.value_and_grad(built, has_aux=True)(params, inputs, None)
-    (b, (cb, mb)), gb = jax.value_and_grad(mine, has_aux=True)(params, inputs, None)
+    (a, (ca, _)), ga = jax.jit(jax.value_and_grad(built, has_aux=True))(params, inputs, None)
+    (b, (cb, mb)), gb = jax.jit(jax.value_and_grad(mine, has_aux=True))(params, inputs, None)
     assert float(ca) == float(cb) == 5
     np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
     _close(ga, gb)
@@ -87,8 +87,8 @@ def test_custom_reward_loss_equals_bradley_terry():
     built = reward.make_reward_loss(model, reward.RewardLossConfig())
     mine = reward.make_reward_loss(model, reward.RewardLossConfig(
         custom=f"{USER}:my_bradley_terry"))
-    (a, (ca, ma)), ga = jax.value_and_grad(built, has_aux=True)(params, batch, None)
-    (b, (cb, mb)), gb = jax.value_and_grad(mine, has_aux=True)(params, batch, None)
+    (a, (ca, ma)), ga = jax.jit(jax.value_and_grad(built, has_aux=True))(params, batch, None)
+    (b, (cb, mb)), gb = jax.jit(jax.value_and_grad(mine, has_aux=True))(params, batch, None)
     # the mean form: count 1, so the step's division leaves the mean as it is
     assert float(cb) == 1.0
     np.testing.assert_allclose(float(a) / float(ca), float(b), rtol=1e-5)
