@@ -23,7 +23,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ),
     "lora": (
         "adapter_params", "add_adapters", "count_params", "frozen_base", "has_adapters",
-        "merge_adapters", "quantize_base", "reference_overlay", "strip_adapters",
+        "merge_adapters", "quantize_base", "reference_overlay", "rewarded_soup", "soup_weights",
+        "strip_adapters",
     ),
     "peft_io": ("load_peft_adapter", "save_peft_adapter",),
 })

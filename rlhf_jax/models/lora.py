@@ -9,10 +9,11 @@ format.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlhf_jax.models.config import LoraConfig, TransformerConfig
 
@@ -143,3 +144,40 @@ def quantize_base(params: dict) -> dict:
             return {**tree, "kernel": q, "kernel_scale": s}
         return {k: walk(v, path + (k,)) for k, v in tree.items()}
     return walk(params, ())
+
+
+def soup_weights(preferences) -> np.ndarray:
+    """Interpolation weights λ on the simplex from a user's preference weights over the
+    rewards the ingredients were trained on: negative weights (a reward the user dislikes)
+    get no share, the rest are normalised to sum 1; all ≤ 0 gives equal shares (a rewarded soup
+    interpolates, it does not extrapolate: Ramé et al. 2023, §3)."""
+    w = np.maximum(np.asarray(preferences, np.float64), 0.0)
+    return (w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))).astype(np.float32)
+
+
+def rewarded_soup(config: TransformerConfig, ingredients: Sequence[dict],
+                  weights) -> tuple[TransformerConfig, dict]:
+    """(plain config, θ = Σ_i λ_i θ_i): policies fine-tuned from one base on different rewards,
+    each with its LoRA adapters merged (`merge_adapters`), interpolated with weights λ on the
+    simplex (Ramé et al. 2023, "Rewarded soups", eq. 1). With shared base weights W this is
+    W + Σ_i λ_i ΔW_i: the adapters' updates mixed by the user's weights, without training
+    per user. Weighs in float32 and casts back to the parameter dtype."""
+    lam = np.asarray(weights, np.float64)
+    if len(lam) != len(ingredients) or lam.min() < 0 or not np.isclose(lam.sum(), 1.0,
+                                                                         atol=1e-5):
+        raise ValueError(f"rewarded_soup: weights {lam.tolist()} must be one per ingredient "
+                         f"({len(ingredients)}), >= 0 and sum to 1 (see soup_weights)")
+    merged = [merge_adapters(config, p) for p in ingredients]
+    plain = merged[0][0]
+    trees = [t for _, t in merged]
+    shapes = [jax.tree.structure(t) for t in trees]
+    if any(s != shapes[0] for s in shapes):
+        raise ValueError("rewarded_soup: the ingredients' parameters differ in structure (not "
+                         "fine-tuned from one base with the same adapters)")
+
+
+    def mix(first, *xs):  # θ_0 + Σ λ_i (θ_i − θ_0) = Σ λ_i θ_i: a shared leaf stays exact
+        f = first.astype(jnp.float32)
+        return (f + sum(float(l) * (x.astype(jnp.float32) - f)
+                        for l, x in zip(lam, (first,) + xs))).astype(first.dtype)
+    return plain, jax.tree.map(mix, *trees)

@@ -20,15 +20,24 @@ class TextSampler:
     `sampling.eos_token_ids`."""
 
     def __init__(self, policy_dir: str, *, max_len: int = 128,
-                 sampling: Optional[SamplingConfig] = None, batch_size: int = 32):
+                 sampling: Optional[SamplingConfig] = None, batch_size: int = 32,
+                 _loaded: Optional[tuple] = None):
         self.policy_dir = str(policy_dir)
-        self.config, self.params = models.load_hf_checkpoint(policy_dir)
-        self.tok = models.load_tokenizer(policy_dir, self.config)
+        if _loaded is None:
+            self.config, self.params = models.load_hf_checkpoint(policy_dir)
+            self.tok = models.load_tokenizer(policy_dir, self.config)
+        else:
+            self.config, self.params, self.tok = _loaded
         self.max_len, self.batch_size = max_len, batch_size
         sampling = sampling or SamplingConfig(max_new_tokens=24)
         eos = data.encoder_for(self.tok).stop_ids + sampling.eos_token_ids
         self.sampling = dataclasses.replace(sampling, eos_token_ids=tuple(dict.fromkeys(eos)),
                                             pad_token_id=self.tok.pad_token_id or 0)
+
+    @classmethod
+    def from_params(cls, config, params, tokenizer, **kw) -> "TextSampler":
+        """A sampler of a policy held in memory (e.g. a rewarded soup), not read from disk."""
+        return cls("<in memory>", _loaded=(config, params, tokenizer), **kw)
 
     def __call__(self, texts: Sequence, key) -> list[str]:
         """One sampled continuation of each text (decoded, stripped), batch s with key

@@ -367,3 +367,33 @@ def test_lm_head_as_module_to_save_round_trips_through_peft(tmp_path):
     with pytest.raises(ValueError, match="ties its LM head"):
         models.preset("tiny-gpt2", lora=LoraConfig(rank=2, targets=("o",),
                                                    modules_to_save=("lm_head",)))
+
+
+def test_rewarded_soup_mixes_the_adapters_updates():
+    """θ = Σ λ_i θ_i over ingredients that share a base: W + Σ λ_i s·A_i·B_i in every adapted
+    kernel (by hand in float64), the base elsewhere; λ from a user's weights on the simplex."""
+    cfg = models.preset("tiny-llama").replace(lora=LoraConfig(rank=4, alpha=6.0, targets=ALL))
+    base = models.init_params(DecoderModel(cfg), jax.random.key(0))
+    ingredients = [_perturb(base, seed=i) for i in range(3)]
+    lam = models.soup_weights([2.0, -1.0, 0.5])
+    np.testing.assert_allclose(lam, [0.8, 0.0, 0.2])
+    np.testing.assert_allclose(models.soup_weights([-1.0, 0.0]), [0.5, 0.5])
+    plain, soup = models.rewarded_soup(cfg, ingredients, lam)
+    assert not plain.lora.enabled and not models.has_adapters(soup)
+    s = cfg.lora.scale
+    q_in = [p["transformer"]["block_0"]["attn"]["q"] for p in ingredients]
+    want = np.asarray(q_in[0]["kernel"], np.float64) + sum(
+        float(l) * s * np.tensordot(np.asarray(q["lora_a"], np.float64),
+                                    np.asarray(q["lora_b"], np.float64), axes=1)
+        for l, q in zip(lam, q_in))
+    np.testing.assert_allclose(np.asarray(soup["transformer"]["block_0"]["attn"]["q"]
+                                          ["kernel"]), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(soup["transformer"]["wte"]["embedding"]),
+                                  np.asarray(base["transformer"]["wte"]["embedding"]))
+    # one ingredient with all the weight is that policy merged
+    _, alone = models.rewarded_soup(cfg, ingredients, [0.0, 1.0, 0.0])
+    _, merged = merge_adapters(cfg, ingredients[1])
+    for a, b in zip(_leaves(alone), _leaves(merged)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="sum to 1"):
+        models.rewarded_soup(cfg, ingredients, [0.5, 0.2, 0.2])
