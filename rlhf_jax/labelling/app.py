@@ -109,9 +109,9 @@ def csrf_token(store: LabelStore, token: str) -> str:
 
 def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
                on_label: Optional[Callable[[Label], object]] = None) -> FastAPI:
-    """The labelling app over `store`. `on_label(label)` runs after each new label is stored
-    (e.g. `reward.PersonalRewardModel.add_label`, which updates the annotator's personal
-    reward); if it fails, the label stays saved and the failure is logged."""
+    """The labelling app over `store`. `on_label(label)` runs after each new or edited label
+    is stored (e.g. `reward.PersonalRewardModel.add_label`, which updates the annotator's
+    personal reward); if it fails, the label stays saved and the failure is logged."""
     app = FastAPI(title=settings.title, docs_url=None, redoc_url=None, openapi_url=None)
     env = Environment(loader=FileSystemLoader(HERE / "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
@@ -301,6 +301,15 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
                 return error(422, str(e), who, csrf)
             return await on_label_error(who, csrf, form, e)
 
+    async def hook(label_id: int, annotator: str) -> None:
+        """`on_label` with the stored label; a failure is logged, the label stays saved."""
+        if on_label is None:
+            return
+        try:
+            await run_in_threadpool(on_label, store.label(label_id, annotator))
+        except Exception:  # noqa: BLE001 - the label is saved; the hook is not the app
+            log.exception("on_label failed for label %d (the label is saved)", label_id)
+
     @app.post("/label")
     async def submit(request: Request):
         async def save(who, csrf, form):
@@ -309,11 +318,8 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
             ranks, ratings, rationale = parse_label(form, len(a.task.responses), a.shown_order)
             lid, new = await run_in_threadpool(store.submit, aid, who.id, ranks, ratings,
                                                rationale)
-            if new and on_label is not None:
-                try:
-                    await run_in_threadpool(on_label, store.label(lid, who.id))
-                except Exception:  # noqa: BLE001 - the label is saved; the hook is not the app
-                    log.exception("on_label failed for label %d (the label is saved)", lid)
+            if new:
+                await hook(lid, who.id)
             return RedirectResponse(f"/label?saved={lid}", 303)
 
         async def correct(who, csrf, form, e):  # the same task again, with the form as sent
@@ -362,6 +368,7 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
                                                     lab.shown_order)
             await run_in_threadpool(store.update_label, label_id, who.id, ranks, ratings,
                                     rationale)
+            await hook(label_id, who.id)  # an edit replaces what the label said
             return RedirectResponse(f"/labels/{label_id}", 303)
         return await post_form(request, change)
 

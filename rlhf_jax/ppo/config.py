@@ -74,8 +74,9 @@ class ConstraintConfig:
     lr: float = 0.5  # step size of ln λ per iteration, per unit of violation
 
     def __post_init__(self):
-        if self.multiplier <= 0 or self.lr <= 0:
-            raise ValueError(f"constraint: expected multiplier > 0 and lr > 0; got {self}")
+        if self.multiplier <= 0 or self.lr <= 0 or self.limit < 0:
+            raise ValueError(f"constraint: expected multiplier > 0, lr > 0 and limit >= 0; got "
+                             f"{self}")
 
     @property
     def enabled(self) -> bool:

@@ -5,8 +5,9 @@ follows the constraint's violation by gradient ascent on ln λ,
 
     ln λ ← ln λ + η·(Ĵ_c − d),   Ĵ_c = the iteration's mean cost,
 
-so λ grows while the mean cost exceeds the limit d and decays once it is met (λ > 0 always, as
-in Safe RLHF's implementation, which updates log λ)."""
+so λ grows while the mean cost exceeds the limit d and decays once it is met (λ > 0 always).
+Safe RLHF's own code also keeps ln λ, but steps it with Adam on −λ·(Ĵ_c − d); this plain step
+on ln λ is a variant of it."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -34,6 +35,7 @@ def lagrange_init(multiplier: float) -> LagrangeState:
 
 def lagrange_update(state: LagrangeState, mean_cost, *, limit: float,
                     lr: float) -> LagrangeState:
-    """ln λ ← ln λ + lr·(mean cost − limit), λ capped at e²⁰ (Dai et al. 2023, eq. 10)."""
+    """ln λ ← ln λ + lr·(mean cost − limit), with λ capped at e²⁰ (a guard of this
+    implementation against a limit that cannot be met)."""
     step = lr * (jnp.asarray(mean_cost, jnp.float32) - limit)
     return LagrangeState(log_lambda=jnp.minimum(state.log_lambda + step, 20.0))

@@ -54,7 +54,7 @@ def make_objective_reward_loss(model: nn.Module, cfg: RewardLossConfig,
     (`reward_loss_terms`, Bradley–Terry / Plackett–Luce) and its centering penalty, plus
     `cfg.scalar_weight` × the squared error to each response's rating named k
     (`batch.aspects`, columns named by `aspects`), or to its overall rating where it has none
-    named k; the loss is the mean over heads of these sums, divided by the batch's labelled
+    named k (a rating record that names another objective trains only that one's head); the loss is the mean over heads of these sums, divided by the batch's labelled
     examples. `data_objectives` names the indices of `batch.objective`.
     Accuracy counts each comparison on the head it is about (the heads' mean for one about
     none)."""
@@ -64,7 +64,8 @@ def make_objective_reward_loss(model: nn.Module, cfg: RewardLossConfig,
 
     def sum_loss(params, batch, rng):
         del rng
-        r = batch_rewards(model, params, batch)  # [B, K, H]
+        r = batch_rewards(model, params, batch)
+        r = r if r.ndim == 3 else r[..., None]  # [B, K, H] (one objective: H = 1)
         w = batch.weight
         about = (jnp.full(w.shape, -1, jnp.int32) if batch.objective is None
                  else jnp.where(batch.objective >= 0, table[jnp.maximum(batch.objective, 0)],
@@ -83,7 +84,9 @@ def make_objective_reward_loss(model: nn.Module, cfg: RewardLossConfig,
                 y, has = jnp.where(rated, named, y), has | rated
                 rated_any = rated_any | rated
             sc = losses.scalar_regression_loss(r[:, 0, h], jnp.where(has, y, 0.0))
-            t, _ = losses.hybrid_loss_sum(cmp, mine, sc, w * has, cfg.scalar_weight)
+            # a rating whose record names another objective does not train this head
+            t, _ = losses.hybrid_loss_sum(cmp, mine, sc, w * has * ((about == h) | (about < 0)),
+                                          cfg.scalar_weight)
             total = total + t + cfg.centering_coef * jnp.sum(centre * mine)
         count = jnp.sum(cmp_w) + jnp.sum(w * rated_any)
         pick = jnp.where(about[:, None] >= 0,
@@ -110,7 +113,8 @@ def evaluate_objectives(model, params, source, objectives: Sequence[str],
     for batch in preference_batches([source], batch_size, prompt_len=prompt_len,
                                     num_responses=num_responses, pad_id=pad_id, num_epochs=1,
                                     shuffle=False):
-        r = np.asarray(batch_rewards(model, params, batch))  # [B, K, H]
+        r = np.asarray(batch_rewards(model, params, batch))
+        r = r if r.ndim == 3 else r[..., None]  # [B, K, H]
         about = (np.full(len(r), -1) if batch.objective is None else
                  np.where(batch.objective >= 0, table[np.maximum(batch.objective, 0)], -1))
         for i in np.flatnonzero((batch.weight > 0) & (batch.is_comparison > 0)):

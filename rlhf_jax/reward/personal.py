@@ -48,13 +48,15 @@ def init_user_weights(num_users: int, num_basis: int, key=None) -> jax.Array:
 def make_personal_reward_loss(model: nn.Module, *, prior_precision: float = 1e-2):
     """`sum_loss(params, batch, rng)` for `train.make_train_step` over params
     {"model": a reward model with K' heads, "users": weights [U, K']}: the negative
-    log-likelihood −log σ(w_u · (φ(chosen) − φ(rejected))) of each comparison, plus the prior
-    ½·`prior_precision`·‖w_u‖² of its user (a Gaussian prior spread over that user's rows),
-    each row weighted by `batch.weight`. Rows of an unknown user (annotator −1) use the users'
+    log-likelihood −log σ(w_u · (φ(chosen) − φ(rejected))) of each comparison, plus
+    ½·`prior_precision`·‖w_u‖² on every row of a known user (an L2 penalty on the weights
+    that grows with the user's number of labels, as weight decay per example does), each row
+    weighted by `batch.weight`. Rows of an unknown user (annotator −1) use the users'
     mean weights. Accuracy counts the user's reward's ranking against the label."""
     def sum_loss(params, batch, rng):
         del rng
-        phi = batch_rewards(model, params["model"], batch)  # [B, 2, K']
+        phi = batch_rewards(model, params["model"], batch)
+        phi = phi if phi.ndim == 3 else phi[..., None]  # [B, 2, K'] (one head: K' = 1)
         users = params["users"]
         known = batch.annotator >= 0
         w = jnp.where(known[:, None], users[jnp.maximum(batch.annotator, 0)],

@@ -3,6 +3,7 @@
 updated after each of their comparisons, and the state is saved and restored with Orbax."""
 from __future__ import annotations
 
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Optional, Sequence
@@ -52,12 +53,17 @@ class PersonalRewardModel:
                              f"{self.prior[1].shape}")
         self.max_prompt_len, self.max_response_len = max_prompt_len, max_response_len
         self._scorer = reward_model_scorer(config, num_outputs=num_basis)
-        self.users: dict[str, dict] = {}  # user -> {"d": [k, K'], "mean", "cov"}
+        # user -> {"d": [k, K'] comparisons, "label": [k] the app's label id of each (−1: none),
+        # "mean", "cov"}
+        self.users: dict[str, dict] = {}
         self.updates = 0
+        self._lock = threading.Lock()
 
     # features ----------------------------------------------------------------------------
     def features(self, prompts: Sequence, responses: Sequence) -> np.ndarray:
         """φ(x, y) [N, K'] of each prompt with its response (plain text or messages)."""
+        if len(prompts) == 0:
+            return np.zeros((0, self.num_basis), np.float32)
         counts = {"prompts_truncated": 0, "responses_truncated": 0}
         rows = [tokenize_record({"prompt": p, "responses": [r]}, self.tok, self.max_prompt_len,
                                 self.max_response_len, self.tok.eos_token_id, counts)
@@ -96,29 +102,43 @@ class PersonalRewardModel:
 
     def add_label(self, label) -> tuple[np.ndarray, np.ndarray]:
         """Add a label of the labelling app (`labelling.Label`: its annotator is the user; every
-        pair of responses it ranks apart is a comparison) and refit that user's posterior once.
-        Pass it as the app's `on_label` (`labelling.create_app(store, on_label=prm.add_label)`)
-        so that each label updates its annotator's weights as it arrives."""
+        pair of responses it ranks apart is a comparison) and refit that user's posterior once;
+        a label seen before (edited in the app) replaces its earlier comparisons. Pass it as the
+        app's `on_label` (`labelling.create_app(store, on_label=prm.add_label)`), which calls it
+        after each new or edited label."""
         prompt = prompt_from_text(label.task.prompt)
         responses = [r if isinstance(prompt, str) or isinstance(r, list)
                      else [{"role": "assistant", "content": r}] for r in label.task.responses]
         pairs = [(i, j) for i in range(len(responses)) for j in range(len(responses))
                  if label.ranks[i] < label.ranks[j]]
-        if not pairs:  # all tied: no preference to learn from
-            return self.weights(label.annotator_id)
-        phi = self.features([prompt] * len(responses), responses)
-        return self.add_differences(label.annotator_id,
-                                    np.stack([phi[i] - phi[j] for i, j in pairs]))
+        d = np.zeros((0, self.num_basis), np.float32)
+        if pairs:  # all tied: no preference to learn from
+            phi = self.features([prompt] * len(responses), responses)
+            d = np.stack([phi[i] - phi[j] for i, j in pairs])
+        return self.add_differences(label.annotator_id, d, label_id=int(label.id))
 
-    def add_differences(self, user: str, d_nk) -> tuple[np.ndarray, np.ndarray]:
-        """Add comparisons as feature differences φ(chosen) − φ(rejected) [n, K'] and refit."""
+    def add_differences(self, user: str, d_nk, label_id: int = -1) \
+            -> tuple[np.ndarray, np.ndarray]:
+        """Add comparisons as feature differences φ(chosen) − φ(rejected) [n, K'] and refit;
+        with a `label_id` (≥ 0) they replace the comparisons that label gave before."""
         d_nk = np.asarray(d_nk, np.float32).reshape(-1, self.num_basis)
-        state = self.users.get(user)
-        d = d_nk if state is None else np.concatenate([state["d"], d_nk])
-        init = self.prior[0] if state is None else state["mean"]
-        mean, cov = self._fit(d, init)
-        self.users[user] = {"d": d, "mean": mean, "cov": cov}
-        self.updates += 1
+        with self._lock:  # the app calls this from its worker threads
+            state = self.users.get(user) or {
+                "d": np.zeros((0, self.num_basis), np.float32),
+                "label": np.zeros(0, np.int64), "mean": self.prior[0]}
+            keep = (state["label"] != label_id) if label_id >= 0 else \
+                np.ones(len(state["d"]), bool)
+            d = np.concatenate([state["d"][keep], d_nk])
+            labels = np.concatenate([state["label"][keep],
+                                     np.full(len(d_nk), label_id, np.int64)])
+            # a replaced label removes data: refit from the prior's mean, not the last mode
+            init = state["mean"] if keep.all() else self.prior[0]
+            if len(d):
+                mean, cov = self._fit(d, init)
+                self.users[user] = {"d": d, "label": labels, "mean": mean, "cov": cov}
+            else:
+                self.users.pop(user, None)  # no comparison left: the prior again
+            self.updates += 1
         return self.weights(user)
 
     def _fit(self, d: np.ndarray, init) -> tuple[np.ndarray, np.ndarray]:
@@ -147,14 +167,19 @@ class PersonalRewardModel:
         return int(np.argmax(info)), info
 
     # state ---------------------------------------------------------------------------------
-    def save(self, directory) -> Path:
-        """Write the prior and every user's comparisons and posterior with Orbax, as step
-        `updates` of `directory` (older steps kept: a crash mid-save leaves the last one)."""
+    def save(self, directory) -> int:
+        """Write the prior and every user's comparisons (with their label ids) and posterior
+        with Orbax, as the step after the newest one in `directory` (the two newest are kept:
+        a crash mid-save leaves the last one). Returns the step written."""
         names = sorted(self.users)
         k = self.num_basis
+
+        def stacked(key, empty):
+            return np.concatenate([self.users[u][key] for u in names]) if names else empty
+
         state = {"prior_mean": self.prior[0], "prior_cov": self.prior[1],
-                 "d": np.concatenate([self.users[u]["d"] for u in names]) if names
-                 else np.zeros((0, k), np.float32),
+                 "d": stacked("d", np.zeros((0, k), np.float32)),
+                 "label": stacked("label", np.zeros(0, np.int64)),
                  "owner": np.concatenate([np.full(len(self.users[u]["d"]), i, np.int32)
                                           for i, u in enumerate(names)]) if names
                  else np.zeros(0, np.int32),
@@ -163,11 +188,13 @@ class PersonalRewardModel:
                  "covs": np.stack([self.users[u]["cov"] for u in names]) if names
                  else np.zeros((0, k, k), np.float32)}
         with _manager(directory) as manager:
-            manager.save(self.updates, args=ocp.args.Composite(
+            step = max(manager.all_steps(), default=0) + 1  # never an existing step
+            manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
-                users=ocp.args.JsonSave({"names": names, "num_basis": k})), force=True)
+                users=ocp.args.JsonSave({"names": names, "num_basis": k,
+                                         "updates": self.updates})), force=True)
             manager.wait_until_finished()
-        return Path(directory)
+        return step
 
     def restore(self, directory, step: Optional[int] = None) -> int:
         """Load the state `save` wrote (its newest step unless `step`); returns the step."""
@@ -183,9 +210,11 @@ class PersonalRewardModel:
             raise ValueError(f"{directory}: saved for {meta['num_basis']} basis rewards, this "
                              f"model has {self.num_basis}")
         self.prior = (state["prior_mean"], state["prior_cov"])
-        self.users = {u: {"d": state["d"][state["owner"] == i], "mean": state["means"][i],
-                          "cov": state["covs"][i]} for i, u in enumerate(meta["names"])}
-        self.updates = step
+        self.users = {u: {"d": state["d"][state["owner"] == i],
+                          "label": state["label"][state["owner"] == i],
+                          "mean": state["means"][i], "cov": state["covs"][i]}
+                      for i, u in enumerate(meta["names"])}
+        self.updates = int(meta["updates"])
         return step
 
 

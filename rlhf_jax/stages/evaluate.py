@@ -12,6 +12,7 @@ import numpy as np
 from rlhf_jax import data, eval as rl_eval, models, reward, train
 from rlhf_jax.stages.common import check_writable
 from rlhf_jax.stages.configs.evaluate import EvalConfig  # noqa: F401 (re-exported)
+from rlhf_jax.stages.ppo import reward_scorer
 from rlhf_jax.train import ConfigError
 
 
@@ -38,7 +39,9 @@ def evaluate_prompts(cfg: EvalConfig) -> dict:
     proxy = {}
     if cfg.reward_dir:
         rm_config, rm_params, meta = reward.load_reward_model(cfg.reward_dir)
-        proxy = dict(proxy_fn=reward.reward_model_scorer(rm_config, meta["num_outputs"]),
+        proxy = dict(proxy_fn=reward_scorer(rm_config, meta["num_outputs"],
+                                            meta.get("objectives", ()),
+                                            objective_weights=cfg.objective_weights),
                      proxy_params=rm_params)
     # a prompt the template cannot encode within the length stops naming its line, or is a
     # counted skip with prompts.on_error=skip, as in the other stages

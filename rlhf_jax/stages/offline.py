@@ -13,7 +13,7 @@ from rlhf_jax.stages.common import (GlobalBatches, StageResult, builtin_file,
                                     builtin_tokenizer, check_batch_size, export_policy, shapes_note,
                                     freeze_rule, labelled_dataset, model_overrides,
                                     optimizer_config, shardings_of, start_run,
-                                    train_with_checkpoints)
+                                    train_with_checkpoints, warn)
 from rlhf_jax.stages.configs.offline import OfflineConfig, OfflineData  # noqa: F401
 from rlhf_jax.stages.layout import RunLayout
 
@@ -57,6 +57,11 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
                                                data.builtin.write_comparisons,
                                                n=dc.builtin_pairs, seed=cfg.seed)
     ds, note = labelled_dataset(dc, train_file, tokenizer, layout, cfg.seed)
+    if ds.objectives:  # the offline methods have one preference; say what they do with these
+        warn(layout, f"{train_file}: records name objectives {ds.objectives}; the offline "
+                     "methods learn one preference from every label, whichever objective it is "
+                     "about (a multi-objective reward model keeps them apart: the reward stage's "
+                     "objectives)")
     held_out = "validation" in ds.splits
     check_batch_size("batch_size", cfg.batch_size, mesh,
                      [("num_microbatches", cfg.num_microbatches)])

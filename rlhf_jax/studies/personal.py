@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import reward, stages
+from rlhf_jax import models, reward, stages
 from rlhf_jax.data import builtin
 from rlhf_jax.eval.scorers import profanity_probabilities
 from rlhf_jax.sampling import SamplingConfig, TextSampler
@@ -133,7 +133,81 @@ def _seed_run(cfg: PersonalRewardConfig, tok, seed: int) -> dict:
     out["update_ms"] = _update_ms(personal, tok, prior, cfg)
     out["weights"] = personal.user_weights().tolist()
     out["prior"] = [np.asarray(x).tolist() for x in prior]
-    out["bon"] = _best_of_n(cfg, tok, seed, personal, shared, prior, users, train_ids + new_ids)
+    sft = stages.train_sft(stages.SFTConfig(
+        run_dir=str(Path(cfg.run_dir) / "sft"), steps=cfg.sft_steps, batch_size=32,
+        seed=0, data=stages.SFTData(source="text")))
+    out["bon"] = _best_of_n(cfg, sft.export_dir, seed, personal, shared, prior, users,
+                            train_ids + new_ids)
+    if cfg.soups:
+        out["soups"] = _soups(cfg, sft.export_dir, tok, seed, personal, shared, prior, users,
+                              train_ids + new_ids, pool)
+    return out
+
+
+def _export_head(learner, head: int, path: Path, tok, items) -> str:
+    """Head `head` of a learner's reward model as a one-output reward-model export, normalised
+    to mean 0 / std 1 on `items` ((prompt, response) pairs), for the PPO stage."""
+    params = learner.reward_params
+    h = jax.device_get(params["reward_head"])
+    one = {"proj": {"kernel": h["proj"]["kernel"][:, head:head + 1],
+                    "bias": h["proj"]["bias"][head:head + 1]},
+           "gain": h["gain"][head:head + 1], "bias": h["bias"][head:head + 1]}
+    raw = _members(learner, items)[:, head:head + 1]
+    gain, bias = reward.normalised_head(one["gain"], one["bias"], raw)
+    one = dict(one, gain=gain, bias=bias)
+    reward.save_reward_model(path, learner.config,
+                             {"transformer": jax.device_get(params["transformer"]),
+                              "reward_head": one}, tokenizer=tok)
+    return str(path)
+
+
+def _soups(cfg, policy_dir, tok, seed, personal, shared, prior, users, ids, pool) -> dict:
+    """Rewarded soups (Ramé et al. 2023): one LoRA policy per basis head and one for the shared
+    reward, each by PPO from the SFT policy; for each user the ingredients mixed by their k = 16
+    posterior weights on the simplex (`models.soup_weights`, `models.rewarded_soup`), sampled
+    once per prompt and scored by the user's own utility, against the shared policy's
+    samples."""
+    root = Path(cfg.run_dir) / "soups" / f"seed{seed}"
+    items = [(p, r) for p, a, b in pool for r in (a, b)]
+    heads = [(f"head{k}", personal, k) for k in range(cfg.basis)] + [("shared", shared, 0)]
+    policies = {}
+    for name, learner, k in heads:
+        rm = _export_head(learner, k, root / name / "reward", tok, items)
+        result = stages.train_ppo(stages.PPOStageConfig(
+            run_dir=str(root / name / "ppo"), policy_dir=str(policy_dir), reward_dir=rm,
+            seed=seed, steps=cfg.soup_steps, batch_size=16, eval_prompts=8,
+            lora=models.LoraConfig(rank=4, alpha=8.0, targets=("q", "k", "v", "o")),
+            checkpoint=dataclasses.replace(stages.PPOStageConfig().checkpoint,
+                                           save_every=cfg.soup_steps)))
+        policies[name] = models.load_hf_checkpoint(result.export_dir)
+    config = policies["head0"][0]
+    prompts = [builtin.PROMPTS[i % len(builtin.PROMPTS)] for i in range(cfg.bon_prompts)]
+    sampling = SamplingConfig(max_new_tokens=10)
+
+    def sample(params):
+        texts = TextSampler.from_params(config, params, tok, max_len=8, sampling=sampling)(
+            prompts, jax.random.key(seed + 70))
+        return [t or "." for t in texts]
+
+    shared_texts = sample(policies["shared"][1])
+    shared_g = judge_features(shared_texts)
+    shared_flag = profanity_probabilities(shared_texts) > cfg.floor
+    out = {}
+    for i, user in enumerate(ids):
+        own = user_pairs(np.random.default_rng([seed, 3, i]), 16)
+        labels = users.label(user, own, np.random.default_rng([seed, 4, i]))
+        mean, _ = _posterior(_signed(personal, own, labels), prior)
+        lam = models.soup_weights(mean)
+        _, soup = models.rewarded_soup(config, [policies[f"head{k}"][1]
+                                                for k in range(cfg.basis)], lam)
+        texts = sample(soup)
+        truth = np.asarray(USERS[user])
+        out[user] = {"weights": lam.tolist(),
+                     "soup": {"gold": float((judge_features(texts) @ truth).mean()),
+                              "profanity_rate": float((profanity_probabilities(texts)
+                                                       > cfg.floor).mean())},
+                     "shared": {"gold": float((shared_g @ truth).mean()),
+                                "profanity_rate": float(shared_flag.mean())}}
     return out
 
 
@@ -173,15 +247,12 @@ def _update_ms(personal, tok, prior, cfg) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _best_of_n(cfg, tok, seed, personal, shared, prior, users, ids) -> dict:
+def _best_of_n(cfg, policy_dir, seed, personal, shared, prior, users, ids) -> dict:
     """Best-of-n from the SFT policy for each user: the candidate their reward (k = 16 posterior)
     ranks first, the shared reward's first, and the first sample; each by the user's own gold
     (utility), with the profanity classifier's rate; and the personal choice under the safety
     floor (a flagged candidate only when every candidate is flagged)."""
-    sft = stages.train_sft(stages.SFTConfig(
-        run_dir=str(Path(cfg.run_dir) / "sft"), steps=cfg.sft_steps, batch_size=32,
-        seed=0, data=stages.SFTData(source="text")))
-    sampler = TextSampler(sft.export_dir, max_len=8, sampling=SamplingConfig(max_new_tokens=10))
+    sampler = TextSampler(policy_dir, max_len=8, sampling=SamplingConfig(max_new_tokens=10))
     prompts = [builtin.PROMPTS[i % len(builtin.PROMPTS)] for i in range(cfg.bon_prompts)]
     flat = [p for p in prompts for _ in range(cfg.best_of)]
     samples = [s or "." for s in sampler(flat, jax.random.key(seed + 50))]
@@ -206,6 +277,26 @@ def _best_of_n(cfg, tok, seed, personal, shared, prior, users, ids) -> dict:
                             "profanity_rate": float((profane[rows, c] > cfg.floor).mean())}
                      for name, c in picks.items()}
     return out
+
+
+def _soup_lines(cfg, runs, seeds, ids, over) -> list[str]:
+    """The report's rewarded-soups table (none when soups are off)."""
+    if not cfg.soups:
+        return []
+    lines = [f"Rewarded soups: one LoRA policy per basis head and one for the shared reward, "
+             f"each {cfg.soup_steps} PPO iterations from the SFT policy against that head "
+             "(normalised on the pool's responses); each user's soup mixes the heads' policies "
+             "by their k = 16 weights (negative weights get no share), one sample per prompt, "
+             "scored by the user's own utility:", "",
+             "| user | soup weights (seed 0) | soup: gold | shared policy: gold | soup: profane "
+             "| shared policy: profane |", "|---|---|---|---|---|---|"]
+    for u in ids:
+        s = [over(lambda r, n=n: r["soups"][u][n]["gold"]) for n in ("soup", "shared")]
+        p = [over(lambda r, n=n: r["soups"][u][n]["profanity_rate"]) for n in ("soup", "shared")]
+        w = ", ".join(f"{x:.2f}" for x in runs[seeds[0]]["soups"][u]["weights"])
+        lines.append(f"| {u} | {w} | {s[0][0]:.3f} ± {s[0][1]:.3f} | {s[1][0]:.3f} ± "
+                     f"{s[1][1]:.3f} | {p[0][0]:.3f} | {p[1][0]:.3f} |")
+    return lines + [""]
 
 
 def personal_reward(cfg: PersonalRewardConfig) -> Path:
@@ -245,6 +336,8 @@ def personal_reward(cfg: PersonalRewardConfig) -> Path:
               title="Choosing a user's comparisons: expected information vs random")
     k16 = 16 if 16 in ks else ks[-1]
     acc_k = over(lambda r: users_mean(r, lambda u: u["personal"][str(k16)]))
+    acc_new = over(lambda r: users_mean(r, lambda u: u["personal"][str(k16)], which=True))
+    shared_new = over(lambda r: users_mean(r, lambda u: u["shared"], which=True))
     update_ms = float(np.median([runs[s]["update_ms"] for s in seeds]))
     bon_names = ("base", "shared", "personal", "personal + floor")
     violations = sum(
@@ -280,7 +373,9 @@ def personal_reward(cfg: PersonalRewardConfig) -> Path:
     gain = acc_k[0] - shared[0]
     lines += ["", f"Mean over users at k = {k16}: personalised {acc_k[0]:.3f} ± {acc_k[1]:.3f} "
               f"against the shared model's {shared[0]:.3f} ± {shared[1]:.3f} "
-              f"({gain:+.3f}). "
+              f"({gain:+.3f}); over the new users alone, whose labels trained nothing: "
+              f"{acc_new[0]:.3f} ± {acc_new[1]:.3f} against {shared_new[0]:.3f} ± "
+              f"{shared_new[1]:.3f}. The shared model sees none of a user's k labels. "
               + ("Personalisation does not help on average here." if gain <= 0 else ""),
               "", "![active against random](plots/active_vs_random.png)", "",
               f"Active choice (largest expected information from a pool of {cfg.pool}) against "
@@ -307,11 +402,12 @@ def personal_reward(cfg: PersonalRewardConfig) -> Path:
               "construction: a flagged candidate is taken only when every candidate is, and "
               "then the shared reward's choice is flagged too; what the table measures is what "
               "the floor costs each user in their own utility.", "",
-              "Not in this study yet: rewarded soups (one LoRA policy per basis reward, mixed "
-              "per user) and a weight-conditioned policy.", "",
+              *_soup_lines(cfg, runs, seeds, ids, over),
+              "Not in this study: a weight-conditioned policy (the weights in the prompt).", "",
               f"Wall time: {seconds:.0f} s (runs already done were read back).", "",
               f"personal_reward: update_ms={update_ms:.2f} acc_k{k16}={acc_k[0]:.3f} "
-              f"shared_acc={shared[0]:.3f} floor_violations={violations}"]
+              f"shared_acc={shared[0]:.3f} floor_violations={violations} "
+              f"acc_k{k16}_new={acc_new[0]:.3f} shared_acc_new={shared_new[0]:.3f}"]
     report = write_report(root, lines, {"config": dataclasses.asdict(cfg),
                                         "runs": {str(s): r for s, r in runs.items()}})
     print(lines[-1], flush=True)

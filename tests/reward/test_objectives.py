@@ -28,7 +28,8 @@ def test_names_and_weights_are_checked():
         reward.reward_model_scorer(models.preset("tiny-llama"), 3, weights=(1.0, 2.0))
 
 
-def test_loss_equals_its_formula():
+@pytest.mark.parametrize("rating_about", [-1, 1])
+def test_loss_equals_its_formula(rating_about):
     cfg = models.preset("tiny-llama")
     model = models.DecoderModel(cfg, heads=("reward",), num_reward_outputs=3)
     params = models.init_params(model, jax.random.key(0))
@@ -47,7 +48,7 @@ def test_loss_equals_its_formula():
         has_rating=np.array([0, 0, 0, 0, 1, 0], np.int32), annotator=np.full(b, -1, np.int32),
         weight=np.array([1, 1, 1, 1, 1, 0], np.float32), index=np.arange(b, dtype=np.int32),
         aspects=np.array([[np.nan, 0.1]] * 4 + [[-0.6, np.nan], [np.nan, np.nan]], np.float32),
-        objective=np.array([1, -1, 0, 0, -1, 1], np.int32), prompt_len=3)
+        objective=np.array([1, -1, 0, 0, rating_about, 1], np.int32), prompt_len=3)
     loss_cfg = RewardLossConfig(scalar_weight=0.5, centering_coef=0.1)
     total, (count, metrics) = reward.make_objective_reward_loss(
         model, loss_cfg, objectives, data_objectives=data_objectives, aspects=aspects)(
@@ -64,11 +65,39 @@ def test_loss_equals_its_formula():
         if batch.ranks[i, 0] != batch.ranks[i, 1]:
             pick = r[i, :, heads[0]] if len(heads) == 1 else r[i].mean(-1)
             correct += pick[c] > pick[j]
-    # the rated response: head 1 ("c") to its named rating −0.6, heads 0 and 2 to the overall 0.4
-    want += 0.5 * ((r[4, 0, 1] + 0.6) ** 2 + (r[4, 0, 0] - 0.4) ** 2 + (r[4, 0, 2] - 0.4) ** 2)
+    if rating_about < 0:  # the rated response: head 1 ("c") to its named rating −0.6, heads
+        # 0 and 2 to the overall 0.4
+        want += 0.5 * ((r[4, 0, 1] + 0.6) ** 2 + (r[4, 0, 0] - 0.4) ** 2
+                       + (r[4, 0, 2] - 0.4) ** 2)
+    else:  # a rating about objective "b" (head 2) trains that head alone
+        want += 0.5 * (r[4, 0, 2] - 0.4) ** 2
     np.testing.assert_allclose(float(total), want / 3, rtol=1e-5)
     assert float(count) == 5  # four comparisons and one rating
     assert float(metrics["reward/accuracy"]) == correct
+
+
+def test_one_objective_is_the_single_reward_loss():
+    """With one objective and no objective fields the loss is `reward.make_reward_loss`'s."""
+    cfg = models.preset("tiny-llama")
+    model = models.DecoderModel(cfg, heads=("reward",))
+    params = models.init_params(model, jax.random.key(2))
+    rng = np.random.default_rng(1)
+    b, t = 6, 7
+    batch = PreferenceBatch(
+        tokens=rng.integers(1, 50, (b, 2, t)).astype(np.int32),
+        mask=np.ones((b, 2, t), np.int32),
+        ranks=np.array([[0, 1], [1, 0], [0, 1], [0, 0], [0, 99], [0, 1]], np.int32),
+        valid=np.array([[1, 1]] * 4 + [[1, 0], [1, 1]], np.int32),
+        is_comparison=np.array([1, 1, 1, 1, 0, 1], np.int32),
+        rating=np.array([0, 0, 0, 0, 0.4, 0], np.float32),
+        has_rating=np.array([0, 0, 0, 0, 1, 0], np.int32), annotator=np.full(b, -1, np.int32),
+        weight=np.array([1, 1, 1, 1, 1, 0], np.float32), index=np.arange(b, dtype=np.int32),
+        prompt_len=3)
+    lc = RewardLossConfig(scalar_weight=0.5, centering_coef=0.1)
+    mine = reward.make_objective_reward_loss(model, lc, ("only",))(params, batch, None)
+    built = reward.make_reward_loss(model, lc)(params, batch, None)
+    np.testing.assert_allclose(float(mine[0]), float(built[0]), rtol=1e-6)
+    assert float(mine[1][0]) == float(built[1][0])
 
 
 def _records(n, seed):
@@ -110,6 +139,10 @@ def test_each_head_learns_its_objective_and_ppo_weighs_them(tmp_path):
     # each objective's head on the held-out comparisons about it (chance: 0.5)
     assert summary["eval/accuracy_objective/positive"] > 0.8, summary
     assert summary["eval/accuracy_objective/brief"] > 0.8, summary
+    # one number for both (the heads' mean on every comparison) is worse than either head on
+    # its own objective (measured: 0.81 against 1.00 and 0.99)
+    assert summary["eval/accuracy"] < min(summary["eval/accuracy_objective/positive"],
+                                          summary["eval/accuracy_objective/brief"]) - 0.05
     meta = json.loads((tmp_path / "rm" / "export" / "reward_head.json").read_text())
     assert meta["objectives"] == ["positive", "brief"] and meta["num_outputs"] == 2
     # the heads disagree where the objectives do: a long positive answer against a short

@@ -122,15 +122,18 @@ def _batch(b=6, t=7, seed=0):
         prompt_len=3)
 
 
-def test_joint_loss_equals_its_formula():
+@pytest.mark.parametrize("basis", [3, 1])
+def test_joint_loss_equals_its_formula(basis):
     cfg = models.preset("tiny-llama")
-    model = models.DecoderModel(cfg, heads=("reward",), num_reward_outputs=3)
+    model = models.DecoderModel(cfg, heads=("reward",), num_reward_outputs=basis)
     params = {"model": models.init_params(model, jax.random.key(0)),
-              "users": jnp.asarray(np.random.default_rng(4).normal(size=(3, 3)), jnp.float32)}
+              "users": jnp.asarray(np.random.default_rng(4).normal(size=(3, basis)),
+                                   jnp.float32)}
     batch = _batch()
     total, (count, metrics) = make_personal_reward_loss(model, prior_precision=0.5)(
         params, batch, None)
     phi = np.asarray(reward.batch_rewards(model, params["model"], batch), np.float64)
+    phi = phi.reshape(6, 2, basis)
     users = np.asarray(params["users"], np.float64)
     want, n, correct = 0.0, 0.0, 0.0
     for i in range(6):
@@ -194,26 +197,36 @@ def test_service_updates_scores_and_chooses(service):
     assert best == int(np.argmax(info)) and info.shape == (3,) and (info >= 0).all()
     with pytest.raises(KeyError, match="missing field 'rejected'"):
         prm.update("ann", {"prompt": "x", "chosen": "y"})
+    assert prm.features([], []).shape == (0, 3) and prm.score("ann", [], []).shape == (0,)
 
 
 def test_service_state_is_saved_and_restored(service, tmp_path):
     prm = service()
     prm.update("ann", COMPARISONS[0])
-    prm.save(tmp_path / "state")
+    assert prm.save(tmp_path / "state") == 1
     prm.update("ann", COMPARISONS[1])
     prm.update("bob", COMPARISONS[2])
-    prm.save(tmp_path / "state")
+    assert prm.save(tmp_path / "state") == 2
+    assert prm.save(tmp_path / "state") == 3  # nothing new: still a new step, no error
     again = service()
-    assert again.restore(tmp_path / "state") == 3
+    assert again.restore(tmp_path / "state") == 3 and again.updates == 3
     for user in ("ann", "bob"):
         for a, b in zip(prm.weights(user), again.weights(user)):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(prm.users[user]["d"], again.users[user]["d"])
-    # the earlier step is still there; an update continues from the restored state
-    assert again.restore(tmp_path / "state", step=1) == 1
-    assert set(again.users) == {"ann"} and len(again.users["ann"]["d"]) == 1
-    again.update("ann", COMPARISONS[1])  # now as the original's "ann" after both
-    np.testing.assert_allclose(again.weights("ann")[0], prm.weights("ann")[0], rtol=1e-6)
+    # an earlier step kept (the two newest are: 2 and 3); an update continues from it, and
+    # the next save goes after the newest step, which a plain restore then reads
+    assert again.restore(tmp_path / "state", step=2) == 2
+    fresh = service()
+    fresh.restore(tmp_path / "state", step=2)
+    fresh.users.pop("bob")
+    fresh.users["ann"] = {k: v[:1] if k in ("d", "label") else v
+                          for k, v in fresh.users["ann"].items()}
+    fresh.update("ann", COMPARISONS[1])  # one comparison dropped and given again: same data
+    np.testing.assert_allclose(fresh.weights("ann")[0], prm.weights("ann")[0], rtol=1e-5)
+    assert fresh.save(tmp_path / "state") == 4
+    latest = service()
+    assert latest.restore(tmp_path / "state") == 4 and set(latest.users) == {"ann"}
     with pytest.raises(FileNotFoundError, match="no saved personal-reward state"):
         service().restore(tmp_path / "nothing")
 
@@ -248,6 +261,18 @@ def test_labels_from_the_app_update_their_annotators_weights(service, tmp_path):
                          "rejected": [{"role": "assistant", "content": "fun and bright"}]})
     np.testing.assert_allclose(prm.weights("ann1")[0], want.weights("ann1")[0], rtol=1e-6)
     assert len(prm.users["ann1"]["d"]) == 1
+    # an edit in the app replaces what the label said: now the other response is chosen
+    lab = store.labels("ann1")[0]
+    page = client.get(f"/labels/{lab.id}").text
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', page))
+    r = client.post(f"/labels/{lab.id}", data={**fields, "choice": str(a.shown_order.index(0))})
+    assert r.status_code == 303 and store.labels("ann1")[0].ranks == [0, 1]
+    other = service()
+    other.update("ann1", {"prompt": conv,
+                          "chosen": [{"role": "assistant", "content": "fun and bright"}],
+                          "rejected": [{"role": "assistant", "content": "dull and rude"}]})
+    assert len(prm.users["ann1"]["d"]) == 1
+    np.testing.assert_allclose(prm.weights("ann1")[0], other.weights("ann1")[0], rtol=1e-5)
 
     def broken(label):
         raise RuntimeError("no")

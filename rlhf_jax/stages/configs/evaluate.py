@@ -21,6 +21,8 @@ class EvalConfig:
     policy_dir: str = ""  # the policy to evaluate (a local Hugging Face directory)
     reference_dir: str = ""  # the KL reference (a local HF directory); empty: no KL
     reward_dir: str = ""  # a reward-model export to score the responses; empty: none
+    # a multi-objective reward model's heads: name=weight,... as PPO used them (empty: equal)
+    objective_weights: str = ""
     chat_template: str = ""  # a Jinja chat template file for the tokenizer (empty: its own)
     prompts: PromptData = PromptData()
     samples: int = 256  # prompts evaluated (the file's first ones; 0: every prompt)

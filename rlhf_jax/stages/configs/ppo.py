@@ -122,6 +122,11 @@ class PPOStageConfig(RunConfig):
         if self.constraint.cost and self.constraint.cost not in names:
             raise ValueError(f"constraint.cost={self.constraint.cost!r}: expected one of "
                              f"{sorted(names)}")
+        if self.constraint.cost and self.reward_terms.get(self.constraint.cost):
+            raise ValueError(f"constraint.cost={self.constraint.cost!r} is also weighted in "
+                             f"reward_terms ({self.reward_terms[self.constraint.cost]}): it "
+                             "would count twice; set reward_terms."
+                             f"{self.constraint.cost}=0")
         for name in list(self.reward_terms) + list(filter(None, self.monitor_terms.split(","))):
             if name not in names:
                 raise ValueError(f"unknown text scorer {name!r} in reward_terms/monitor_terms; "

@@ -60,6 +60,10 @@ class ActiveConfig:
         if self.learner.ensemble < 2 and self.acquisition in ("disagreement", "bald"):
             raise ValueError(f"acquisition={self.acquisition} needs an ensemble: "
                              "learner.ensemble >= 2")
+        if self.learner.annotator_model == "personal":
+            raise ValueError("learner.annotator_model='personal': the active-learning loop "
+                             "reads the heads as an ensemble (their mean, their disagreement); "
+                             "a personal basis is not one (see experiments/personal_reward.py)")
         if self.learner.annotator_model != "none" and self.labels != "simulated":
             raise ValueError("learner.annotator_model needs labels=simulated: with a file or "
                              "the app the annotators are not known when the model is built")

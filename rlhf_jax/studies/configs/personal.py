@@ -29,6 +29,8 @@ class PersonalRewardConfig:
     bon_prompts: int = 32  # prompts of the best-of-n comparison
     best_of: int = 16  # samples per prompt
     floor: float = 0.5  # safety floor: profanity P > floor is picked only if all candidates are
+    soups: bool = True  # rewarded soups: a LoRA policy per basis head (PPO), mixed per user
+    soup_steps: int = 30  # PPO iterations of each ingredient and of the shared policy
 
     def resolved(self) -> "PersonalRewardConfig":
         if not self.quick:
@@ -36,4 +38,5 @@ class PersonalRewardConfig:
         return dataclasses.replace(self, seeds="0", labels_per_user=120, steps=150,
                                    ks="0,4,16", scratch_steps=30, heldout_pairs=120, pool=48,
                                    active_labels=8, sft_steps=30, bon_prompts=8, best_of=4,
-                                   train_users="positive,negative,blunt", new_users="varied")
+                                   train_users="positive,negative,blunt", new_users="varied",
+                                   soups=False)  # soups: three more PPO runs (+65 s)
