@@ -65,18 +65,23 @@ class KLConfig:
 @dataclasses.dataclass(frozen=True)
 class ConstraintConfig:
     """A cost the policy must keep on average at most `limit` (`ppo.constraint`): `cost` names
-    a text scorer (e.g. "profanity", the packaged classifier's probability; empty: off); the
-    score becomes r − λ·cost with λ learned from `multiplier` at rate `lr` (on ln λ)."""
+    a text scorer (e.g. "profanity", the packaged classifier's probability) or
+    "objective:<name>", the negative of a multi-objective reward model's head (e.g.
+    "objective:harmless" with limit −0.5 keeps the mean normalised harmlessness ≥ 0.5); empty:
+    off. The score becomes r − λ·cost with λ learned from `multiplier` at rate `lr` (on ln λ)."""
 
-    cost: str = ""  # a text scorer (eval.TEXT_TERMS) whose mean must stay <= limit; empty: off
+    # a text scorer (eval.TEXT_TERMS) or objective:<name> (minus that head); empty: off
+    cost: str = ""
     limit: float = 0.05  # d: the largest mean cost allowed
     multiplier: float = 1.0  # λ at the start (> 0)
     lr: float = 0.5  # step size of ln λ per iteration, per unit of violation
 
     def __post_init__(self):
-        if self.multiplier <= 0 or self.lr <= 0 or self.limit < 0:
-            raise ValueError(f"constraint: expected multiplier > 0, lr > 0 and limit >= 0; got "
-                             f"{self}")
+        if self.multiplier <= 0 or self.lr <= 0:
+            raise ValueError(f"constraint: expected multiplier > 0 and lr > 0; got {self}")
+        if self.cost.startswith("objective:") and not self.cost[len("objective:"):]:
+            raise ValueError("constraint.cost='objective:': name the objective "
+                             "(objective:harmless)")
 
     @property
     def enabled(self) -> bool:

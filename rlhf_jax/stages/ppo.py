@@ -203,11 +203,27 @@ def _helpers(cfg: PPOStageConfig, kl_init) -> dict:
     return helpers
 
 
-def _cost_term(cfg: PPOStageConfig, tokenizer):
-    """The constrained cost as a host-side term (None without a constraint)."""
+def _cost_term(cfg: PPOStageConfig, tokenizer, m: PPOModels):
+    """The constrained cost as a host-side term (None without a constraint): a text scorer,
+    or minus a multi-objective reward model's head ("objective:<name>")."""
     name = cfg.constraint.cost
-    return ppo.text_reward_term(name, 0.0, tokenizer, rl_eval.TEXT_TERMS[name]) if name \
-        else None
+    if not name:
+        return None
+    if not name.startswith("objective:"):
+        return ppo.text_reward_term(name, 0.0, tokenizer, rl_eval.TEXT_TERMS[name])
+    objective = name[len("objective:"):]
+    if objective not in m.objectives:
+        raise ConfigError(f"constraint.cost={name!r}: the reward model at {cfg.reward_dir} has "
+                          f"objectives {list(m.objectives) or 'none'}")
+    head = m.objectives.index(objective)
+    members = jax.jit(reward.reward_model_scorer(m.reward_config, m.reward_outputs).members)
+
+    def minus_head(prompt_tokens, prompt_mask, response_tokens, response_mask):
+        out = members(m.reward_params, prompt_tokens, prompt_mask, response_tokens,
+                      response_mask)
+        return -np.asarray(jax.device_get(out), np.float32)[:, head]
+
+    return ppo.RewardTerm(name, 0.0, minus_head)
 
 
 def _reward_terms(cfg: PPOStageConfig, tokenizer) -> tuple:
@@ -411,7 +427,7 @@ def train_ppo(cfg: PPOStageConfig, *,
         rollout=cfg.rollout, ppo=cfg.ppo, tx=tx, kl_update=kl_update,
         reward_terms=_reward_terms(cfg, tokenizer) + tuple(extra_reward_terms)
         + ((recorder.term,) if recorder else ()),
-        constraint=cfg.constraint, cost=_cost_term(cfg, tokenizer),
+        constraint=cfg.constraint, cost=_cost_term(cfg, tokenizer, m),
         place_batch=lambda b: train.global_batch_from_local(b, mesh, rules))
     step = recorder.wrap(step) if recorder else step
     step = check_first_iteration(step, layout, cfg, sampling)

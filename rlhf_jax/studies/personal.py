@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import models, reward, stages
+from rlhf_jax import models, ppo, reward, stages
 from rlhf_jax.data import builtin
 from rlhf_jax.eval.scorers import profanity_probabilities
 from rlhf_jax.sampling import SamplingConfig, TextSampler
@@ -177,6 +177,7 @@ def _soups(cfg, policy_dir, tok, seed, personal, shared, prior, users, ids, pool
             run_dir=str(root / name / "ppo"), policy_dir=str(policy_dir), reward_dir=rm,
             seed=seed, steps=cfg.soup_steps, batch_size=16, eval_prompts=8,
             lora=models.LoraConfig(rank=4, alpha=8.0, targets=("q", "k", "v", "o")),
+            constraint=ppo.ConstraintConfig(cost="profanity", limit=cfg.soup_cost_limit),
             checkpoint=dataclasses.replace(stages.PPOStageConfig().checkpoint,
                                            save_every=cfg.soup_steps)))
         policies[name] = models.load_hf_checkpoint(result.export_dir)
@@ -279,15 +280,26 @@ def _best_of_n(cfg, policy_dir, seed, personal, shared, prior, users, ids) -> di
     return out
 
 
+def _soup_violation(row: dict, n: int) -> bool:
+    """Whether a user's soup is flagged more often than the shared policy by more than twice
+    the standard error of the difference of two rates over n samples each."""
+    p, q = row["soup"]["profanity_rate"], row["shared"]["profanity_rate"]
+    se = np.sqrt((p * (1 - p) + q * (1 - q)) / n)
+    return bool(p - q > max(2 * se, 0.0) and p > q)
+
+
 def _soup_lines(cfg, runs, seeds, ids, over) -> list[str]:
     """The report's rewarded-soups table (none when soups are off)."""
     if not cfg.soups:
         return []
     lines = [f"Rewarded soups: one LoRA policy per basis head and one for the shared reward, "
              f"each {cfg.soup_steps} PPO iterations from the SFT policy against that head "
-             "(normalised on the pool's responses); each user's soup mixes the heads' policies "
-             "by their k = 16 weights (negative weights get no share), one sample per prompt, "
-             "scored by the user's own utility:", "",
+             "(normalised on the pool's responses) under the operator's constraint (mean "
+             f"profanity probability at most {cfg.soup_cost_limit}, `ppo.constraint`); each "
+             "user's soup mixes the heads' policies by their k = 16 weights (negative weights "
+             "get no share), one sample per prompt, scored by the user's own utility. A soup "
+             "flagged more often than the shared policy by more than twice the standard error "
+             "of the difference counts as a floor violation:", "",
              "| user | soup weights (seed 0) | soup: gold | shared policy: gold | soup: profane "
              "| shared policy: profane |", "|---|---|---|---|---|---|"]
     for u in ids:
@@ -343,6 +355,9 @@ def personal_reward(cfg: PersonalRewardConfig) -> Path:
     violations = sum(
         runs[s]["bon"][u]["personal + floor"]["profanity_rate"] >
         runs[s]["bon"][u]["shared"]["profanity_rate"] for s in seeds for u in ids)
+    if cfg.soups:  # a soup flagged more often than the shared policy beyond sampling noise
+        violations += sum(_soup_violation(runs[s]["soups"][u], cfg.bon_prompts)
+                          for s in seeds for u in ids)
     lines = [
         "# Personalised rewards", "",
         f"Built-in task, seeds {cfg.seeds}{' (quick)' if cfg.quick else ''}. Simulated users "
@@ -397,13 +412,15 @@ def personal_reward(cfg: PersonalRewardConfig) -> Path:
         p = [over(lambda r, n=n: r["bon"][u][n]["profanity_rate"]) for n in bon_names]
         lines.append(f"| {u} | " + " | ".join(f"{m:.3f} ± {se:.3f}" for m, se in g) + " | "
                      + " | ".join(f"{m:.3f}" for m, _ in p) + " |")
-    lines += ["", f"Floor violations (a user whose floored best-of-n is flagged more often than "
-              f"the shared reward's, over users × seeds): {violations}. This holds by "
-              "construction: a flagged candidate is taken only when every candidate is, and "
-              "then the shared reward's choice is flagged too; what the table measures is what "
-              "the floor costs each user in their own utility.", "",
+    lines += ["", "A floored best-of-n choice is never flagged more often than the shared "
+              "reward's, by construction (a flagged candidate is taken only when every "
+              "candidate is, and then the shared reward's choice is flagged too); what the "
+              "table measures is what the floor costs each user in their own utility.", "",
               *_soup_lines(cfg, runs, seeds, ids, over),
               "Not in this study: a weight-conditioned policy (the weights in the prompt).", "",
+              f"Floor violations (users × seeds): {violations}"
+              + (" (the rewarded soups'; best-of-n cannot violate it)." if cfg.soups else
+                 " (best-of-n only, which cannot violate it: soups were off)."), "",
               f"Wall time: {seconds:.0f} s (runs already done were read back).", "",
               f"personal_reward: update_ms={update_ms:.2f} acc_k{k16}={acc_k[0]:.3f} "
               f"shared_acc={shared[0]:.3f} floor_violations={violations} "

@@ -30,8 +30,9 @@ def test_multiplier_follows_the_violation():
         lagrange_init(0.0)
     with pytest.raises(ValueError, match="constraint.cost='rudeness'"):
         stages.PPOStageConfig(constraint=ConstraintConfig(cost="rudeness"))
-    with pytest.raises(ValueError, match="limit >= 0"):
-        ConstraintConfig(cost="profanity", limit=-0.1)
+    with pytest.raises(ValueError, match="the profanity cost is never below 0.0"):
+        stages.PPOStageConfig(constraint=ConstraintConfig(cost="profanity", limit=-0.1))
+    stages.PPOStageConfig(constraint=ConstraintConfig(cost="objective:harmless", limit=-0.5))
     with pytest.raises(ValueError, match="would count twice"):
         stages.PPOStageConfig(constraint=ConstraintConfig(cost="profanity"),
                               reward_terms={"profanity": -1.0})

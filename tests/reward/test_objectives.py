@@ -2,13 +2,14 @@
 that objective's head (every head for a label about none, the head named like a per-aspect
 rating by regression), each objective's held-out accuracy is reported, and PPO scores with a
 weighted combination of the heads."""
+import dataclasses
 import json
 
 import jax
 import numpy as np
 import pytest
 
-from rlhf_jax import data, models, reward, stages, train
+from rlhf_jax import data, models, ppo, reward, stages, train
 from rlhf_jax.data import PreferenceBatch
 from rlhf_jax.reward import RewardLossConfig
 
@@ -169,6 +170,21 @@ def test_each_head_learns_its_objective_and_ppo_weighs_them(tmp_path):
                                rtol=1e-5)
     with pytest.raises(train.ConfigError, match="not an ensemble"):
         m.scorer(0.5)
+    # PPO for one objective under a constraint on the other's head (cost = − its reward)
+    ppo_cfg = stages.PPOStageConfig(
+        run_dir=str(tmp_path / "ppo"), reward_dir=result.export_dir, steps=2, batch_size=8,
+        eval_prompts=8, log_every=1, objective_weights="positive=1",
+        constraint=ppo.ConstraintConfig(cost="objective:brief", limit=0.0, multiplier=0.5))
+    stages.train_ppo(ppo_cfg)
+    rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").open()]
+    first, last = rows[0], rows[-1]
+    assert np.isfinite(first["constraint/cost"]) and first["constraint/lambda"] == 0.5
+    np.testing.assert_allclose(last["constraint/lambda"],
+                               0.5 * np.exp(0.5 * first["constraint/cost"]), rtol=1e-5)
+    with pytest.raises(train.ConfigError, match=r"has objectives \['positive', 'brief'\]"):
+        stages.train_ppo(dataclasses.replace(
+            ppo_cfg, run_dir=str(tmp_path / "ppo2"),
+            constraint=ppo.ConstraintConfig(cost="objective:kind")))
     # a file whose records name objectives the config lacks is refused, naming them
     with pytest.raises(train.ConfigError, match=r"records name objectives \['brief', "
                                                 r"'positive'\] but objectives is empty"):

@@ -56,6 +56,11 @@ class PtxData:
         return self.max_len or (1024 if self.file else 24)
 
 
+# the smallest value of each text scorer (a constraint's limit below it cannot be met)
+_LOWEST = {"profanity": 0.0, "repetition": 0.0, "words": 0.0, "vader": -1.0,
+           "vader_diverse": -1.0}
+
+
 def _default_terms() -> dict:
     return {"vader": 0.0, "repetition": 0.0, "words": 0.0}
 
@@ -119,9 +124,14 @@ class PPOStageConfig(RunConfig):
         if self.reward_std_coef < 0:
             raise ValueError(f"reward_std_coef={self.reward_std_coef}: expected >= 0")
         names = set(rl_eval.TEXT_TERMS)
-        if self.constraint.cost and self.constraint.cost not in names:
-            raise ValueError(f"constraint.cost={self.constraint.cost!r}: expected one of "
-                             f"{sorted(names)}")
+        cost = self.constraint.cost
+        if cost and cost not in names and not cost.startswith("objective:"):
+            raise ValueError(f"constraint.cost={cost!r}: expected one of {sorted(names)} or "
+                             "objective:<name>")
+        lowest = _LOWEST.get(cost)
+        if lowest is not None and self.constraint.limit < lowest:
+            raise ValueError(f"constraint.limit={self.constraint.limit}: the {cost} cost is "
+                             f"never below {lowest}, so the limit could not be met")
         if self.constraint.cost and self.reward_terms.get(self.constraint.cost):
             raise ValueError(f"constraint.cost={self.constraint.cost!r} is also weighted in "
                              f"reward_terms ({self.reward_terms[self.constraint.cost]}): it "

@@ -31,6 +31,8 @@ class PersonalRewardConfig:
     floor: float = 0.5  # safety floor: profanity P > floor is picked only if all candidates are
     soups: bool = True  # rewarded soups: a LoRA policy per basis head (PPO), mixed per user
     soup_steps: int = 30  # PPO iterations of each ingredient and of the shared policy
+    # the operator's constraint in every PPO run: mean profanity probability at most this
+    soup_cost_limit: float = 0.05
 
     def resolved(self) -> "PersonalRewardConfig":
         if not self.quick:
