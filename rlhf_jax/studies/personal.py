@@ -308,7 +308,20 @@ def _soup_lines(cfg, runs, seeds, ids, over) -> list[str]:
         w = ", ".join(f"{x:.2f}" for x in runs[seeds[0]]["soups"][u]["weights"])
         lines.append(f"| {u} | {w} | {s[0][0]:.3f} ± {s[0][1]:.3f} | {s[1][0]:.3f} ± "
                      f"{s[1][1]:.3f} | {p[0][0]:.3f} | {p[1][0]:.3f} |")
-    return lines + [""]
+    gain = over(lambda r: float(np.mean([r["soups"][u]["soup"]["gold"] -
+                                         r["soups"][u]["shared"]["gold"] for u in ids])))
+    verdict = ("the soups beat the shared policy" if gain[0] > 2 * gain[1] else
+               "the soups do worse than the shared policy" if gain[0] < -2 * gain[1] else
+               "the soups do not beat the shared policy here (the difference is within two "
+               "standard errors)")
+    flagged = over(lambda r: float(np.mean([r["soups"][u]["shared"]["profanity_rate"]
+                                            for u in ids])))
+    note = (f" The policies did not reach the constraint in {cfg.soup_steps} iterations: the "
+            f"shared policy's samples are flagged {flagged[0]:.2f} of the time (a flag is "
+            f"P > {cfg.floor}; the limit is a mean probability of {cfg.soup_cost_limit})."
+            if flagged[0] > cfg.soup_cost_limit else "")
+    return lines + ["", f"Mean over users, soup minus shared policy in the user's own utility: "
+                        f"{gain[0]:+.3f} ± {gain[1]:.3f}: {verdict}.{note}", ""]
 
 
 def personal_reward(cfg: PersonalRewardConfig) -> Path:
