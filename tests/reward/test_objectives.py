@@ -4,6 +4,10 @@ rating by regression), each objective's held-out accuracy is reported, and PPO s
 weighted combination of the heads."""
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,6 +16,8 @@ import pytest
 from rlhf_jax import data, models, ppo, reward, stages, train
 from rlhf_jax.data import PreferenceBatch
 from rlhf_jax.reward import RewardLossConfig
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_names_and_weights_are_checked():
@@ -128,6 +134,19 @@ def _records(n, seed):
 
 @pytest.mark.slow
 def test_each_head_learns_its_objective_and_ppo_weighs_them(tmp_path):
+    """The stages in a process of their own on one CPU device, as a user runs them (in the
+    test process's 8 fake devices on 2 cores, XLA's collectives were seen to abort under
+    load); every check is in `_each_head_scenario`."""
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    code = ("import sys; from pathlib import Path; from tests.reward.test_objectives import "
+            "_each_head_scenario; _each_head_scenario(Path(sys.argv[1]))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+def _each_head_scenario(tmp_path):
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _records(1400, 0)))
     cfg = train.config_from_dict(stages.RewardConfig, {
