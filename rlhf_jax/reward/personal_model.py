@@ -32,6 +32,22 @@ def _bucket(n: int) -> int:
     return max(_MIN_ROWS, 1 << max(n - 1, 0).bit_length())
 
 
+def fit_posterior(d, prior: tuple, init=None) -> tuple[np.ndarray, np.ndarray]:
+    """The Laplace posterior (mean, cov) of a user's weights from comparisons' feature
+    differences `d` [k, K'] (k may be 0: the prior) and the prior (μ₀, Σ₀), from `init` (default
+    μ₀): `reward.personal.laplace_posterior` on rows padded to a power of two, so that few
+    shapes compile."""
+    mean0 = np.asarray(prior[0], np.float32)
+    d = np.asarray(d, np.float32).reshape(-1, len(mean0))
+    size = _bucket(len(d))
+    padded = np.zeros((size, len(mean0)), np.float32)
+    padded[:len(d)] = d
+    valid = (np.arange(size) < len(d)).astype(np.float32)
+    mean, cov = laplace_posterior(padded, valid, jnp.asarray(mean0), jnp.asarray(prior[1]),
+                                  jnp.asarray(mean0 if init is None else init))
+    return np.asarray(mean), np.asarray(cov)
+
+
 class PersonalRewardModel:
     """r_u(x, y) = w_u · φ(x, y) for every user u: `update(user, comparison)` after each of
     their labels, `score(user, prompts, responses)`, `weights(user)` (posterior mean and
@@ -142,13 +158,7 @@ class PersonalRewardModel:
         return self.weights(user)
 
     def _fit(self, d: np.ndarray, init) -> tuple[np.ndarray, np.ndarray]:
-        size = _bucket(len(d))
-        padded = np.zeros((size, self.num_basis), np.float32)
-        padded[:len(d)] = d
-        valid = (np.arange(size) < len(d)).astype(np.float32)
-        mean, cov = laplace_posterior(padded, valid, jnp.asarray(self.prior[0]),
-                                      jnp.asarray(self.prior[1]), jnp.asarray(init))
-        return np.asarray(mean), np.asarray(cov)
+        return fit_posterior(d, self.prior, init)
 
     def score(self, user: str, prompts: Sequence, responses: Sequence) -> np.ndarray:
         """r_u = E[w_u] · φ(x, y) [N] under `user`'s posterior (the prior's mean if unseen)."""

@@ -21,10 +21,10 @@ from rlhf_jax.studies.common import (band_plot, cached_json, int_list, mean_se, 
                                      study_tokenizer, write_report)
 from rlhf_jax.studies.configs.personal import PersonalRewardConfig
 from rlhf_jax.studies.learner import Learner, LearnerConfig
+from rlhf_jax.reward.personal_model import fit_posterior
 from rlhf_jax.studies.personal_policy import (basis_rewards, best_of_n_per_user,
                                               rewarded_soups, signed_differences,
-                                              soup_report_lines, soup_violation,
-                                              user_posterior)
+                                              soup_report_lines, soup_violation)
 from rlhf_jax.studies.users import USERS, SimulatedUsers, judge_features, user_pairs
 
 
@@ -76,7 +76,7 @@ def _seed_run(cfg: PersonalRewardConfig, tok, seed: int) -> dict:
         d_own = signed_differences(personal, own, labels)
         row["personal"], row["scratch"] = {}, {}
         for k in ks:
-            mean, _ = user_posterior(d_own[:k], prior)
+            mean, _ = fit_posterior(d_own[:k], prior)
             row["personal"][str(k)] = _accuracy(d_test @ mean, gold)
             if k == 0:
                 row["scratch"][str(k)] = 0.5  # no labels: no preference
@@ -86,7 +86,7 @@ def _seed_run(cfg: PersonalRewardConfig, tok, seed: int) -> dict:
                 row["scratch"][str(k)] = _accuracy(scratch.score_pairs(test)[0][:, 0], gold)
         # the recovered weights: the user's reward regressed on the judges over the pool's
         # responses, against the true weights (cosine)
-        mean16, _ = user_posterior(d_own[:16], prior)
+        mean16, _ = fit_posterior(d_own[:16], prior)
         implied = np.linalg.lstsq(np.c_[pool_g, np.ones(len(pool_g))], phi_pool @ mean16,
                                   rcond=None)[0][:-1]
         truth = np.asarray(USERS[user])
@@ -100,7 +100,7 @@ def _seed_run(cfg: PersonalRewardConfig, tok, seed: int) -> dict:
             chosen, curve = [], []
             order = np.random.default_rng([seed, 6, i]).permutation(len(pool))
             for t in range(cfg.active_labels):
-                mean, cov = user_posterior(signed_pool[chosen], prior)
+                mean, cov = fit_posterior(signed_pool[chosen], prior)
                 if arm == "active":
                     info = np.array(reward.expected_information(
                         jnp.asarray(mean), jnp.asarray(cov), jnp.asarray(d_pool)))
@@ -108,7 +108,7 @@ def _seed_run(cfg: PersonalRewardConfig, tok, seed: int) -> dict:
                     chosen.append(int(np.argmax(info)))
                 else:
                     chosen.append(int(order[t]))
-                curve.append(_accuracy(d_test @ user_posterior(signed_pool[chosen], prior)[0],
+                curve.append(_accuracy(d_test @ fit_posterior(signed_pool[chosen], prior)[0],
                                        gold))
             row[arm] = curve
         out["users"][user] = row

@@ -13,19 +13,9 @@ import numpy as np
 from rlhf_jax import models, ppo, reward, stages
 from rlhf_jax.data import builtin
 from rlhf_jax.eval.scorers import profanity_probabilities
+from rlhf_jax.reward.personal_model import fit_posterior
 from rlhf_jax.sampling import SamplingConfig, TextSampler
 from rlhf_jax.studies.users import USERS, judge_features, user_pairs
-
-
-def user_posterior(d, prior):
-    """The Laplace posterior (mean, cov) from feature differences d [k, K'] (k may be 0)."""
-    k = len(d)
-    size = max(8, 1 << max(k - 1, 0).bit_length())
-    padded = np.zeros((size, d.shape[1] if k else len(prior[0])), np.float32)
-    padded[:k] = d
-    mean, cov = reward.laplace_posterior(padded, (np.arange(size) < k).astype(np.float32),
-                                         *prior)
-    return np.asarray(mean), np.asarray(cov)
 
 
 def signed_differences(learner, pairs, labels):
@@ -88,7 +78,7 @@ def rewarded_soups(cfg, policy_dir, tok, seed, personal, shared, prior, users, i
     for i, user in enumerate(ids):
         own = user_pairs(np.random.default_rng([seed, 3, i]), 16)
         labels = users.label(user, own, np.random.default_rng([seed, 4, i]))
-        mean, _ = user_posterior(signed_differences(personal, own, labels), prior)
+        mean, _ = fit_posterior(signed_differences(personal, own, labels), prior)
         lam = models.soup_weights(mean)
         _, soup = models.rewarded_soup(config, [policies[f"head{k}"][1]
                                                 for k in range(cfg.basis)], lam)
@@ -136,7 +126,7 @@ def best_of_n_per_user(cfg, policy_dir, seed, personal, shared, prior, users, id
     for i, user in enumerate(ids):
         own = user_pairs(np.random.default_rng([seed, 3, i]), 16)
         labels = users.label(user, own, np.random.default_rng([seed, 4, i]))
-        mean, _ = user_posterior(signed_differences(personal, own, labels), prior)
+        mean, _ = fit_posterior(signed_differences(personal, own, labels), prior)
         utility = g @ np.asarray(USERS[user])
         mine = phi @ mean
         floored = np.where(profane > cfg.floor, -np.inf, mine)
