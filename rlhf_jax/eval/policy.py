@@ -50,7 +50,8 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
                     sampling: SamplingConfig, tokenizer,
                     gold_fn: Optional[Callable[[str, str], float]] = None,
                     proxy_fn: Optional[Callable] = None, proxy_params=None,
-                    prompt_texts: Optional[Sequence] = None) -> dict:
+                    prompt_texts: Optional[Sequence] = None,
+                    cost_fn: Optional[Callable] = None) -> dict:
     """Sample one response per prompt row and judge it.
 
     Returns per-sample rows (prompt, response, gold, proxy, kl, kl_k3, length, eos, profanity,
@@ -63,7 +64,9 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
     probability (`eval.scorers.profanity_probabilities`, one call for all responses) with its
     flag `profane` = 1 when it exceeds 0.5.
     The reference is read with adapters off (`config.without_lora()`): with LoRA, pass the
-    policy's own parameters as `ref_params`. `prompt_texts` (one per row: text or a message
+    policy's own parameters as `ref_params`. `cost_fn(prompt_tokens, prompt_mask,
+    response_tokens, response_mask)` (host arrays; e.g. a constrained cost, `ppo.RewardTerm`'s
+    `fn`) adds each row's `cost`. `prompt_texts` (one per row: text or a message
     list) are the rows' prompts as given, kept in the rows and shown to `gold_fn` as text
     (`data.prompt_text`); without them a prompt is its decoded tokens. A response is decoded
     without control tokens (a chat template's end of turn included).
@@ -90,6 +93,9 @@ def evaluate_policy(params, ref_params, config: TransformerConfig, prompts: dict
                      "length": int(rm.sum()), "eos": bool(eos)})
     for row, prob in zip(rows, profanity_probabilities([r["response"] for r in rows])):
         row["profanity"], row["profane"] = float(prob), int(prob > PROFANITY_THRESHOLD)
+    if cost_fn is not None:
+        for row, c in zip(rows, np.asarray(cost_fn(*host[:4]), np.float64)):
+            row["cost"] = float(c)
     return {"summary": summarise(rows), "rows": rows}
 
 
@@ -123,12 +129,20 @@ def best_of_n_kl(n: int) -> float:
 def evaluate_best_of_n(ref_params, config: TransformerConfig, prompts: dict, key, *, n: int,
                        sampling: SamplingConfig, tokenizer, proxy_fn: Callable, proxy_params,
                        gold_fn: Optional[Callable[[str, str], float]] = None,
-                       chunk: int = 256, prompt_texts: Optional[Sequence] = None) -> dict:
+                       chunk: int = 256, prompt_texts: Optional[Sequence] = None,
+                       cost_fn: Optional[Callable] = None, cost_limit: float = 0.0) -> dict:
     """Best-of-n reranking: sample `n` responses per prompt row from the policy, keep the one
     the proxy (reward model) scores highest, and judge it as `evaluate_policy` does. The KL
     is the analytic `best_of_n_kl(n)` for every row (an upper bound when samples repeat; the
     sampled-token estimates are 0: the samples come from the reference itself, so the rows
-    carry no `kl_k3`). Rows are sampled in chunks of `chunk`."""
+    carry no `kl_k3`). Rows are sampled in chunks of `chunk`.
+
+    With a `cost_fn` (as `evaluate_policy`'s) the choice is constrained: only candidates whose
+    cost is at most `cost_limit` compete, and a prompt whose n candidates all exceed it keeps
+    its least costly one, so no reward buys a candidate past the limit (rejection before
+    reranking: the best-of-n counterpart of Safe RLHF's constraint, Dai et al. 2023). The
+    summary then adds `cost` (mean ± s.e. over the chosen), `over_limit` (the fraction of
+    prompts with no candidate within the limit) and `limit`."""
     tokens, mask = (np.asarray(x) for x in jax.device_get((prompts["tokens"], prompts["mask"])))
     rep_t, rep_m = np.repeat(tokens, n, axis=0), np.repeat(mask, n, axis=0)
     texts = None if prompt_texts is None else [t for t in prompt_texts for _ in range(n)]
@@ -140,8 +154,19 @@ def evaluate_best_of_n(ref_params, config: TransformerConfig, prompts: dict, key
                                 tokenizer=tokenizer, gold_fn=gold_fn, proxy_fn=proxy_fn,
                                 proxy_params=proxy_params,
                                 prompt_texts=None if texts is None
-                                else texts[start:start + chunk])["rows"]
+                                else texts[start:start + chunk], cost_fn=cost_fn)["rows"]
     kl = best_of_n_kl(n)
-    best = [max(rows[i:i + n], key=lambda r: r["proxy"]) for i in range(0, len(rows), n)]
+    groups = [rows[i:i + n] for i in range(0, len(rows), n)]
+    if cost_fn is None:
+        best = [max(g, key=lambda r: r["proxy"]) for g in groups]
+    else:
+        allowed = [[r for r in g if r["cost"] <= cost_limit] for g in groups]
+        best = [max(ok, key=lambda r: r["proxy"]) if ok else min(g, key=lambda r: r["cost"])
+                for ok, g in zip(allowed, groups)]
     best = [{**{k: v for k, v in r.items() if k != "kl_k3"}, "kl": kl} for r in best]
-    return {"summary": {**summarise(best), "n": n}, "rows": best}
+    summary = {**summarise(best), "n": n}
+    if cost_fn is not None:
+        summary.update(cost=mean_se(np.array([r["cost"] for r in best], np.float64)),
+                       over_limit=float(np.mean([not ok for ok in allowed])),
+                       limit=float(cost_limit))
+    return {"summary": summary, "rows": best}

@@ -278,6 +278,13 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
                   "reward model prefers among that many samples of the starting policy; its KL "
                   "is the analytic log n − (n − 1)/n, exact for distinct samples and an upper "
                   "bound when they repeat.", ""]
+        limited = evaluation["after"]["summary"]
+        if "limit" in limited:  # constrained best-of-n (eval.evaluate_best_of_n)
+            figure[0] += (f" Only candidates whose {info.get('constraint_cost', 'cost')} is at "
+                          f"most {limited['limit']:g} compete; "
+                          f"{limited['over_limit']:.0%} of prompts had none and keep their "
+                          f"least costly sample (mean cost chosen "
+                          f"{limited['cost']['mean']:.3f} ± {limited['cost']['stderr']:.3f}).")
     else:
         _plot_offline(policy_rows, name, plots / "training.png")
         figure = [f"![training]({rel_of(plots, report_path)}/training.png)", "",

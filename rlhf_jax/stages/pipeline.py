@@ -18,7 +18,8 @@ from rlhf_jax.stages.configs.pipeline import (_PIPELINE_OWNED, METHODS, PPO_FAMI
                                               STAGES, PipelineConfig, _get, _replace)
 from rlhf_jax.stages.offline import train_offline
 from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
-from rlhf_jax.stages.ppo import PPOStageConfig, resolve_sampling, reward_scorer, train_ppo
+from rlhf_jax.stages.ppo import (PPOStageConfig, cost_term, resolve_sampling, reward_scorer,
+                                 train_ppo)
 from rlhf_jax.stages.reward import train_reward_model
 from rlhf_jax.stages.sft import train_sft
 
@@ -116,7 +117,9 @@ def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig,
     """The alignment metrics (`eval.evaluate_policy`: gold, proxy, KL, profanity rate,
     distinct-1/2, length) of the reference (the policy training started from) and the trained
     policy at `policy_dir` on the same prompts, sampled and scored as in PPO (`ppo_cfg`); with
-    `policy_dir=None`, "after" is best-of-`cfg.best_of_n` reranking of the reference. The
+    `policy_dir=None`, "after" is best-of-`cfg.best_of_n` reranking of the reference, constrained
+    when `ppo.constraint.cost` is set (each chosen response's cost at most its limit where a
+    candidate allows it: `eval.evaluate_best_of_n`). The
     "after" summary adds the win rate against the reference judged by gold (`eval.win_rate`,
     pairing rows prompt by prompt) on a second, independent sample of the reference: "before"
     and "after" share their random numbers (common random numbers, which make the gold and KL
@@ -135,8 +138,11 @@ def evaluate_before_after(cfg: PipelineConfig, ppo_cfg: PPOStageConfig,
     key = jax.random.key(cfg.seed + 200)
     out = {"before": rl_eval.evaluate_policy(ref, ref, config, prompts, key, **kw)}
     if policy_dir is None:
-        out["after"] = rl_eval.evaluate_best_of_n(ref, config, prompts, key, n=cfg.best_of_n,
-                                                  **kw)
+        cost = cost_term(ppo_cfg, tok, rm_config, rm_meta["num_outputs"],
+                         rm_meta.get("objectives", ()), rm_params)
+        out["after"] = rl_eval.evaluate_best_of_n(
+            ref, config, prompts, key, n=cfg.best_of_n, cost_fn=cost and cost.fn,
+            cost_limit=ppo_cfg.constraint.limit, **kw)
     else:
         _, after = models.load_hf_checkpoint(policy_dir)
         out["after"] = rl_eval.evaluate_policy(after, ref, config, prompts, key, **kw)
@@ -289,6 +295,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     ev = timed("evaluation", evaluate_before_after, cfg, ppo_cfg, trained, gold_fn)
     info = {"seed": cfg.seed, "stage_seconds": seconds, **labels, "gold": cfg.gold,
             "method": cfg.method, "best_of_n": cfg.best_of_n,
+            "constraint_cost": cfg.ppo.constraint.cost,
             "annotator_judge": cfg.annotator_judge,
             "annotator_temperatures": cfg.annotator_temperatures,
             "report_samples": cfg.report_samples, "run_dir": str(layout.root),

@@ -203,23 +203,26 @@ def _helpers(cfg: PPOStageConfig, kl_init) -> dict:
     return helpers
 
 
-def _cost_term(cfg: PPOStageConfig, tokenizer, m: PPOModels):
-    """The constrained cost as a host-side term (None without a constraint): a text scorer,
-    or minus a multi-objective reward model's head ("objective:<name>")."""
+def cost_term(cfg: PPOStageConfig, tokenizer, reward_config: TransformerConfig,
+              reward_outputs: int, objectives: Sequence[str], reward_params):
+    """`cfg.constraint`'s cost as a host-side `ppo.RewardTerm` on (prompt, response) tokens
+    (None without a constraint): a text scorer (`eval.TEXT_TERMS`), or minus a multi-objective
+    reward model's head ("objective:<name>"). PPO's Lagrangian and constrained best-of-n
+    (`eval.evaluate_best_of_n`) both read it."""
     name = cfg.constraint.cost
     if not name:
         return None
     if not name.startswith("objective:"):
         return ppo.text_reward_term(name, 0.0, tokenizer, rl_eval.TEXT_TERMS[name])
     objective = name[len("objective:"):]
-    if objective not in m.objectives:
+    if objective not in objectives:
         raise ConfigError(f"constraint.cost={name!r}: the reward model at {cfg.reward_dir} has "
-                          f"objectives {list(m.objectives) or 'none'}")
-    head = m.objectives.index(objective)
-    members = jax.jit(reward.reward_model_scorer(m.reward_config, m.reward_outputs).members)
+                          f"objectives {list(objectives) or 'none'}")
+    head = list(objectives).index(objective)
+    members = jax.jit(reward.reward_model_scorer(reward_config, reward_outputs).members)
 
     def minus_head(prompt_tokens, prompt_mask, response_tokens, response_mask):
-        out = members(m.reward_params, prompt_tokens, prompt_mask, response_tokens,
+        out = members(reward_params, prompt_tokens, prompt_mask, response_tokens,
                       response_mask)
         return -np.asarray(jax.device_get(out), np.float32)[:, head]
 
@@ -427,7 +430,9 @@ def train_ppo(cfg: PPOStageConfig, *,
         rollout=cfg.rollout, ppo=cfg.ppo, tx=tx, kl_update=kl_update,
         reward_terms=_reward_terms(cfg, tokenizer) + tuple(extra_reward_terms)
         + ((recorder.term,) if recorder else ()),
-        constraint=cfg.constraint, cost=_cost_term(cfg, tokenizer, m),
+        constraint=cfg.constraint,
+        cost=cost_term(cfg, tokenizer, m.reward_config, m.reward_outputs, m.objectives,
+                       m.reward_params),
         place_batch=lambda b: train.global_batch_from_local(b, mesh, rules))
     step = recorder.wrap(step) if recorder else step
     step = check_first_iteration(step, layout, cfg, sampling)

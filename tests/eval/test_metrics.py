@@ -189,6 +189,40 @@ def test_best_of_n_rows_pair_with_the_reference_rows(tiny):
     assert {"profanity_rate", "distinct_1", "distinct_2"} <= set(bon["summary"])
 
 
+def test_constrained_best_of_n_never_buys_a_candidate_past_the_limit(tiny):
+    """Each prompt's choice is the proxy's best among candidates whose cost is within the
+    limit, or its least costly candidate when none is; recomputed here from every candidate
+    (one chunk: the same random numbers as `evaluate_policy` on the repeated prompts)."""
+    cfg, params = tiny
+    prompts = {"tokens": jnp.arange(18).reshape(6, 3) + 1, "mask": jnp.ones((6, 3), jnp.int32)}
+    cost = lambda pt, pm, rt, rm: (rt[:, 1] % 7).astype(np.float32)  # noqa: E731
+    kw = dict(sampling=SamplingConfig(max_new_tokens=4), tokenizer=_WordTok(),
+              proxy_fn=lambda p, pt, pm, rt, rm: rt[:, 0].astype(jnp.float32), proxy_params=None)
+    n, limit = 4, 2.0
+    rep = {k: jnp.repeat(v, n, axis=0) for k, v in prompts.items()}
+    every = rl_eval.evaluate_policy(params, params, cfg, rep, jax.random.fold_in(
+        jax.random.key(3), 0), cost_fn=cost, **kw)["rows"]
+    out = rl_eval.evaluate_best_of_n(params, cfg, prompts, jax.random.key(3), n=n, chunk=64,
+                                     cost_fn=cost, cost_limit=limit, **kw)
+    expected, none_ok = [], 0
+    for i in range(0, len(every), n):
+        group = every[i:i + n]
+        ok = [r for r in group if r["cost"] <= limit]
+        none_ok += not ok
+        expected.append(max(ok, key=lambda r: r["proxy"]) if ok
+                        else min(group, key=lambda r: r["cost"]))
+    assert [r["response"] for r in out["rows"]] == [r["response"] for r in expected]
+    assert [r["cost"] for r in out["rows"]] == [r["cost"] for r in expected]
+    s = out["summary"]
+    assert s["over_limit"] == pytest.approx(none_ok / 6) and s["limit"] == limit
+    assert s["cost"]["mean"] == pytest.approx(np.mean([r["cost"] for r in expected]))
+    # the unconstrained choice differs somewhere: the constraint did something here
+    free = rl_eval.evaluate_best_of_n(params, cfg, prompts, jax.random.key(3), n=n, chunk=64,
+                                      **kw)
+    assert [r["response"] for r in free["rows"]] != [r["response"] for r in out["rows"]]
+    assert "cost" not in free["summary"]
+
+
 def _summary(m: float, win: bool) -> dict:
     s = {"gold": {"mean": m, "stderr": 0.011}, "proxy": {"mean": m + 1, "stderr": 0.12},
          "kl": {"mean": m + 2, "stderr": 0.13}, "length": {"mean": 5.25, "stderr": 0.375},

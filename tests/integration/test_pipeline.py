@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rlhf_jax import stages, train
@@ -90,6 +91,33 @@ def test_local_checkpoint_and_preference_file(run, tmp_path):
     assert "kto/kl_reference_point" in rows[-1] or "kto/kl_reference_point" in rows[-2]
     summary = json.loads((out / "reward" / "eval_summary.json").read_text())
     assert summary["data"]["read"] == 120
+
+
+def test_best_of_n_under_the_profanity_floor(run):
+    """Best-of-n with `ppo.constraint.cost=profanity`: no chosen response is flagged where a
+    clean candidate existed, although the reward model alone would pick some flagged ones."""
+    from rlhf_jax.eval import TEXT_TERMS
+    from rlhf_jax.stages.pipeline import evaluate_before_after
+
+    base = train.config_from_dict(stages.PipelineConfig, train.parse_config(
+        [f"--config.run_dir={run}", *TINY, "--config.method=best_of_n", "--config.best_of_n=4",
+         "--config.eval_samples=24", "--config.ppo.constraint.cost=profanity",
+         "--config.ppo.constraint.limit=0.5"],
+        str(ROOT / "experiments" / "configs" / "pipeline.py")))
+    ppo_cfg = dataclasses.replace(base.ppo, policy_dir=str(run / "sft" / "export"),
+                                  reward_dir=str(run / "reward" / "export"))
+    after = evaluate_before_after(base, ppo_cfg, None, TEXT_TERMS["vader"])["after"]
+    s = after["summary"]
+    assert s["limit"] == 0.5 and s["n"] == 4
+    for row in after["rows"]:
+        assert row["cost"] == pytest.approx(row["profanity"], abs=1e-6)
+    chosen_over = np.mean([r["cost"] > 0.5 for r in after["rows"]])
+    assert chosen_over == pytest.approx(s["over_limit"])  # flagged only where all were
+    free = dataclasses.replace(ppo_cfg, constraint=dataclasses.replace(ppo_cfg.constraint,
+                                                                       cost=""))
+    unconstrained = evaluate_before_after(base, free, None, TEXT_TERMS["vader"])["after"]
+    assert "limit" not in unconstrained["summary"]
+    assert unconstrained["summary"]["profanity_rate"]["mean"] > s["profanity_rate"]["mean"]
 
 
 def test_changed_config_is_refused(run):

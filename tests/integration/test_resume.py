@@ -1,6 +1,6 @@
-"""Exact resume: SIGKILL at a random step of the SFT, reward-model, PPO (full and LoRA) and
-offline (KTO) stages, rerun, and the
-exported parameters are bitwise equal to an uninterrupted run's, with every step logged once."""
+"""Exact resume: SIGKILL at a random step of the SFT, reward-model, PPO (full, and LoRA with a
+cost constraint) and offline (KTO) stages, rerun, and the exported parameters are bitwise equal
+to an uninterrupted run's, with every step logged once."""
 import json
 import os
 import random
@@ -39,9 +39,12 @@ def _cmd(stage, run_dir, reward_dir=None):
         "offline": ["--config.batch_size=16", "--config.data.builtin_pairs=200",
                     "--config.eval_every=8", "--config.loss.method=kto"],
     }
-    # LoRA: frozen base split from the adapters in every update, the critic adapted too
+    # LoRA: frozen base split from the adapters in every update, the critic adapted too; a
+    # profanity constraint whose multiplier λ (a train-state helper) moves every iteration
     extra["ppo_lora"] = extra["ppo"] + ["--config.lora.rank=4",
-                                        "--config.optim.learning_rate=1e-3"]
+                                        "--config.optim.learning_rate=1e-3",
+                                        "--config.constraint.cost=profanity",
+                                        "--config.constraint.limit=0.0"]
     extra = extra[stage]
     script = {"sft": "train_sft.py", "reward": "train_reward.py", "ppo": "train_ppo.py",
               "offline": "train_offline.py", "ppo_lora": "train_ppo.py"}[stage]
@@ -155,6 +158,9 @@ def test_ppo_run_records_its_kl_state_timings_and_samples(references):
     rows = [json.loads(x) for x in (references[0] / "ppo" / "metrics.jsonl").open()]
     betas = [r["kl/beta"] for r in rows if "kl/beta" in r]
     assert len(betas) == STEPS["ppo"] and len(set(betas)) == len(betas)
+    lora_rows = [json.loads(x) for x in (references[0] / "ppo_lora" / "metrics.jsonl").open()]
+    lambdas = [r["constraint/lambda"] for r in lora_rows if "constraint/lambda" in r]
+    assert len(lambdas) == STEPS["ppo_lora"] and len(set(lambdas)) == len(lambdas)
     assert {"time/generate", "time/score", "time/update"} <= set(rows[-1])
     before = [json.loads(x) for x in (references[0] / "ppo" / "samples_before.jsonl").open()]
     assert len(before) == 8 and all("response" in r for r in before)
