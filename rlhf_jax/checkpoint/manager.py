@@ -4,9 +4,12 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 by a crash never looks finished; tmp leftovers are removed on the next start. Once a step is
 finished, `integrity.json` records the SHA-256 of every file in it; `restore` verifies it, so a
 flipped bit in an array file or edited JSON metadata is caught like a file that no longer
-parses. A damaged step is moved aside into `damaged/` (kept for inspection, out of the keep-last
+parses. A step without a manifest (a save interrupted before sealing, or a directory that lost
+its files) is restored unverified, and counts as damaged when that fails: nothing vouches for
+it. A damaged step is moved aside into `damaged/` (kept for inspection, out of the keep-last
 slots, so a later save of that step number succeeds), and `restore` warns, naming the bad and
-the fallback step, and uses the newest readable one.
+the fallback step, and uses the newest readable one, or none (a fresh start) when every step
+was damaged.
 """
 from __future__ import annotations
 
@@ -107,6 +110,7 @@ class Checkpointer:
         self.cfg = cfg
         self.directory = Path(cfg.directory).absolute()
         self._seal_lock = threading.Lock()
+        self._unfit: set[int] = set()  # verified steps that failed to restore into this run
         keep = [policies.LatestN(cfg.keep_last)]
         if cfg.keep_best:
             metric = cfg.best_metric
@@ -140,6 +144,9 @@ class Checkpointer:
     def _move_aside(self, step: int) -> Path:
         """Move a damaged step into `damaged/` so that Orbax no longer counts it."""
         target = self.directory / "damaged" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 1
+        while target.exists():  # the same step damaged twice within a second: keep both
+            target, n = target.with_name(f"{target.name.split('.')[0]}.{n}"), n + 1
         if jax.process_index() == 0:
             target.parent.mkdir(exist_ok=True)
             shutil.move(str(self.directory / str(step)), str(target))
@@ -155,6 +162,10 @@ class Checkpointer:
              loop_state: Optional[dict] = None, force: bool = False) -> bool:
         """Start saving (asynchronously unless configured otherwise); True if a save began."""
         if step in self.manager.all_steps():
+            if step in self._unfit:
+                log.warning("checkpoint step %d in %s exists but did not restore into this run; "
+                            "it is kept and this save of step %d is skipped", step,
+                            self.directory, step)
             return False
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=ocp.args.JsonSave(data_state or {}),
@@ -174,16 +185,21 @@ class Checkpointer:
     def restore(self, abstract_state: Any, step: Optional[int] = None) -> Optional[Restored]:
         """Restore into `abstract_state` (ShapeDtypeStructs carrying the target shardings).
 
-        Without `step`, the newest readable checkpoint; None when there is none at all.
+        Without `step`, the newest readable checkpoint; None when there is none at all, or when
+        every step was damaged and moved aside (a fresh start, with a warning). A step that
+        verifies but does not fit this run stays in place; when no step restores and one such
+        is left, `NoReadableCheckpointError`.
         """
         steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
-        errors = []
+        errors, moved_any = [], False
         for i, s in enumerate(steps):
+            sealed = True
             try:
-                if not verify_step(self.directory / str(s)):
+                sealed = verify_step(self.directory / str(s))
+                if not sealed:
                     log.warning("checkpoint step %d in %s has no integrity manifest (its save "
-                                "was interrupted before sealing); restoring it unverified", s,
-                                self.directory)
+                                "was interrupted before sealing, or its files are gone); "
+                                "restoring it unverified", s, self.directory)
                 out = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
                     data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore(),
@@ -191,10 +207,15 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - any failure means "unreadable", try older
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
                 nxt = steps[i + 1] if i + 1 < len(steps) else None
-                # a step whose files changed since it was saved is moved aside; one that merely
-                # does not fit this run (e.g. another model's state) is left where it is
-                moved = (f", moved to {self._move_aside(s)}"
-                         if isinstance(e, DamagedCheckpointError) else "")
+                # a step whose files changed since it was saved, or an unsealed one that does
+                # not restore (nothing vouches for its files), is moved aside, so that the run
+                # saves that step again; a verified step that merely does not fit this run
+                # (e.g. another model's state) is left where it is
+                if isinstance(e, DamagedCheckpointError) or not sealed:
+                    moved, moved_any = f", moved to {self._move_aside(s)}", True
+                else:
+                    moved = ""
+                    self._unfit.add(int(s))
                 log.warning("checkpoint step %d in %s is unreadable (%s: %s)%s; %s",
                             s, self.directory, type(e).__name__, str(e)[:300], moved,
                             f"falling back to step {nxt}" if nxt is not None else
@@ -202,9 +223,12 @@ class Checkpointer:
                 continue
             return Restored(step=int(s), state=out["state"], data_state=out["data"] or {},
                             config=out["config"] or {}, loop_state=out["loop"] or {})
-        if errors:
+        if errors and (self._unfit or step is not None):
             raise NoReadableCheckpointError(
                 f"no readable checkpoint in {self.directory}: " + "; ".join(errors))
+        if moved_any:
+            log.warning("no readable checkpoint left in %s (the damaged steps are in %s); "
+                        "starting from scratch", self.directory, self.directory / "damaged")
         return None
 
     def wait(self) -> None:

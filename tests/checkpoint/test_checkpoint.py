@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -80,7 +81,7 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, caplog):
     assert "checkpoint step 20" in caplog.text and "falling back to step 10" in caplog.text
 
 
-def test_nothing_readable_and_empty(tmp_path):
+def test_nothing_readable_and_empty(tmp_path, caplog):
     assert Checkpointer(CheckpointConfig(str(tmp_path / "empty"))).restore(_abstract()) is None
     ck = Checkpointer(CheckpointConfig(str(tmp_path / "bad"), async_save=False))
     ck.save(1, _tiny_state(1))
@@ -88,8 +89,58 @@ def test_nothing_readable_and_empty(tmp_path):
     for root, _, files in os.walk(tmp_path / "bad" / "1"):
         for f in files:
             os.remove(os.path.join(root, f))
+    # the only step lost its files: moved aside (kept), and the run starts afresh
+    with caplog.at_level(logging.WARNING):
+        assert Checkpointer(CheckpointConfig(str(tmp_path / "bad"))).restore(_abstract()) is None
+    assert "starting from scratch" in caplog.text
+    assert [p.name[:2] for p in (tmp_path / "bad" / "damaged").iterdir()] == ["1-"]
+
+
+def test_step_that_does_not_fit_the_run_is_kept_and_named(tmp_path, caplog):
+    ck = Checkpointer(CheckpointConfig(str(tmp_path), async_save=False))
+    ck.save(1, _tiny_state(1))
+    ck.close()
+    other = dict(_abstract(), w=jax.ShapeDtypeStruct((5,), np.float32,
+                                                     sharding=_abstract()["w"].sharding))
+    ck = Checkpointer(CheckpointConfig(str(tmp_path), async_save=False))
     with pytest.raises(NoReadableCheckpointError, match="step 1"):
-        Checkpointer(CheckpointConfig(str(tmp_path / "bad"))).restore(_abstract())
+        ck.restore(other)
+    assert ck.steps() == [1] and not (tmp_path / "damaged").exists()  # another run's: kept
+    with caplog.at_level(logging.WARNING):
+        assert not ck.save(1, _tiny_state(1))
+    assert "did not restore into this run; it is kept and this save of step 1 is skipped" \
+        in caplog.text
+    ck.close()
+
+
+@pytest.mark.parametrize("loss", ["every_file", "whole_directory", "manifest_and_metadata"])
+def test_step_that_lost_its_files_is_moved_aside_and_saved_again(tmp_path, caplog, loss):
+    """A step without integrity.json that no longer restores counts as damaged: it used to be
+    left in place, so that the run's final save of that step was skipped silently and the
+    newest checkpoint stayed unreadable."""
+    step20 = _two_steps(tmp_path)
+    if loss == "every_file":
+        for path in [p for p in step20.rglob("*") if p.is_file()]:
+            path.unlink()
+    elif loss == "whole_directory":
+        shutil.rmtree(step20)
+        step20.mkdir()
+    else:
+        (step20 / "integrity.json").unlink()
+        (step20 / "config" / "metadata").unlink()
+    with caplog.at_level(logging.WARNING):
+        ck = Checkpointer(CheckpointConfig(str(tmp_path), async_save=False))
+        restored = ck.restore(_abstract())
+    assert restored.step == 10 and restored.data_state == {"next_index": 10}
+    moved = list((tmp_path / "damaged").iterdir())
+    assert len(moved) == 1 and moved[0].name.startswith("20-")
+    assert f"checkpoint step 20 in {tmp_path} is unreadable" in caplog.text
+    assert f"moved to {moved[0]}; falling back to step 10" in caplog.text
+    assert ck.steps() == [10]
+    assert ck.save(20, _tiny_state(21))
+    ck.close()
+    again = Checkpointer(CheckpointConfig(str(tmp_path))).restore(_abstract())
+    assert again.step == 20 and float(again.state["w"][0]) == 21
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):
