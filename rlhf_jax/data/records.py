@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import stat
 from collections import Counter
 from pathlib import Path
@@ -16,14 +15,11 @@ from typing import Any, Iterator, Optional
 
 from rlhf_jax.data import conversation as conv
 from rlhf_jax.data.conversation import ConversationError
+from rlhf_jax.data.record_checks import DataFormatError, check_ranks, json_problem, rating_value
 
 KINDS = ("pairwise", "ranking", "rating", "binary", "prompt", "text")
 # what a binary-feedback `label` may be: desirable / undesirable, or thumbs up 1 / down 0
 BINARY_LABELS = {"desirable": 1, "undesirable": 0, 1: 1, 0: 0}
-
-
-class DataFormatError(ValueError):
-    """A data file or one of its records is malformed."""
 
 
 @dataclasses.dataclass
@@ -145,8 +141,8 @@ def iter_raw_records(path) -> Iterator[tuple[int, Any]]:
                 continue
             try:
                 yield i, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield i, DataFormatError(f"{path}:{i}: not valid JSON ({e.msg})")
+            except (ValueError, RecursionError) as e:  # also nesting or digits beyond Python's
+                yield i, DataFormatError(f"{path}:{i}: {json_problem(e)}")
 
 
 def _starts_with(path: Path, char: bytes) -> bool:
@@ -189,8 +185,9 @@ def _json_array(path: Path) -> Iterator[tuple[int, Any]]:
         pos = skip(pos)
         try:
             value, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise DataFormatError(f"{path}:{line_of(e.pos)}: not valid JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:
+            at = e.pos if isinstance(e, json.JSONDecodeError) else pos
+            raise DataFormatError(f"{path}:{line_of(at)}: {json_problem(e)}") from None
         yield line_of(pos), value
         pos = skip(end)
         if text[pos:pos + 1] == ",":
@@ -316,22 +313,6 @@ def _pair(rec: dict, where: str) -> tuple:
             _completion(rec, "rejected", where, prompt))
 
 
-def _rating_value(value, name: str, where: str, rating_range) -> float:
-    if isinstance(value, str):  # UltraFeedback writes its ratings as strings
-        try:
-            value = float(value)
-        except ValueError:
-            raise DataFormatError(f"{where}: {name}={value!r} is not a number") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value):
-        raise DataFormatError(f"{where}: {name} must be a finite number")
-    low, high = rating_range
-    if not low <= value <= high:
-        raise DataFormatError(f"{where}: {name}={value} is outside the declared range "
-                              f"[{low}, {high}]")
-    return float(value)
-
-
 def _named_ratings(rec: dict, where: str, rating_range) -> dict:
     """The optional `ratings` field: named (per-aspect) ratings on the declared range."""
     ratings = rec.get("ratings")
@@ -340,7 +321,7 @@ def _named_ratings(rec: dict, where: str, rating_range) -> dict:
     if not isinstance(ratings, dict) or not ratings or not all(
             isinstance(k, str) and k for k in ratings):
         raise DataFormatError(f"{where}: field 'ratings' must map aspect names to ratings")
-    return {k: _rating_value(v, f"field 'ratings'[{k!r}]", where, rating_range)
+    return {k: rating_value(v, f"field 'ratings'[{k!r}]", where, rating_range)
             for k, v in ratings.items()}
 
 
@@ -374,8 +355,8 @@ def _ultrafeedback(rec: dict, kind: str, where: str, rating_range) -> list[dict]
             value = note.get("Rating") if isinstance(note, dict) else None
             if value in (None, "N/A"):
                 continue
-            aspects[name] = _rating_value(value, f"{at} annotations[{name!r}]", where,
-                                          rating_range or (1, 5))
+            aspects[name] = rating_value(value, f"{at} annotations[{name!r}]", where,
+                                         rating_range or (1, 5))
         if aspects and response.strip():
             scored.append(([{"role": "assistant", "content": response}],
                            sum(aspects.values()) / len(aspects), aspects))
@@ -477,16 +458,8 @@ def _validate(rec: Any, kind: str, where: str, rating_range, field: Optional[str
         responses = [_completion({"responses": r}, "responses", where, prompt)
                      for r in responses]
         ranks = rec.get("ranks")
-        if ranks is None:
-            ranks = list(range(len(responses)))  # given in preference order
-        elif (not isinstance(ranks, list) or len(ranks) != len(responses)
-              or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0
-                         for r in ranks)):
-            raise DataFormatError(f"{where}: field 'ranks' must be {len(responses)} "
-                                  "non-negative ints (0 = best, ties allowed)")
-        elif len(set(ranks)) < 2:
-            raise DataFormatError(f"{where}: field 'ranks' ties every response; nothing is "
-                                  "preferred")
+        ranks = list(range(len(responses))) if ranks is None else \
+            check_ranks(ranks, len(responses), where)  # None: given in preference order
         _responses(responses, "field 'responses'", where)
         for a in range(len(responses)):
             for b in range(a):
@@ -510,7 +483,7 @@ def _validate(rec: Any, kind: str, where: str, rating_range, field: Optional[str
     if rec.get("rating") is None and ratings:
         rating = sum(ratings.values()) / len(ratings)  # the mean of the aspects
     else:
-        rating = _rating_value(rec.get("rating"), "field 'rating'", where, rating_range)
+        rating = rating_value(rec.get("rating"), "field 'rating'", where, rating_range)
     out = {"prompt": prompt, "responses": [response], "ranks": [0], "rating": rating, **extra}
     return [{**out, "ratings": ratings}] if ratings else [out]
 

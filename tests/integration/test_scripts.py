@@ -1,4 +1,5 @@
 """The entry scripts as a user meets them: a mistake is one `error:` line and exit status 2."""
+import json
 import os
 import subprocess
 import sys
@@ -84,3 +85,26 @@ def test_pipeline_inputs_are_checked_before_any_stage(tmp_path, case):
     out = _run("rlhf_pipeline.py", f"--config.run_dir={run}", *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
     assert not (run / "sft").exists()  # nothing was trained first
+
+
+@pytest.mark.parametrize("kind,good,hostile,message", [
+    ("pairwise", {"prompt": "p", "chosen": "a", "rejected": "b"}, "[" * 100_000,
+     "hostile.jsonl:2: not readable JSON (nested deeper than Python's limit"),
+    ("rating", {"prompt": "p", "response": "r", "rating": 0.5},
+     '{"prompt": "p", "response": "r", "rating": 1' + "0" * 400 + "}",
+     "hostile.jsonl:2: field 'rating' is an integer of 401 digits, beyond a float; expected a "
+     "finite number in the declared range [0.0, 1.0]"),
+    ("ranking", {"prompt": "p", "responses": ["a", "b"], "ranks": [0, 1]},
+     '{"prompt": "p", "responses": ["a", "b"], "ranks": [0, 10000000000]}',
+     "hostile.jsonl:2: field 'ranks'[1] is 10000000000; a rank among 2 responses is in [0, 2]"),
+], ids=["nested_100k", "rating_400_digits", "rank_1e10"])
+def test_hostile_preference_file_is_one_line_and_status_2(tmp_path, kind, good, hostile,
+                                                          message):
+    """These ended in a RecursionError / OverflowError traceback."""
+    f = tmp_path / "hostile.jsonl"
+    f.write_text(json.dumps(good) + "\n" + hostile + "\n")
+    out = _run("train_reward.py", f"--config.run_dir={tmp_path / 'run'}",
+               f"--config.data.train_file={f}", f"--config.data.kind={kind}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
