@@ -191,6 +191,15 @@ def _get(tree, path: tuple[str, ...]):
     return tree
 
 
+def require_floating(f: SafetensorsFile, name: str) -> None:
+    """Refuse tensor `name` of `f` unless it is floating point: weights are never cast from
+    integer or boolean tensors (`CheckpointFormatError` naming the file, tensor and dtype)."""
+    if not jax.numpy.issubdtype(f.dtype(name), jax.numpy.floating):
+        raise CheckpointFormatError(
+            f"{f.path}: tensor {name!r} has dtype {f.dtype(name)}; weights must be floating "
+            "point (integer or boolean tensors are not cast)")
+
+
 def load_hf_checkpoint(path, *, shardings: Optional[Any] = None, lm_head: bool = True,
                        **config_overrides) -> tuple[TransformerConfig, dict]:
     """Load a local Hugging Face causal-LM directory into `(config, params)`.
@@ -225,10 +234,7 @@ def load_hf_checkpoint(path, *, shardings: Optional[Any] = None, lm_head: bool =
             raise CheckpointFormatError(
                 f"{f.path}: tensor {name!r} has shape {f.shape(name)}; config.json implies "
                 f"{entry.hf}")
-        if not jax.numpy.issubdtype(f.dtype(name), jax.numpy.floating):
-            raise CheckpointFormatError(
-                f"{f.path}: tensor {name!r} has dtype {f.dtype(name)}; weights must be floating "
-                "point (integer or boolean tensors are not cast)")
+        require_floating(f, name)
         used.add(name)
         ours = entry.to_ours(f.get(name))
         if shardings is None:

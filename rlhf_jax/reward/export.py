@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.data.record_checks import json_problem
 from rlhf_jax.models import (CheckpointFormatError, TransformerConfig, load_hf_checkpoint,
                              save_hf_checkpoint)
-from rlhf_jax.models.hf_io import host_array
+from rlhf_jax.models.hf_io import host_array, require_floating
 from rlhf_jax.models.lora import merge_adapters
 from rlhf_jax.models._safetensors import SafetensorsFile, save_safetensors
 
@@ -53,7 +54,7 @@ def load_reward_model(path, **config_overrides) -> tuple[TransformerConfig, dict
             raise CheckpointFormatError(f"{path}: {name} is missing; expected a reward-model "
                                         "directory written by save_reward_model")
     config, params = load_hf_checkpoint(path, **config_overrides)
-    meta = json.loads((path / HEAD_META).read_text())
+    meta = _head_metadata(path / HEAD_META)
     f = SafetensorsFile(path / HEAD_FILE)
     m, d = meta["num_outputs"], config.hidden_size
     expected = {"proj.kernel": (d, m), "proj.bias": (m,), "gain": (m,), "bias": (m,)}
@@ -61,8 +62,22 @@ def load_reward_model(path, **config_overrides) -> tuple[TransformerConfig, dict
         if name not in f.keys() or f.shape(name) != shape:
             raise CheckpointFormatError(f"{path / HEAD_FILE}: tensor {name!r} should have shape "
                                         f"{shape}")
+        require_floating(f, name)  # as the backbone's: an integer head is refused, not cast
     t = {k: jnp.asarray(np.array(f.get(k)), config.params_dtype) for k in expected}
     params = {"transformer": params["transformer"],
               "reward_head": {"proj": {"kernel": t["proj.kernel"], "bias": t["proj.bias"]},
                               "gain": t["gain"], "bias": t["bias"]}}
     return config, params, meta
+
+
+def _head_metadata(path: Path) -> dict:
+    """`reward_head.json`, with its number of outputs checked."""
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:  # also undecodable bytes, hostile nesting
+        raise CheckpointFormatError(f"{path}: {json_problem(e)}") from None
+    m = meta.get("num_outputs") if isinstance(meta, dict) else None
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise CheckpointFormatError(f"{path}: 'num_outputs' must be a positive integer, got "
+                                    f"{m!r}")
+    return meta
