@@ -9,8 +9,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ),
     "lm": ("model_nll_sum", "next_token_nll_sum", "next_token_targets",),
     "preference": (
-        "bradley_terry_loss", "centering_penalty", "hybrid_loss_sum", "plackett_luce_loss",
-        "scalar_regression_loss",
+        "bradley_terry_loss", "centering_penalty", "flip_likelihood_loss", "hybrid_loss_sum",
+        "outlier_loss", "outlier_terms", "plackett_luce_loss", "scalar_regression_loss",
     ),
     "policy": ("clipped_value_loss", "ppo_policy_loss",),
     "kl": ("ESTIMATORS", "kl_estimate",),

@@ -26,6 +26,41 @@ def bradley_terry_loss(reward_chosen_b, reward_rejected_b, *, margin_b=0.0,
     return loss
 
 
+def flip_likelihood_loss(delta_b, flip_rate: float):
+    """−log[(1−ε)·σ(Δ) + ε·σ(−Δ)]: the Bradley–Terry likelihood of a label that was flipped
+    with probability ε (the forward-corrected likelihood of a noisy label, Patrini et al. 2017
+    eq. 6; for preferences, the noise model of Chowdhury et al. 2024, §2). Unlike the expected
+    loss of `bradley_terry_loss`'s label smoothing, it is bounded by −log ε as Δ → −∞, so a
+    label the model confidently contradicts (an inverted one) cannot pull without limit."""
+    if not 0 <= flip_rate < 0.5:
+        raise ValueError(f"flip_rate={flip_rate}: expected 0 <= ε < 0.5")
+    delta = delta_b.astype(jnp.float32)
+    if flip_rate == 0:
+        return -jax.nn.log_sigmoid(delta)
+    return -jnp.logaddexp(jnp.log1p(-flip_rate) + jax.nn.log_sigmoid(delta),
+                          jnp.log(flip_rate) + jax.nn.log_sigmoid(-delta))
+
+
+def outlier_loss(delta_b, penalty: float):
+    """min_{δ≥0} −log σ(Δ + δ) + λ·δ: Bradley–Terry with a sparse per-example outlier term δ
+    (R3M, Bukharin et al. 2024, eq. 4, with the ℓ1 penalty λ), minimised over δ in closed form.
+    The minimiser is δ* = max(0, logit(1−λ) − Δ) (`outlier_terms`), so for Δ ≥ logit(1−λ) the
+    loss is the usual −log σ(Δ) and below it the line −log(1−λ) + λ·(logit(1−λ) − Δ): a label
+    the model contradicts costs at most slope λ, and δ* > 0 names it an outlier. 0 < λ < 1."""
+    if not 0 < penalty < 1:
+        raise ValueError(f"outlier penalty λ={penalty}: expected 0 < λ < 1")
+    delta = delta_b.astype(jnp.float32)
+    knee = jnp.log1p(-penalty) - jnp.log(penalty)  # logit(1 − λ)
+    line = -jnp.log1p(-penalty) + penalty * (knee - delta)
+    return jnp.where(delta >= knee, -jax.nn.log_sigmoid(delta), line)
+
+
+def outlier_terms(delta_b, penalty: float):
+    """R3M's optimal outlier term per example, δ* = max(0, logit(1−λ) − Δ) (`outlier_loss`)."""
+    knee = jnp.log1p(-penalty) - jnp.log(penalty)
+    return jnp.maximum(0.0, knee - jnp.asarray(delta_b, jnp.float32))
+
+
 def plackett_luce_loss(rewards_bk, ranks_bk, valid_bk=None):
     """Negative log-likelihood of a ranking under Plackett–Luce (Plackett 1975; Luce 1959).
 

@@ -14,7 +14,10 @@ class RewardLossConfig:
     """Weights of the reward objective.
 
     Comparisons of two responses use Bradley–Terry with `margin` and `label_smoothing`; rankings of
-    more use Plackett–Luce. Ratings add `scalar_weight` · (r − y)². `centering_coef` adds
+    more use Plackett–Luce. Two robust forms of the comparison loss bound what a poisoned label
+    can pull: `label_flip_rate` ε (the likelihood of a label flipped with probability ε,
+    `losses.flip_likelihood_loss`) and `outlier_penalty` λ (R3M's sparse outlier terms,
+    `losses.outlier_loss`). Ratings add `scalar_weight` · (r − y)². `centering_coef` adds
     (Σ_k r_k)² per comparison (Eisenstein et al. 2023). `custom` names your own loss instead:
     `fn(params, batch, rng[, model=...]) -> (loss, metrics)` or `(loss_sum, (count,
     metric_sums))` over a `PreferenceBatch` (`batch_rewards(model, params, batch)` gives the
@@ -23,6 +26,8 @@ class RewardLossConfig:
 
     margin: float = 0.0  # Bradley-Terry margin subtracted from the reward difference
     label_smoothing: float = 0.0  # probability that a label is flipped (0 <= eps < 0.5)
+    label_flip_rate: float = 0.0  # robust: labels flipped with this probability (0: off)
+    outlier_penalty: float = 0.0  # robust: R3M's ℓ1 weight λ of per-example outliers (0: off)
     scalar_weight: float = 1.0  # weight of the rating regression loss
     centering_coef: float = 0.0  # weight of the (sum of rewards)^2 centering penalty
     # your own loss in place of these (module:function, file.py:function or __main__:function)
@@ -32,6 +37,20 @@ class RewardLossConfig:
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"RewardLossConfig.label_smoothing={self.label_smoothing}: expected "
                              "0 <= ε < 0.5")
+        if not 0 <= self.label_flip_rate < 0.5:
+            raise ValueError(f"RewardLossConfig.label_flip_rate={self.label_flip_rate}: expected "
+                             "0 <= ε < 0.5")
+        if not 0 <= self.outlier_penalty < 1:
+            raise ValueError(f"RewardLossConfig.outlier_penalty={self.outlier_penalty}: expected "
+                             "0 <= λ < 1 (0: off)")
+        if self.label_flip_rate and self.outlier_penalty:
+            raise ValueError("RewardLossConfig: label_flip_rate and outlier_penalty are two "
+                             "robust losses; set one of them")
+        if (self.label_flip_rate or self.outlier_penalty) and (self.label_smoothing
+                                                                or self.margin):
+            raise ValueError("RewardLossConfig: a robust loss (label_flip_rate or "
+                             "outlier_penalty) replaces the Bradley–Terry loss; label_smoothing "
+                             "and margin must be 0 with it")
         if self.scalar_weight < 0 or self.centering_coef < 0:
             raise ValueError("RewardLossConfig.scalar_weight and centering_coef must be >= 0")
         if callable(self.custom):  # a function given in code: recorded by its name

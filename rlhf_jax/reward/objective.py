@@ -30,8 +30,13 @@ def reward_loss_terms(rewards_bk, batch, cfg: RewardLossConfig):
         if batch.confidence is not None:  # soft labels: a flip with prob. 1 − confidence too
             q = 1.0 - batch.confidence
             eps = eps + q - 2.0 * eps * q  # either flip, not both
-        cmp = losses.bradley_terry_loss(chosen, rejected, margin_b=cfg.margin,
-                                        label_smoothing=eps)
+        if cfg.label_flip_rate:
+            cmp = losses.flip_likelihood_loss(chosen - rejected, cfg.label_flip_rate)
+        elif cfg.outlier_penalty:
+            cmp = losses.outlier_loss(chosen - rejected, cfg.outlier_penalty)
+        else:
+            cmp = losses.bradley_terry_loss(chosen, rejected, margin_b=cfg.margin,
+                                            label_smoothing=eps)
         cmp = jnp.where(batch.ranks[:, 0] == batch.ranks[:, 1], 0.0, cmp)  # a tie: no preference
     else:
         cmp = losses.plackett_luce_loss(rewards_bk, batch.ranks, valid)

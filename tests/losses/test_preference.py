@@ -92,3 +92,43 @@ def test_scalar_hybrid_centering():
     ranked = jnp.array([[1.0, 2.0, 5.0], [-1.0, 0.5, 7.0]])
     np.testing.assert_allclose(centering_penalty(ranked, jnp.array([[1, 1, 1], [1, 1, 0]])),
                                [64.0, 0.25])
+
+
+def test_flip_likelihood_is_the_noisy_label_likelihood_and_bounded():
+    """−log[(1−ε)σ(Δ) + εσ(−Δ)] against a float64 reference, ε = 0 is Bradley–Terry, and the
+    loss of a confidently contradicted label tends to −log ε (its gradient to 0)."""
+    from rlhf_jax.losses import flip_likelihood_loss
+
+    deltas = np.array([-30.0, -3.0, -0.5, 0.0, 0.7, 4.0, 30.0], np.float32)
+    for eps in (0.0, 0.05, 0.3):
+        got = np.asarray(flip_likelihood_loss(jnp.asarray(deltas), eps))
+        want = [-math.log((1 - eps) * math.exp(_log_sigmoid(d)) + eps * math.exp(_log_sigmoid(-d)))
+                for d in deltas.astype(np.float64)]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert float(flip_likelihood_loss(jnp.float32(-30.0), 0.05)) == pytest.approx(
+        -math.log(0.05), rel=1e-5)
+    with pytest.raises(ValueError, match="flip_rate=0.5"):
+        flip_likelihood_loss(jnp.zeros(2), 0.5)
+
+
+def test_outlier_loss_is_the_minimum_over_the_outlier_term():
+    """R3M's min over δ ≥ 0 of −log σ(Δ + δ) + λδ, against a brute-force minimisation over a
+    fine grid of δ in float64; the optimal δ is `outlier_terms`; the gradient never exceeds λ
+    in size below the knee."""
+    import jax
+
+    from rlhf_jax.losses import outlier_loss, outlier_terms
+
+    lam = 0.2
+    deltas = np.array([-6.0, -2.0, -0.3, 0.5, 1.3, 1.4, 3.0], np.float32)
+    grid = np.linspace(0.0, 20.0, 400001)
+    for d in deltas.astype(np.float64):
+        objective = np.logaddexp(0.0, -(d + grid)) + lam * grid
+        best = int(np.argmin(objective))
+        assert float(outlier_loss(jnp.float32(d), lam)) == pytest.approx(objective[best],
+                                                                           abs=1e-6)
+        assert float(outlier_terms(jnp.float32(d), lam)) == pytest.approx(grid[best], abs=1e-3)
+    grads = jax.vmap(jax.grad(lambda x: outlier_loss(x, lam)))(jnp.asarray(deltas))
+    assert np.all(np.abs(np.asarray(grads)) <= lam + 1e-6)
+    with pytest.raises(ValueError, match="0 < λ < 1"):
+        outlier_loss(jnp.zeros(2), 1.0)
