@@ -1,5 +1,6 @@
 """Understanding and auditing reward models: token attributions, concept activation vectors,
-activation atlases, reward-hacking diagnostics and the tamper-evident decision log. Names load on
+activation atlases, reward-hacking diagnostics, backdoor-trigger scans and the tamper-evident
+decision log. Names load on
 first use (so `python -m rlhf_jax.interpret.decisions` does not find its module imported by the
 package)."""
 from rlhf_jax._lazy import lazy_exports
@@ -15,4 +16,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "text_hash",
     ),
     "logged_scorer": ("LoggedScorer",),
+    "triggers": ("candidate_words", "scan_triggers",),
 })

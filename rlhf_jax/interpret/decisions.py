@@ -2,13 +2,15 @@
 and every human override of a score or label, appended to a hash-chained JSONL file.
 
 Each line is the canonical JSON (`json.dumps(entry, sort_keys=True, separators=(",", ":"))`,
-ASCII) of one entry: `seq` (0, 1, 2, …), `time` (UTC ISO-8601), `kind` ("decision" or
-"override") and its fields, `prev` (the previous entry's `hash`; 64 zeros for the first) and
+ASCII) of one entry: `seq` (0, 1, 2, …), `time` (UTC ISO-8601), `kind` ("decision",
+"override" or "screening") and its fields, `prev` (the previous entry's `hash`; 64 zeros for the first) and
 `hash` = sha256 hex of the canonical JSON of the entry without `hash`.
 
     decision: model_hash, input_hash, score (number, or a list for per-member scores),
               uncertainty (number or null), context ("ppo/iteration 12", "deployment", …)
     override: who, what ("score" or "label"), target (input hash or label id), old, new, reason
+    screening: screen (which defence), target ("annotator:<id>", "example:<n>", "token:<t>"),
+               action ("quarantine", "down-weight", "drop", "keep", …), evidence (an object)
 
 Non-finite numbers are written as the strings "nan", "inf" and "-inf" (JSON has none). The
 canonical form, the entry hashes and the verifier are `interpret.hash_chain`'s; the scorer
@@ -166,6 +168,21 @@ class DecisionLog:
         return self._append([{"kind": "override", "who": _text("who", who), "what": what,
                               "target": _text("target", target), "old": _jsonable(old),
                               "new": _jsonable(new), "reason": reason}])[0]
+
+    def record_screenings(self, screen: str, rows: Sequence[dict]) -> list[dict]:
+        """Append a defence's decisions, one per row {"target", "action", "evidence"} (one lock,
+        one write): what `screen` (e.g. "annotator_screening") did to each annotator, example
+        or token, and the numbers it decided on."""
+        bodies = []
+        for row in rows:
+            if not isinstance(row.get("evidence"), dict):
+                raise DecisionLogError(f"screening {row.get('target')!r}: evidence must be an "
+                                       "object")
+            bodies.append({"kind": "screening", "screen": _text("screen", screen),
+                           "target": _text("target", row.get("target")),
+                           "action": _text("action", row.get("action")),
+                           "evidence": _jsonable(row["evidence"])})
+        return self._append(bodies) if bodies else []
 
     def head(self) -> Optional[tuple[int, str]]:
         """(seq, hash) of the last entry, None for an empty or missing log. Keep it somewhere

@@ -12,7 +12,8 @@ from typing import Optional
 
 GENESIS = "0" * 64  # `prev` of the first entry
 KIND_FIELDS = {"decision": ("model_hash", "input_hash", "score", "uncertainty", "context"),
-               "override": ("who", "what", "target", "old", "new", "reason")}
+               "override": ("who", "what", "target", "old", "new", "reason"),
+               "screening": ("screen", "target", "action", "evidence")}
 _COMMON = ("seq", "time", "kind", "prev", "hash")
 
 
@@ -39,7 +40,7 @@ class VerifyResult:
 def _entry_problems(entry: dict) -> list[str]:
     kind = entry.get("kind")
     if kind not in KIND_FIELDS:
-        return [f"kind {kind!r}, expected 'decision' or 'override'"]
+        return [f"kind {kind!r}, expected one of {sorted(KIND_FIELDS)}"]
     out = []
     expected = set(_COMMON) | set(KIND_FIELDS[kind])
     if set(entry) != expected:

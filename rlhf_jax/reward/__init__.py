@@ -1,6 +1,6 @@
 """Reward models: the training objective, evaluation, normalisation, ensembles, early stopping,
-acquisition functions for active learning, annotator models, and rewards personalised to
-each user."""
+acquisition functions for active learning, annotator models, rewards personalised to each
+user, and screening of poisoned labels."""
 from rlhf_jax._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
@@ -22,4 +22,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
                  "make_personal_reward_loss", "population_prior", "predictive_probability",),
     "personal_model": ("PersonalRewardModel",),
     "objectives": ("evaluate_objectives", "make_objective_reward_loss", "objective_weights",),
+    "screening": ("annotator_screening", "example_losses", "example_screening",
+                  "fit_sharpness",),
 })
