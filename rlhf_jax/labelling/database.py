@@ -4,7 +4,8 @@ SQLite (WAL journal, `synchronous=FULL`) is the embedded default; a PostgreSQL U
 (`postgresql+psycopg://…`) works unchanged. A unique (task, slot) pair bounds how many
 annotators hold a task at once, a unique (task, annotator) pair makes sure nobody is shown the
 same task twice, and a partial unique index keeps one open assignment per annotator; the store
-(`labelling.store`) relies on them under any number of concurrent servers.
+(`labelling.store`) relies on them under any number of concurrent servers. A database made by an
+earlier version gets the tables and the (nullable) columns added since (`open_database`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,23 @@ annotators = sa.Table(
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("role", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False))
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("token_issued_at", sa.Float, nullable=True))  # NULL: made before this column
+sessions = sa.Table(  # a login opens one; logging out deletes it
+    "sessions", metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("annotator_id", sa.String(64), sa.ForeignKey("annotators.id"), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("sessions_by_annotator", "annotator_id"))
+overrides = sa.Table(  # the audit log of what admins (or a screening defence) decided
+    "overrides", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("annotator_id", sa.String(64), sa.ForeignKey("annotators.id"), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),  # quarantine | release
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),  # an admin's id or a defence's name
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index("overrides_by_annotator", "annotator_id", "id"))
 tasks = sa.Table(
     "tasks", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -93,4 +110,26 @@ def open_database(url: str) -> sa.Engine:
     if engine.dialect.name == "sqlite":
         _sqlite_setup(engine)
     metadata.create_all(engine)
+    _add_new_columns(engine)
     return engine
+
+
+def _add_new_columns(engine: sa.Engine) -> None:
+    """Add the nullable columns a table of an older database lacks (create_all makes missing
+    tables only). Two servers starting at once may both try: a column that appeared meanwhile
+    is fine."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as c:
+                    c.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" '
+                                      f"{kind}")
+            except sa.exc.DBAPIError:
+                fresh = sa.inspect(engine)
+                if column.name not in {c["name"] for c in fresh.get_columns(table.name)}:
+                    raise

@@ -1,16 +1,20 @@
-"""What the label store hands out — annotators, tasks, assignments and labels as frozen
-dataclasses — the errors it raises, and the rules for ids, login tokens and a submitted label."""
+"""What the label store hands out — annotators, tasks, assignments, labels and audit-log entries
+as frozen dataclasses — the errors it raises, and the rules for ids, login tokens, storable text
+and a submitted label."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import math
+import re
 from typing import Optional, Sequence
 
 from rlhf_jax.data.conversation import last_user_text, prompt_from_text
 
 ROLES = ("annotator", "admin")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+ID_MAX = 2 ** 31 - 1  # ids are PostgreSQL INTEGERs (SQLite's reach 2^63 - 1): one range for both
 
 
 class LabelError(ValueError):
@@ -94,10 +98,67 @@ class Label:
     updated_at: Optional[float]
 
 
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """One entry of the audit log: who (`actor`) changed what about an annotator, when, why."""
+
+    id: int
+    annotator_id: str
+    action: str  # "quarantine" | "release"
+    reason: str
+    actor: str
+    at: float
+
+
+def valid_annotator_id(value) -> bool:
+    """Whether `value` may be an annotator's id: 1-64 letters, digits, '-', '_' or '.'."""
+    return (isinstance(value, str) and 0 < len(value) <= 64
+            and all(ch.isalnum() or ch in "-_." for ch in value))
+
+
 def hash_token(token: str) -> str:
-    """SHA-256 of a login token: tokens are 256-bit random, so a plain hash suffices to store
-    them (no guessing attack to slow down, unlike passwords)."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    """SHA-256 of a login or session token: tokens are 256-bit random, so a plain hash suffices
+    to store them (no guessing attack to slow down, unlike passwords)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def db_id(value, what: str) -> int:
+    """`value` as a row id: an int, or a string of ASCII digits, in 1..ID_MAX. Anything else
+    names no row on any database, so it raises NotFound (never reaches SQL, where ids past
+    the column's range fail on the driver)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= ID_MAX:
+        return value
+    shown = repr(value) if not isinstance(value, str) or len(value) <= 24 else \
+        repr(value[:24] + "…")
+    raise NotFound(f"no {what} {shown}")
+
+
+def unstorable(value) -> Optional[str]:
+    """Why `value` (a string, or lists and dicts of them, keys included) cannot be stored as it
+    is, or None: a NUL character (PostgreSQL's text cannot hold it) or an unpaired surrogate
+    (not Unicode text, so not encodable as UTF-8)."""
+    if isinstance(value, dict):
+        return next(filter(None, map(unstorable, [*value.keys(), *value.values()])), None)
+    if isinstance(value, (list, tuple)):
+        return next(filter(None, map(unstorable, value)), None)
+    if not isinstance(value, str):
+        return None
+    if "\x00" in value:
+        return f"holds a NUL character at offset {value.index(chr(0))}"
+    m = _SURROGATE.search(value)
+    if m:
+        return f"holds an unpaired surrogate (U+{ord(m.group()):04X}) at offset {m.start()}"
+    return None
+
+
+def check_text(text: str, field: str) -> str:
+    """`text` if a database can store it, else LabelError naming `field` (`unstorable`)."""
+    why = unstorable(text)
+    if why is not None:
+        raise LabelError(f"{field} {why}; it cannot be stored")
+    return text
 
 
 def task_uid(prompt: str, responses: Sequence[str]) -> str:

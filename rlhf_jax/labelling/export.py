@@ -5,7 +5,7 @@ import datetime
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Optional, Sequence
 
 from rlhf_jax.labelling.store import Label
 
@@ -82,12 +82,25 @@ def write_jsonl(path, records: Sequence[dict]) -> None:
     os.replace(tmp, path)
 
 
-def export_all(labels: Sequence[Label], out_dir, likert: tuple[int, int]) -> dict:
+def leave_out(labels: Sequence[Label], annotators: Iterable[str]) -> tuple[list[Label], dict]:
+    """(the labels not by `annotators`, {"annotators": those ids, sorted, "labels": how many
+    labels were left out})."""
+    skip = set(annotators)
+    kept = [lab for lab in labels if lab.annotator_id not in skip]
+    return kept, {"annotators": sorted(skip), "labels": len(labels) - len(kept)}
+
+
+def export_all(labels: Sequence[Label], out_dir, likert: tuple[int, int],
+               leave_out_annotators: Optional[Iterable[str]] = None) -> dict:
     """Write `pairwise.jsonl`, `ranking.jsonl` and `rating.jsonl` (each only if it has records)
-    and `export.json` (counts, and the rating range to pass as `rating_range`) to `out_dir`."""
+    and `export.json` (counts, and the rating range to pass as `rating_range`) to `out_dir`.
+    With `leave_out_annotators` (e.g. `store.quarantined()`), their labels are not written and
+    the manifest's "left_out" says whose and how many."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"rating_range": list(likert), "files": {}}
+    if leave_out_annotators is not None:
+        labels, manifest["left_out"] = leave_out(labels, leave_out_annotators)
     for kind in KINDS:
         records, counts = export_records(labels, kind)
         if records:

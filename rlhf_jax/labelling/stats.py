@@ -55,10 +55,11 @@ def position_counts(labels: Sequence[Label]) -> tuple[int, int]:
     return first, decisive
 
 
-def _agreement_with_others(m: np.ndarray) -> np.ndarray:
-    """Per rater: the fraction of their values that equal the majority value of the *other*
-    raters on the same unit (units where others' majority is unique), nan if none."""
-    out = np.full(m.shape[0], np.nan)
+def _agreement_with_others(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per rater: (the fraction of their values that equal the majority value of the *other*
+    raters on the same unit, over units where others' majority is unique, nan if none; how many
+    such units)."""
+    out, units = np.full(m.shape[0], np.nan), np.zeros(m.shape[0], dtype=np.int64)
     for a in range(m.shape[0]):
         hits = total = 0
         for u in np.flatnonzero(~np.isnan(m[a])):
@@ -71,9 +72,10 @@ def _agreement_with_others(m: np.ndarray) -> np.ndarray:
                 continue
             total += 1
             hits += vals[counts.argmax()] == m[a, u]
+        units[a] = total
         if total:
             out[a] = hits / total
-    return out
+    return out, units
 
 
 def summarise(store: LabelStore, labels: Sequence[Label]) -> dict:
@@ -83,7 +85,8 @@ def summarise(store: LabelStore, labels: Sequence[Label]) -> dict:
         by_annotator[lab.annotator_id].append(lab)
     counts = store.assignment_counts()
     prefs, raters, units = reliability_matrix(labels, pair_judgments)
-    with_others = dict(zip(raters, _agreement_with_others(prefs))) if len(raters) else {}
+    rates, compared = _agreement_with_others(prefs) if len(raters) else ([], [])
+    with_others, compared = dict(zip(raters, rates)), dict(zip(raters, compared))
     rows = []
     for a in sorted(set(store.annotator_ids("annotator")) | set(by_annotator)):
         labs = by_annotator.get(a, [])
@@ -97,6 +100,7 @@ def summarise(store: LabelStore, labels: Sequence[Label]) -> dict:
             "mean_s": statistics.fmean(secs) if secs else float("nan"),
             "first_shown_preferred": first / decisive if decisive else float("nan"),
             "agreement_with_others": with_others.get(a, float("nan")),
+            "agreement_units": int(compared.get(a, 0)),
             "rationales": sum(bool(lab.rationale) for lab in labs)})
     per_task = defaultdict(int)
     for lab in labels:

@@ -26,11 +26,12 @@ from typing import Iterator, Optional, Sequence
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from rlhf_jax.labelling.database import (annotators, assignments, labels, meta_table,
-                                         open_database, tasks)
-from rlhf_jax.labelling.entities import (ROLES, Annotator, Assignment, Forbidden, Label,
+from rlhf_jax.labelling.accounts import Accounts
+from rlhf_jax.labelling.database import assignments, labels, meta_table, open_database, tasks
+from rlhf_jax.labelling.entities import (Annotator, Assignment, Forbidden, Label,  # noqa: F401
                                          LabelError, NotFound, Task, TaskFull, check_label,
-                                         hash_token, task_uid)
+                                         check_text, db_id, hash_token, task_uid, unstorable)
+from rlhf_jax.labelling.review import Review
 
 _MAX_RETRIES = 50
 
@@ -39,19 +40,26 @@ class _Conflict(Exception):
     """A concurrent transaction changed what this one read: run it again."""
 
 
-class LabelStore:
+class LabelStore(Accounts, Review):
     """Annotators, tasks, assignments and labels in the database at `url`.
 
     `labels_per_task`: how many distinct annotators label each task. `lease_s`: how long a shown
-    task keeps its slot before another annotator may take it.
+    task keeps its slot before another annotator may take it. `token_lifetime_s`: how long a
+    login token and a session last (None: until revoked). Annotators, tokens and sessions are
+    `labelling.accounts`' methods; quarantine and its audit log `labelling.review`'s.
     """
 
-    def __init__(self, url: str, *, labels_per_task: int = 3, lease_s: float = 1800.0):
+    def __init__(self, url: str, *, labels_per_task: int = 3, lease_s: float = 1800.0,
+                 token_lifetime_s: Optional[float] = None):
         if not isinstance(labels_per_task, int) or labels_per_task < 1:
             raise ValueError(f"labels_per_task={labels_per_task!r}: expected an int >= 1")
         if not lease_s > 0:
             raise ValueError(f"lease_s={lease_s!r}: expected > 0 seconds")
+        if token_lifetime_s is not None and not token_lifetime_s > 0:
+            raise ValueError(f"token_lifetime_s={token_lifetime_s!r}: expected > 0 seconds, or "
+                             "None for no limit")
         self.url, self.labels_per_task, self.lease_s = url, labels_per_task, float(lease_s)
+        self.token_lifetime_s = None if token_lifetime_s is None else float(token_lifetime_s)
         self.engine = open_database(url)
         with self._tx(write=True) as c:
             if c.execute(sa.select(meta_table.c.value).where(
@@ -83,56 +91,18 @@ class LabelStore:
                 continue
         raise RuntimeError(f"gave up after {_MAX_RETRIES} conflicting concurrent writes")
 
-    # ---- annotators ----------------------------------------------------------------------
-
-    def add_annotator(self, annotator_id: str, role: str = "annotator") -> str:
-        """Register an annotator (or admin) and return their new login token (shown once: only
-        its hash is stored)."""
-        if role not in ROLES:
-            raise ValueError(f"role={role!r}: expected one of {ROLES}")
-        if not annotator_id or len(annotator_id) > 64 or not all(
-                ch.isalnum() or ch in "-_." for ch in annotator_id):
-            raise ValueError(f"annotator id {annotator_id!r}: expected 1-64 letters, digits, "
-                             "'-', '_' or '.'")
-        token = secrets.token_urlsafe(32)
-        with self._tx(write=True) as c:
-            c.execute(annotators.insert().values(id=annotator_id, token_hash=hash_token(token),
-                                                 role=role, created_at=time.time()))
-        return token
-
-    def reissue_token(self, annotator_id: str) -> str:
-        """A new login token for an existing annotator; the old one stops working."""
-        token = secrets.token_urlsafe(32)
-        with self._tx(write=True) as c:
-            n = c.execute(annotators.update().where(annotators.c.id == annotator_id).values(
-                token_hash=hash_token(token))).rowcount
-        if n != 1:
-            raise NotFound(f"no annotator {annotator_id!r}")
-        return token
-
-    def annotator_ids(self, role: Optional[str] = None) -> list[str]:
-        """Every annotator's id (or those of one role), sorted."""
-        q = sa.select(annotators.c.id).order_by(annotators.c.id)
-        if role is not None:
-            q = q.where(annotators.c.role == role)
-        with self._tx() as c:
-            return list(c.execute(q).scalars())
-
-    def authenticate(self, token: Optional[str]) -> Optional[Annotator]:
-        """The annotator whose token this is, or None."""
-        if not token or len(token) > 256:
-            return None
-        with self._tx() as c:
-            row = c.execute(sa.select(annotators.c.id, annotators.c.role).where(
-                annotators.c.token_hash == hash_token(token))).first()
-        return Annotator(row.id, row.role) if row else None
-
     # ---- tasks ---------------------------------------------------------------------------
 
     def add_tasks(self, records: Sequence[dict]) -> int:
         """Insert tasks ({"prompt", "responses", optional "id" and "meta"}); a task whose id (by
         default a hash of prompt and responses) is already stored is left as it is. Returns how
-        many were new."""
+        many were new. Text no database stores (`entities.unstorable`) raises ValueError naming
+        the record, before anything is written."""
+        for i, rec in enumerate(records):
+            for field in ("prompt", "responses", "id", "meta"):
+                why = unstorable(rec.get(field))
+                if why:
+                    raise ValueError(f"task {i}: field {field!r} {why}; no database stores it")
         added = 0
         with self._tx(write=True) as c:
             known = set(c.execute(sa.select(tasks.c.uid)).scalars())
@@ -208,6 +178,7 @@ class LabelStore:
 
     def assignment(self, assignment_id: int, annotator: str) -> Assignment:
         """One assignment of `annotator` (Forbidden if it is someone else's)."""
+        assignment_id = db_id(assignment_id, "assignment")
         with self._tx() as c:
             row = c.execute(sa.select(assignments, *_task_cols()).join(
                 tasks, tasks.c.id == assignments.c.task_id).where(
@@ -236,6 +207,8 @@ class LabelStore:
         """Store a label; returns (label id, whether it is new). Submitting an assignment that
         is already labelled returns the stored label's id unchanged (a resent form is not a
         second label). `ranks`/`ratings` are per response in the task's original order."""
+        check_text(rationale, "rationale")
+
         def do(c):
             t = time.time() if now is None else now
             a = _owned(c, assignment_id, annotator)
@@ -270,6 +243,9 @@ class LabelStore:
     def update_label(self, label_id: int, annotator: str, ranks: Sequence[int],
                      ratings: Optional[Sequence] = None, rationale: str = "") -> None:
         """Change one's own label (Forbidden for anyone else's)."""
+        label_id = db_id(label_id, "label")
+        check_text(rationale, "rationale")
+
         def do(c):
             row = c.execute(sa.select(labels.c.annotator_id, labels.c.task_id).where(
                 labels.c.id == label_id)).first()
@@ -287,6 +263,7 @@ class LabelStore:
 
     def label(self, label_id: int, annotator: Optional[str]) -> Label:
         """One label: the owner's, or any with `annotator=None` (admin)."""
+        label_id = db_id(label_id, "label")
         rows = self._labels(labels.c.id == label_id)
         if not rows:
             raise NotFound(f"no label {label_id}")
@@ -377,6 +354,7 @@ def _task(row) -> Task:
 def _owned(c: sa.Connection, assignment_id: int, annotator: str):
     """The assignment's row, locked for this transaction (FOR UPDATE; SQLite's write
     transactions are serialised already)."""
+    assignment_id = db_id(assignment_id, "assignment")
     a = c.execute(sa.select(assignments).where(assignments.c.id == assignment_id)
                   .with_for_update()).first()
     if a is None:
@@ -384,3 +362,4 @@ def _owned(c: sa.Connection, assignment_id: int, annotator: str):
     if a.annotator_id != annotator:
         raise Forbidden(f"assignment {assignment_id} is not yours")
     return a
+

@@ -10,6 +10,7 @@ from rlhf_jax.data.conversation import (ConversationError, check_completion, che
                                         check_prompt, prompt_record_text, response_text)
 from rlhf_jax.data.records import check_data_file
 from rlhf_jax.labelling.config import MAX_RESPONSES
+from rlhf_jax.labelling.entities import unstorable
 from rlhf_jax.sampling import SamplingConfig, TextSampler
 
 
@@ -19,7 +20,8 @@ def read_tasks(path, max_responses: int = MAX_RESPONSES) -> list[dict]:
     conversation (messages ending on a user turn), "responses": [2..max_responses distinct,
     non-empty texts, or assistant turns], optional "id": str, optional "meta": object}.
     A conversation is stored as its JSON message list (`data.prompt_record_text`), each
-    response as its text. A malformed record raises `DataFormatError` naming the file, line and
+    response as its text. A malformed record, or one holding text no database stores (a NUL
+    character, an unpaired surrogate), raises `DataFormatError` naming the file, line and
     field."""
     path = check_data_file(path)
     out, ids = [], set()
@@ -29,6 +31,11 @@ def read_tasks(path, max_responses: int = MAX_RESPONSES) -> list[dict]:
             raise rec
         if not isinstance(rec, dict):
             raise DataFormatError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        for field in ("prompt", "responses", "id", "meta"):
+            why = unstorable(rec.get(field))
+            if why:
+                raise DataFormatError(f"{where}: field {field!r} {why}, which no database "
+                                      "stores")
         prompt = _prompt(rec.get("prompt"), where)
         responses = rec.get("responses")
         if isinstance(responses, list) and not isinstance(prompt, str):
@@ -86,9 +93,10 @@ def sample_tasks(policy_dir: str, prompts: list, *, num_responses: int = 2,
     """Tasks sampled on the spot: `num_responses` distinct responses to each prompt from the
     policy checkpoint at `policy_dir` (a Hugging Face directory), through our sampler
     (`sampling.TextSampler`; pass `sampler` to reuse a loaded one). Responses that come out
-    empty or repeated are resampled up to `max_tries` times; a prompt that still lacks distinct
-    responses is left out. Each task's meta records the policy directory and the seed. A
-    prompt may be a conversation (sampled through the chat template, stored as JSON)."""
+    empty, repeated or unstorable (a NUL character) are resampled up to `max_tries` times; a
+    prompt that still lacks distinct responses is left out. Each task's meta records the
+    policy directory and the seed. A prompt may be a conversation (sampled through the chat
+    template, stored as JSON)."""
     if sampler is None:
         sampler = TextSampler(policy_dir, max_len=max_prompt_len, sampling=sampling,
                               batch_size=batch_size)
@@ -101,7 +109,8 @@ def sample_tasks(policy_dir: str, prompts: list, *, num_responses: int = 2,
             break
         texts = sampler([prompts[i] for i in rows], jax.random.fold_in(key, attempt))
         for i, text in zip(rows, texts):
-            if text and text not in found[i] and len(found[i]) < num_responses:
+            if (text and text not in found[i] and len(found[i]) < num_responses
+                    and not unstorable(text)):
                 found[i].append(text)
     return [{"prompt": prompt_record_text(p), "responses": r, "id": None,
              "meta": {"policy_dir": str(policy_dir), "seed": seed}}
