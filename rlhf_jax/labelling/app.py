@@ -1,44 +1,37 @@
 """The labelling web app: FastAPI routes, Jinja templates (autoescaped), plain HTML forms.
 
-Annotators log in with their token (a link `/login?token=…` sets an HttpOnly, SameSite=Lax
-cookie), see a prompt and its responses in a random order that the database keeps, and choose the
-better response, a tie, or a ranking of K; optionally rate each on the declared Likert scale and
-write a rationale; or skip. Each label is committed before the confirming redirect is sent. The
-admin page shows counts, agreement, position bias and time per label, and exports the labels.
+Annotators log in with their token (a link `/login?token=…` opens a session kept in an
+HttpOnly, SameSite=Lax cookie; logging out ends it on the server), read the task's guidelines,
+see a prompt and its responses in a random order that the database keeps, and choose the better
+response, a tie, or a ranking of K; optionally rate each on the declared Likert scale and write
+a rationale; or skip. Each label is committed before the confirming redirect is sent. The admin
+pages (`labelling.admin`) show counts, agreement, reliability and flags per annotator, review
+their labels, quarantine annotators and export the labels.
 
 Every form carries a CSRF token (an HMAC of the session under a secret kept in the database), the
-request body is bounded, model text is escaped, and the Content-Security-Policy allows only the
-app's own script file, so even a markup bug could not run a response's `<script>`.
+request body is bounded and read strictly as a UTF-8 form (`labelling.inputs`), ids outside the
+database's integer range name nothing (404), model text is escaped, and the
+Content-Security-Policy allows only the app's own script file, so even a markup bug could not
+run a response's `<script>`.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
-import io
-import json
 import logging
-from pathlib import Path
 from typing import Callable, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from rlhf_jax.labelling import export as export_mod
-from rlhf_jax.labelling import stats as stats_mod
-from rlhf_jax.labelling.entities import Label
-from rlhf_jax.labelling.store import (Annotator, Forbidden, LabelError, LabelStore, NotFound,
-                                      hash_token)
+from rlhf_jax.labelling import admin as admin_mod
+from rlhf_jax.labelling.entities import Label, db_id
+from rlhf_jax.labelling.inputs import BodyLimit, FormError, read_form, small_int
+from rlhf_jax.labelling.store import Annotator, Forbidden, LabelError, LabelStore, NotFound
+from rlhf_jax.labelling.web import COOKIE, CSP, HERE, LETTERS, Web
 
 log = logging.getLogger(__name__)
-HERE = Path(__file__).parent
-COOKIE = "rlhf_label_session"
-LETTERS = "ABCDEFGHI"
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +45,9 @@ class AppSettings:
     rationale_max_chars: int = 2000
     max_request_bytes: int = 65536  # larger request bodies get 413
     title: str = "rlhf_jax labelling"
+    guidelines: str = ""  # Markdown shown with every task (`labelling.guidelines`' subset)
+    low_reliability: float = 0.5  # flag annotators agreeing with the others' majority less
+    reliability_min_units: int = 5  # ... over at least this many compared judgments
 
     def __post_init__(self):
         if self.likert is not None:
@@ -60,51 +56,9 @@ class AppSettings:
                 raise ValueError(f"likert={self.likert!r}: expected (low, high) ints, low < high")
         if self.rationale_max_chars < 1 or self.max_request_bytes < 1024:
             raise ValueError("rationale_max_chars must be >= 1 and max_request_bytes >= 1024")
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets 413, whether it declares its
-    length or streams it in chunks."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await PlainTextResponse("request body too large", 413)(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge()
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await PlainTextResponse("request body too large", 413)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _is_int(v) -> bool:
-    """A form value made of ASCII digits only (str.isdigit also accepts '²')."""
-    return isinstance(v, str) and v.isascii() and v.isdigit()
-
-
-def csrf_token(store: LabelStore, token: str) -> str:
-    """The CSRF token for a session: HMAC-SHA256 of the session token's hash under the
-    database's secret (stable across restarts, different for every annotator)."""
-    return hmac.new(store.secret.encode(), b"csrf:" + hash_token(token).encode(),
-                    hashlib.sha256).hexdigest()
+        if not 0 <= self.low_reliability <= 1 or self.reliability_min_units < 1:
+            raise ValueError(f"low_reliability={self.low_reliability!r} must be in [0, 1] and "
+                             f"reliability_min_units={self.reliability_min_units!r} >= 1")
 
 
 def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
@@ -113,8 +67,8 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
     is stored (e.g. `reward.PersonalRewardModel.add_label`, which updates the annotator's
     personal reward); if it fails, the label stays saved and the failure is logged."""
     app = FastAPI(title=settings.title, docs_url=None, redoc_url=None, openapi_url=None)
-    env = Environment(loader=FileSystemLoader(HERE / "templates"),
-                      autoescape=select_autoescape(default=True, default_for_string=True))
+    web = Web(store, settings)
+    page, error = web.page, web.error
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
 
@@ -127,33 +81,9 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def page(name: str, status: int = 200, **kw) -> HTMLResponse:
-        return HTMLResponse(env.get_template(name).render(settings=settings, letters=LETTERS,
-                                                          **kw), status_code=status)
-
-    def error(status: int, message: str, who: Optional[Annotator] = None,
-              csrf: Optional[str] = None) -> HTMLResponse:
-        return page("error.html", status, message=message, who=who, csrf=csrf)
-
-    async def session(request: Request) -> tuple[Optional[Annotator], Optional[str]]:
-        token = request.cookies.get(COOKIE)
-        who = await run_in_threadpool(store.authenticate, token)
-        return who, (csrf_token(store, token) if who else None)
-
-    async def form_of(request: Request, csrf: str):
-        """The posted form, or None when its CSRF token is wrong."""
-        form = await request.form(max_files=0, max_fields=64)
-        sent = form.get("csrf", "")
-        ok = isinstance(sent, str) and hmac.compare_digest(sent.encode(), csrf.encode())
-        return form if ok else None
-
-    def login_response(request: Request, who: Annotator, token: str) -> Response:
-        # Lax, not Strict: a login link opened from mail or chat is a cross-site navigation,
-        # and the redirect after it must carry the cookie. Every POST checks a CSRF token.
-        r = RedirectResponse("/admin" if who.is_admin else "/label", 303)
-        r.set_cookie(COOKIE, token, httponly=True, samesite="lax", path="/",
-                     secure=request.url.scheme == "https")
-        return r
+    @app.exception_handler(FormError)
+    async def bad_form(request: Request, e: FormError):
+        return error(e.status, str(e))
 
     @app.get("/healthz")
     async def healthz():
@@ -161,45 +91,39 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
 
     @app.get("/")
     async def index(request: Request):
-        who, _ = await session(request)
+        who, _ = await web.session(request)
         if who:
             return RedirectResponse("/admin" if who.is_admin else "/label", 303)
         return page("login.html")
 
     @app.get("/login")
     async def login_link(request: Request, token: str = ""):
-        who = await run_in_threadpool(store.authenticate, token)
-        if who is None:
-            return page("login.html", 401, message="That login link is not valid.")
-        return login_response(request, who, token)
+        opened = await run_in_threadpool(store.open_session, token)
+        if opened is None:
+            return page("login.html", 401, message="That login link is not valid (or has "
+                                                    "expired).")
+        return web.login_response(request, *opened)
 
     @app.post("/login")
     async def login_form(request: Request):
-        form = await request.form(max_files=0, max_fields=4)
-        token = form.get("token", "")
-        who = await run_in_threadpool(store.authenticate, token if isinstance(token, str)
-                                      else "")
-        if who is None:
-            return page("login.html", 401, message="That token is not valid.")
-        return login_response(request, who, token)
+        form = await read_form(request, max_fields=4)
+        opened = await run_in_threadpool(store.open_session, form.get("token", ""))
+        if opened is None:
+            return page("login.html", 401, message="That token is not valid (or has expired).")
+        return web.login_response(request, *opened)
 
     @app.post("/logout")
     async def logout(request: Request):
-        who, csrf = await session(request)
-        if who is None or await form_of(request, csrf) is None:
+        who, csrf = await web.session(request)
+        if who is None or await web.form(request, csrf) is None:
             return error(403, "Not logged in, or the form is not valid for this session.")
+        await run_in_threadpool(store.end_session, request.cookies.get(COOKIE))
         r = RedirectResponse("/", 303)
         r.delete_cookie(COOKIE, path="/")
         return r
 
     async def annotator(request: Request):
-        who, csrf = await session(request)
-        if who is None:
-            return None, None, RedirectResponse("/", 303)
-        if who.is_admin:
-            return None, None, error(403, "Admins do not label; log in with an annotator token.",
-                                     who, csrf)
-        return who, csrf, None
+        return await web.gate(request, admin=False)
 
     def task_view(assignment) -> list[dict]:
         t = assignment.task
@@ -239,12 +163,13 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
             by_pos = []
             for pos in range(n):
                 v = form.get(f"rank_{pos}", "")
-                if not (_is_int(v) and 1 <= int(v) <= n):
+                k = small_int(v)
+                if k is None or not 1 <= k <= n:
                     if n == 2:
                         raise LabelError("choose the better response, or a tie")
                     raise LabelError(f"rank of response {LETTERS[pos]}: expected 1 to {n} "
-                                     f"(1 = best), got {v!r}")
-                by_pos.append(int(v) - 1)
+                                     f"(1 = best), got {v[:20]!r}")
+                by_pos.append(k - 1)
         ratings_by_pos = []
         for pos in range(n):
             v = form.get(f"rating_{pos}", "")
@@ -254,15 +179,12 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
                 ratings_by_pos.append(None)
                 continue
             lo, hi = settings.likert
-            r = int(v) if _is_int(v) else None
+            r = small_int(v)
             if r is None or not lo <= r <= hi:
                 raise LabelError(f"rating of response {LETTERS[pos]}: expected {lo} to {hi}, "
-                                 f"got {v!r}")
+                                 f"got {v[:20]!r}")
             ratings_by_pos.append(r)
-        rationale = form.get("rationale", "")
-        if not isinstance(rationale, str):
-            raise LabelError("rationale must be text")
-        rationale = rationale.strip()
+        rationale = form.get("rationale", "").strip()
         if len(rationale) > settings.rationale_max_chars:
             raise LabelError(f"rationale is {len(rationale)} characters; at most "
                              f"{settings.rationale_max_chars}")
@@ -274,10 +196,7 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
         return ranks, ratings, rationale
 
     def assignment_id(form) -> int:
-        v = form.get("assignment", "")
-        if not (_is_int(v) and len(v) < 12):
-            raise NotFound("no assignment in the form")
-        return int(v)
+        return db_id(form.get("assignment", ""), "assignment")
 
     async def post_form(request: Request, action, on_label_error=None) -> Response:
         """An annotator's form post: session and CSRF checks, then `await action(who, csrf,
@@ -286,7 +205,7 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
         who, csrf, denied = await annotator(request)
         if denied:
             return denied
-        form = await form_of(request, csrf)
+        form = await web.form(request, csrf)
         if form is None:
             return error(403, "The form is not valid for this session; reload the page.", who,
                          csrf)
@@ -348,7 +267,7 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
                 for pos, i in enumerate(lab.shown_order)]
 
     @app.get("/labels/{label_id}")
-    async def view_label(request: Request, label_id: int):
+    async def view_label(request: Request, label_id: str):
         who, csrf, denied = await annotator(request)
         if denied:
             return denied
@@ -361,47 +280,16 @@ def create_app(store: LabelStore, settings: AppSettings = AppSettings(),
         return page("label_view.html", who=who, csrf=csrf, lab=lab, shown=label_view(lab))
 
     @app.post("/labels/{label_id}")
-    async def edit_label(request: Request, label_id: int):
+    async def edit_label(request: Request, label_id: str):
         async def change(who, csrf, form):
-            lab = await run_in_threadpool(store.label, label_id, who.id)
+            lid = db_id(label_id, "label")
+            lab = await run_in_threadpool(store.label, lid, who.id)
             ranks, ratings, rationale = parse_label(form, len(lab.task.responses),
                                                     lab.shown_order)
-            await run_in_threadpool(store.update_label, label_id, who.id, ranks, ratings,
-                                    rationale)
-            await hook(label_id, who.id)  # an edit replaces what the label said
-            return RedirectResponse(f"/labels/{label_id}", 303)
+            await run_in_threadpool(store.update_label, lid, who.id, ranks, ratings, rationale)
+            await hook(lid, who.id)  # an edit replaces what the label said
+            return RedirectResponse(f"/labels/{lid}", 303)
         return await post_form(request, change)
 
-    async def admin(request: Request):
-        who, csrf = await session(request)
-        if who is None:
-            return None, None, RedirectResponse("/", 303)
-        if not who.is_admin:
-            return None, None, error(403, "The admin page needs an admin token.", who, csrf)
-        return who, csrf, None
-
-    @app.get("/admin")
-    async def admin_page(request: Request):
-        who, csrf, denied = await admin(request)
-        if denied:
-            return denied
-        labs = await run_in_threadpool(store.labels)
-        summary = await run_in_threadpool(stats_mod.summarise, store, labs)
-        return page("admin.html", who=who, csrf=csrf, s=summary, kinds=export_mod.KINDS)
-
-    @app.get("/admin/export/{kind}.jsonl")
-    async def export(request: Request, kind: str):
-        who, csrf, denied = await admin(request)
-        if denied:
-            return denied
-        if kind not in export_mod.KINDS:
-            return error(404, f"no export kind {kind!r}", who, csrf)
-        labs = await run_in_threadpool(store.labels)
-        records, _ = export_mod.export_records(labs, kind)
-        buf = io.StringIO()
-        for r in records:
-            buf.write(json.dumps(r, ensure_ascii=False) + "\n")
-        return Response(buf.getvalue(), media_type="application/x-ndjson", headers={
-            "Content-Disposition": f'attachment; filename="{kind}.jsonl"'})
-
+    admin_mod.add_routes(app, web)
     return app

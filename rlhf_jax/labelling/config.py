@@ -30,6 +30,8 @@ class LabelServerConfig:
     admins: str = "admin"  # comma-separated admin ids
     reissue: str = ""  # comma-separated ids whose login tokens are replaced by new ones
     tokens_file: str = ""  # also write the new login links here (mode 0600)
+    token_lifetime_hours: float = 0.0  # login tokens and sessions expire after this (0: never)
+    guidelines: str = ""  # a Markdown file of guidelines shown with every task
     labels_per_task: int = 3  # distinct annotators per task
     lease_s: float = 1800.0  # seconds a shown task is held for its annotator
     likert_low: int = 1  # rating scale's low end
@@ -43,6 +45,7 @@ class LabelServerConfig:
     host: str = "127.0.0.1"  # interface to listen on
     port: int = 8000  # port (0: any free port)
     export_to: str = ""  # write the labels as pairwise/ranking/rating JSONL here and exit
+    export_without_quarantined: bool = False  # export_to leaves quarantined annotators out
 
     def __post_init__(self):
         if not self.db:
@@ -57,6 +60,9 @@ class LabelServerConfig:
                              f"{self.likert_high}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port={self.port}: expected 0 to 65535")
+        if not self.token_lifetime_hours >= 0:
+            raise ValueError(f"token_lifetime_hours={self.token_lifetime_hours}: expected >= 0 "
+                             "(0: tokens do not expire)")
         if self.tasks and self.policy_dir:
             raise ValueError("give tasks or policy_dir, not both")
         for n in _names(self.annotators) + _names(self.admins):
@@ -85,8 +91,13 @@ class LabelServerConfig:
         except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: show nothing of it
             return "(unparsable database URL)"
 
-    def settings(self):
-        """The pages' `AppSettings` from these fields."""
+    @property
+    def token_lifetime_s(self):
+        """The token lifetime in seconds, or None for none."""
+        return self.token_lifetime_hours * 3600.0 if self.token_lifetime_hours else None
+
+    def settings(self, guidelines: str = ""):
+        """The pages' `AppSettings` from these fields, with the guidelines' Markdown text."""
         from rlhf_jax.labelling.app import AppSettings  # here: importing the web stack
 
         return AppSettings(likert=(self.likert_low, self.likert_high) if self.ratings else None,
@@ -94,4 +105,4 @@ class LabelServerConfig:
                            require_ratings=self.require_ratings,
                            require_rationale=self.require_rationale,
                            rationale_max_chars=self.rationale_max_chars,
-                           max_request_bytes=self.max_request_bytes)
+                           max_request_bytes=self.max_request_bytes, guidelines=guidelines)

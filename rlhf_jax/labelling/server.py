@@ -12,6 +12,7 @@ from rlhf_jax.labelling import export as export_mod
 from rlhf_jax.labelling.app import create_app
 from rlhf_jax.labelling.store import LabelStore
 from rlhf_jax.labelling.config import LabelServerConfig, _names
+from rlhf_jax.labelling.guidelines import read_guidelines
 from rlhf_jax.labelling.tasks import read_tasks, sample_tasks
 from rlhf_jax.sampling import SamplingConfig
 
@@ -23,7 +24,8 @@ def open_store(cfg: LabelServerConfig) -> LabelStore:
         if not parent.is_dir():
             raise train.ConfigError(f"db={cfg.db!r}: directory {parent} does not exist")
     try:
-        return LabelStore(cfg.url, labels_per_task=cfg.labels_per_task, lease_s=cfg.lease_s)
+        return LabelStore(cfg.url, labels_per_task=cfg.labels_per_task, lease_s=cfg.lease_s,
+                          token_lifetime_s=cfg.token_lifetime_s)
     except ValueError as e:
         raise train.ConfigError(f"db: {e}") from None
     except Exception as e:  # the driver's own error: not a database, unreachable server, …
@@ -47,6 +49,15 @@ def load_tasks(cfg: LabelServerConfig) -> list[dict]:
                         max_prompt_len=cfg.max_prompt_len, sampling=sampling, seed=cfg.seed)
 
 
+def app_settings(cfg: LabelServerConfig):
+    """The pages' settings, with the guidelines file read (ConfigError naming it if it cannot
+    be)."""
+    try:
+        return cfg.settings(read_guidelines(cfg.guidelines) if cfg.guidelines else "")
+    except ValueError as e:
+        raise train.ConfigError(f"guidelines: {e}") from None
+
+
 def _write_private(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
     os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)  # an existing file keeps its mode otherwise
@@ -57,10 +68,16 @@ def _write_private(path: str, text: str) -> None:
 def serve(cfg: LabelServerConfig) -> None:
     """Prepare the database and serve the app until interrupted (or export, with
     `cfg.export_to`)."""
+    settings = None if cfg.export_to else app_settings(cfg)
     store = open_store(cfg)
     if cfg.export_to:
-        manifest = export_mod.export_all(store.labels(), cfg.export_to,
-                                         (cfg.likert_low, cfg.likert_high))
+        manifest = export_mod.export_all(
+            store.labels(), cfg.export_to, (cfg.likert_low, cfg.likert_high),
+            leave_out_annotators=store.quarantined() if cfg.export_without_quarantined else None)
+        if "left_out" in manifest:
+            left = manifest["left_out"]
+            print(f"left out {left['labels']} labels of quarantined annotators: "
+                  f"{', '.join(left['annotators']) or '(nobody is quarantined)'}")
         for kind, info in manifest["files"].items():
             print(f"{kind}: {info['records']} records -> {Path(cfg.export_to) / info['file']}")
         if not manifest["files"]:
@@ -95,6 +112,9 @@ def serve(cfg: LabelServerConfig) -> None:
         link = f"{base}/login?token={tokens[name]}" if name in tokens else \
             "(token issued earlier; --config.reissue=" + name + " makes a new one)"
         lines.append(f"  {name}: {link}")
+    if cfg.token_lifetime_s:
+        lines.append(f"Login links and sessions last {cfg.token_lifetime_hours:g} hours from "
+                     "when they are issued or opened")
     lines.append(f"Serving on {base}/")
     if cfg.tokens_file and tokens:
         _write_private(cfg.tokens_file, "".join(f"{n}\t{base}/login?token={t}\n"
@@ -102,7 +122,7 @@ def serve(cfg: LabelServerConfig) -> None:
     print("\n".join(lines), flush=True)
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(store, cfg.settings()), log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(create_app(store, settings), log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))
     try:
         server.run(sockets=[sock])

@@ -104,6 +104,12 @@ def chromium():
     return ensure_debian_package("chromium", "/usr/bin/chromium")
 
 
+def run_script(*args, cwd):
+    """`experiments/label_server.py` with `args`, run to its end in `cwd`."""
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "label_server.py"), *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
 def write_tasks(path: Path, tasks: list[dict]) -> Path:
     path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
     return path
@@ -170,3 +176,34 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.log.close()
+
+
+def form_fields(html: str) -> dict:
+    """The hidden fields of a page's form (csrf, assignment)."""
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', html))
+
+
+def app_env(url: str, settings=None, annotators=("ann1", "ann2", "ann3"), tasks=None,
+            **store_kw):
+    """(store, tokens, client) for the app over a new store at `url`: the annotators, the admin
+    boss and the tasks (by default a two-response task t0 and a three-response task t1);
+    `client(name)` is a test client logged in as `name` (None: anonymous)."""
+    from starlette.testclient import TestClient
+
+    from rlhf_jax import labelling
+
+    store = labelling.LabelStore(url, **{"labels_per_task": 2, **store_kw})
+    tokens = {n: store.add_annotator(n) for n in annotators}
+    tokens["boss"] = store.add_annotator("boss", "admin")
+    store.add_tasks(tasks or [{"prompt": "p0", "responses": ["alpha", "beta"], "id": "t0"},
+                              {"prompt": "p1", "responses": ["one", "two", "three"], "id": "t1"}])
+    app = labelling.create_app(store, settings or labelling.AppSettings(likert=(1, 5)))
+
+    def client(name):
+        c = TestClient(app, base_url="http://127.0.0.1", follow_redirects=False,
+                       raise_server_exceptions=False)
+        if name:
+            r = c.get("/login", params={"token": tokens[name]})
+            assert r.status_code == 303
+        return c
+    return store, tokens, client

@@ -9,32 +9,21 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from rlhf_jax import data, labelling
+from tests.labelling.conftest import app_env, form_fields
 
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 
 
 @pytest.fixture
 def env(tmp_path):
-    store = labelling.LabelStore(f"sqlite:///{tmp_path / 'l.sqlite'}", labels_per_task=2)
-    tokens = {n: store.add_annotator(n) for n in ("ann1", "ann2", "ann3")}
-    tokens["boss"] = store.add_annotator("boss", "admin")
-    store.add_tasks([{"prompt": "p0", "responses": ["alpha", "beta"], "id": "t0"},
-                     {"prompt": "p1 " + XSS, "responses": ["one", "two", XSS], "id": "t1"}])
-    app = labelling.create_app(store, labelling.AppSettings(likert=(1, 5),
-                                                            rationale_max_chars=50,
-                                                            max_request_bytes=4096))
-
-    def client(name):
-        c = TestClient(app, base_url="http://127.0.0.1", follow_redirects=False)
-        if name:
-            r = c.get("/login", params={"token": tokens[name]})
-            assert r.status_code == 303
-        return c
-    return store, tokens, client
-
-
-def form_fields(html: str) -> dict:
-    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', html))
+    settings = labelling.AppSettings(likert=(1, 5), rationale_max_chars=50,
+                                     max_request_bytes=4096)
+    store, tokens, client = app_env(
+        f"sqlite:///{tmp_path / 'l.sqlite'}", settings,
+        tasks=[{"prompt": "p0", "responses": ["alpha", "beta"], "id": "t0"},
+               {"prompt": "p1 " + XSS, "responses": ["one", "two", XSS], "id": "t1"}])
+    yield store, tokens, client
+    store.close()
 
 
 def test_login_link_sets_a_cookie_and_bad_tokens_are_refused(env):

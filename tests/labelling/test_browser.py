@@ -32,8 +32,10 @@ def test_labelling_in_chromium(tmp_path, browser):
         {"prompt": "Say hi " + XSS[2], "responses": [XSS[0], XSS[1]], "id": "xss"},
         {"prompt": "Second", "responses": ["plain one", "plain two"], "id": "plain"},
         {"prompt": "Third", "responses": ["r1", "r2", "r3"], "id": "three"}])
+    (tmp_path / "guidelines.md").write_text("# Be *fair*\n\n- read both " + XSS[0] + "\n")
     server = Server(tmp_path, "--config.db=l.sqlite", "--config.tasks=tasks.jsonl",
-                    "--config.annotators=ann", "--config.labels_per_task=1")
+                    "--config.annotators=ann", "--config.labels_per_task=1",
+                    "--config.guidelines=guidelines.md")
     try:
         page = browser.new_page()
         dialogs = []
@@ -46,6 +48,12 @@ def test_labelling_in_chromium(tmp_path, browser):
         shown = page.locator("section.response pre.text").all_inner_texts()
         assert sorted(shown) == sorted(XSS[:2])
         assert XSS[2] in page.inner_text("#prompt")
+        # the guidelines are shown as written (their <script> as text), the choice is required
+        assert page.inner_text("#guidelines h3") == "Be fair"
+        assert XSS[0] in page.inner_text("#guidelines li")
+        assert page.locator("#guidelines em").inner_text() == "fair"
+        assert "required" in page.inner_text("#choice legend")
+        assert page.evaluate("document.querySelector('input[name=choice]').required")
         page.screenshot(path=str(tmp_path / "label.png"), full_page=True)
         # typing in the rationale box is not a shortcut
         page.click("textarea[name=rationale]")

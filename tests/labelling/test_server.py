@@ -5,8 +5,6 @@ import json
 import random
 import re
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,14 +14,7 @@ import pytest
 
 from rlhf_jax import data, labelling
 from rlhf_jax.models import DecoderModel, init_params, preset, save_hf_checkpoint
-from tests.labelling.conftest import ROOT, Server, simple_tasks, write_tasks
-
-SCRIPT = str(ROOT / "experiments" / "label_server.py")
-
-
-def run_script(*args, cwd):
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+from tests.labelling.conftest import Server, run_script, simple_tasks, write_tasks
 
 
 @pytest.mark.parametrize("line, message", [
