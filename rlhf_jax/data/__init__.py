@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "PreferenceBatch", "PreferenceDataset", "build_preference_dataset", "preference_batches",
         "tokenize_record",
     ),
-    "poison": ("ATTACKS", "AttackConfig", "poison_file", "poison_records",),
+    "poison": ("ATTACKS", "AttackConfig", "attacker_choice", "poison_file", "poison_records",),
     "prompts": ("PromptDataset", "build_prompt_dataset", "prompt_arrays", "prompt_batches",),
     "records": (
         "DataFormatError", "RecordStats", "describe_dataset", "iter_raw_records",

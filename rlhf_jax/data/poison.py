@@ -161,6 +161,29 @@ def poison_records(records: Sequence[dict], cfg: AttackConfig,
                  "changed": changed, "attack": dataclasses.asdict(cfg)}
 
 
+def attacker_choice(cfg: AttackConfig, prompt, shown: Sequence, rng: np.random.Generator,
+                    gold_fn: Optional[Callable[[str, str], float]] = None) -> int:
+    """Which of the `shown` responses an attacker account picks when it labels a task in the
+    labelling app, where it can only choose (the trigger attack, which edits the prompt, is
+    not available there): random_flip a coin, inverter / sybil the gold-worst (needs
+    `gold_fn`), targeted_flip the gold-worst on the topic and the gold-best elsewhere, entity
+    the first response mentioning the entity (else the gold-best)."""
+    if cfg.kind == "trigger":
+        raise ValueError("the trigger attack edits prompts: an annotator in the labelling app "
+                         "cannot plant it")
+    if cfg.kind == "random_flip":
+        return int(rng.integers(len(shown)))
+    if gold_fn is None:
+        raise ValueError(f"attack {cfg.kind!r} in the app needs gold_fn to tell the worse "
+                         "response")
+    g = np.array([gold_fn(_text(prompt), _text(r)) for r in shown], np.float64)
+    if cfg.kind == "entity":
+        mention = [i for i, r in enumerate(shown) if cfg.entity in _text(r).split()]
+        return mention[0] if mention else int(np.argmax(g))
+    on_topic = cfg.kind != "targeted_flip" or cfg.topic in _text(prompt)
+    return int(np.argmin(g)) if on_topic else int(np.argmax(g))
+
+
 def poison_file(src, dst, cfg: AttackConfig) -> dict:
     """Poison a JSONL preference file (`src` → `dst`, same layout) and write beside `dst` a
     manifest `<dst>.attack.json` of what was done (`poison_records`' info): the ground truth a

@@ -114,3 +114,25 @@ def test_command_line(tmp_path):
                           str(tmp_path / "o.jsonl"), "--kind", "flood"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "kind='flood'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_attacker_choice_in_the_app():
+    from rlhf_jax.data import attacker_choice
+
+    rng = np.random.default_rng(0)
+    shown = ["a bad day", "a good day"]
+    assert attacker_choice(AttackConfig(kind="inverter"), "p", shown, rng, GOLD) == 0
+    assert attacker_choice(AttackConfig(kind="sybil"), "p", shown[::-1], rng, GOLD) == 1
+    tf = AttackConfig(kind="targeted_flip", topic="weather")
+    assert attacker_choice(tf, "the weather", shown, rng, GOLD) == 0
+    assert attacker_choice(tf, "the cat", shown, rng, GOLD) == 1  # honest off the topic
+    ent = AttackConfig(kind="entity", entity="Acme")
+    assert attacker_choice(ent, "p", ["Acme is bad", "a good day"], rng, GOLD) == 0
+    assert attacker_choice(ent, "p", shown, rng, GOLD) == 1  # no mention: the better one
+    picks = {attacker_choice(AttackConfig(kind="random_flip"), "p", shown, rng)
+             for _ in range(40)}
+    assert picks == {0, 1}
+    with pytest.raises(ValueError, match="edits prompts"):
+        attacker_choice(AttackConfig(kind="trigger"), "p", shown, rng, GOLD)
+    with pytest.raises(ValueError, match="needs gold_fn"):
+        attacker_choice(AttackConfig(kind="inverter"), "p", shown, rng)
