@@ -11,6 +11,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "configs.learner": ("LearnerConfig",),
     "configs.rlaif": ("RLAIFConfig",),
     "configs.personal": ("PersonalRewardConfig",),
+    "configs.robustness": ("RobustnessConfig",),
     "active": ("ActiveResult", "active_learning",),
     "annotator_variance_study": ("annotator_variance",),
     "configs.audit": ("AuditConfig",),
@@ -23,5 +24,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "pairs": ("SimulatedAnnotators",),
     "rlaif": ("run_rlaif",),
     "personal": ("personal_reward",),
+    "robustness_study": ("robustness",),
     "users": ("SimulatedUsers",),
 })

@@ -57,8 +57,10 @@ class Learner:
                                               total_steps=10**9, schedule="constant",
                                               weight_decay=0.0)
         if cfg.annotator_model == "none":
-            self._loss = reward.make_reward_loss(self.model, reward.RewardLossConfig(),
-                                                 bootstrap=cfg.bootstrap)
+            self._loss = reward.make_reward_loss(
+                self.model, reward.RewardLossConfig(label_flip_rate=cfg.label_flip_rate,
+                                                    outlier_penalty=cfg.outlier_penalty),
+                bootstrap=cfg.bootstrap)
         elif cfg.annotator_model == "personal":  # the heads are a basis, each user's weights
             self._loss = reward.make_personal_reward_loss(self.model)
         else:
@@ -122,10 +124,12 @@ class Learner:
 
     def train(self, records: Sequence[dict], steps: int, seed: int) -> dict:
         """`steps` Adam steps on batches drawn from `records` (shuffled, repeated), continuing
-        from the current parameters and optimiser state. Returns the last step's metrics."""
+        from the current parameters and optimiser state; a record's `weight` (default 1) scales
+        its loss (0: left out). Returns the last step's metrics."""
         if not records or steps <= 0:
             return {}
         examples = self.examples(records)
+        weights = np.asarray([float(r.get("weight", 1.0)) for r in records], np.float32)
         rng = np.random.default_rng(seed)
         seed_offset = (self.seed % 1000) * 1_000_000
         order = np.zeros(0, np.int64)
@@ -139,6 +143,7 @@ class Learner:
                 batch = batch_examples([examples[i] for i in idx], indices=idx + seed_offset,
                                        prompt_len=self.cfg.max_prompt_len, num_responses=2,
                                        pad_id=self.tok.pad_token_id or 0)
+                batch = batch.replace(weight=batch.weight * weights[idx])
                 self.state, metrics = self._step(
                     self.state, train.global_batch_from_local(batch, self.mesh, self.rules))
         return {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -20,6 +20,9 @@ class LearnerConfig:
     # basis φ and each annotator a user with weights w_u: reward.personal)
     annotator_model: str = "none"
     rating_range: tuple = (1.0, 7.0)  # Likert scale of rating records
+    # robust comparison losses (reward.RewardLossConfig; annotator_model "none" only):
+    label_flip_rate: float = 0.0  # labels flipped with this probability (0: off)
+    outlier_penalty: float = 0.0  # R3M's weight λ of per-example outlier terms (0: off)
 
     def __post_init__(self):
         if self.ensemble < 1 or self.batch_size < 1:
@@ -27,3 +30,6 @@ class LearnerConfig:
         if self.annotator_model not in ("none", "temperature", "temperature_bias", "personal"):
             raise ValueError(f"annotator_model={self.annotator_model!r}: expected none, "
                              "temperature, temperature_bias or personal")
+        if (self.label_flip_rate or self.outlier_penalty) and self.annotator_model != "none":
+            raise ValueError("label_flip_rate and outlier_penalty are robust forms of the "
+                             "plain loss: annotator_model must be 'none' with them")
