@@ -198,6 +198,27 @@ def builtin_tokenizer(layout: RunLayout):
     return tokenizer if tokenizer is not None else models.load_tokenizer(layout.tokenizer)
 
 
+def load_policy(cfg: RunConfig, layout: RunLayout, mesh, rules, key):
+    """(tokenizer, config, model, params) of a stage that trains a policy with no reward model
+    beside it: `cfg.policy_dir` (a local HF directory and its tokenizer) or the `cfg.preset`,
+    randomly initialised, with the built-in tokenizer; `cfg.chat_template` given to the
+    tokenizer, the stage's model settings (`model_overrides`) applied. A tokenizer larger than
+    the model's vocabulary is refused."""
+    if cfg.policy_dir:
+        tok = models.load_tokenizer(cfg.policy_dir, models.load_hf_config(cfg.policy_dir))
+        tokenizer, overrides = data.use_template(tok, cfg.chat_template), {}
+    else:
+        tokenizer = data.use_template(builtin_tokenizer(layout), cfg.chat_template)
+        overrides = {"vocab_size": len(tokenizer)}
+    config, model, params = models.load_or_init_model(cfg.policy_dir, cfg.preset, mesh, rules,
+                                                      key, **overrides, **model_overrides(cfg))
+    if len(tokenizer) > config.vocab_size:
+        raise models.CheckpointFormatError(
+            f"{cfg.policy_dir}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"vocab_size is {config.vocab_size}")
+    return tokenizer, config, model, params
+
+
 def jit_train_step(step_fn: Callable, abstract_state, batch_sharding):
     """`step_fn` jitted with the state's shardings in and out, donating the old state."""
     state_sh = jax.tree.map(lambda a: a.sharding, abstract_state)

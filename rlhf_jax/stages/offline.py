@@ -10,10 +10,9 @@ import jax
 
 from rlhf_jax import data, models, offline, sharding, train
 from rlhf_jax.stages.common import (GlobalBatches, StageResult, builtin_file,
-                                    builtin_tokenizer, check_batch_size, export_policy, shapes_note,
-                                    freeze_rule, labelled_dataset, model_overrides,
-                                    optimizer_config, shardings_of, start_run,
-                                    train_with_checkpoints, warn)
+                                    check_batch_size, export_policy, shapes_note, freeze_rule,
+                                    labelled_dataset, load_policy, optimizer_config,
+                                    shardings_of, start_run, train_with_checkpoints, warn)
 from rlhf_jax.stages.configs.offline import OfflineConfig, OfflineData  # noqa: F401
 from rlhf_jax.stages.layout import RunLayout
 
@@ -29,14 +28,6 @@ def _reference_identity(cfg: OfflineConfig) -> dict:
             "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
 
 
-def _tokenizer(cfg: OfflineConfig, layout: RunLayout):
-    if cfg.policy_dir:
-        tok = models.load_tokenizer(cfg.policy_dir, models.load_hf_config(cfg.policy_dir))
-        return data.use_template(tok, cfg.chat_template), {}
-    tokenizer = data.use_template(builtin_tokenizer(layout), cfg.chat_template)
-    return tokenizer, {"vocab_size": len(tokenizer)}
-
-
 def train_offline(cfg: OfflineConfig) -> StageResult:
     """Train with `cfg.loss.method` on the logged feedback, evaluating the same objective and
     its implicit-reward accuracy on the held-out split; export the policy (and tokenizer) to
@@ -45,14 +36,8 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
     layout = RunLayout(cfg.run_dir)
     mesh, rules = start_run(cfg, layout)
     key, dc, lc = jax.random.key(cfg.seed), cfg.data, cfg.loss
-    tokenizer, overrides = _tokenizer(cfg, layout)
-    config, model, params = models.load_or_init_model(
-        cfg.policy_dir, cfg.preset, mesh, rules, jax.random.fold_in(key, 0), **overrides,
-        **model_overrides(cfg))
-    if len(tokenizer) > config.vocab_size:
-        raise models.CheckpointFormatError(
-            f"{cfg.policy_dir}: the tokenizer has {len(tokenizer)} tokens but the model's "
-            f"vocab_size is {config.vocab_size}")
+    tokenizer, config, model, params = load_policy(cfg, layout, mesh, rules,
+                                                   jax.random.fold_in(key, 0))
     train_file = dc.train_file or builtin_file(layout, "comparisons",
                                                data.builtin.write_comparisons,
                                                n=dc.builtin_pairs, seed=cfg.seed)

@@ -187,7 +187,8 @@ def check_batch_sizes(cfg: PPOStageConfig, mesh) -> None:
 
 def resolve_sampling(tokenizer, cfg: PPOStageConfig) -> SamplingConfig:
     """`cfg.sampling` with the chat template's end of turn and the tokenizer's EOS
-    (`data.ChatEncoder.stop_ids`), the stop tokens and the tokenizer's pad id."""
+    (`data.ChatEncoder.stop_ids`), the stop tokens and the tokenizer's pad id (`cfg`: any
+    sampling stage's config with `sampling` and `stop_tokens`, e.g. online DPO's)."""
     eos = data.encoder_for(tokenizer).stop_ids + \
         stop_token_ids(tokenizer, cfg.stop_tokens) + cfg.sampling.eos_token_ids
     return dataclasses.replace(cfg.sampling, eos_token_ids=tuple(dict.fromkeys(eos)),
@@ -251,6 +252,25 @@ def _check_positions(cfg: PPOStageConfig, config: TransformerConfig) -> None:
         raise ConfigError(f"ptx.max_len={cfg.ptx.max_len} exceeds the policy's "
                           f"{config.max_position_embeddings} learned positions "
                           "(max_position_embeddings)")
+
+
+def prompt_source(cfg, layout: RunLayout, tokenizer, pad_id: int):
+    """(the prepared prompt dataset, this process's share of `cfg.batch_size` prompts per
+    batch, its one-line description) of a sampling stage's `cfg.prompts` (a `PromptData`;
+    empty file: 200 built-in prompts), shuffled by `cfg.seed`; checkpointable."""
+    prompt_file = cfg.prompts.file or builtin_file(layout, "prompts", data.builtin.write_prompts,
+                                                   n=200)
+    prompt_ds = train.main_process_first(data.build_prompt_dataset, prompt_file, tokenizer,
+                                         layout.built_data,
+                                         max_prompt_len=cfg.prompts.prompt_len,
+                                         on_error=cfg.prompts.on_error, field=cfg.prompts.field,
+                                         buckets=cfg.prompts.buckets)
+    batches = data.prompt_batches(prompt_ds.splits["train"],
+                                  cfg.batch_size // jax.process_count(), pad_id=pad_id,
+                                  seed=cfg.seed)
+    note = data_note(prompt_ds.stats, {"max_prompt_len": "prompts.max_prompt_len"}, batches,
+                     "prompt", layout=layout)
+    return prompt_ds, batches, note
 
 
 def _ptx_batches(cfg: PPOStageConfig, layout: RunLayout, tokenizer, pad_id: int,
@@ -398,18 +418,8 @@ def train_ppo(cfg: PPOStageConfig, *,
     tokenizer = data.use_template(m.tokenizer, cfg.chat_template)
     pad_id = tokenizer.pad_token_id or 0
     _check_positions(cfg, m.config)
-    prompt_file = cfg.prompts.file or builtin_file(layout, "prompts", data.builtin.write_prompts,
-                                                   n=200)
-    prompt_ds = train.main_process_first(data.build_prompt_dataset, prompt_file, tokenizer,
-                                         layout.built_data,
-                                         max_prompt_len=cfg.prompts.prompt_len,
-                                         on_error=cfg.prompts.on_error, field=cfg.prompts.field,
-                                         buckets=cfg.prompts.buckets)
-    prompt_batches = data.prompt_batches(prompt_ds.splits["train"],
-                                         cfg.batch_size // jax.process_count(), pad_id=pad_id,
-                                         seed=cfg.seed)
-    notes = [data_note(prompt_ds.stats, {"max_prompt_len": "prompts.max_prompt_len"},
-                       prompt_batches, "prompt", layout=layout)]
+    prompt_ds, prompt_batches, note = prompt_source(cfg, layout, tokenizer, pad_id)
+    notes = [note]
     ptx_note, ptx_batches = _ptx_batches(cfg, layout, tokenizer, pad_id, m.config)
     notes += [ptx_note] if ptx_note else []
     batches = ppo.ZipBatches(prompt_batches, ptx_batches)
