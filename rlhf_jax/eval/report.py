@@ -107,7 +107,7 @@ def _plot_offline(rows: list[dict], method: str, out: Path) -> None:
 METHOD_NAMES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "best_of_n": "best-of-n",
                 "dpo": "DPO", "cdpo": "cDPO", "rdpo": "robust DPO", "ipo": "IPO",
                 "simpo": "SimPO", "orpo": "ORPO", "kto": "KTO", "awr": "AWR",
-                "filtered_bc": "filtered BC"}
+                "filtered_bc": "filtered BC", "online_dpo": "online DPO"}
 
 
 def rel_of(plots: Path, report_path: Path) -> str:
@@ -287,9 +287,17 @@ def write_report(report_path, plots_dir, *, info: dict, reward_rows: list[dict],
                           f"{limited['cost']['mean']:.3f} ± {limited['cost']['stderr']:.3f}).")
     else:
         _plot_offline(policy_rows, name, plots / "training.png")
-        figure = [f"![training]({rel_of(plots, report_path)}/training.png)", "",
-                  f"{name} learns from the comparisons directly; the reward model only judges "
-                  "the result.", ""]
+        how = (f"{name} learns from the comparisons directly; the reward model only judges "
+               "the result.")
+        if method == "online_dpo":  # Guo et al. 2024: its own samples, judged as it goes
+            judge = info.get("online_judge", "reward_model")
+            how = (f"{name[:1].upper()}{name[1:]} learns from pairs of its own samples, "
+                   "ranked at every step by "
+                   + ("the reward model" if judge == "reward_model" else f"the `{judge}` judge")
+                   + f" (loss: {METHOD_NAMES.get(info.get('online_loss'), 'DPO')}, against the "
+                   "starting policy); the comparisons only trained the reward model. The "
+                   "implicit-reward accuracy is measured on each step's fresh samples.")
+        figure = [f"![training]({rel_of(plots, report_path)}/training.png)", "", how, ""]
     rel = rel_of(plots, report_path)
     ev, run = evaluation, info.get("run_dir", report_path.parent)
     before, after = ev["before"]["summary"], ev["after"]["summary"]

@@ -1,5 +1,5 @@
-"""The end-to-end RLHF run as a library function: SFT → comparisons → reward model → PPO →
-evaluation and report (`run_pipeline(PipelineConfig(...))`)."""
+"""The end-to-end RLHF run as a library function: SFT → comparisons → reward model → PPO (or
+another policy method) → evaluation and report (`run_pipeline(PipelineConfig(...))`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +17,7 @@ from rlhf_jax.stages.common import check_writable
 from rlhf_jax.stages.configs.pipeline import (_PIPELINE_OWNED, METHODS, PPO_FAMILY,  # noqa: F401
                                               STAGES, PipelineConfig, _get, _replace)
 from rlhf_jax.stages.offline import train_offline
+from rlhf_jax.stages.online import train_online_dpo
 from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
 from rlhf_jax.stages.ppo import (PPOStageConfig, cost_term, resolve_sampling, reward_scorer,
                                  train_ppo)
@@ -182,9 +183,9 @@ def check_inputs(cfg: PipelineConfig) -> None:
 
 
 def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, prefs: str):
-    """The SFT, reward, PPO and offline configs with the pipeline's directories, seed and
-    inputs: exactly the fields of `_PIPELINE_OWNED`, which the config refuses to have set
-    otherwise."""
+    """The SFT, reward, PPO, online DPO and offline configs (`STAGES`) with the pipeline's
+    directories, seed and inputs: exactly the fields of `_PIPELINE_OWNED`, which the config
+    refuses to have set otherwise."""
     rd = cfg.reward.data
     common = {"seed": cfg.seed, "allow_config_change": cfg.allow_config_change,
               "compile_cache": _compile_cache(cfg, layout), "lora": cfg.lora,
@@ -203,6 +204,11 @@ def stage_configs(cfg: PipelineConfig, layout: PipelineLayout, policy_dir: str, 
                 "sampling.max_new_tokens": cfg.new_tokens, "monitor_terms": cfg.gold,
                 "rollout.advantage": cfg.method if cfg.method in ("rloo", "grpo") else "gae",
                 "rollout.group_size": cfg.group_size if cfg.method in ("rloo", "grpo") else 1},
+        "online": {**common, "run_dir": str(layout.stage("online").root),
+                   "policy_dir": policy_dir, "reward_dir": str(layout.stage("reward").export),
+                   "prompts.file": cfg.prompts_file, "prompts.field": cfg.prompts_field,
+                   "prompts.max_prompt_len": cfg.prompt_len,
+                   "sampling.max_new_tokens": cfg.new_tokens},
         "offline": {**common, "run_dir": str(layout.stage("offline").root),
                     "policy_dir": policy_dir, "data.train_file": prefs,
                     "data.kind": cfg.reward.data.kind, "data.max_prompt_len": cfg.prompt_len,
@@ -267,7 +273,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         return PipelineResult(str(layout.root), preempted_stage=name)
 
     policy_dir, prefs = run_inputs(cfg, layout)
-    sft, rm, ppo_cfg, off_cfg = stage_configs(cfg, layout, policy_dir, prefs)
+    sft, rm, ppo_cfg, online_cfg, off_cfg = stage_configs(cfg, layout, policy_dir, prefs)
     notes, warnings = [], []
     if cfg.sft.steps > 0:
         sft_result = timed("sft", train_sft, sft)
@@ -284,8 +290,10 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     warnings += rm_result.warnings
     policy_rows, trained = [], None
     if cfg.method != "best_of_n":
-        stage, run, stage_cfg = (("ppo", train_ppo, ppo_cfg) if cfg.method in PPO_FAMILY
-                                 else ("offline", train_offline, off_cfg))
+        stage, run, stage_cfg = (("ppo", train_ppo, ppo_cfg) if cfg.method in PPO_FAMILY else
+                                 ("online", train_online_dpo, online_cfg)
+                                 if cfg.method == "online_dpo" else
+                                 ("offline", train_offline, off_cfg))
         result = timed(cfg.method, run, stage_cfg)
         if result.preempted:
             return preempted(cfg.method)
@@ -303,7 +311,10 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             "data": notes, "warnings": warnings,
             "custom_loss": (cfg.ppo.ppo.policy_loss if cfg.method in PPO_FAMILY
                             else cfg.offline.loss.custom if cfg.method in offline.METHODS
+                            else cfg.online.loss.custom if cfg.method == "online_dpo"
                             else ""),
+            **({"online_judge": cfg.online.judge, "online_loss": cfg.online.loss.method}
+               if cfg.method == "online_dpo" else {}),
             "config": resolved}
     if train.is_main_process():
         layout.evaluation.write_text(json.dumps(ev, indent=1))

@@ -2,12 +2,13 @@
 
 For each seed, one base run (SFT → simulated comparisons → reward model) is shared by every
 method, which then learns from the same comparisons (offline methods) or the same reward model
-(PPO, RLOO, GRPO, best-of-n), over a sweep of its KL-controlling setting. Each method's sweep
-runs in its own process, so its peak memory is its own. The report puts the gold score of every
-setting against its KL to the starting policy on one plot (Gao et al. 2022, fig. 1; Rafailov et
-al. 2023, fig. 2), tabulates gains, KL, time and memory, and the alignment metrics (win rate
-against the starting policy, profanity rate, distinct-1/2, length), and follows one setting's
-gold score over training to show over-optimisation (`studies.compare_report`).
+(PPO, RLOO, GRPO, best-of-n, online DPO), over a sweep of its KL-controlling setting. Each
+method's sweep runs in its own process, so its peak memory is its own. The report puts the gold
+score of every setting against its KL to the starting policy on one plot (Gao et al. 2022, fig.
+1; Rafailov et al. 2023, fig. 2), tabulates gains, KL, time and memory, and the alignment
+metrics (win rate against the starting policy, profanity rate, distinct-1/2, length), and
+follows one setting's gold score over training to show over-optimisation
+(`studies.compare_report`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from rlhf_jax import eval as rl_eval
 from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
 from rlhf_jax.stages.offline import train_offline
+from rlhf_jax.stages.online import train_online_dpo
 from rlhf_jax.stages.pipeline import (PPO_FAMILY, _replace, evaluate_before_after, run_inputs,
                                       run_pipeline, stage_configs)
 from rlhf_jax.stages.ppo import train_ppo
@@ -53,13 +55,18 @@ def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
             overrides.update(QUICK_OVEROPTIMISATION)
         pcfg = _replace(base, overrides)
         run = PipelineLayout(pcfg.run_dir)
-        _, _, ppo_cfg, off_cfg = stage_configs(pcfg, run, *run_inputs(base, layout))
-        ppo_cfg = dataclasses.replace(ppo_cfg, reward_dir=str(layout.stage("reward").export))
+        _, _, ppo_cfg, online_cfg, off_cfg = stage_configs(pcfg, run,
+                                                           *run_inputs(base, layout))
+        reward_dir = str(layout.stage("reward").export)  # the seed's shared reward model
+        ppo_cfg = dataclasses.replace(ppo_cfg, reward_dir=reward_dir)
         start = time.perf_counter()
         trained, rows = None, []
         if method in PPO_FAMILY:
             trained = train_ppo(ppo_cfg).export_dir
             rows = run.stage("ppo").read_metrics()
+        elif method == "online_dpo":
+            trained = train_online_dpo(dataclasses.replace(online_cfg,
+                                                           reward_dir=reward_dir)).export_dir
         elif method != "best_of_n":
             trained = train_offline(off_cfg).export_dir
         seconds = time.perf_counter() - start

@@ -14,7 +14,8 @@ from rlhf_jax.stages.configs.pipeline import METHODS, PipelineConfig, _replace
 # values (weakest pull away from the reference first). Budgets are the pipeline's defaults:
 # PPO / RLOO / GRPO 150 iterations of 32 sampled responses (RLOO / GRPO: `group_size` = 4 for
 # each of 8 prompts), the offline methods 200 steps of 32 rows (a comparison's two responses
-# each), best-of-n n samples per evaluation prompt; the report states them.
+# each), online DPO 150 steps of 16 prompts × 2 samples judged by the reward model, best-of-n n
+# samples per evaluation prompt; the report states them.
 SWEEPS = {
     "ppo": ("ppo.kl.beta", (0.1, 0.02, 0.0)),
     "rloo": ("ppo.kl.beta", (0.1, 0.02)),
@@ -29,6 +30,7 @@ SWEEPS = {
     "orpo": ("offline.loss.orpo_lambda", (0.1, 1.0)),
     "awr": ("offline.loss.temperature", (1.0, 0.25)),
     "filtered_bc": ("offline.loss.top_fraction", (1.0, 0.5)),
+    "online_dpo": ("online.loss.beta", (0.5, 0.1)),
 }
 # alignment metrics of the responses, besides gold, proxy and KL, in the second table
 TEXT_METRICS = ("profanity_rate", "distinct_1", "distinct_2", "length")
@@ -39,10 +41,12 @@ OVEROPTIMISATION = ("ppo", 0.0)
 # method on tiny budgets, except the over-optimisation setting, which keeps the full study's
 # 150 iterations (about 0.2 s each on 2 cores) so that its rise and fall shows
 QUICK = {"comparisons": 1000, "reward.steps": 150, "reward.eval_every": 50,
-         "ppo.steps": 8, "offline.steps": 16, "offline.eval_every": 8, "eval_samples": 32}
+         "ppo.steps": 8, "offline.steps": 16, "offline.eval_every": 8, "online.steps": 8,
+         "eval_samples": 32}
 QUICK_OVEROPTIMISATION = {"ppo.steps": 150}
 # a quick study's rough cost of each method (for sharing the runs out between the workers)
-QUICK_COST = {"ppo": 5.0, "best_of_n": 2.5, "kto": 1.5, "rloo": 1.5, "grpo": 1.5}
+QUICK_COST = {"ppo": 5.0, "best_of_n": 2.5, "kto": 1.5, "rloo": 1.5, "grpo": 1.5,
+              "online_dpo": 1.5}
 
 
 # the main job's fields a study passes on unchanged

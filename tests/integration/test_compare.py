@@ -37,7 +37,7 @@ def test_every_method_is_in_the_report(study):
     assert [r["method"] for r in results["rows"]] == list(METHODS)
     report = (study / "report.md").read_text()
     for name in ("PPO", "RLOO", "GRPO", "best-of-n", "DPO", "cDPO", "robust DPO", "IPO",
-                 "SimPO", "ORPO", "KTO", "AWR", "filtered BC"):
+                 "SimPO", "ORPO", "KTO", "AWR", "filtered BC", "online DPO"):
         assert f"| {name} |" in report, name
     assert (study / "plots" / "frontier.png").stat().st_size > 10_000
     assert (study / "plots" / "overoptimisation.png").stat().st_size > 5_000

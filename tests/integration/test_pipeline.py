@@ -93,6 +93,33 @@ def test_local_checkpoint_and_preference_file(run, tmp_path):
     assert summary["data"]["read"] == 120
 
 
+def test_online_dpo_in_the_main_job(run, tmp_path):
+    """`--config.method=online_dpo` as a user runs it, on the tiny budget, from this module's
+    SFT policy and comparisons (no SFT, no simulation): the reward model trained on them ranks
+    the policy's own samples at every step, and the report names the method and its judge."""
+    out = tmp_path / "online"
+    _pipeline([f"--config.run_dir={out}", "--config.sft.steps=0",
+               f"--config.policy_dir={run / 'sft' / 'export'}",
+               f"--config.preference_file={run / 'data' / 'comparisons.jsonl'}", *TINY[2:],
+               "--config.method=online_dpo", "--config.online.steps=4",
+               "--config.online.batch_size=8", "--config.online.log_every=1"])
+    info = json.loads((out / "run.json").read_text())
+    assert set(info["stage_seconds"]) == {"reward", "online_dpo", "evaluation"}
+    assert (info["method"], info["online_judge"], info["online_loss"]) == \
+        ("online_dpo", "reward_model", "dpo")
+    rows = [json.loads(x) for x in (out / "online" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["judge/calls"] == 4 * 8 * 2  # 8 prompts × 2 samples per step
+    assert all(np.isfinite(r["judge/score_mean"]) and "rewards/accuracy" in r for r in rows)
+    assert (out / "online" / "export" / "model.safetensors").is_file()
+    assert not (out / "ppo").exists() and not (out / "offline").exists()
+    ev = json.loads((out / "eval.json").read_text())
+    assert abs(ev["after"]["summary"]["kl"]["mean"]) > 0  # the policy left its start
+    report = (out / "report.md").read_text()
+    assert "| after online DPO |" in report
+    assert "ranked at every step by the reward model (loss: DPO" in report
+
+
 def test_best_of_n_under_the_profanity_floor(run):
     """Best-of-n with `ppo.constraint.cost=profanity`: no chosen response is flagged where a
     clean candidate existed, although the reward model alone would pick some flagged ones."""

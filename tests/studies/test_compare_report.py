@@ -33,7 +33,7 @@ def test_overoptimisation_verdict_both_ways():
 
 def test_every_method_has_its_own_colour_and_marker():
     styles = method_styles(METHODS)
-    assert len(set(c for c, _ in styles.values())) == len(METHODS) == 13
+    assert len(set(c for c, _ in styles.values())) == len(METHODS) == 14
     assert len(set(m for _, m in styles.values())) == len(METHODS)
     assert method_styles(["dpo", "ppo"]) == {m: styles[m] for m in ("dpo", "ppo")}
     mine = method_styles(["ppo", "my_method"])

@@ -6,6 +6,7 @@ import dataclasses
 from rlhf_jax import eval as rl_eval, models, offline
 from rlhf_jax.ppo import KLConfig
 from rlhf_jax.stages.configs.offline import OfflineConfig
+from rlhf_jax.stages.configs.online import OnlineDPOConfig
 from rlhf_jax.stages.configs.ppo import PPOStageConfig
 from rlhf_jax.stages.configs.reward import RewardConfig
 from rlhf_jax.stages.configs.sft import SFTConfig, SFTData
@@ -14,15 +15,17 @@ from rlhf_jax.stages.configs.sft import SFTConfig, SFTData
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """The whole run. Each stage's settings are its own config (`sft`, `reward`, `ppo`,
-    `offline`); the pipeline sets their run directories, seeds, compilation cache and inputs
+    `online`, `offline`); the pipeline sets their run directories, seeds, compilation cache and inputs
     (model_dir / policy_dir, data files, prompt and response lengths) from its fields below.
 
     `method` picks how the policy learns from the comparisons: "ppo" (GAE with a critic),
     "rloo" or "grpo" (critic-free, `group_size` samples per prompt) against the reward model,
     "best_of_n" (no training: `best_of_n` samples of the starting policy reranked by the
-    reward model), or an offline method straight from the comparisons (`offline.METHODS`:
-    dpo, cdpo, rdpo, ipo, simpo, orpo, kto, awr, filtered_bc). The reward model is trained in
-    every case: it is the proxy the report measures.
+    reward model), an offline method straight from the comparisons (`offline.METHODS`:
+    dpo, cdpo, rdpo, ipo, simpo, orpo, kto, awr, filtered_bc), or "online_dpo" (the policy's
+    own samples, ranked at every step by the reward model, or by `online.judge`; its loss is
+    `online.loss.method`, DPO by default). The reward model is trained in every case: it is the
+    proxy the report measures.
 
     `policy_dir`: a local HF directory to start from (with its tokenizer, and its chat template
     or `chat_template`); empty: the tiny preset with a tokenizer trained on the built-in corpus.
@@ -64,7 +67,7 @@ class PipelineConfig:
     eval_samples: int = 160  # responses per policy in the final evaluation
     report_samples: int = 8  # samples per policy shown in the report
     # ppo | rloo | grpo | best_of_n | dpo | cdpo | rdpo | ipo | simpo | orpo | kto | awr |
-    # filtered_bc
+    # filtered_bc | online_dpo
     method: str = "ppo"
     group_size: int = 4  # rloo / grpo: samples per prompt
     best_of_n: int = 16  # best_of_n: samples per prompt reranked by the reward model
@@ -80,6 +83,7 @@ class PipelineConfig:
     reward: RewardConfig = RewardConfig(steps=300, batch_size=32, eval_every=50)
     ppo: PPOStageConfig = PPOStageConfig(steps=150, batch_size=32, kl=KLConfig(beta=0.02))
     offline: OfflineConfig = OfflineConfig(steps=200, batch_size=32, eval_every=50)
+    online: OnlineDPOConfig = OnlineDPOConfig(steps=150, batch_size=16)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -133,10 +137,10 @@ class PipelineConfig:
 PPO_FAMILY = ("ppo", "rloo", "grpo")
 
 
-METHODS = PPO_FAMILY + ("best_of_n",) + offline.METHODS
+METHODS = PPO_FAMILY + ("best_of_n",) + offline.METHODS + ("online_dpo",)
 
 
-STAGES = ("sft", "reward", "ppo", "offline")
+STAGES = ("sft", "reward", "ppo", "online", "offline")
 
 
 # Fields of the stage configs that the pipeline sets itself, and from what.
@@ -161,6 +165,14 @@ _PIPELINE_OWNED = {
             "prompts.max_prompt_len": "max_prompt_len",
             "sampling.max_new_tokens": "max_new_tokens", "monitor_terms": "gold",
             "rollout.advantage": "method", "rollout.group_size": "group_size"},
+    "online": {"run_dir": "run_dir", "seed": "seed", "lora": "lora",
+               "chat_template": "chat_template",
+               "policy_dir": "the SFT export or policy_dir",
+               "reward_dir": "the reward stage's export",
+               "allow_config_change": "allow_config_change", "compile_cache": "compile_cache",
+               "prompts.file": "prompts_file", "prompts.field": "prompts_field",
+               "prompts.max_prompt_len": "max_prompt_len",
+               "sampling.max_new_tokens": "max_new_tokens"},
     "offline": {"run_dir": "run_dir", "seed": "seed", "lora": "lora",
                 "chat_template": "chat_template",
                 "policy_dir": "the SFT export or policy_dir",
