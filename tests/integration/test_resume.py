@@ -1,6 +1,7 @@
 """Exact resume: SIGKILL at a random step of the SFT, reward-model, PPO (full, and LoRA with a
-cost constraint) and offline (KTO) stages, rerun, and the exported parameters are bitwise equal
-to an uninterrupted run's, with every step logged once."""
+cost constraint), offline (KTO) and online DPO (LoRA, judged by the reward model) stages, rerun,
+and the exported parameters are bitwise equal to an uninterrupted run's, with every step logged
+once."""
 import json
 import os
 import random
@@ -17,10 +18,10 @@ from rlhf_jax.models._safetensors import SafetensorsFile
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = {"sft": 24, "reward": 16, "ppo": 8, "offline": 12, "ppo_lora": 8}
-SAVE_EVERY = {"sft": 4, "reward": 4, "ppo": 2, "offline": 4, "ppo_lora": 2}
+STEPS = {"sft": 24, "reward": 16, "ppo": 8, "offline": 12, "ppo_lora": 8, "online_dpo": 8}
+SAVE_EVERY = {"sft": 4, "reward": 4, "ppo": 2, "offline": 4, "ppo_lora": 2, "online_dpo": 2}
 PROGRESS_KEY = {"sft": "train/loss", "reward": "train/loss", "ppo": "score/mean",
-                "offline": "train/loss", "ppo_lora": "score/mean"}
+                "offline": "train/loss", "ppo_lora": "score/mean", "online_dpo": "train/loss"}
 
 
 def _cmd(stage, run_dir, reward_dir=None):
@@ -38,6 +39,10 @@ def _cmd(stage, run_dir, reward_dir=None):
         # KTO: mismatched completions and the cached reference are part of what resumes
         "offline": ["--config.batch_size=16", "--config.data.builtin_pairs=200",
                     "--config.eval_every=8", "--config.loss.method=kto"],
+        # the sampling key, the prompt order and LoRA's reference (the base, adapters off)
+        "online_dpo": [f"--config.reward_dir={reward_dir}", "--config.batch_size=8",
+                       "--config.samples_per_prompt=3", "--config.sampling.max_new_tokens=6",
+                       "--config.lora.rank=4", "--config.optim.learning_rate=1e-3"],
     }
     # LoRA: frozen base split from the adapters in every update, the critic adapted too; a
     # profanity constraint whose multiplier λ (a train-state helper) moves every iteration
@@ -47,7 +52,8 @@ def _cmd(stage, run_dir, reward_dir=None):
                                         "--config.constraint.limit=0.0"]
     extra = extra[stage]
     script = {"sft": "train_sft.py", "reward": "train_reward.py", "ppo": "train_ppo.py",
-              "offline": "train_offline.py", "ppo_lora": "train_ppo.py"}[stage]
+              "offline": "train_offline.py", "ppo_lora": "train_ppo.py",
+              "online_dpo": "train_online_dpo.py"}[stage]
     return [sys.executable, "-u", str(ROOT / "experiments" / script), *common, *extra]
 
 
