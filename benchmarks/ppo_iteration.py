@@ -23,6 +23,7 @@ each layer's forward in the backward pass (~33% of TRL's training time on the 2-
 The peer runs first and releases its GPU memory before ours starts.
 """
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -107,15 +108,22 @@ def ours(directory, tok, prompts, args, advantage):
         sampling=SamplingConfig(max_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id),
         rollout=rollout, ppo=ppo.PPOConfig(epochs=1, num_minibatches=args.minibatches), tx=tx,
         kl_update=ppo.fixed_kl_update, critic_config=critic_config)
-    batch = {"prompts": prompts, "ptx": None}
+    seconds, split, _ = time_steps(step, state, {"prompts": prompts, "ptx": None},
+                                   args.iterations, ("generate", "score", "update"))
+    return seconds, split
+
+
+def time_steps(step, state, batch, n: int, parts):
+    """(median of `n` steps' "time/iteration" after one that compiles, the mean seconds of each
+    of `parts` ("time/<part>"), the last step's metrics) of `step(state, batch)`."""
     times, splits = [], []
-    for i in range(args.iterations + 1):
+    for i in range(n + 1):
         state, metrics = step(state, batch)
-        if i:  # the first iteration compiles
+        if i:  # the first step compiles
             times.append(metrics["time/iteration"])
-            splits.append({key: metrics[f"time/{key}"] for key in ("generate", "score", "update")})
+            splits.append({key: metrics[f"time/{key}"] for key in parts})
     return statistics.median(times), {key: float(np.mean([s[key] for s in splits]))
-                                      for key in splits[0]}
+                                      for key in parts}, metrics
 
 
 def trl_seconds(directory, tok, texts, args, cuda):
@@ -177,33 +185,60 @@ def iteration_flops(directory, n, length):
     return 5 * pol + rm, 5 * pol + 5 * rm
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_iteration_args(p) -> None:
+    """The arguments of the benchmarks of a whole RLHF iteration (this one, online_dpo_step.py):
+    prompts, new tokens, the random GPT-2's shape, where TRL runs, and `_common`'s."""
     p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--samples", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=24)
-    p.add_argument("--minibatches", type=int, default=2)
-    p.add_argument("--iterations", type=int, default=12)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--beta", type=float, default=0.05)
-    p.add_argument("--no-ppo", action="store_true", help="time only our RLOO iteration")
     p.add_argument("--peer-device", choices=("auto", "cpu"), default="auto",
                    help="cpu: TRL on the CPU whatever --device says")
     add_common_args(p, default_model=None, attention=True, remat=True)
-    args = p.parse_args()
+
+
+def iteration_devices(args) -> Devices:
+    """Where each side runs (`--device`, `--peer-device`), the attention kernel checked."""
     devices = select_devices(args.device)
     check_attention(args.attention, devices, args.dtype)
     if args.peer_device == "cpu":
         devices = Devices(jax=devices.jax, torch="cpu")
+    return devices
+
+
+def builtin_prompts(tok, n: int):
+    """(texts, {"tokens", "mask"} left-padded with the pad id, their length): the first `n` of
+    the built-in prompts, cycled, as text for TRL and as our token arrays."""
+    texts = [data.builtin.PROMPTS[i % len(data.builtin.PROMPTS)] for i in range(n)]
+    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    length = max(map(len, enc))
+    prompts = {"tokens": np.array([[tok.pad_token_id] * (length - len(e)) + e for e in enc]),
+               "mask": np.array([[0] * (length - len(e)) + [1] * len(e) for e in enc])}
+    return texts, prompts, length
+
+
+@contextlib.contextmanager
+def iteration_setup(p):
+    """Parse `p` with `add_iteration_args`, place the sides, and in a temporary directory save
+    the random policy and reward model (`build_models`) and encode the built-in prompts
+    (`builtin_prompts`): yields (args, devices, directory, tokenizer, texts, prompts, length)."""
+    add_iteration_args(p)
+    args = p.parse_args()
+    devices = iteration_devices(args)
     with tempfile.TemporaryDirectory() as directory:
         tok = build_models(directory, args, devices.torch)
-        texts = [data.builtin.PROMPTS[i % len(data.builtin.PROMPTS)] for i in range(args.prompts)]
-        enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        length = max(map(len, enc))
-        prompts = {"tokens": np.array([[tok.pad_token_id] * (length - len(e)) + e for e in enc]),
-                   "mask": np.array([[0] * (length - len(e)) + [1] * len(e) for e in enc])}
+        yield (args, devices, directory, tok, *builtin_prompts(tok, args.prompts))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--minibatches", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=12)
+    p.add_argument("--beta", type=float, default=0.05)
+    p.add_argument("--no-ppo", action="store_true", help="time only our RLOO iteration")
+    with iteration_setup(p) as (args, devices, directory, tok, texts, prompts, length):
         rloo_flops, ppo_flops = iteration_flops(directory, args.prompts * args.samples,
                                                 length + args.new_tokens)
         peer_s = trl_seconds(directory, tok, texts, args, devices.cuda)
