@@ -79,18 +79,39 @@ def _text(x) -> str:
     return x if isinstance(x, str) else " ".join(str(m.get("content", "")) for m in x)
 
 
+def _is_text(x) -> bool:
+    """A text, or a non-empty list of messages (dicts with a string content)."""
+    return isinstance(x, str) or (isinstance(x, list) and bool(x) and all(
+        isinstance(m, dict) and isinstance(m.get("content", ""), str) for m in x))
+
+
 def _view(rec: dict, where: str) -> tuple:
-    """(prompt, first, second, first_chosen) of a pairwise record."""
+    """(prompt, first, second, first_chosen) of a pairwise record, its values checked."""
+    if "prompt" not in rec:
+        raise ValueError(f"{where}: no prompt field (an implicit prompt inside chosen and "
+                         "rejected): write the shared prompt out as `prompt` to poison it")
     if "chosen" in rec and "rejected" in rec:
-        return rec.get("prompt", ""), rec["chosen"], rec["rejected"], True
-    responses, ranks = rec.get("responses"), rec.get("ranks")
-    if not (isinstance(responses, list) and isinstance(ranks, list) and len(responses) == 2
-            and len(ranks) == 2):
-        raise ValueError(f"{where}: a poisoning attack needs pairwise records (prompt + "
-                         "chosen + rejected, or 2 responses with 2 ranks)")
-    if ranks[0] == ranks[1]:
-        raise ValueError(f"{where}: a tie (equal ranks) has no label to poison")
-    return rec.get("prompt", ""), responses[0], responses[1], ranks[0] < ranks[1]
+        view = (rec["prompt"], rec["chosen"], rec["rejected"], True)
+    else:
+        responses, ranks = rec.get("responses"), rec.get("ranks")
+        if not (isinstance(responses, list) and isinstance(ranks, list)
+                and len(responses) == 2 and len(ranks) == 2):
+            raise ValueError(f"{where}: a poisoning attack needs pairwise records (prompt + "
+                             "chosen + rejected, or 2 responses with 2 ranks)")
+        if not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks):
+            raise ValueError(f"{where}: ranks={ranks!r}, expected two integers")
+        view = (rec["prompt"], responses[0], responses[1], ranks[0] < ranks[1])
+    for name, value in zip(("prompt", "first response", "second response"), view[:3]):
+        if not _is_text(value):
+            raise ValueError(f"{where}: the {name} is {type(value).__name__}, expected a text "
+                             "or a list of messages")
+    return view
+
+
+def _is_tie(rec: dict) -> bool:
+    ranks = rec.get("ranks")
+    return ("chosen" not in rec and isinstance(ranks, list) and len(ranks) == 2
+            and ranks[0] == ranks[1])
 
 
 def _write(rec: dict, prompt, first, second, first_chosen: bool, annotator: str) -> dict:
@@ -99,7 +120,8 @@ def _write(rec: dict, prompt, first, second, first_chosen: bool, annotator: str)
         out["chosen"], out["rejected"] = (first, second) if first_chosen else (second, first)
     else:
         out["responses"], out["ranks"] = [first, second], [0, 1] if first_chosen else [1, 0]
-    for key in ("confidence", "weight"):  # an attacker's label is as sure as anyone's
+    # an attacker's label is as sure as anyone's, and carries no one else's rationale
+    for key in ("confidence", "probability", "weight", "rationale"):
         out.pop(key, None)
     return out
 
@@ -125,12 +147,18 @@ def poison_records(records: Sequence[dict], cfg: AttackConfig,
     """The records with `round(rate·N)` of them taken over by the attack, and what was done:
     {"poisoned": indices, "attackers": account ids, "changed": indices whose label or text the
     attack changed (a targeted flip leaves off-topic labels alone; an inverter leaves labels
-    that already preferred the worse response)}. `gold_fn(prompt text, response text)` says
-    which response is worse; without it, the one the label rejected."""
+    that already preferred the worse response), "ties": records left alone as ties}.
+    `gold_fn(prompt text, response text)` says which response is worse; without it, the one
+    the label rejected. Ties (equal ranks) are never taken: they have no label to turn."""
     rng = np.random.default_rng(cfg.seed)
     n = len(records)
-    k = int(round(cfg.rate * n))
-    poisoned = np.sort(rng.choice(n, size=k, replace=False)) if k else np.zeros(0, np.int64)
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ValueError(f"record {i}: expected an object, got {type(rec).__name__}")
+    open_ = np.array([i for i, r in enumerate(records) if not _is_tie(r)], np.int64)
+    k = min(int(round(cfg.rate * n)), open_.size)
+    poisoned = (np.sort(rng.choice(open_, size=k, replace=False)) if k
+                else np.zeros(0, np.int64))
     accounts = [f"{cfg.id_prefix}{j}" for j in range(attacker_count(cfg, k))]
     out, changed = [dict(r) for r in records], []
     for slot, i in enumerate(poisoned):
@@ -158,7 +186,8 @@ def poison_records(records: Sequence[dict], cfg: AttackConfig,
             changed.append(int(i))
         out[i] = _write(rec, *new, annotator=accounts[slot % len(accounts)])
     return out, {"poisoned": [int(i) for i in poisoned], "attackers": accounts,
-                 "changed": changed, "attack": dataclasses.asdict(cfg)}
+                 "changed": changed, "ties": int(n - open_.size),
+                 "attack": dataclasses.asdict(cfg)}
 
 
 def attacker_choice(cfg: AttackConfig, prompt, shown: Sequence, rng: np.random.Generator,
@@ -190,7 +219,7 @@ def poison_file(src, dst, cfg: AttackConfig) -> dict:
     study of defences scores against. Blank lines are dropped; a line that is not a JSON
     object stops with its file:line."""
     src, dst = Path(src), Path(dst)
-    records = []
+    records, lines = [], []
     for line_no, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -201,10 +230,14 @@ def poison_file(src, dst, cfg: AttackConfig) -> dict:
         if not isinstance(rec, dict):
             raise ValueError(f"{src}:{line_no}: expected a JSON object")
         records.append(rec)
-    try:
-        out, info = poison_records(records, cfg)
-    except ValueError as e:  # name the line, not the record's position
-        raise ValueError(f"{src}: {e}") from None
+        lines.append(line_no)
+    for i, rec in enumerate(records):  # every record checked, not only those the attack takes
+        if not _is_tie(rec):
+            try:
+                _view(rec, "")
+            except ValueError as e:
+                raise ValueError(f"{src}:{lines[i]}{e}") from None
+    out, info = poison_records(records, cfg)
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_text("".join(json.dumps(r) + "\n" for r in out), encoding="utf-8")
     info = {**info, "source": str(src), "records": len(records)}

@@ -10,7 +10,6 @@ the candidates' median by `min_effect` and a one-sided binomial test against tha
 rejects at `alpha` (Bonferroni over the candidates)."""
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -30,9 +29,9 @@ def candidate_words(prompts: Iterable[str], *, min_count: int = 3) -> list[str]:
 
 def _binomial_sf(k: int, n: int, p: float) -> float:
     """P(X ≥ k) for X ~ Binomial(n, p)."""
-    if k <= 0:
-        return 1.0
-    return float(sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+    from scipy import stats
+
+    return float(stats.binom.sf(k - 1, n, p)) if k > 0 else 1.0
 
 
 def scan_triggers(margin_fn: Callable[[Sequence[tuple]], np.ndarray], pairs: Sequence[tuple],

@@ -31,14 +31,17 @@ def flip_likelihood_loss(delta_b, flip_rate: float):
     with probability ε (the forward-corrected likelihood of a noisy label, Patrini et al. 2017
     eq. 6; for preferences, the noise model of Chowdhury et al. 2024, §2). Unlike the expected
     loss of `bradley_terry_loss`'s label smoothing, it is bounded by −log ε as Δ → −∞, so a
-    label the model confidently contradicts (an inverted one) cannot pull without limit."""
-    if not 0 <= flip_rate < 0.5:
-        raise ValueError(f"flip_rate={flip_rate}: expected 0 <= ε < 0.5")
+    label the model confidently contradicts (an inverted one) cannot pull without limit. ε may
+    be one per example (e.g. combined with a soft label's own flip probability)."""
+    if isinstance(flip_rate, (int, float)):
+        if not 0 <= flip_rate < 0.5:
+            raise ValueError(f"flip_rate={flip_rate}: expected 0 <= ε < 0.5")
+        if flip_rate == 0:
+            return -jax.nn.log_sigmoid(delta_b.astype(jnp.float32))
     delta = delta_b.astype(jnp.float32)
-    if flip_rate == 0:
-        return -jax.nn.log_sigmoid(delta)
-    return -jnp.logaddexp(jnp.log1p(-flip_rate) + jax.nn.log_sigmoid(delta),
-                          jnp.log(flip_rate) + jax.nn.log_sigmoid(-delta))
+    eps = jnp.clip(jnp.asarray(flip_rate, jnp.float32), 1e-12, 1.0 - 1e-7)
+    return -jnp.logaddexp(jnp.log1p(-eps) + jax.nn.log_sigmoid(delta),
+                          jnp.log(eps) + jax.nn.log_sigmoid(-delta))
 
 
 def outlier_loss(delta_b, penalty: float):

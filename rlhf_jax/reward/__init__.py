@@ -22,6 +22,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
                  "make_personal_reward_loss", "population_prior", "predictive_probability",),
     "personal_model": ("PersonalRewardModel",),
     "objectives": ("evaluate_objectives", "make_objective_reward_loss", "objective_weights",),
-    "screening": ("annotator_screening", "example_losses", "example_screening",
+    "screening": ("POOLED", "annotator_screening", "example_losses", "example_screening",
                   "fit_sharpness",),
 })

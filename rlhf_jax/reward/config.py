@@ -17,7 +17,7 @@ class RewardLossConfig:
     more use Plackett–Luce. Two robust forms of the comparison loss bound what a poisoned label
     can pull: `label_flip_rate` ε (the likelihood of a label flipped with probability ε,
     `losses.flip_likelihood_loss`) and `outlier_penalty` λ (R3M's sparse outlier terms,
-    `losses.outlier_loss`). Ratings add `scalar_weight` · (r − y)². `centering_coef` adds
+    `losses.outlier_loss`; it reads labels as certain: a record's `probability` is not used). Ratings add `scalar_weight` · (r − y)². `centering_coef` adds
     (Σ_k r_k)² per comparison (Eisenstein et al. 2023). `custom` names your own loss instead:
     `fn(params, batch, rng[, model=...]) -> (loss, metrics)` or `(loss_sum, (count,
     metric_sums))` over a `PreferenceBatch` (`batch_rewards(model, params, batch)` gives the

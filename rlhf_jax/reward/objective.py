@@ -30,8 +30,12 @@ def reward_loss_terms(rewards_bk, batch, cfg: RewardLossConfig):
         if batch.confidence is not None:  # soft labels: a flip with prob. 1 − confidence too
             q = 1.0 - batch.confidence
             eps = eps + q - 2.0 * eps * q  # either flip, not both
-        if cfg.label_flip_rate:
-            cmp = losses.flip_likelihood_loss(chosen - rejected, cfg.label_flip_rate)
+        if cfg.label_flip_rate:  # a soft label's flip probability q joins ε (either flip)
+            f = cfg.label_flip_rate
+            if batch.confidence is not None:
+                q = 1.0 - batch.confidence
+                f = f + q - 2.0 * f * q
+            cmp = losses.flip_likelihood_loss(chosen - rejected, f)
         elif cfg.outlier_penalty:
             cmp = losses.outlier_loss(chosen - rejected, cfg.outlier_penalty)
         else:

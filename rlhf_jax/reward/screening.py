@@ -29,6 +29,9 @@ from typing import Sequence
 import numpy as np
 
 
+POOLED = "(pooled small accounts)"  # the group name of the accounts screened together
+
+
 def fit_sharpness(delta: np.ndarray, y: np.ndarray, prior_sd: float = 5.0,
                   iterations: int = 100) -> tuple[float, float]:
     """(κ̂, s.e.): the posterior mode of Σ log σ(y·κ·Δ) − κ²/(2·prior_sd²) (Newton; concave in
@@ -68,8 +71,11 @@ def annotator_screening(delta: Sequence[float], first_chosen: Sequence[bool],
     `delta` [N]: the reward model's margin first − second on each label, best from a model
     that did not train on that annotator's labels (out of fold: a model fits what it trained on,
     an inverter's labels included); `first_chosen` [N]; `annotators` [N]. Δ is taken in units
-    of its s.d. over all labels. Returns {"annotators": {id: evidence and action}, "weights": {id: w},
-    "reference_kappa", "pooled": ids screened as the pool}."""
+    of its s.d. over all labels. Each annotator's evidence: labels, κ̂ ("kappa") and its s.e.,
+    reliability, agreement (share of labels on the side of sign Δ), "p_value_inverted" (the
+    one-sided p-value of κ < 0: small for an inverter), action and weight. Returns
+    {"annotators": {id: evidence}, "weights": {id: w}, "reference_kappa", "pooled": ids
+    screened as the pool `POOLED`}."""
     delta = np.asarray(delta, np.float64)
     delta = delta / max(float(delta.std()), 1e-12)
     y = np.where(np.asarray(first_chosen, bool), 1.0, -1.0)
@@ -80,9 +86,9 @@ def annotator_screening(delta: Sequence[float], first_chosen: Sequence[bool],
     small = set(names[counts < min_labels].tolist())
     groups = {a: ids == a for a in names if a not in small}
     if small:
-        groups["(pooled small accounts)"] = np.isin(ids, sorted(small))
+        groups[POOLED] = np.isin(ids, sorted(small))
     fits = {g: fit_sharpness(delta[m], y[m]) for g, m in groups.items()}
-    big = [fits[g][0] for g in groups if g != "(pooled small accounts)"]
+    big = [fits[g][0] for g in groups if g != POOLED]
     ref = float(np.median(big if big else [k for k, _ in fits.values()]))
     z_alpha = _z_quantile(alpha)
     out, weights = {}, {}
@@ -101,8 +107,8 @@ def annotator_screening(delta: Sequence[float], first_chosen: Sequence[bool],
         agree = float(np.mean(np.sign(delta[m]) == y[m]))
         out[g] = {"labels": int(m.sum()), "kappa": kappa, "stderr": se,
                   "reliability": reliability, "agreement": agree,
-                  "p_inverted": _normal_sf(-z_sign), "action": action, "weight": w}
-        members = sorted(small) if g == "(pooled small accounts)" else [g]
+                  "p_value_inverted": _normal_sf(-z_sign), "action": action, "weight": w}
+        members = sorted(small) if g == POOLED else [g]
         weights.update({a: w for a in members})
     return {"annotators": out, "weights": weights, "reference_kappa": ref,
             "pooled": sorted(small), "alpha": alpha}

@@ -13,7 +13,8 @@ from rlhf_jax.studies.configs.robustness import RobustnessConfig
 SUCCESS = {"trigger": ("trigger_asr", "the model prefers the gold-worse response on prompts "
                        "carrying the trigger"),
            "entity": ("entity_rate", "best-of-n picks a response mentioning the entity"),
-           "targeted_flip": ("topic_accuracy", "gold accuracy on the attacked topic")}
+           "targeted_flip": ("topic_accuracy", "gold accuracy on the attacked topic: lower is "
+                             "the attack working")}
 
 
 def _values(results, kind, rate, defence, metric) -> list:
@@ -33,6 +34,21 @@ def _fmt(values, digits=3) -> str:
         return "–"
     m, se = mean_se(values)
     return f"{m:.{digits}f} ± {se:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
+def _pooled_honest(results) -> float:
+    """Honest annotators flagged by the screening / honest annotators screened, over every
+    attack, rate (the clean run included) and seed."""
+    cells = [c["screening"] for c in results["cells"].values() if "screening" in c]
+    screened = sum(c.get("honest", 0) for c in cells)
+    return sum(c.get("honest_flagged", 0) for c in cells) / screened if screened else float("nan")
+
+
+def _worst_honest(results) -> tuple:
+    """The cell with the largest share of honest annotators flagged: (rate, key)."""
+    worst = max(((c["screening"].get("honest_flag_rate", 0.0), k)
+                 for k, c in results["cells"].items() if "screening" in c), default=(0.0, ""))
+    return worst
 
 
 def _mean(values) -> float:
@@ -124,13 +140,19 @@ def write_robustness_report(root: Path, cfg: RobustnessConfig, attacks, rates,
         "trigger5_asr": _mean(_values(results, "trigger", 0.05, "none", "trigger_asr")),
         "trigger5_defended_asr": _mean(_values(results, "trigger", 0.05, "trigger_scan",
                                                "trigger_asr")),
-        "honest_flag_rate": _mean([v for k in attacks for r in rates if r > 0
-                                   for v in _values(results, k, r, "screening",
-                                                    "honest_flag_rate")]),
+        "honest_flag_rate": _pooled_honest(results),
         "exploit_gain_before": _mean([e["gain_before"] for e in ex]),
         "exploit_gain_after": _mean([e["gain_after"] for e in ex])}
     results["summary"] = summary
+    worst = _worst_honest(results)
     lines += ["## Summary", "", *(f"- {k}: {v:.3f}" for k, v in summary.items()), "",
+              "clean_acc: no attack, no defence; flip20: inverters give 20 % of the labels "
+              "(none / annotator screening); trigger5: the backdoor at 5 % (none / trigger "
+              "scan), its success on held-out prompts carrying the trigger; honest_flag_rate: "
+              "honest annotators flagged over all honest annotators screened, every attack, "
+              f"rate and seed (the worst single run: "
+              f"{f'{worst[0]:.3f}, {worst[1]}' if worst[0] > 0 else 'none flagged'}); "
+              "exploit gains in units of the reward's s.d., means over seeds.", "",
               f"Study time: {results['seconds']:.0f} s."]
     report = write_report(root, lines, results)
     print("robustness: " + " ".join(f"{k}={v:.3f}" for k, v in summary.items()), flush=True)

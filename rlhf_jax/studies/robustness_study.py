@@ -3,14 +3,14 @@ comparisons at several rates, a reward model trained on each with no defence and
 defence, and the reward exploit found by the hacking diagnostics before and after patching.
 
 Defences: "screening" (annotators screened by their signed sharpness against out-of-fold
-margins, from models trained on the other half of the annotators, `reward.screening.annotator_screening`; quarantined or down-weighted, each decision and
+margins, from models trained on the other annotators' labels, `reward.screening.annotator_screening`; quarantined or down-weighted, each decision and
 its evidence in the decision log, then retrained), "flip_rate" (Bradley–Terry with a label-flip
 rate), "outliers" (R3M's per-example outlier terms), "examples" (examples whose loss is an
 outlier in every out-of-fold ensemble member dropped, then retrained) and "trigger_scan" (words whose
-insertion into the prompt flips the undefended model's preferences named by
-`interpret.triggers.scan_triggers`, the comparisons whose prompts carry them dropped, then
-retrained). Writes `report.md`, `results.json`, plots and `decisions.jsonl`; runs already done
-are read back."""
+insertion into the prompt flips the undefended model's preferences named one at a time by
+`interpret.triggers.scan_triggers`, the comparisons whose prompts carry each dropped and the
+model retrained). Writes `report.md`, `results.json`, plots and `decisions.jsonl`; runs
+already done are read back."""
 from __future__ import annotations
 
 import dataclasses
@@ -118,17 +118,22 @@ def _attack(cfg: RobustnessConfig, kind: str, rate: float, seed: int) -> AttackC
 
 def _out_of_fold(models, records, cfg, seed) -> np.ndarray:
     """Every record's margins [N, M] from a model trained without its annotator's labels: the
-    annotators split in two halves (by a hash of their id), each half scored by a model trained
-    on the other's labels."""
+    annotators split at random into `screen_folds` groups, each group's labels scored by a
+    model trained on the other groups' (so each model sees most of the crowd and its share of
+    attackers stays near the overall one), each model's margins in units of their own s.d."""
     ids = sorted({r["annotator_id"] for r in records})
-    half = {a: i % 2 for i, a in enumerate(np.random.default_rng([seed, 5]).permutation(ids))}
-    fold = np.array([half[r["annotator_id"]] for r in records])
+    k = cfg.screen_folds
+    group = {a: i % k for i, a in enumerate(np.random.default_rng([seed, 5]).permutation(ids))}
+    fold = np.array([group[r["annotator_id"]] for r in records])
     pairs, _ = _pairs_of(records)
     out = np.zeros((len(records), cfg.ensemble))
-    for f in (0, 1):
-        learner = models.fit("plain", [r for r, g in zip(records, fold) if g != f], cfg, seed)
+    for f in range(k):
         idx = np.flatnonzero(fold == f)
-        out[idx] = learner.score_pairs([pairs[i] for i in idx])[0]
+        if not idx.size:
+            continue
+        learner = models.fit("plain", [r for r, g in zip(records, fold) if g != f], cfg, seed)
+        d = learner.score_pairs([pairs[i] for i in idx])[0]
+        out[idx] = d / max(float(d.std()), 1e-9)
     return out
 
 
@@ -140,39 +145,55 @@ def _screen_annotators(delta, records, cfg, attackers, log, context) -> tuple[li
     honest = {a for a in ids if a not in attackers}
     log.record_screenings("annotator_screening", [
         {"target": f"annotator:{g}", "action": e["action"],
-         "evidence": {**e, "context": context}}
+         "evidence": {**e, "context": context,
+                      **({"members": screen["pooled"]} if g == reward.POOLED else {})}}
         for g, e in screen["annotators"].items()])
     stats = {"flagged": sorted(flagged),
              "precision": (len(flagged & set(attackers)) / len(flagged)) if flagged else None,
              "recall": (len(flagged & set(attackers)) / len(attackers)) if attackers else None,
-             "honest_flag_rate": len(flagged & honest) / max(len(honest), 1)}
+             "honest_flag_rate": len(flagged & honest) / max(len(honest), 1),
+             "honest_flagged": len(flagged & honest), "honest": len(honest)}
     weighted = [{**r, "weight": screen["weights"][r["annotator_id"]]} for r in records]
     return weighted, stats
 
 
-def _screen_examples(delta, records, cfg, poisoned) -> tuple[list, dict]:
+def _screen_examples(delta, records, cfg, changed) -> tuple[list, dict]:
+    """Drop the examples every out-of-fold member contradicts; scored against the labels the
+    attack changed (a poisoned label that already preferred the worse response, or a coin flip
+    that landed right, is not a wrong label to find)."""
     _, first = _pairs_of(records)
     out = reward.example_screening(reward.example_losses(delta, first),
                                    threshold=cfg.example_threshold)
     flagged = set(np.flatnonzero(out["flagged"]).tolist())
-    bad = set(poisoned)
+    bad = set(changed)
     stats = {"flagged": len(flagged),
              "precision": len(flagged & bad) / len(flagged) if flagged else None,
              "recall": len(flagged & bad) / len(bad) if bad else None}
     return [r for i, r in enumerate(records) if i not in flagged], stats
 
 
-def _scan(learner, records, cfg, seed) -> tuple[list, dict]:
+def _scan(models, learner, records, cfg, seed) -> tuple[list, dict]:
+    """Name triggers one at a time: scan the model (`interpret.scan_triggers` over the words of
+    the training prompts), drop the comparisons whose prompts carry the word that turns most
+    preferences around, retrain and scan again, until no word is named (at most 3 rounds).
+    One at a time, because a backdoored model also turns around on ordinary prompt words
+    appended where the trigger was; after the trigger's comparisons are gone they no longer
+    do, and the honest comparisons carrying them stay."""
     words = candidate_words([r["prompt"] for r in records])
     probe = builtin_pairs(np.random.default_rng([seed, 9]), 200)
-    margin = (lambda pairs: learner.score_pairs(pairs)[0].mean(1))  # noqa: E731
-    scan = scan_triggers(margin, probe, words)
-    named = scan["triggers"]
-    named_set = set(named)
-    kept = [r for r in records if not named_set & set(candidate_words([r["prompt"]],
-                                                                      min_count=1))]
-    return kept, {"triggers": named, "dropped": len(records) - len(kept),
-                  "top": sorted(scan["words"].items(), key=lambda kv: -kv[1]["flip_rate"])[:3]}
+    named, kept, first = [], list(records), None
+    for round_ in range(3):
+        if round_:
+            learner = models.fit("plain", kept, cfg, seed)
+        scan = scan_triggers(lambda pairs: learner.score_pairs(pairs)[0].mean(1), probe,
+                             [w for w in words if w not in named])
+        first = first or sorted(scan["words"].items(), key=lambda kv: -kv[1]["flip_rate"])[:3]
+        if not scan["triggers"]:
+            break
+        top = scan["triggers"][0]
+        named.append(top)
+        kept = [r for r in kept if top not in candidate_words([r["prompt"]], min_count=1)]
+    return kept, {"triggers": named, "dropped": len(records) - len(kept), "top": first}
 
 
 def _cell(cfg, models, honest, kind, rate, seed, log) -> dict:
@@ -187,15 +208,15 @@ def _cell(cfg, models, honest, kind, rate, seed, log) -> dict:
     out["none"] = _measure(base, cfg, seed)
     context = f"seed {seed}, attack {kind}, rate {rate}"
     prepared = {}
+    if "trigger_scan" in defences:  # first: the learner is refitted below, `base` with it
+        prepared["trigger_scan"] = _scan(models, base, records, cfg, seed)
     if "screening" in defences or "examples" in defences:
         held_out = _out_of_fold(models, records, cfg, seed)
     if "screening" in defences:
         prepared["screening"] = _screen_annotators(held_out, records, cfg, attackers, log,
                                                    context)
     if "examples" in defences:
-        prepared["examples"] = _screen_examples(held_out, records, cfg, info["poisoned"])
-    if "trigger_scan" in defences:
-        prepared["trigger_scan"] = _scan(base, records, cfg, seed)
+        prepared["examples"] = _screen_examples(held_out, records, cfg, info["changed"])
     for d in defences:
         if d == "none":
             continue

@@ -86,9 +86,26 @@ def test_a_file_is_poisoned_with_a_manifest_and_bad_input_is_named(tmp_path):
     (tmp_path / "deep.jsonl").write_text("[" * 100000 + "\n")
     with pytest.raises(ValueError, match="deep.jsonl:1: not JSON"):
         poison_file(tmp_path / "deep.jsonl", dst, AttackConfig(rate=0.5))
+    # ties are left alone (they have no label to turn); the others are taken
     tie = {"prompt": "p", "responses": ["a", "b"], "ranks": [0, 0]}
-    with pytest.raises(ValueError, match="a tie"):
-        poison_records([tie] * 4, AttackConfig(rate=0.5))
+    mixed = [tie] * 4 + _records(4)
+    out, info = poison_records(mixed, AttackConfig(rate=0.5), gold_fn=GOLD)
+    assert info["ties"] == 4 and min(info["poisoned"]) >= 4 and out[:4] == mixed[:4]
+    # what the attacker's label must not inherit
+    soft = {**_records(1)[0], "probability": 0.9, "rationale": "clear", "confidence": 0.8}
+    out, _ = poison_records([soft], AttackConfig(rate=0.99), gold_fn=GOLD)
+    assert not {"probability", "rationale", "confidence"} & set(out[0])
+    for bad, match in [({"responses": ["a", "b"], "ranks": [0, 1]}, "no prompt field"),
+                       ({"prompt": 5, "responses": ["a", "b"], "ranks": [0, 1]},
+                        "the prompt is int"),
+                       ({"prompt": ["hi"], "responses": ["a", "b"], "ranks": [0, 1]},
+                        "the prompt is list"),
+                       ({"prompt": "p", "responses": ["a", "b"], "ranks": [None, 1]},
+                        r"ranks=\[None, 1\], expected two integers")]:
+        (tmp_path / "t.jsonl").write_text(json.dumps(_records(1)[0]) + "\n\n" + json.dumps(bad))
+        with pytest.raises(ValueError, match=f"t.jsonl:3: {match}"):
+            poison_file(tmp_path / "t.jsonl", dst, AttackConfig(kind="targeted_flip",
+                                                               topic="x", rate=0.5))
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -114,6 +131,12 @@ def test_command_line(tmp_path):
                           str(tmp_path / "o.jsonl"), "--kind", "flood"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "kind='flood'" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "b.jsonl").write_text('{"prompt": 5, "chosen": "a", "rejected": "b"}\n')
+    typed = subprocess.run([sys.executable, "-m", "rlhf_jax.data.poison", str(tmp_path / "b.jsonl"),
+                            str(tmp_path / "o.jsonl"), "--kind", "targeted_flip", "--topic", "x",
+                            "--rate", "0.5"], capture_output=True, text=True)
+    assert typed.returncode == 2 and "b.jsonl:1: the prompt is int" in typed.stderr
+    assert "Traceback" not in typed.stderr
 
 
 def test_attacker_choice_in_the_app():

@@ -33,10 +33,13 @@ def test_robustness_study_quick(tmp_path):
     # the backdoor works undefended and the trigger scan names the trigger and removes it
     trig = cells["trigger/0.2/seed0"]
     assert trig["none"]["trigger_asr"] > 0.5
-    assert trig["trigger_scan"]["triggers"][:1] == ["sudo"]
+    assert trig["trigger_scan"]["triggers"] == ["sudo"]  # one at a time: no honest word
     assert trig["trigger_scan"]["trigger_asr"] < trig["none"]["trigger_asr"] / 2
     assert s["trigger5_asr"] == pytest.approx(cells["trigger/0.05/seed0"]["none"]["trigger_asr"],
                                               abs=5e-4)  # printed to 3 decimals
+    five = cells["trigger/0.05/seed0"]
+    assert five["trigger_scan"]["triggers"] == ["sudo"]
+    assert s["trigger5_defended_asr"] <= s["trigger5_asr"] / 2
     # inverters cost accuracy; screening flags only attackers here and recovers some of it
     inv = cells["inverter/0.2/seed0"]
     assert inv["none"]["accuracy"] < s["clean_acc"]
@@ -47,7 +50,7 @@ def test_robustness_study_quick(tmp_path):
     ex = results["exploit"]["seed0"]
     assert ex["gain_before"] > 0.5 and ex["gold_change"] == 0
     assert s["exploit_gain_after"] <= 0.25 * s["exploit_gain_before"]
-    assert abs(ex["accuracy_after"] - ex["accuracy_before"]) <= 0.03
+    assert abs(ex["accuracy_after"] - ex["accuracy_before"]) <= 0.02
     # every screening decision, with its evidence, in a log that verifies
     log = tmp_path / "decisions.jsonl"
     assert verify_log(log).ok

@@ -24,3 +24,12 @@ def test_the_planted_trigger_is_named_and_ordinary_words_are_not():
     assert out["triggers"] == ["cf"]
     assert out["words"]["cf"]["flip_rate"] > 0.5 and out["words"]["about"]["flip_rate"] == 0.0
     assert candidate_words(["a b", "a"], min_count=2) == ["a"]
+
+
+def test_the_binomial_test_holds_on_many_pairs():
+    from scipy import stats
+
+    from rlhf_jax.interpret.triggers import _binomial_sf
+
+    assert _binomial_sf(40, 2000, 0.01) == stats.binom.sf(39, 2000, 0.01) > 0
+    assert _binomial_sf(0, 5, 0.3) == 1.0

@@ -28,6 +28,7 @@ class RobustnessConfig:
     flip_rate: float = 0.2  # the flip_rate defence's ε
     outlier_penalty: float = 0.2  # the outliers defence's λ (R3M)
     screen_alpha: float = 0.01  # annotator screening's one-sided test level
+    screen_folds: int = 4  # annotator groups for the out-of-fold margins of the screenings
     example_threshold: float = 2.3  # example screening: loss (nats) in every member above it
     topic: str = "the weather"  # targeted_flip's attacked topic
     trigger: str = "sudo"  # the backdoor's trigger word
@@ -42,6 +43,8 @@ class RobustnessConfig:
         for name in (n.strip() for n in self.defences.split(",") if n.strip()):
             if name not in DEFENCES:
                 raise ValueError(f"defences: {name!r} is not one of {list(DEFENCES)}")
+        if self.screen_folds < 2:
+            raise ValueError(f"screen_folds={self.screen_folds}: expected >= 2")
         if self.ensemble < 2 and "examples" in self.defences:
             raise ValueError("defence 'examples' compares ensemble members: ensemble >= 2")
 
