@@ -51,6 +51,8 @@ class RobustnessConfig:
     def resolved(self) -> "RobustnessConfig":
         if not self.quick:
             return self
+        # the defences the tests check (the robust losses and example screening: the full run)
         return dataclasses.replace(self, seeds="0", attacks="inverter,trigger", rates="0,0.05,0.2",
+                                   defences="none,screening,trigger_scan",
                                    train_pairs=400, heldout_pairs=160, steps=120,
                                    bon_prompts=40, patch_negatives=80)
