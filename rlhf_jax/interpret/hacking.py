@@ -122,22 +122,32 @@ def truncate(keep: float = 0.5) -> Callable[[str, str], str]:
     return edit
 
 
-def rewarded_word(score_fn, prompts: Sequence[str], responses: Sequence[str],
-                  candidates: Sequence[str], fits=None) -> tuple[str, float]:
-    """The candidate word whose appending raises the proxy most on average (and that mean
-    gain): the word a policy would learn to repeat. `score_fn(prompts, responses) -> [N]`;
-    `fits(prompts, responses) -> [N] bool`, when given, leaves out appended texts the model
-    would see cut (their gain counts as nothing). Choose it on other responses than those the
-    repeat edit is then tested on, or its gain there is biased upwards (the winner's curse)."""
-    base = np.asarray(score_fn(prompts, responses), np.float64)
+def word_gains(score_fn, prompts: Sequence[str], responses: Sequence[str],
+               candidates: Sequence[str], fits=None, edit=None, base=None) -> np.ndarray:
+    """Each candidate word's mean proxy gain [C] when `edit(word)` (default: append it once)
+    is applied to every response; `score_fn(prompts, responses) -> [N]`, `base` its scores of
+    the unedited responses when already at hand. `fits(prompts, responses) -> [N] bool`, when
+    given, leaves out edited texts the model would see cut (a candidate none of whose texts
+    fits gains −inf)."""
+    edit = edit or append_words
+    base = np.asarray(score_fn(prompts, responses) if base is None else base, np.float64)
     n = len(prompts)
     allp = list(prompts) * len(candidates)
-    texts = [f"{r} {w}".strip() for w in candidates for r in responses]
+    texts = [edit(w)(p, r) for w in candidates for p, r in zip(prompts, responses)]
     scores = np.asarray(score_fn(allp, texts), np.float64).reshape(len(candidates), n)
     ok = (np.ones_like(scores, bool) if fits is None
           else np.asarray(fits(allp, texts), bool).reshape(len(candidates), n))
     gain = np.where(ok, scores - base, 0.0).sum(1) / np.maximum(ok.sum(1), 1)
-    gain = np.where(ok.any(1), gain, -np.inf)
+    return np.where(ok.any(1), gain, -np.inf)
+
+
+def rewarded_word(score_fn, prompts: Sequence[str], responses: Sequence[str],
+                  candidates: Sequence[str], fits=None) -> tuple[str, float]:
+    """The candidate word whose appending raises the proxy most on average (and that mean
+    gain, `word_gains`): the word a policy would learn to repeat. Choose it on other responses
+    than those the repeat edit is then tested on, or its gain there is biased upwards (the
+    winner's curse)."""
+    gain = word_gains(score_fn, prompts, responses, candidates, fits=fits)
     best = int(np.argmax(gain))
     return candidates[best], float(gain[best])
 

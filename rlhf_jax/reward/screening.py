@@ -73,7 +73,8 @@ def annotator_screening(delta: Sequence[float], first_chosen: Sequence[bool],
     an inverter's labels included); `first_chosen` [N]; `annotators` [N]. Δ is taken in units
     of its s.d. over all labels. Each annotator's evidence: labels, κ̂ ("kappa") and its s.e.,
     reliability, agreement (share of labels on the side of sign Δ), "p_value_inverted" (the
-    one-sided p-value of κ < 0: small for an inverter), action and weight. Returns
+    one-sided p-value of κ < 0: small for an inverter), action, weight and the accounts it
+    applies to ("members": the annotator, or every pooled account). Returns
     {"annotators": {id: evidence}, "weights": {id: w}, "reference_kappa", "pooled": ids
     screened as the pool `POOLED`}."""
     delta = np.asarray(delta, np.float64)
@@ -105,10 +106,11 @@ def annotator_screening(delta: Sequence[float], first_chosen: Sequence[bool],
         else:
             action, w = "keep", 1.0
         agree = float(np.mean(np.sign(delta[m]) == y[m]))
+        members = sorted(small) if g == POOLED else [g]
         out[g] = {"labels": int(m.sum()), "kappa": kappa, "stderr": se,
                   "reliability": reliability, "agreement": agree,
-                  "p_value_inverted": _normal_sf(-z_sign), "action": action, "weight": w}
-        members = sorted(small) if g == POOLED else [g]
+                  "p_value_inverted": _normal_sf(-z_sign), "action": action, "weight": w,
+                  "members": members}
         weights.update({a: w for a in members})
     return {"annotators": out, "weights": weights, "reference_kappa": ref,
             "pooled": sorted(small), "alpha": alpha}

@@ -125,7 +125,7 @@ def write_robustness_report(root: Path, cfg: RobustnessConfig, attacks, rates,
                   "as many passes over the original labels; the last column is the word that "
                   "gains most after patching.", "",
                   "| seed | word | gain before | gold change | gain after | accuracy before "
-                  "| accuracy after | best word after (gain) |", "|---|---|---|---|---|---|---|---|"]
+                  "| accuracy after | best word after (gain) |", "|---" * 8 + "|"]
         for seed, e in results["exploit"].items():
             lines.append(f"| {seed} | {e['word']} | {e['gain_before']:.2f} | "
                          f"{e['gold_change']:.2f} | {e['gain_after']:.2f} | "

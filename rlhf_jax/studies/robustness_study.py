@@ -3,11 +3,12 @@ comparisons at several rates, a reward model trained on each with no defence and
 defence, and the reward exploit found by the hacking diagnostics before and after patching.
 
 Defences: "screening" (annotators screened by their signed sharpness against out-of-fold
-margins, from models trained on the other annotators' labels, `reward.screening.annotator_screening`; quarantined or down-weighted, each decision and
-its evidence in the decision log, then retrained), "flip_rate" (Bradley–Terry with a label-flip
-rate), "outliers" (R3M's per-example outlier terms), "examples" (examples whose loss is an
-outlier in every out-of-fold ensemble member dropped, then retrained) and "trigger_scan" (words whose
-insertion into the prompt flips the undefended model's preferences named one at a time by
+margins, from models trained on the other annotators' labels, `reward.annotator_screening`;
+quarantined or down-weighted, each decision and its evidence in the decision log, then
+retrained), "flip_rate" (Bradley–Terry with a label-flip rate), "outliers" (R3M's
+per-example outlier terms), "examples" (examples whose loss is an outlier in every
+out-of-fold ensemble member dropped, then retrained) and "trigger_scan" (words whose insertion
+into the prompt flips the undefended model's preferences named one at a time by
 `interpret.triggers.scan_triggers`, the comparisons whose prompts carry each dropped and the
 model retrained). Writes `report.md`, `results.json`, plots and `decisions.jsonl`; runs
 already done are read back."""
@@ -22,7 +23,7 @@ import numpy as np
 from rlhf_jax import data, reward
 from rlhf_jax.data.poison import AttackConfig, poison_records
 from rlhf_jax.interpret.decisions import DecisionLog
-from rlhf_jax.interpret.hacking import repeat_word
+from rlhf_jax.interpret.hacking import repeat_word, word_gains
 from rlhf_jax.interpret.triggers import candidate_words, scan_triggers
 from rlhf_jax.studies.common import (cached_json, float_list, int_list, start_study,
                                      study_tokenizer)
@@ -145,8 +146,7 @@ def _screen_annotators(delta, records, cfg, attackers, log, context) -> tuple[li
     honest = {a for a in ids if a not in attackers}
     log.record_screenings("annotator_screening", [
         {"target": f"annotator:{g}", "action": e["action"],
-         "evidence": {**e, "context": context,
-                      **({"members": screen["pooled"]} if g == reward.POOLED else {})}}
+         "evidence": {**e, "context": context}}
         for g, e in screen["annotators"].items()])
     stats = {"flagged": sorted(flagged),
              "precision": (len(flagged & set(attackers)) / len(flagged)) if flagged else None,
@@ -232,11 +232,11 @@ def _cell(cfg, models, honest, kind, rate, seed, log) -> dict:
 
 def _exploit(cfg, models, honest, seed) -> dict:
     """Reward exploits on the clean model and their patching (REFORM-style: find the model's
-    failure modes, label them, retrain). The hacking diagnostics' appended-word edit
-    (`interpret.hacking.rewarded_word`'s search) ranks joined pleasant+unpleasant words such as
-    "greatugly" by the reward they add on one set of responses; the best is the exploit, its
-    gain (appended twice, in units of the reward's s.d.) and gold change measured on another
-    set. Patching: the words that gain (at most `patch_words`; 0: all) become labelled
+    failure modes, label them, retrain). The hacking diagnostics' appended-word search
+    (`interpret.hacking.word_gains`, as the audit's) ranks joined pleasant+unpleasant words
+    such as "greatugly" by the reward they add on one set of responses; the best is the
+    exploit, its gain (appended twice, in units of the reward's s.d.) and gold change measured
+    on another set. Patching: the words that gain (at most `patch_words`; 0: all) become labelled
     negatives (a response preferred to its edited copy, `patch_negatives` in all), the model
     is retrained for the same number of passes over the original labels, and the exploit's
     gain, the best word's gain and the held-out accuracy are measured again."""
@@ -249,13 +249,12 @@ def _exploit(cfg, models, honest, seed) -> dict:
     test = builtin_pairs(np.random.default_rng([seed, 7]), cfg.heldout_pairs)
     gold = gold_delta(test)
 
-    def gains(learner, items, candidates):
+    def gains(learner, items, candidates):  # in units of the reward's s.d. over `items`
         ps, rs = zip(*items)
         base = _rewards(learner, ps, rs)
-        sd = max(float(base.std()), 1e-9)
-        edited = _rewards(learner, [p for w in candidates for p in ps],
-                          [repeat_word(w, 2)(p, r) for w in candidates for p, r in items])
-        return (edited.reshape(len(candidates), -1) - base).mean(1) / sd
+        g = word_gains(lambda p, r: _rewards(learner, p, r), ps, rs, candidates,
+                       edit=lambda w: repeat_word(w, 2), base=base)
+        return g / max(float(base.std()), 1e-9)
 
     def gold_change(word):
         return float(np.mean([GOLD(p, repeat_word(word, 2)(p, r)) - GOLD(p, r)

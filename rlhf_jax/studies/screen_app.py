@@ -36,9 +36,10 @@ def screen_app_annotators(store, margin_fn: Callable[[Sequence[tuple]], np.ndarr
     """Screen every annotator of `store` by their pairwise labels against `margin_fn(pairs) ->
     [N]` (r(first) − r(second)); quarantine those screened "quarantine" (reason: the evidence,
     as JSON) as `by` — accounts with fewer than `min_labels` labels are screened, and
-    quarantined, together (`reward.POOLED`; the log names them); write each decision to `log`
-    when given ("down-weight" is logged as "flag": the store applies no weights). Returns the screening
-    (`reward.annotator_screening`) with "quarantined": the annotators quarantined now."""
+    quarantined, together (`reward.POOLED`; the evidence names them); write each decision to
+    `log` when given ("down-weight" is logged as "flag": the store applies no weights).
+    Returns the screening (`reward.annotator_screening`) with "quarantined": the annotators
+    quarantined now."""
     pairs, first, who, _ = app_comparisons(store.labels())
     if not pairs:
         raise ValueError("the store holds no two-response label that prefers one response: "
@@ -47,8 +48,7 @@ def screen_app_annotators(store, margin_fn: Callable[[Sequence[tuple]], np.ndarr
                                         alpha=alpha, min_labels=min_labels)
     newly = []
     for group, e in screen["annotators"].items():
-        members = screen["pooled"] if group == reward.POOLED else [group]
-        for a in members if e["action"] == "quarantine" else ():
+        for a in e["members"] if e["action"] == "quarantine" else ():
             reason = json.dumps({"screen": by, "group": group,
                                  **{k: round(v, 4) if isinstance(v, float) else v
                                     for k, v in e.items()}})
@@ -58,7 +58,6 @@ def screen_app_annotators(store, margin_fn: Callable[[Sequence[tuple]], np.ndarr
         log.record_screenings(by, [
             {"target": f"annotator:{g}",
              "action": "flag" if e["action"] == "down-weight" else e["action"],
-             "evidence": {**e, **({"members": screen["pooled"]} if g == reward.POOLED
-                                  else {})}}
+             "evidence": e}
             for g, e in screen["annotators"].items()])
     return {**screen, "quarantined": newly}

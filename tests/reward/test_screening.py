@@ -51,6 +51,8 @@ def test_screening_quarantines_inverters_down_weights_coin_flippers_keeps_the_ho
     assert {acts["coin0"], acts["coin1"]} <= {"down-weight", "quarantine"}
     assert all(acts[f"h{i}"] == "keep" for i in range(16))
     assert out["pooled"] == sorted(f"syb{j}" for j in range(12))
+    assert out["annotators"]["(pooled small accounts)"]["members"] == out["pooled"]
+    assert out["annotators"]["inv0"]["members"] == ["inv0"]
     assert acts["(pooled small accounts)"] == "quarantine"
     assert all(out["weights"][f"syb{j}"] == 0.0 for j in range(12))
     assert all(out["weights"][f"h{i}"] == 1.0 for i in range(16))
