@@ -16,7 +16,9 @@ A stage's run directory holds:
 
 The end-to-end pipeline puts one such directory per stage (sft/, reward/, ppo/) under its own
 root, next to data/comparisons.jsonl, eval.json, run.json, report.md, plots/ and the
-compile_cache/ that all its stages share.
+compile_cache/ that all its stages share. Iterative preference learning puts one directory per
+round (round0/, round1/, …: the round's samples, pairs, labels, training files, its offline/
+and reward/ stage directories and summary.json) beside config.json and history.jsonl.
 """
 from __future__ import annotations
 
@@ -87,6 +89,45 @@ class RunLayout:
             return []
         return [json.loads(line) for line in self.metrics.read_text().splitlines()
                 if line.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundLayout:
+    """Paths of one round of iterative preference learning (`IterativeLayout.round`)."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    def stage(self, name: str) -> RunLayout:
+        """The run directory of the round's stage `name` ("offline", "reward")."""
+        return RunLayout(self.root / name)
+
+    samples = _under("samples.jsonl")  # each prompt's sampled responses, with judge scores
+    pairs = _under("pairs.json")  # the pairs sent for labels (kept while the app labels them)
+    labels = _under("labels.jsonl")  # the round's labelled pairs
+    train_file = _under("train.jsonl")  # what the round's policy learns from
+    reward_file = _under("reward_train.jsonl")  # what the refreshed reward model learns from
+    summary = _under("summary.json")  # written last: the round is done
+
+
+@dataclasses.dataclass(frozen=True)
+class IterativeLayout:
+    """Paths of an iterative preference-learning run: its config, its per-round history and a
+    `RoundLayout` per round."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    def round(self, r: int) -> RoundLayout:
+        """Round `r`'s directory (rounds count from 0)."""
+        return RoundLayout(self.root / f"round{r}")
+
+    config = _under("config.json")
+    history = _under("history.jsonl")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,12 +20,32 @@ from rlhf_jax.stages.layout import RunLayout
 def _reference_identity(cfg: OfflineConfig) -> dict:
     """What the reference policy is, for the cache key: the directory's weight files (names,
     sizes, modification times) or the preset and seed it was initialised from."""
-    if not cfg.policy_dir:
+    where = cfg.reference_dir or cfg.policy_dir
+    if not where:
         return {"preset": cfg.preset, "seed": cfg.seed}
-    files = sorted(Path(cfg.policy_dir).glob("*.safetensors*")) + \
-        sorted(Path(cfg.policy_dir).glob("config.json"))
-    return {"policy_dir": str(Path(cfg.policy_dir).resolve()),
+    files = sorted(Path(where).glob("*.safetensors*")) + sorted(Path(where).glob("config.json"))
+    return {"policy_dir": str(Path(where).resolve()),
             "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+
+
+_SHAPE_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "intermediate_size", "tie_word_embeddings")
+
+
+def _reference_params(cfg: OfflineConfig, config, mesh, rules):
+    """The reference's weights from `cfg.reference_dir`, sharded like the policy's, without
+    adapters (with LoRA they replace every module of the policy's in the reference overlay).
+    Its architecture must be the policy's (`_SHAPE_FIELDS`)."""
+    ref_config, _, ref = models.load_or_init_model(
+        cfg.reference_dir, cfg.preset, mesh, rules, jax.random.key(0), remat=config.remat,
+        attention=config.attention, logit_chunk=config.logit_chunk)
+    differ = [f"{f} {getattr(ref_config, f)} != {getattr(config, f)}" for f in _SHAPE_FIELDS
+              if getattr(ref_config, f) != getattr(config, f)]
+    if differ:
+        raise models.CheckpointFormatError(
+            f"reference_dir={cfg.reference_dir!r} is another architecture than the policy "
+            f"({cfg.policy_dir or cfg.preset}): {'; '.join(differ)}")
+    return ref
 
 
 def train_offline(cfg: OfflineConfig) -> StageResult:
@@ -57,10 +77,13 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
     ref_params, caches = None, {}
     # LoRA: the reference is the policy's own base with adapters off (no copy of the weights)
     ref_model = models.DecoderModel(config.without_lora()) if config.lora.enabled else None
-    if lc.uses_reference:
+    if lc.uses_reference and cfg.reference_dir:  # another policy, read in full
+        ref_params = _reference_params(cfg, config, mesh, rules)
+    elif lc.uses_reference:
         # the weights the reference is computed from: with LoRA the policy's own (at step 0 it
         # is the reference), else a copy (the update donates the policy)
         ref_params = params if ref_model else jax.tree.map(lambda x: x.copy(), params)
+    if lc.uses_reference:
         if cfg.reference == "cached":
             ident = _reference_identity(cfg)
             with sharding.activation_sharding(mesh, rules):  # as the step is compiled
@@ -74,8 +97,8 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
                             kto=kto, place=place, **shape))
         if cfg.reference == "cached":
             ref_params = None  # no second copy of the weights while training
-        elif ref_model is not None:  # LoRA: only the fully trained modules are copied
-            ref_params = models.reference_overlay(config, params)
+        elif ref_model is not None and not cfg.reference_dir:
+            ref_params = models.reference_overlay(config, params)  # LoRA: the saved modules
     tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), params,
                               freeze=freeze_rule(cfg))
     abstract, init_state = train.compile_init(

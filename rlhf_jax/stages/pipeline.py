@@ -58,7 +58,7 @@ def _encode(tokenizer, texts, length: int) -> dict:
     return data.prompt_arrays(rows, tokenizer.pad_token_id or 0)
 
 
-def _as_pair_record(record: dict) -> dict:
+def as_pair_record(record: dict) -> dict:
     """A labelled pair whose prompt is a conversation, with its responses as assistant turns."""
     if isinstance(record["prompt"], str):
         return record
@@ -105,7 +105,7 @@ def sample_comparisons(cfg: PipelineConfig, ppo_cfg: PPOStageConfig, policy_dir:
         records = humans
     agree = [np.sign(gold_fn(r["prompt"], r["chosen"]) - gold_fn(r["prompt"], r["rejected"]))
              for r in records]  # how often the judge itself sides with the label (ties: half)
-    records = [_as_pair_record({**r, "prompt": p}) for r, (p, _, _) in zip(records, pairs)]
+    records = [as_pair_record({**r, "prompt": p}) for r, (p, _, _) in zip(records, pairs)]
     train.on_main_process(data.builtin.write_jsonl, path, records)
     return {"comparisons": len(records), "pairs_with_an_empty_response": empty,
             "feedback": cfg.feedback, **extra,

@@ -44,18 +44,25 @@ def acquire(learner: Learner, pool: Sequence[tuple], k: int, *, function: str, b
     if batch_mode == "diverse":
         idx = acquisition.select_diverse(scores, emb, k, diversity)
     elif batch_mode == "per_prompt":
-        prompts = {p: i for i, p in enumerate(dict.fromkeys(q for q, _, _ in pool))}
-        groups = np.array([prompts[q] for q, _, _ in pool], np.int32)
-        idx = acquisition.select_top_k(scores, k, groups, num_groups=len(prompts),
-                                       max_per_group=max_per_prompt)
-        idx = np.asarray(idx)
-        if (idx < 0).any():  # the cap left too few: fill with the best of the rest
-            chosen = set(idx[idx >= 0].tolist())
-            rest = [int(i) for i in np.argsort(-np.asarray(scores)) if int(i) not in chosen]
-            idx = np.concatenate([idx[idx >= 0], rest[:int((idx < 0).sum())]])
+        idx = top_k_per_prompt(scores, [q for q, _, _ in pool], k, max_per_prompt)
     else:
         idx = acquisition.select_top_k(scores, k)
     return [int(i) for i in np.asarray(idx)]
+
+
+def top_k_per_prompt(scores, prompts: Sequence, k: int, max_per_prompt: int) -> np.ndarray:
+    """Indices of the k highest `scores` with at most `max_per_prompt` per prompt
+    (`acquisition.select_top_k` over the prompts as groups); when the cap leaves fewer than k,
+    the best of the rest fill the batch. `prompts[i]` is item i's prompt (hashable)."""
+    ids = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    groups = np.array([ids[q] for q in prompts], np.int32)
+    idx = np.asarray(acquisition.select_top_k(scores, k, groups, num_groups=len(ids),
+                                              max_per_group=max_per_prompt))
+    if (idx < 0).any():  # the cap left too few: fill with the best of the rest
+        chosen = set(idx[idx >= 0].tolist())
+        rest = [int(i) for i in np.argsort(-np.asarray(scores)) if int(i) not in chosen]
+        idx = np.concatenate([idx[idx >= 0], rest[:int((idx < 0).sum())]])
+    return idx
 
 
 def _rng_state(rng: np.random.Generator) -> dict:

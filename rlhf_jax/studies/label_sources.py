@@ -61,14 +61,14 @@ class LabelSource:
                 chosen, who = self.file_labels[(p[0], *sorted(p[1:]))]
                 out.append(pair_record(p, first_chosen=chosen == p[1], annotator=who))
             return out
-        return _app_labels(self.cfg, pairs, tag)
+        return app_labels(self.cfg, pairs, tag)
 
 
-def _app_labels(cfg, pairs: list[tuple], tag: str):
+def app_labels(cfg, pairs: list[tuple], tag: str, source: str = "active_learning"):
     """Put the pairs into the labelling app as tasks (ids `<tag>-<i>`), and return their labels
     once every one has `app_labels_per_task` of them (else None: wait). Each label becomes a
-    record in the order that annotator was shown the responses. A stored task with the same id
-    but other texts (another run sharing the database) stops the run rather than borrow its
+    record in the order that annotator was shown the responses; `source` names the loop in
+    each task's meta. A stored task with the same id but other texts (another run sharing the database) stops the run rather than borrow its
     labels."""
     from rlhf_jax.labelling.store import LabelStore
 
@@ -76,7 +76,7 @@ def _app_labels(cfg, pairs: list[tuple], tag: str):
     store = LabelStore(url, labels_per_task=cfg.app_labels_per_task)
     try:
         store.add_tasks([{"prompt": p, "responses": [a, b], "id": f"{tag}-{i}",
-                          "meta": {"source": "active_learning", "run": cfg.run_dir}}
+                          "meta": {"source": source, "run": cfg.run_dir}}
                          for i, (p, a, b) in enumerate(pairs)])
         labs = [lab for lab in store.labels() if lab.task.uid.startswith(f"{tag}-")]
     finally:

@@ -74,3 +74,39 @@ def test_a_method_needs_the_right_records(tmp_path):
     with pytest.raises(ValueError, match="data.kind='binary' needs data.train_file"):
         stages.OfflineConfig(data=stages.OfflineData(kind="binary"),
                              loss=offline.OfflineLossConfig(method="kto"))
+
+
+def test_reference_from_another_directory(trained, tmp_path):
+    """`reference_dir`: the trained policy, held still (learning rate 0), against the initial
+    policy read from its own export gives the trained run's final held-out metrics, whose
+    reference was that initial policy kept in memory (same data, same split, same arithmetic:
+    equal to float32 rounding); the reference in the step gives them too. Against itself the
+    policy's implicit reward is 0: loss log 2, margin 0."""
+    run_dir, result = trained
+    still = OptimizerConfig(learning_rate=0.0, warmup_steps=0, total_steps=0)
+    init = stages.train_offline(_cfg(tmp_path / "init", steps=1, eval_every=0, optim=still))
+    for reference in ("cached", "step"):
+        again = stages.train_offline(_cfg(
+            tmp_path / reference, steps=1, eval_every=0, optim=still, reference=reference,
+            policy_dir=result.export_dir, reference_dir=init.export_dir))
+        for key in ("eval/loss", "eval/rewards/accuracy", "eval/rewards/margin"):
+            np.testing.assert_allclose(again.metrics[key], result.metrics[key], rtol=1e-4,
+                                       atol=1e-6, err_msg=f"{reference}: {key}")
+    itself = stages.train_offline(_cfg(tmp_path / "itself", steps=1, eval_every=0, optim=still,
+                                       policy_dir=result.export_dir,
+                                       reference_dir=result.export_dir))
+    assert abs(itself.metrics["eval/loss"] - np.log(2)) < 1e-6
+    assert itself.metrics["eval/rewards/margin"] == 0.0
+
+
+def test_reference_of_another_architecture_is_refused(trained, tmp_path):
+    from tests.chat_tokenizers import make_chat_model
+
+    _, result = trained
+    make_chat_model(tmp_path / "llama")
+    with pytest.raises(models.CheckpointFormatError,
+                       match=r"reference_dir='.*llama' is another architecture .*vocab_size"):
+        stages.train_offline(_cfg(tmp_path / "run", steps=1, eval_every=0,
+                                  optim=OptimizerConfig(warmup_steps=0, total_steps=0),
+                                  policy_dir=result.export_dir,
+                                  reference_dir=str(tmp_path / "llama")))

@@ -29,13 +29,17 @@ class OfflineConfig(RunConfig):
 
     `reference`: "cached" scores the data with the reference once (one jitted pass before
     training, stored with the run) and drops the reference weights; "step" keeps them and
-    scores each batch in the step. Both give the same loss.
+    scores each batch in the step. Both give the same loss. `reference_dir` names another
+    policy as the reference (same architecture and vocabulary; e.g. iterative DPO's later
+    rounds, which start from the last round's policy but keep the initial one as the KL
+    anchor); with LoRA it is then read in full, adapters off.
     """
 
     run_dir: str = "runs/offline"
     policy_dir: str = ""  # local Hugging Face directory of the policy; empty: the preset
     chat_template: str = ""  # a Jinja chat template file for the tokenizer (empty: its own)
     preset: str = "tiny-llama"  # built-in model size when policy_dir is empty
+    reference_dir: str = ""  # local HF directory of the reference; empty: policy_dir's start
     data: OfflineData = OfflineData()
     loss: offline.OfflineLossConfig = offline.OfflineLossConfig()
     reference: str = "cached"  # cached (one pass before training) | step (every step)

@@ -1,0 +1,157 @@
+"""Iterative DPO (`studies.iterative_dpo`) on a user's model and files: a tiny Llama made with
+transformers, given a chat template, answering conversational prompts written as TRL's users
+write them. Its pieces against brute force; rounds that resume exactly; rounds that wait for the
+labelling app and go on with people's labels; settings that cannot work refused by name."""
+import itertools
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from rlhf_jax import models
+from rlhf_jax.labelling import LabelStore
+from rlhf_jax.stages.configs.pipeline import _replace
+from rlhf_jax.stages.layout import IterativeLayout
+from rlhf_jax.studies.iterative import (IterativeDPOConfig, best_vs_worst, candidate_pairs,
+                                        iterative_dpo)
+from tests.chat_tokenizers import conversation_files, make_chat_model
+
+
+def test_best_vs_worst_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        k = int(rng.integers(2, 6))
+        scores = rng.integers(0, 3, size=k).astype(float).tolist()  # ties are common
+        texts = [str(t) for t in rng.integers(0, 4, size=k)]
+        texts[int(rng.integers(k))] = "" if rng.random() < 0.3 else texts[0]
+        (got,) = best_vs_worst([scores], [texts])
+        ok = [i for i in range(k) if texts[i]]
+        if len(ok) < 2:
+            assert got is None
+            continue
+        top, low = max(scores[i] for i in ok), min(scores[i] for i in ok)
+        best = min(i for i in ok if scores[i] == top)
+        worst = min(i for i in ok if scores[i] == low)
+        expect = None if top == low or texts[best] == texts[worst] else (best, worst)
+        assert got == expect, (scores, texts)
+
+
+def test_candidate_pairs_are_every_distinct_nonempty_pair():
+    texts = [["a", "b", "a", ""], ["x", "x"], ["p", "q", "r"]]
+    got = candidate_pairs(texts)
+    expect = []
+    for p, t in enumerate(texts):
+        firsts = sorted({a: t.index(a) for a in t if a}.values())
+        expect += [(p, i, j) for i, j in itertools.combinations(firsts, 2)]
+    assert got == expect == [(0, 0, 1), (2, 0, 1), (2, 0, 2), (2, 1, 2)]
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(labels="simulated", judge="reward_model"), "annotators follow a text scorer"),
+    (dict(labels="judge", acquisition="bald"), "acquisition chooses which pairs go to people"),
+    (dict(labels="app"), "labels=app needs app_db"),
+    (dict(samples_per_prompt=1), "samples_per_prompt=1"),
+    ({"offline.loss.method": "kto"}, "pairwise loss"),
+    (dict(judge="nope"), "judge='nope'"),
+    (dict(reference="last"), "reference='last'"),
+    ({"offline.steps": 4}, "offline.optim.warmup_steps=5 exceeds offline.steps=4"),
+])
+def test_settings_that_cannot_work_are_refused_by_name(fields, message):
+    with pytest.raises(ValueError, match=message):
+        _replace(IterativeDPOConfig(), fields)
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat")
+    make_chat_model(root / "policy")
+    return {"policy": str(root / "policy"), "prompts": str(conversation_files(root)["prompts"])}
+
+
+def _cfg(chat, run_dir, **kw):
+    base = dict(run_dir=str(run_dir), policy_dir=chat["policy"], prompts_file=chat["prompts"],
+                max_prompt_len=48, max_new_tokens=8, max_response_len=16, prompts_per_round=8,
+                samples_per_prompt=3, labels="judge", judge="words", reward_dir="",
+                **{"offline.steps": 3, "offline.batch_size": 8, "offline.log_every": 1,
+                   "offline.optim.warmup_steps": 1})
+    return _replace(IterativeDPOConfig(), {**base, **kw})
+
+
+@pytest.mark.slow
+def test_rounds_on_a_chat_model_resume_exactly(chat, tmp_path):
+    """Two rounds judged by the word count, run at once or one round and then the next: the
+    same samples, labels, summaries and final weights. Round 1 starts from round 0's policy,
+    keeps the initial policy as its reference and trains on both rounds' labels."""
+    whole = iterative_dpo(_cfg(chat, tmp_path / "a", rounds=2), verbose=False)
+    part = iterative_dpo(_cfg(chat, tmp_path / "b", rounds=1), verbose=False)
+    assert len(part.history) == 1 and not part.waiting
+    rest = iterative_dpo(_cfg(chat, tmp_path / "b", rounds=2), verbose=False)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds" and not  # noqa: E731
+                           k.endswith("_dir") and k != "policy_start"} for r in rows]
+    assert strip(rest.history) == strip(whole.history)
+    a, b = IterativeLayout(tmp_path / "a"), IterativeLayout(tmp_path / "b")
+    for r in (0, 1):
+        assert a.round(r).labels.read_text() == b.round(r).labels.read_text()
+        assert a.round(r).samples.read_text() == b.round(r).samples.read_text()
+    _, wa = models.load_hf_checkpoint(whole.policy_dir)
+    _, wb = models.load_hf_checkpoint(rest.policy_dir)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(wa), jax.tree.leaves(wb)))
+    row0, row1 = whole.history
+    assert row0["samples"] == row0["judge_calls"] == 8 * 3 and row0["human_labels"] == 0
+    assert row1["labels_so_far"] == row0["pairs"] + row1["pairs"] > row0["pairs"]
+    # round 1: from round 0's export, against the initial policy, on every label so far
+    off1 = json.loads((a.round(1).stage("offline").config).read_text())["config"]
+    assert off1["policy_dir"] == str(a.round(0).stage("offline").export)
+    assert off1["reference_dir"] == chat["policy"]
+    assert len(a.round(1).train_file.read_text().splitlines()) == row1["labels_so_far"]
+    # the labels keep the conversations: message-list prompts, assistant turns as answers
+    labels = [json.loads(x) for x in a.round(0).labels.read_text().splitlines()]
+    assert all(isinstance(r["prompt"], list) and r["prompt"][-1]["role"] == "user"
+               for r in labels)
+    assert all(r["chosen"][0]["role"] == "assistant" and r["chosen"] != r["rejected"]
+               for r in labels)
+    # best against worst by the judge: the chosen answer has more words
+    samples = [json.loads(x) for x in a.round(0).samples.read_text().splitlines()]
+    assert all(max(s["scores"]) > min(s["scores"]) for s in samples) or row0["pairs"] < 8
+
+
+@pytest.mark.slow
+def test_rounds_wait_for_the_labelling_app(chat, tmp_path):
+    """labels=app: round 0's pairs become tasks and the run stops; a rerun before anyone
+    labelled them waits again and adds nothing; once labelled, round 0 trains on people's
+    choices (here always the answer shown second) and round 1's pairs are queued."""
+    db = tmp_path / "labels.sqlite"
+    cfg = _cfg(chat, tmp_path / "app", rounds=2, labels="app", app_db=str(db),
+               samples_per_prompt=2)
+    first = iterative_dpo(cfg, verbose=False)
+    assert first.waiting and first.history == []
+    store = LabelStore(f"sqlite:///{db}", labels_per_task=1)
+    store.add_annotator("human")
+    queued = store.num_tasks()
+    assert 0 < queued <= 8
+    assert iterative_dpo(cfg, verbose=False).waiting and store.num_tasks() == queued
+    chosen = {}
+    while (a := store.next_assignment("human")) is not None:
+        ranks = [0, 0]
+        ranks[a.shown_order[0]], ranks[a.shown_order[1]] = 1, 0
+        store.submit(a.id, "human", ranks)
+        chosen[a.task.prompt] = a.task.responses[a.shown_order[1]]
+    second = iterative_dpo(cfg, verbose=False)
+    assert second.waiting and len(second.history) == 1
+    assert second.history[0]["pairs"] == second.history[0]["human_labels"] == queued
+    labels = [json.loads(x) for x in
+              IterativeLayout(tmp_path / "app").round(0).labels.read_text().splitlines()]
+    for r in labels:  # the app stores a conversation as JSON; the labels have it back
+        assert isinstance(r["prompt"], list) and r["annotator_id"] == "human"
+        assert r["chosen"][0]["content"] == chosen[json.dumps(r["prompt"])]
+    assert store.num_tasks() > queued  # round 1's pairs are in the app
+    store.close()
+
+
+def test_missing_policy_is_a_named_error(tmp_path, chat):
+    with pytest.raises(models.CheckpointFormatError, match="policy_dir=.*does not exist"):
+        iterative_dpo(_cfg(chat, tmp_path / "x", policy_dir=str(tmp_path / "none")))
+    with pytest.raises(models.CheckpointFormatError, match="reward_dir=.*does not exist"):
+        iterative_dpo(_cfg(chat, tmp_path / "y", judge="reward_model",
+                           reward_dir=str(tmp_path / "none")))
