@@ -107,7 +107,8 @@ def _plot_offline(rows: list[dict], method: str, out: Path) -> None:
 METHOD_NAMES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "best_of_n": "best-of-n",
                 "dpo": "DPO", "cdpo": "cDPO", "rdpo": "robust DPO", "ipo": "IPO",
                 "simpo": "SimPO", "orpo": "ORPO", "kto": "KTO", "awr": "AWR",
-                "filtered_bc": "filtered BC", "online_dpo": "online DPO"}
+                "filtered_bc": "filtered BC", "online_dpo": "online DPO",
+                "iterative_dpo": "iterative DPO"}
 
 
 def rel_of(plots: Path, report_path: Path) -> str:

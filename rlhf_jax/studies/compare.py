@@ -2,7 +2,7 @@
 
 For each seed, one base run (SFT → simulated comparisons → reward model) is shared by every
 method, which then learns from the same comparisons (offline methods) or the same reward model
-(PPO, RLOO, GRPO, best-of-n, online DPO), over a sweep of its KL-controlling setting. Each
+(PPO, RLOO, GRPO, best-of-n, online DPO, iterative DPO), over a sweep of its KL-controlling setting. Each
 method's sweep runs in its own process, so its peak memory is its own. The report puts the gold
 score of every setting against its KL to the starting policy on one plot (Gao et al. 2022, fig.
 1; Rafailov et al. 2023, fig. 2), tabulates gains, KL, time and memory, and the alignment
@@ -32,7 +32,8 @@ from rlhf_jax.stages.ppo import train_ppo
 from rlhf_jax.studies.compare_report import write_comparison_report
 from rlhf_jax.studies.compare_setup import (OVEROPTIMISATION, QUICK_OVEROPTIMISATION,
                                             TEXT_METRICS, CompareConfig, base_config,
-                                            quick_groups, sweep)
+                                            iterative_config, quick_groups, sweep)
+from rlhf_jax.studies.iterative import iterative_dpo
 
 
 def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
@@ -48,7 +49,9 @@ def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
     results = []
     for value in values:
         run_dir = Path(cfg.run_dir) / f"seed{seed}" / f"{method}-{value}"
-        overrides = {"run_dir": str(run_dir), "method": method, key: value}
+        # iterative DPO is no method of the main job: its rounds run the offline stage
+        overrides = {"run_dir": str(run_dir), key: value,
+                     **({} if method == "iterative_dpo" else {"method": method})}
         if method in ("rloo", "grpo"):
             overrides["ppo.batch_size"] = base.ppo.batch_size // base.group_size
         if cfg.quick and (method, value) == OVEROPTIMISATION:
@@ -67,6 +70,10 @@ def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
         elif method == "online_dpo":
             trained = train_online_dpo(dataclasses.replace(online_cfg,
                                                            reward_dir=reward_dir)).export_dir
+        elif method == "iterative_dpo":
+            rounds = iterative_dpo(iterative_config(cfg, pcfg, ppo_cfg.policy_dir, reward_dir,
+                                                    value), verbose=False)
+            trained = rounds.policy_dir
         elif method != "best_of_n":
             trained = train_offline(off_cfg).export_dir
         seconds = time.perf_counter() - start
@@ -77,7 +84,9 @@ def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
                  **{f"{w}_{q}": ev[w]["summary"][q] for w in ("before", "after")
                     for q in ("gold", "proxy", "kl", "kl_k3") + TEXT_METRICS
                     if q in ev[w]["summary"]},
-                 "after_win_rate": ev["after"]["summary"]["win_rate"]}
+                 "after_win_rate": ev["after"]["summary"]["win_rate"],
+                 **usage(method, pcfg, ppo_cfg, online_cfg, rounds if method == "iterative_dpo"
+                         else None)}
         if (method, value) == OVEROPTIMISATION:
             gk = f"reward_terms/{cfg.gold}"
             entry["trajectory"] = [{"step": r["step"], "kl": r["kl/sequence"], "gold": r[gk],
@@ -86,6 +95,26 @@ def run_method(cfg: CompareConfig, seed: int, method: str) -> dict:
         results.append(entry)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"results": results, "peak_rss_mib": peak}
+
+
+def usage(method: str, pcfg, ppo_cfg, online_cfg, rounds=None) -> dict:
+    """The responses a method sampled from its policy and the responses the reward model
+    scored while it trained ({"samples", "judge_calls"}): PPO's family every iteration's
+    rollout, online DPO every step's K answers per prompt, iterative DPO its rounds' (from
+    their summaries), best-of-n its n candidates per evaluation prompt, the offline methods
+    none (they read the base run's comparisons)."""
+    if method in PPO_FAMILY:
+        n = ppo_cfg.steps * ppo_cfg.batch_size * ppo_cfg.rollout.group_size
+        return {"samples": n, "judge_calls": n}
+    if method == "online_dpo":
+        n = online_cfg.steps * online_cfg.batch_size * online_cfg.samples_per_prompt
+        return {"samples": n, "judge_calls": n}
+    if method == "iterative_dpo":
+        return {q: sum(r[q] for r in rounds.history) for q in ("samples", "judge_calls")}
+    if method == "best_of_n":
+        n = pcfg.best_of_n * pcfg.eval_samples
+        return {"samples": n, "judge_calls": n}
+    return {"samples": 0, "judge_calls": 0}
 
 
 def _child(cfg: CompareConfig, seed: int, what, out) -> list[dict]:

@@ -13,9 +13,9 @@ import numpy as np
 from rlhf_jax import eval as rl_eval
 from rlhf_jax.eval.report import KL_NOTE, METHOD_NAMES, line_text, number, p_text, table_text
 from rlhf_jax.eval.trends import below_peak, rise_and_fall
-from rlhf_jax.stages.pipeline import METHODS
 from rlhf_jax.studies.common import mean_se
-from rlhf_jax.studies.compare_setup import (OVEROPTIMISATION, QUICK_OVEROPTIMISATION,
+from rlhf_jax.studies.compare_setup import (COMPARED, ITERATIVE, OVEROPTIMISATION,
+                                            QUICK_ITERATIVE, QUICK_OVEROPTIMISATION,
                                             TEXT_METRICS, CompareConfig, base_config)
 
 # one colour and one marker per method, the same in every study (tab10, then darker and
@@ -45,12 +45,12 @@ def _gain(after: list[dict], before: list[dict]) -> tuple[float, float]:
 
 
 def method_styles(methods) -> dict:
-    """{method: (colour, marker)}: each method of `stages.pipeline.METHODS` keeps its own pair
+    """{method: (colour, marker)}: each method of `compare_setup.COMPARED` keeps its own pair
     in every plot; other names take the next free ones, cycling only past 20 methods."""
-    out, free = {}, len(METHODS)
+    out, free = {}, len(COMPARED)
     for m in methods:
-        i = METHODS.index(m) if m in METHODS else free
-        free += m not in METHODS
+        i = COMPARED.index(m) if m in COMPARED else free
+        free += m not in COMPARED
         out[m] = (COLOURS[i % len(COLOURS)], MARKERS[i % len(MARKERS)])
     return out
 
@@ -180,6 +180,8 @@ def write_comparison_report(cfg: CompareConfig, results: list[dict], peaks: dict
                      "eval_seconds": float(np.mean([r.get("eval_seconds", float("nan"))
                                                     for r in per_seed])),
                      "peak": max(peaks[(method, r["seed"])] for r in per_seed),
+                     **{q: float(np.mean([r.get(q, np.nan) for r in per_seed]))
+                        for q in ("samples", "judge_calls")},
                      "seeds": len(per_seed)})
         for q in ("win_rate",) + TEXT_METRICS:  # results of an earlier version may lack them
             if all(f"after_{q}" in r for r in per_seed):
@@ -212,15 +214,17 @@ def write_comparison_report(cfg: CompareConfig, results: list[dict], peaks: dict
         ".", "",
         "![gold vs KL](plots/frontier.png)", "",
         "| method | setting | gold after | gold gain | proxy gain | KL k1 (nats) | KL k3 "
-        "(nats) | train s | eval s | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "(nats) | samples | judge calls | train s | eval s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {table_text(METHOD_NAMES.get(r['method'], r['method']))} | "
             f"{table_text(_setting(r))} | {_cell(r['gold'])} | "
             f"{_cell(r['gold_gain'], signed=True)} | {_cell(r['proxy_gain'], signed=True)} | "
-            f"{_cell(r['kl'], 2)} | {_cell(r.get('kl_k3'), 2)} | {number(r['seconds'], 1)} | "
+            f"{_cell(r['kl'], 2)} | {_cell(r.get('kl_k3'), 2)} | {number(r['samples'], 0)} | "
+            f"{number(r['judge_calls'], 0)} | {number(r['seconds'], 1)} | "
             f"{number(r['eval_seconds'], 1)} | {number(r['peak'], 0)} |")
+    it = {**ITERATIVE, **(QUICK_ITERATIVE if cfg.quick else {})}
     quick_ppo = (f" (PPO at β = {OVEROPTIMISATION[1]}: {QUICK_OVEROPTIMISATION['ppo.steps']}, "
                  "to follow its over-optimisation)" if cfg.quick else "")
     lines += ["", f"Starting policy's gold score: {_cell(before['gold'])}. Budgets: PPO, RLOO "
@@ -228,7 +232,16 @@ def write_comparison_report(cfg: CompareConfig, results: list[dict], peaks: dict
               f"sampled responses; the offline methods {base.offline.steps} steps of "
               f"{base.offline.batch_size} rows; online DPO {base.online.steps} steps of "
               f"{base.online.batch_size} prompts × {base.online.samples_per_prompt} samples "
-              "ranked by the reward model; best-of-n no training. " + KL_NOTE + " "
+              f"ranked by the reward model; iterative DPO {it['rounds']} rounds of "
+              f"{it['prompts_per_round']} prompts × {ITERATIVE['samples_per_prompt']} samples "
+              "ranked by the reward model (best against worst), each round "
+              f"{it['offline.steps']} DPO steps of {ITERATIVE['offline.batch_size']} rows from "
+              "the last round's policy against the starting one; best-of-n no training. "
+              f"Every method has the seed's {base.comparisons} simulated comparisons behind it "
+              "(the offline methods learn from them, the others from the reward model trained "
+              "on them). Samples are the responses a method drew from its policy and judge "
+              "calls the responses the reward model scored, in training (for best-of-n at "
+              "evaluation: n per prompt). " + KL_NOTE + " "
               "Best-of-n's KL (the k1 column; k3 —) is the analytic log n − (n − 1)/n, exact "
               "for distinct samples and an upper bound when samples repeat (Beirami et al. "
               "2024). Train seconds include compilation (shared through the "

@@ -31,7 +31,16 @@ SWEEPS = {
     "awr": ("offline.loss.temperature", (1.0, 0.25)),
     "filtered_bc": ("offline.loss.top_fraction", (1.0, 0.5)),
     "online_dpo": ("online.loss.beta", (0.5, 0.1)),
+    "iterative_dpo": ("offline.loss.beta", (0.5, 0.1)),
 }
+# the methods the study compares: the main job's and iterative DPO (`studies.iterative_dpo`,
+# which composes the offline stage into rounds)
+COMPARED = METHODS + ("iterative_dpo",)
+# iterative DPO's budget: rounds of prompts × samples ranked by the seed's reward model (best
+# against worst), each round's DPO steps of rows from the last round's policy; quick: less
+ITERATIVE = {"rounds": 3, "prompts_per_round": 128, "samples_per_prompt": 4,
+             "offline.steps": 60, "offline.batch_size": 32}
+QUICK_ITERATIVE = {"rounds": 2, "prompts_per_round": 32, "offline.steps": 8}
 # alignment metrics of the responses, besides gold, proxy and KL, in the second table
 TEXT_METRICS = ("profanity_rate", "distinct_1", "distinct_2", "length")
 # the setting whose gold score is followed over its training iterations
@@ -46,7 +55,7 @@ QUICK = {"comparisons": 1000, "reward.steps": 150, "reward.eval_every": 50,
 QUICK_OVEROPTIMISATION = {"ppo.steps": 150}
 # a quick study's rough cost of each method (for sharing the runs out between the workers)
 QUICK_COST = {"ppo": 5.0, "best_of_n": 2.5, "kto": 1.5, "rloo": 1.5, "grpo": 1.5,
-              "online_dpo": 1.5}
+              "online_dpo": 1.5, "iterative_dpo": 2.0}
 
 
 # the main job's fields a study passes on unchanged
@@ -56,14 +65,15 @@ USER_INPUTS = ("policy_dir", "sft_file", "preference_file", "prompts_file", "pro
 
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
-    """The study: `methods` (comma-separated, from `stages.pipeline.METHODS`) over `seeds`, on
+    """The study: `methods` (comma-separated, from `COMPARED`: the main job's and
+    iterative DPO) over `seeds`, on
     the built-in task or your own model and files (plain or conversational). The simulated annotators judge by `annotator_judge`; the methods are
     scored by `gold` (by default a judge the annotators' signal only partly captures, so that
     over-optimisation can show). `quick`: one setting per method and tiny budgets."""
 
     run_dir: str = "runs/compare"  # where the study's runs, report.md and plots/ go
     seeds: str = "0,1"  # comma-separated seeds: one base run and every method per seed
-    methods: str = ",".join(METHODS)  # comma-separated methods to compare
+    methods: str = ",".join(COMPARED)  # comma-separated methods to compare
     gold: str = "vader_diverse"  # the judge that scores the methods (eval.TEXT_TERMS)
     annotator_judge: str = "vader"  # the simulated annotators' judge (eval.TEXT_TERMS)
     # one setting per method, tiny budgets but PPO's at β = 0 (a few minutes on 2 cores); the
@@ -91,9 +101,9 @@ class CompareConfig:
         for name, items in (("seeds", self.seeds.split(",")), ("methods", self.method_list)):
             if len(set(items)) != len(items):
                 raise ValueError(f"{name}={getattr(self, name)!r} names one twice")
-        unknown = [m for m in self.method_list if m not in METHODS]
+        unknown = [m for m in self.method_list if m not in COMPARED]
         if unknown or not self.method_list:
-            raise ValueError(f"methods={self.methods!r}: expected some of {', '.join(METHODS)}")
+            raise ValueError(f"methods={self.methods!r}: expected some of {', '.join(COMPARED)}")
         try:
             [int(s) for s in self.seeds.split(",")]
         except ValueError:
@@ -146,3 +156,20 @@ def base_config(cfg: CompareConfig, seed: int) -> PipelineConfig:
         **{name: getattr(cfg, name) for name in USER_INPUTS}})
     base = _replace(base, QUICK) if cfg.quick else base
     return base if cfg.sft_steps < 0 else _replace(base, {"sft.steps": cfg.sft_steps})
+
+
+def iterative_config(cfg: CompareConfig, pcfg: PipelineConfig, policy_dir: str,
+                     reward_dir: str, beta: float):
+    """Iterative DPO on a seed's base run: from its SFT policy, judged by its reward model,
+    on the study's prompts and lengths, with `ITERATIVE`'s budget (quick: `QUICK_ITERATIVE`'s)
+    and DPO's β = `beta`."""
+    from rlhf_jax.studies.configs.iterative import IterativeDPOConfig
+
+    budget = {**ITERATIVE, **(QUICK_ITERATIVE if cfg.quick else {})}
+    return _replace(IterativeDPOConfig(), {
+        **budget, "run_dir": pcfg.run_dir, "seed": pcfg.seed, "policy_dir": policy_dir,
+        "reward_dir": reward_dir, "chat_template": pcfg.chat_template,
+        "prompts_file": pcfg.prompts_file, "prompts_field": pcfg.prompts_field,
+        "max_prompt_len": pcfg.prompt_len, "max_new_tokens": pcfg.new_tokens,
+        "offline.loss.beta": beta, "offline.compile_cache": pcfg.compile_cache,
+        "reward.compile_cache": pcfg.compile_cache})

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlhf_jax.stages.pipeline import METHODS
-from rlhf_jax.studies.compare_setup import QUICK_OVEROPTIMISATION
+from rlhf_jax.studies.compare_setup import COMPARED, QUICK_OVEROPTIMISATION
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -34,10 +33,11 @@ def study(tmp_path_factory):
 
 def test_every_method_is_in_the_report(study):
     results = json.loads((study / "results.json").read_text())
-    assert [r["method"] for r in results["rows"]] == list(METHODS)
+    assert [r["method"] for r in results["rows"]] == list(COMPARED)
     report = (study / "report.md").read_text()
     for name in ("PPO", "RLOO", "GRPO", "best-of-n", "DPO", "cDPO", "robust DPO", "IPO",
-                 "SimPO", "ORPO", "KTO", "AWR", "filtered BC", "online DPO"):
+                 "SimPO", "ORPO", "KTO", "AWR", "filtered BC", "online DPO",
+                 "iterative DPO"):
         assert f"| {name} |" in report, name
     assert (study / "plots" / "frontier.png").stat().st_size > 10_000
     assert (study / "plots" / "overoptimisation.png").stat().st_size > 5_000

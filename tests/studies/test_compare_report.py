@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from rlhf_jax.stages.pipeline import METHODS
+from rlhf_jax.studies.compare_setup import COMPARED
 from rlhf_jax.studies.compare_report import (method_styles, overoptimisation_verdict,
                                              signed_sqrt, write_comparison_report)
 from rlhf_jax.studies.compare_setup import CompareConfig, quick_groups
@@ -32,9 +32,9 @@ def test_overoptimisation_verdict_both_ways():
 
 
 def test_every_method_has_its_own_colour_and_marker():
-    styles = method_styles(METHODS)
-    assert len(set(c for c, _ in styles.values())) == len(METHODS) == 14
-    assert len(set(m for _, m in styles.values())) == len(METHODS)
+    styles = method_styles(COMPARED)
+    assert len(set(c for c, _ in styles.values())) == len(COMPARED) == 15
+    assert len(set(m for _, m in styles.values())) == len(COMPARED)
     assert method_styles(["dpo", "ppo"]) == {m: styles[m] for m in ("dpo", "ppo")}
     mine = method_styles(["ppo", "my_method"])
     assert mine["my_method"] not in styles.values()
@@ -46,7 +46,7 @@ def test_signed_sqrt_keeps_negative_kl():
 
 def test_quick_groups_share_the_methods_out():
     groups = quick_groups(CompareConfig(quick=True, workers=2))
-    assert sorted(m for g in groups for m in g) == sorted(METHODS) and len(groups) == 2
+    assert sorted(m for g in groups for m in g) == sorted(COMPARED) and len(groups) == 2
     assert "ppo" in groups[0] and "best_of_n" in groups[1]  # the two costliest apart
     assert quick_groups(CompareConfig(quick=True, workers=4, methods="dpo,kto")) == [["kto"],
                                                                                     ["dpo"]]
@@ -58,7 +58,8 @@ def _entry(method, value, gold_after, kl, trajectory=None):
          "value": value, "seed": 0, "train_seconds": 1.0, "eval_seconds": 0.5,
          "before_gold": s(0.3), "after_gold": s(gold_after), "before_proxy": s(0.0),
          "after_proxy": s(1.0), "before_kl": s(0.0), "after_kl": s(kl),
-         "before_kl_k3": s(0.0), "after_kl_k3": s(abs(kl))}
+         "before_kl_k3": s(0.0), "after_kl_k3": s(abs(kl)),
+         "samples": 256 if method == "ppo" else 0, "judge_calls": 256 if method == "ppo" else 0}
     if trajectory:
         e["trajectory"] = trajectory
     return e
@@ -89,7 +90,8 @@ def test_report_shows_the_rise_and_fall_and_draws_every_point(tmp_path, monkeypa
     verdict = json.loads((tmp_path / "results.json").read_text())["overoptimisation"]["0"]
     assert verdict["observed"] and verdict["evaluation"]["confirmed"]
     assert "| DPO | beta = 0.5 | 0.500 ± 0.020 | +0.200 ± 0.028 |" in text  # one seed: its s.e.
-    assert "| -0.04 ± 0.02 | 0.04 ± 0.02 |" in text and "-0.000" not in text
+    assert "| -0.04 ± 0.02 | 0.04 ± 0.02 | 0 | 0 |" in text and "-0.000" not in text
+    assert "| 30.00 ± 0.02 | 30.00 ± 0.02 | 256 | 256 |" in text  # samples, judge calls
     frontier = drawn["Gold score against KL: each method over its sweep, mean ± s.e. over seeds"]
     assert min(frontier["x"]) == pytest.approx(-0.2)  # √0.04, kept on its side of 0
     assert frontier["xlim"][0] < -0.2
