@@ -7,6 +7,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import optax
 
+from rlhf_jax.train.moments import scale_by_adam_stored
 from rlhf_jax.train.optim_config import OptimizerConfig
 
 
@@ -106,7 +107,8 @@ def apply_updates(params: Any, updates: Any) -> Any:
 
 def make_optimizer(cfg: OptimizerConfig, params: Any,
                    freeze: Optional[Callable[[str], bool]] = None) -> Optimizer:
-    """The optimiser for `params`: clip → AdamW(schedule, masked decay) over the trainable leaves.
+    """The optimiser for `params`: clip → AdamW(schedule, masked decay) over the trainable leaves
+    (Adam's moments in `cfg.moment_dtype` when set, `train.moments`).
 
     Leaves under `cfg.frozen` prefixes, and those for which `freeze(path)` is true (e.g.
     `models.frozen_base()` for LoRA: the base frozen, adapters and heads trained), are frozen:
@@ -118,8 +120,14 @@ def make_optimizer(cfg: OptimizerConfig, params: Any,
         lab == "frozen" for lab in jax.tree.leaves(frozen_labels(params, [p])))]
     if missing:
         raise ValueError(f"OptimizerConfig.frozen names {missing}, which match no parameter path")
-    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, mask=decay_mask)
+    if cfg.moment_dtype:  # optax.adamw's chain with the moments stored in moment_dtype
+        adamw = optax.chain(
+            scale_by_adam_stored(cfg.b1, cfg.b2, cfg.eps, dtype=cfg.moment_dtype),
+            optax.add_decayed_weights(cfg.weight_decay, decay_mask),
+            optax.scale_by_learning_rate(learning_rate_schedule(cfg)))
+    else:
+        adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                            weight_decay=cfg.weight_decay, mask=decay_mask)
     chain = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) \
         if cfg.clip_norm > 0 else adamw
     # kept inside multi_transform (every leaf it sees is trainable) so that the optimiser

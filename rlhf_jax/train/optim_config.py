@@ -5,6 +5,7 @@ import dataclasses
 
 
 _SCHEDULES = ("cosine", "linear", "constant")
+_MOMENT_DTYPES = ("", "float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,6 +16,9 @@ class OptimizerConfig:
     `learning_rate · end_lr_fraction` at `total_steps` (0: not set yet; the stages fill in their
     number of steps, and `make_optimizer` refuses it). `frozen` lists parameter path prefixes
     ("reference", "transformer/wte") that receive no update and hold no optimiser state.
+    `moment_dtype` stores Adam's moments in float32 or bfloat16 whatever the parameters' dtype
+    (bfloat16 halves float32 weights' optimiser state; see `train.moments`); empty keeps optax's
+    AdamW, whose moments take the parameters' dtype.
     """
 
     learning_rate: float = 1e-5  # peak learning rate
@@ -28,11 +32,16 @@ class OptimizerConfig:
     weight_decay: float = 0.0  # decoupled weight decay (not on norms and biases)
     clip_norm: float = 1.0  # 0 disables global-norm clipping
     frozen: tuple[str, ...] = ()  # parameter path prefixes that are not trained
+    # Adam moments' storage dtype: "" (the parameters'), float32, or bfloat16 (stochastic rounding)
+    moment_dtype: str = ""
 
     def __post_init__(self):
         if self.schedule not in _SCHEDULES:
             raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}: expected one of "
                              f"{_SCHEDULES}")
+        if self.moment_dtype not in _MOMENT_DTYPES:
+            raise ValueError(f"OptimizerConfig.moment_dtype={self.moment_dtype!r}: expected one "
+                             f"of {_MOMENT_DTYPES} ('' keeps the parameters' dtype)")
         if self.learning_rate < 0 or self.weight_decay < 0 or self.clip_norm < 0:
             raise ValueError("OptimizerConfig.learning_rate, weight_decay and clip_norm must be "
                              ">= 0")
