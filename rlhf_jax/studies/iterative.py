@@ -266,7 +266,9 @@ def iterative_dpo(cfg: IterativeDPOConfig, *, verbose: bool = True) -> Iterative
     config_dict = train.config_to_dict(cfg)
     config_dict.pop("rounds")  # more rounds go on with the same run
     layout.root.mkdir(parents=True, exist_ok=True)
-    check_run_config(layout.config, config_dict)
+    # fields added since a run started keep their defaults
+    check_run_config(layout.config, config_dict,
+                     defaults=train.config_to_dict(IterativeDPOConfig()))
     record_run_config(layout.config, config_dict)
     pool = _prompts(cfg)
     tag = "it-" + hashlib.sha256(json.dumps([str(layout.root.resolve()), config_dict],

@@ -42,7 +42,7 @@ class IterativeDPOConfig:
     `train_on`: "all" labels so far or this "round"'s. Rerun with more `rounds` to go on.
     """
 
-    run_dir: str = "runs/iterative_dpo"
+    run_dir: str = "runs/iterative_dpo"  # one directory per round, config.json, history.jsonl
     seed: int = 0  # seeds the prompts drawn, the sampling, the labels and the stages
     # the round-0 policy (a local HF directory): the main job's SFT export by default
     policy_dir: str = "runs/pipeline/sft/export"
@@ -55,8 +55,8 @@ class IterativeDPOConfig:
     # (0: max_new_tokens + 2, the main job's); a chat template's end of turn may take more
     max_response_len: int = 0
     temperature: float = 1.0  # sampling temperature
-    rounds: int = 3
-    prompts_per_round: int = 128
+    rounds: int = 3  # rounds in all (a rerun with more goes on)
+    prompts_per_round: int = 128  # prompts drawn each round
     samples_per_prompt: int = 4  # K >= 2 answers per prompt
     labels: str = "judge"  # judge | simulated | app
     judge: str = REWARD_MODEL  # reward_model | a text scorer (vader, vader_diverse, words, ...)
