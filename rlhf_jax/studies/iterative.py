@@ -258,11 +258,10 @@ def iterative_dpo(cfg: IterativeDPOConfig, *, verbose: bool = True) -> Iterative
     reward model in use reads the current policy's answers), the offline stage's last loss and
     implicit-reward accuracy, and the seconds the round took."""
     layout = IterativeLayout(cfg.run_dir)
-    for what, path in (("policy_dir", cfg.policy_dir),):
-        if not Path(path).is_dir():
-            raise models.CheckpointFormatError(
-                f"{what}={path!r} does not exist: iterative DPO starts from a trained policy "
-                "(`python experiments/rlhf_pipeline.py` writes runs/pipeline/sft/export)")
+    if not Path(cfg.policy_dir).is_dir():
+        raise models.CheckpointFormatError(
+            f"policy_dir={cfg.policy_dir!r} does not exist: iterative DPO starts from a trained "
+            "policy (`python experiments/rlhf_pipeline.py` writes runs/pipeline/sft/export)")
     config_dict = train.config_to_dict(cfg)
     config_dict.pop("rounds")  # more rounds go on with the same run
     layout.root.mkdir(parents=True, exist_ok=True)

@@ -97,10 +97,10 @@ class IterativeDPOConfig:
             raise ValueError("acquisition chooses which pairs go to people: it needs labels="
                              "simulated or app (a judge labels every answer anyway)")
         needs_rm = (self.labels == "judge" and self.judge == REWARD_MODEL) or \
-            bool(self.acquisition) or self.refresh_reward
+            bool(self.acquisition)
         if needs_rm and not self.reward_dir:
-            raise ValueError("reward_dir: the judge, the acquisition function or the refresh "
-                             "reads a reward model; set it (e.g. runs/pipeline/reward/export)")
+            raise ValueError("reward_dir: the judge or the acquisition function reads a reward "
+                             "model; set it (e.g. runs/pipeline/reward/export)")
         if self.samples_per_prompt < 2:
             raise ValueError(f"samples_per_prompt={self.samples_per_prompt}: a pair needs >= 2")
         if self.max_response_len < 0:
