@@ -11,6 +11,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "CLASSIFIERS", "ClassifierJudge", "ConstitutionJudge", "Judgement", "LMJudge",
         "profanity_probabilities", "profanity_probability", "profanity_rate",
     ),
-    "labels": ("DEFAULT_CONSTITUTION", "ai_label", "constitution_judge",),
+    "labels": ("DEFAULT_CONSTITUTION", "ai_label", "constitution_judge", "round_robin_scores",),
     "critique": ("critique_revision",),
 })

@@ -1,8 +1,11 @@
 """AI labels: a judge's verdicts on response pairs as the project's pairwise records."""
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Optional, Sequence
+
+import numpy as np
 
 from rlhf_jax.rlaif.constitution import load_constitution
 from rlhf_jax.rlaif.judges import CLASSIFIERS, ConstitutionJudge, LMJudge
@@ -43,3 +46,29 @@ def ai_label(judge, pairs: Sequence[tuple], *, judge_name: Optional[str] = None)
 
 
 
+
+
+def round_robin_scores(judge, prompts: Sequence, answers: Sequence[str], k: int, *,
+                       seed: int = 0) -> np.ndarray:
+    """Scores [N] of N = B·K answers (prompt-major: rows b·K … b·K + K − 1 answer prompt b) from
+    a pairwise judge (`judge.compare(prompts, a, b).prob_a`): each answer's expected wins against
+    the other K − 1 answers to its prompt, s_i = Σ_{j≠i} P(i ≻ j) (a Borda count with the
+    judge's probabilities; for K = 2 the pair's two probabilities), from K(K − 1)/2 comparisons
+    per prompt. A judge that draws principles at random (`ConstitutionJudge` in "sample" mode)
+    is reseeded from `seed` and the texts, so the same answers get the same scores (a resumed
+    run judges as the uninterrupted one)."""
+    n = len(answers)
+    if n % k or len(prompts) != n:
+        raise ValueError(f"{len(prompts)} prompts and {n} answers: expected K = {k} answers "
+                         "per prompt, prompt-major")
+    pairs = [(b + i, b + j) for b in range(0, n, k) for i in range(k) for j in range(i + 1, k)]
+    if hasattr(judge, "rng"):
+        digest = zlib.crc32("\x00".join(map(str, [*prompts, *answers])).encode())
+        judge.rng = np.random.default_rng([seed, digest])
+    out = judge.compare([prompts[i] for i, _ in pairs], [answers[i] for i, _ in pairs],
+                        [answers[j] for _, j in pairs])
+    scores = np.zeros(n, np.float64)
+    for (i, j), p in zip(pairs, np.asarray(out.prob_a, np.float64)):
+        scores[i] += p
+        scores[j] += 1.0 - p
+    return scores.astype(np.float32)

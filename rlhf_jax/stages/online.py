@@ -1,7 +1,7 @@
 """Online DPO as a library function: `train_online_dpo(OnlineDPOConfig(...))` — the pairwise
 offline losses (DPO, cDPO, robust DPO, IPO, SimPO, ORPO) on the policy's own samples, ranked at
-every step by a reward model or a text judge (Guo et al. 2024, "Direct language model alignment
-from online AI feedback")."""
+every step by a reward model, a constitution's AI judge or a text judge (Guo et al. 2024,
+"Direct language model alignment from online AI feedback")."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,11 @@ import json
 import jax
 import numpy as np
 
-from rlhf_jax import data, eval as rl_eval, models, offline, ppo, train
+from rlhf_jax import data, eval as rl_eval, models, offline, ppo, rlaif, train
 from rlhf_jax.stages.common import (StageResult, check_batch_size, export_policy, freeze_rule,
                                     load_policy, model_overrides, optimizer_config,
                                     shardings_of, start_run, train_with_checkpoints)
-from rlhf_jax.stages.configs.online import REWARD_MODEL, OnlineDPOConfig
+from rlhf_jax.stages.configs.online import CONSTITUTION, REWARD_MODEL, OnlineDPOConfig
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.stages.ppo import load_ppo_models, prompt_source, resolve_sampling
 from rlhf_jax.train import ConfigError
@@ -23,7 +23,8 @@ def _policy_and_judge(cfg: OnlineDPOConfig, layout: RunLayout, mesh, rules, key)
     """(tokenizer, policy config, policy params, reference overlay, judge). The judge is
     `judge(prompt_tokens, prompt_mask, response_tokens, response_mask) -> scores`: the reward
     model at `cfg.reward_dir` (jitted, on the mesh; the policy is then loaded beside it and must
-    share its tokenizer, as in PPO) or a text scorer on the host. The reference overlay is what
+    share its tokenizer, as in PPO), a constitution's AI judge comparing each prompt's answers
+    pairwise (`rlaif.round_robin_scores`) or a text scorer, on the host. The reference overlay is what
     `offline.make_offline_loss` lays over the policy's weights: a copy of them, or with LoRA
     only the modules that train in full (the base, adapters off, is the reference)."""
     if cfg.judge == REWARD_MODEL:
@@ -37,12 +38,27 @@ def _policy_and_judge(cfg: OnlineDPOConfig, layout: RunLayout, mesh, rules, key)
         return (tokenizer, m.config, m.params["policy"], m.ref_params,
                 lambda *seq: score(m.reward_params, *seq))
     if jax.process_count() > 1:
-        raise ConfigError(f"judge={cfg.judge!r}: a text scorer reads every sample on one host; "
+        raise ConfigError(f"judge={cfg.judge!r}: a text judge reads every sample on one host; "
                           "with several processes judge by the reward model")
     tokenizer, config, _, params = load_policy(cfg, layout, mesh, rules, key)
-    term = ppo.text_reward_term(cfg.judge, 1.0, tokenizer, rl_eval.TEXT_TERMS[cfg.judge])
     ref = (None if not cfg.loss.uses_reference else models.reference_overlay(config, params)
            if config.lora.enabled else jax.tree.map(lambda x: x.copy(), params))  # donated
+    if cfg.judge == CONSTITUTION:
+        try:
+            ai = rlaif.constitution_judge(cfg.constitution, cfg.judge_model_dir, seed=cfg.seed)
+        except ValueError as e:  # a malformed constitution or a missing LM judge
+            raise ConfigError(str(e)) from None
+        decode = lambda t, m: [tokenizer.decode(r[w > 0], skip_special_tokens=True)  # noqa
+                               for r, w in zip(t, m)]
+
+        def judge(prompt_tokens, prompt_mask, response_tokens, response_mask):
+            p, pm, r, rm = jax.device_get((prompt_tokens, prompt_mask, response_tokens,
+                                           response_mask))
+            return rlaif.round_robin_scores(ai, decode(p, pm), decode(r, rm),
+                                            cfg.samples_per_prompt, seed=cfg.seed)
+
+        return tokenizer, config, params, ref, judge
+    term = ppo.text_reward_term(cfg.judge, 1.0, tokenizer, rl_eval.TEXT_TERMS[cfg.judge])
     return tokenizer, config, params, ref, lambda *seq: term.fn(*jax.device_get(seq))
 
 

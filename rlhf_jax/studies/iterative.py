@@ -23,7 +23,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from rlhf_jax import data, eval as rl_eval, interpret, models, reward, train
+from rlhf_jax import data, eval as rl_eval, interpret, models, reward, rlaif, train
 from rlhf_jax.labelling.entities import unstorable
 from rlhf_jax.labelling.tasks import prompt_record_text
 from rlhf_jax.sampling import SamplingConfig, TextSampler
@@ -34,7 +34,8 @@ from rlhf_jax.stages.offline import train_offline
 from rlhf_jax.stages.pipeline import as_pair_record
 from rlhf_jax.stages.reward import train_reward_model
 from rlhf_jax.studies.active import top_k_per_prompt
-from rlhf_jax.studies.configs.iterative import REWARD_MODEL, IterativeDPOConfig  # noqa: F401
+from rlhf_jax.studies.configs.iterative import (CONSTITUTION, REWARD_MODEL,  # noqa: F401
+                                                IterativeDPOConfig)
 from rlhf_jax.studies.label_sources import app_labels
 from rlhf_jax.studies.pairs import SimulatedAnnotators
 
@@ -141,12 +142,19 @@ def _judge_labels(cfg, samples: list[dict], rm: Optional[_RewardJudge]) -> tuple
     texts = [s["responses"] for s in samples]
     flat_p = [s["prompt"] for s in samples for _ in s["responses"]]
     flat_a = [a for t in texts for a in t]
+    k = cfg.samples_per_prompt
     if cfg.judge == REWARD_MODEL:
         flat = rm.members(flat_p, flat_a).mean(axis=1)
+    elif cfg.judge == CONSTITUTION:
+        try:
+            ai = rlaif.constitution_judge(cfg.constitution, cfg.judge_model_dir, seed=cfg.seed)
+        except ValueError as e:  # a malformed constitution or a missing LM judge
+            raise train.ConfigError(str(e)) from None
+        flat = rlaif.round_robin_scores(ai, [data.prompt_text(p) for p in flat_p], flat_a, k,
+                                        seed=cfg.seed).astype(np.float64)
     else:
         judge = _text_judge(cfg.judge)
         flat = np.array([judge(p, a) for p, a in zip(flat_p, flat_a)], np.float64)
-    k = cfg.samples_per_prompt
     scores = [flat[i * k:(i + 1) * k].tolist() for i in range(len(samples))]
     for s, sc in zip(samples, scores):
         s["scores"] = sc

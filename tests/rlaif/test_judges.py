@@ -148,3 +148,34 @@ def test_classifier_and_constitution_judges():
         ["p"], ["good good"], ["bad"]).prob_a)
     with pytest.raises(ValueError, match="needs an LM judge"):
         ConstitutionJudge(parse_constitution({"principles": [{"id": "x", "question": "q"}]}))
+
+
+def test_round_robin_scores_count_expected_wins():
+    """Each answer's score is Σ_j P(i ≻ j) over the other answers to its prompt (brute force
+    over every ordered pair); a prompt's scores sum to its K(K − 1)/2 comparisons; a judge that
+    draws principles gives the same answers the same scores, call after call."""
+    from rlhf_jax.rlaif import round_robin_scores
+
+    own = ClassifierJudge("length", score=lambda p, r: len(r), temperature=3.0)
+    rng = np.random.default_rng(0)
+    k, prompts = 4, ["p0", "p1", "p2"]
+    answers = ["x" * int(n) for n in rng.integers(0, 9, size=len(prompts) * k)]
+    flat_prompts = [p for p in prompts for _ in range(k)]
+    got = round_robin_scores(own, flat_prompts, answers, k)
+    want = np.zeros(len(answers))
+    for i in range(len(answers)):
+        for j in range(len(answers)):
+            if i != j and i // k == j // k:
+                want[i] += 1 / (1 + np.exp(-(len(answers[i]) - len(answers[j])) / 3.0))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got.reshape(-1, k).sum(1), k * (k - 1) / 2, rtol=1e-6)
+    cons = parse_constitution({"mode": "sample", "principles": [
+        {"id": "positive", "question": "q1", "judge": "vader"},
+        {"id": "short", "question": "q2", "judge": "brevity"}]})
+    cj = ConstitutionJudge(cons, seed=0)
+    texts = ["good day", "bad", "a fine and long answer", "awful"] * 3
+    first = round_robin_scores(cj, flat_prompts, texts, k, seed=1)
+    cj.compare(["p"] * 7, ["a"] * 7, ["b"] * 7)  # the judge's own draws move on
+    np.testing.assert_array_equal(round_robin_scores(cj, flat_prompts, texts, k, seed=1), first)
+    with pytest.raises(ValueError, match="expected K = 4 answers per prompt"):
+        round_robin_scores(own, flat_prompts[:5], answers[:5], k)

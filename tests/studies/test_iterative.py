@@ -49,6 +49,8 @@ def test_candidate_pairs_are_every_distinct_nonempty_pair():
 
 @pytest.mark.parametrize("fields, message", [
     (dict(labels="simulated", judge="reward_model"), "annotators follow a text scorer"),
+    (dict(labels="simulated", judge="constitution"), "annotators follow a text scorer"),
+    (dict(judge="vader", constitution="c.toml"), "constitution / judge_model_dir are the"),
     (dict(labels="judge", acquisition="bald"), "acquisition chooses which pairs go to people"),
     (dict(labels="app"), "labels=app needs app_db"),
     (dict(samples_per_prompt=1), "samples_per_prompt=1"),
@@ -114,6 +116,26 @@ def test_rounds_on_a_chat_model_resume_exactly(chat, tmp_path):
     # best against worst by the judge: the chosen answer has more words
     samples = [json.loads(x) for x in a.round(0).samples.read_text().splitlines()]
     assert all(max(s["scores"]) > min(s["scores"]) for s in samples) or row0["pairs"] < 8
+
+
+@pytest.mark.slow
+def test_a_constitution_judges_the_rounds(chat, tmp_path):
+    """judge=constitution: the packaged constitution's AI judge compares every pair of a
+    prompt's 3 answers; an answer's score is its expected wins, so each prompt's scores sum to
+    its 3 comparisons, and the pair is its best against its worst."""
+    result = iterative_dpo(_cfg(chat, tmp_path / "ai", rounds=1, judge="constitution"),
+                           verbose=False)
+    (row,) = result.history
+    assert row["judge_calls"] == 24 and row["pairs"] + row["prompts_without_pair"] == 8
+    rl = IterativeLayout(tmp_path / "ai").round(0)
+    samples = [json.loads(x) for x in rl.samples.read_text().splitlines()]
+    labels = iter(json.loads(x) for x in rl.labels.read_text().splitlines())
+    for s in samples:
+        assert sum(s["scores"]) == pytest.approx(3.0, abs=1e-5)
+        if max(s["scores"]) > min(s["scores"]):
+            rec = next(labels)
+            best = s["responses"][int(np.argmax(s["scores"]))]
+            assert rec["chosen"][0]["content"] == best
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from rlhf_jax.stages.configs.run import RunConfig
 from rlhf_jax.train import OptimizerConfig
 
 REWARD_MODEL = "reward_model"  # the judge that is the reward model at `reward_dir`
+CONSTITUTION = "constitution"  # the AI judge of a written constitution (`rlaif`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +26,10 @@ class OnlineDPOConfig(RunConfig):
     `judge`: "reward_model" (the export at `reward_dir`, as in PPO: an ensemble scores mean −
     `reward_std_coef`·std, a multi-objective model Σ λ_k r_k by `objective_weights`) or a text
     scorer of `eval.TEXT_TERMS` (e.g. "vader", the built-in task's gold judge, for studies).
-    Equal scores are ties, which the loss skips; an answer without EOS ranks below every answer
+    "constitution": the AI judge of the constitution file `constitution` (empty: the packaged
+    default; principles judged by "lm" read the language model at `judge_model_dir`) compares
+    every pair of a prompt's answers, and an answer's score is its expected wins
+    (`rlaif.round_robin_scores`). Equal scores are ties, which the loss skips; an answer without EOS ranks below every answer
     that has one. `sampling` and `stop_tokens` are PPO's: the chat template's end of turn and the
     tokenizer's EOS end a response. The loss reads log-probabilities at temperature 1 (the
     policy's own), whatever the sampling temperature.
@@ -35,7 +39,10 @@ class OnlineDPOConfig(RunConfig):
     policy_dir: str = ""  # local HF directory of the policy (= reference); empty: preset
     chat_template: str = ""  # a Jinja chat template file for the tokenizer (empty: its own)
     preset: str = "tiny-llama"  # built-in model size when policy_dir is empty
-    judge: str = REWARD_MODEL  # reward_model | a text scorer (vader, vader_diverse, words, ...)
+    # reward_model | constitution | a text scorer (vader, vader_diverse, words, ...)
+    judge: str = REWARD_MODEL
+    constitution: str = ""  # judge=constitution: its file (empty: the packaged default)
+    judge_model_dir: str = ""  # judge=constitution: HF directory of the LM judge ("lm" principles)
     reward_dir: str = "runs/reward/export"  # judge=reward_model: the reward model's export
     reward_std_coef: float = 0.0  # ensemble reward: score mean - k*std (0: the mean)
     # a multi-objective reward model's heads: name=weight,... (empty: equal weights)
@@ -61,9 +68,14 @@ class OnlineDPOConfig(RunConfig):
         if self.samples_per_prompt < 2:
             raise ValueError(f"samples_per_prompt={self.samples_per_prompt}: online DPO needs "
                              ">= 2 answers per prompt to make a pair")
-        if self.judge != REWARD_MODEL and self.judge not in rl_eval.TEXT_TERMS:
-            raise ValueError(f"judge={self.judge!r}: expected {REWARD_MODEL!r} or a text "
-                             f"scorer, one of {sorted(rl_eval.TEXT_TERMS)}")
+        if self.judge not in (REWARD_MODEL, CONSTITUTION) and \
+                self.judge not in rl_eval.TEXT_TERMS:
+            raise ValueError(f"judge={self.judge!r}: expected {REWARD_MODEL!r}, "
+                             f"{CONSTITUTION!r} or a text scorer, one of "
+                             f"{sorted(rl_eval.TEXT_TERMS)}")
+        if (self.constitution or self.judge_model_dir) and self.judge != CONSTITUTION:
+            raise ValueError("constitution / judge_model_dir are the constitution judge's; "
+                             f"judge={self.judge!r} does not read them")
         if self.judge == REWARD_MODEL and not self.reward_dir:
             raise ValueError("judge='reward_model' needs reward_dir (a reward model's export, "
                              "from experiments/train_reward.py); or judge by a text scorer")
@@ -71,4 +83,4 @@ class OnlineDPOConfig(RunConfig):
             raise ValueError(f"reward_std_coef={self.reward_std_coef}: expected >= 0")
         if self.judge != REWARD_MODEL and (self.reward_std_coef or self.objective_weights):
             raise ValueError(f"reward_std_coef / objective_weights shape a reward model's "
-                             f"score; judge={self.judge!r} is a text scorer")
+                             f"score; judge={self.judge!r} is no reward model")

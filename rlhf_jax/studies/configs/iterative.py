@@ -11,6 +11,7 @@ from rlhf_jax.train import OptimizerConfig
 
 LABEL_SOURCES = ("judge", "simulated", "app")
 REWARD_MODEL = "reward_model"  # the judge that is the reward model at `reward_dir`
+CONSTITUTION = "constitution"  # the AI judge of a written constitution (`rlaif`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,9 +25,11 @@ class IterativeDPOConfig:
     or the round's start ("previous").
 
     `labels`:
-    - "judge": `judge` (the reward model at `reward_dir`, or a text scorer of `eval.TEXT_TERMS`)
-      scores every answer and each prompt gives its best answer against its worst
-      (RLHFlow's best-vs-worst pairs); equal scores give no pair.
+    - "judge": `judge` (the reward model at `reward_dir`; "constitution", the AI judge of the
+      constitution file `constitution` comparing every pair of a prompt's answers, an answer
+      scoring its expected wins, `rlaif.round_robin_scores`; or a text scorer of
+      `eval.TEXT_TERMS`) scores every answer and each prompt gives its best answer against
+      its worst (RLHFlow's best-vs-worst pairs); equal scores give no pair.
     - "simulated": Bradley–Terry annotators with `annotator_temperatures` around the text
       scorer `judge` label pairs of answers.
     - "app": the pairs become tasks in the labelling app's database `app_db`; the run stops
@@ -59,7 +62,10 @@ class IterativeDPOConfig:
     prompts_per_round: int = 128  # prompts drawn each round
     samples_per_prompt: int = 4  # K >= 2 answers per prompt
     labels: str = "judge"  # judge | simulated | app
-    judge: str = REWARD_MODEL  # reward_model | a text scorer (vader, vader_diverse, words, ...)
+    # reward_model | constitution | a text scorer (vader, vader_diverse, words, ...)
+    judge: str = REWARD_MODEL
+    constitution: str = ""  # judge=constitution: its file (empty: the packaged default)
+    judge_model_dir: str = ""  # judge=constitution: HF directory of the LM judge ("lm" principles)
     reward_dir: str = "runs/pipeline/reward/export"  # the reward model (judge, acquisition)
     annotator_temperatures: str = "0.15,0.3,0.6"  # labels=simulated: Bradley-Terry noise
     app_db: str = ""  # labels=app: the labelling app's database (path or URL)
@@ -82,10 +88,14 @@ class IterativeDPOConfig:
                              "HF directory, e.g. the main job's runs/pipeline/sft/export)")
         if self.labels not in LABEL_SOURCES:
             raise ValueError(f"labels={self.labels!r}: expected one of {LABEL_SOURCES}")
-        if self.judge != REWARD_MODEL and self.judge not in rl_eval.TEXT_TERMS:
-            raise ValueError(f"judge={self.judge!r}: expected {REWARD_MODEL!r} or one of "
-                             f"{sorted(rl_eval.TEXT_TERMS)}")
-        if self.labels == "simulated" and self.judge == REWARD_MODEL:
+        if self.judge not in (REWARD_MODEL, CONSTITUTION) and \
+                self.judge not in rl_eval.TEXT_TERMS:
+            raise ValueError(f"judge={self.judge!r}: expected {REWARD_MODEL!r}, "
+                             f"{CONSTITUTION!r} or one of {sorted(rl_eval.TEXT_TERMS)}")
+        if (self.constitution or self.judge_model_dir) and self.judge != CONSTITUTION:
+            raise ValueError("constitution / judge_model_dir are the constitution judge's; "
+                             f"judge={self.judge!r} does not read them")
+        if self.labels == "simulated" and self.judge in (REWARD_MODEL, CONSTITUTION):
             raise ValueError("labels=simulated: the annotators follow a text scorer; set judge "
                              f"to one of {sorted(rl_eval.TEXT_TERMS)}")
         if self.labels == "app" and not self.app_db:
