@@ -1,6 +1,6 @@
 """Reward models: the training objective, evaluation, normalisation, ensembles, early stopping,
 acquisition functions for active learning, annotator models, rewards personalised to each
-user, and screening of poisoned labels."""
+user, screening of poisoned labels, and refreshing on on-policy samples."""
 from rlhf_jax._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
@@ -22,6 +22,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
                  "make_personal_reward_loss", "population_prior", "predictive_probability",),
     "personal_model": ("PersonalRewardModel",),
     "objectives": ("evaluate_objectives", "make_objective_reward_loss", "objective_weights",),
+    "refresh": ("buffer_add", "buffer_batch", "buffer_init", "chosen_first", "pair_accuracy",
+                "pair_batch", "pair_labels", "renormalised_head",),
     "screening": ("POOLED", "annotator_screening", "example_losses", "example_screening",
                   "fit_sharpness",),
 })
