@@ -77,11 +77,14 @@ def make_ppo_step(*, config: TransformerConfig, ref_params: Any, score_params: A
     enabled `constraint`, the `cost` term's mean is held at most `constraint.limit` by a
     Lagrange multiplier in `state.helpers["constraint"]` (`ppo.constraint`), logged as
     constraint/lambda and constraint/cost; a `cost` without a constraint is only measured.
+    `score_params` are `score_fn`'s parameters, or `fn(state) -> parameters` when they change
+    between iterations (a reward model refreshed during the run: `stages.refresh`).
     """
     constrained = constraint is not None and constraint.enabled
     if constrained and cost is None:
         raise ValueError(f"constraint.cost={constraint.cost!r} is set but no cost term was given")
     put = place_batch or (lambda tree: jax.tree.map(jnp.asarray, tree))
+    params_of = score_params if callable(score_params) else lambda state: score_params
 
     def step_fn(state, batch):
         start = time.perf_counter()
@@ -92,7 +95,7 @@ def make_ppo_step(*, config: TransformerConfig, ref_params: Any, score_params: A
         kl_state = state.helpers["kl"]
         stats: dict = {}
         lagrange = state.helpers["constraint"] if constrained else None
-        ro = make_rollout(state.params, ref_params, score_params, tokens, mask,
+        ro = make_rollout(state.params, ref_params, params_of(state), tokens, mask,
                           jax.random.fold_in(key, 0), kl_state.beta, config=config,
                           sampling=sampling, rollout=rollout, score_fn=score_fn,
                           critic_config=critic_config, reward_terms=reward_terms,

@@ -9,6 +9,7 @@ A stage's run directory holds:
     eval_summary.json  the reward model's held-out metrics after training
     warnings.json      the warnings the stage printed (e.g. most responses without EOS)
     samples_*.jsonl    policy samples (before/after PPO)
+    reward_refreshed/  PPO with a reward-model refresh: the refreshed reward model at the end
     data/              files written for the run (built-in data, tokenised TFDS datasets)
     tokenizer/         a tokenizer trained for the run (built-in corpus)
     compile_cache/     JAX's compiled programs (`compile_cache="auto"`; see
@@ -63,6 +64,7 @@ class RunLayout:
     checkpoints = _under("checkpoints")
     export = _under("export")
     adapter = _under("adapter")  # LoRA runs: the adapter alone, in PEFT's format
+    refreshed_reward = _under("reward_refreshed")  # PPO's reward model after its last refresh
     metrics = _under("metrics.jsonl")
     tensorboard = _under("tensorboard")
     eval_summary = _under("eval_summary.json")

@@ -18,6 +18,7 @@ from rlhf_jax.stages.common import (StageResult, builtin_file, check_batch_size,
                                     shardings_of, start_run, train_with_checkpoints, warn)
 from rlhf_jax.stages.configs.ppo import PPOStageConfig, PromptData, PtxData  # noqa: F401
 from rlhf_jax.stages.layout import RunLayout
+from rlhf_jax.stages.refresh import RewardRefresher
 from rlhf_jax.train import ConfigError
 
 
@@ -344,7 +345,7 @@ class _DecisionRecorder:
     def __init__(self, cfg: PPOStageConfig):
         self.log = interpret.DecisionLog(cfg.decision_log)
         self.run_dir = str(Path(cfg.run_dir).resolve())
-        self.scorer = self.params = None
+        self.scorer = self.params = self.params_of = None
         self.iteration, self.logged_through = 0, None
         self.term = ppo.RewardTerm("decision_log", 0.0, self._record)
         if jax.process_count() > 1:
@@ -357,8 +358,10 @@ class _DecisionRecorder:
                 raise ConfigError(f"decision_log={cfg.decision_log!r}: {e}") from None
 
     def set_reward_model(self, score_fn, reward_params) -> None:
-        """The PPO score function and the reward model's parameters whose decisions are logged."""
-        self.scorer, self.params = interpret.LoggedScorer(score_fn, self.log), reward_params
+        """The PPO score function and the reward model's parameters whose decisions are logged,
+        or `fn(state)` giving those of each iteration (a refreshed reward model)."""
+        self.scorer = interpret.LoggedScorer(score_fn, self.log)
+        self.params_of = reward_params if callable(reward_params) else lambda state: reward_params
 
     def context(self, iteration: int) -> str:
         """The context of iteration `iteration`'s decisions."""
@@ -379,7 +382,7 @@ class _DecisionRecorder:
         """`step_fn` that tells the term which iteration runs."""
 
         def step(state, batch):
-            self.iteration = int(state.step) + 1
+            self.iteration, self.params = int(state.step) + 1, self.params_of(state)
             if self.logged_through is None:  # the first iteration of this process
                 resumed = self.iteration > 1 and train.is_main_process()
                 self.logged_through = self._newest_logged() if resumed else 0
@@ -401,7 +404,10 @@ def train_ppo(cfg: PPOStageConfig, *,
     Samples of the initial and final policy, judged by the reward model (and the first monitored
     scorer), go to `samples_before.jsonl` / `samples_after.jsonl`. `extra_reward_terms` adds
     weighted host-side terms of your own (see `ppo.RewardTerm`). The result's metrics hold the
-    final β and the reward-model score of the final samples.
+    final β and the reward-model score of the final samples. With `cfg.refresh` the reward model
+    is refreshed on the policy's samples (`stages.refresh`): PPO, the decision log and the
+    samples' proxy score use the newest refresh, exported to `<run_dir>/reward_refreshed`; the
+    critic starts from the loaded reward model all the same.
     """
     layout = RunLayout(cfg.run_dir)
     mesh, rules = start_run(cfg, layout)
@@ -427,16 +433,23 @@ def train_ppo(cfg: PPOStageConfig, *,
     kl_init, kl_update = ppo.kl_controller(cfg.kl)
     tx = train.make_optimizer(optimizer_config(cfg.optim, cfg.steps), m.params,
                               freeze=m.freeze_rule())
+    refresher = RewardRefresher(
+        cfg, m, tokenizer, sampling, prompt_ds.splits["train"], mesh, rules,
+        reference=lambda state: _reference(m, state),
+        reference_config=m.config.without_lora()) if cfg.refresh.enabled else None
     abstract, init_state = train.compile_init(
-        lambda p: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
-                                           helpers=_helpers(cfg, kl_init),
-                                           param_shardings=shardings_of(m.params)), m.params)
+        lambda p, extra: train.create_train_state(p, tx, jax.random.fold_in(key, 1),
+                                                  helpers={**_helpers(cfg, kl_init), **extra},
+                                                  param_shardings=shardings_of(m.params)),
+        m.params, refresher.initial_helpers() if refresher else {})
     score_fn = m.scorer(cfg.reward_std_coef, cfg.objective_weights)
+    # the reward model PPO scores with at a state: the loaded one, or the newest refresh's
+    score_params = refresher.reward_params if refresher else lambda state: m.reward_params
     if recorder:
-        recorder.set_reward_model(score_fn, m.reward_params)
+        recorder.set_reward_model(score_fn, score_params)
     step = ppo.make_ppo_step(
         config=m.config, critic_config=m.critic_config, ref_params=m.ref_params,
-        score_params=m.reward_params, score_fn=score_fn, sampling=sampling,
+        score_params=score_params, score_fn=score_fn, sampling=sampling,
         rollout=cfg.rollout, ppo=cfg.ppo, tx=tx, kl_update=kl_update,
         reward_terms=_reward_terms(cfg, tokenizer) + tuple(extra_reward_terms)
         + ((recorder.term,) if recorder else ()),
@@ -445,6 +458,7 @@ def train_ppo(cfg: PPOStageConfig, *,
                        m.reward_params),
         place_batch=lambda b: train.global_batch_from_local(b, mesh, rules))
     step = recorder.wrap(step) if recorder else step
+    step = refresher.wrap(step) if refresher else step
     step = check_first_iteration(step, layout, cfg, sampling)
     eval_src = data.prompt_batches(prompt_ds.splits["train"],
                                    cfg.eval_prompts // jax.process_count(), pad_id=pad_id,
@@ -454,11 +468,11 @@ def train_ppo(cfg: PPOStageConfig, *,
     eval_prompts = train.global_batch_from_local(eval_local, mesh, rules)
     gold_fn = rl_eval.TEXT_TERMS.get(cfg.monitor_terms.split(",")[0])
 
-    def write_samples(name, params, reference) -> dict:
+    def write_samples(name, state, params, reference) -> dict:
         result = rl_eval.evaluate_policy(params, reference, m.config, eval_prompts,
                                          jax.random.fold_in(key, 2), sampling=sampling,
                                          tokenizer=tokenizer, gold_fn=gold_fn,
-                                         proxy_fn=score_fn, proxy_params=m.reward_params,
+                                         proxy_fn=score_fn, proxy_params=score_params(state),
                                          prompt_texts=eval_texts)
         if train.is_main_process():
             with open(layout.samples(name), "w") as f:
@@ -468,7 +482,7 @@ def train_ppo(cfg: PPOStageConfig, *,
     result = train_with_checkpoints(
         cfg, layout, step=step, abstract_state=abstract, init_state=init_state,
         batches=batches, mesh=mesh, rules=rules,
-        before=lambda state: write_samples("before", *[_reference(m, state)] * 2),
+        before=lambda state: write_samples("before", state, *[_reference(m, state)] * 2),
         leaf_names=train.leaf_names(m.params),
         progress_keys=("score/mean", "kl/sequence", "time/iteration"))
     if result.preempted:
@@ -476,9 +490,11 @@ def train_ppo(cfg: PPOStageConfig, *,
         return StageResult(str(layout.root), None, result.step, True, data=tuple(notes),
                            warnings=tuple(layout.read_warnings()))
     with sharding.activation_sharding(mesh, rules):
-        after = write_samples("after", result.state.params["policy"],
+        after = write_samples("after", result.state, result.state.params["policy"],
                               _reference(m, result.state))
     export_policy(layout, m.config, result.state.params["policy"], tokenizer)  # collective
+    if refresher:  # collective
+        refresher.export(layout.refreshed_reward, result.state, tokenizer, cfg.reward_dir)
     metrics = {"steps": result.step, "beta": float(result.state.helpers["kl"].beta),
                "reward_model_score_after": after["proxy"]["mean"]}
     if cfg.constraint.enabled:  # the multiplier the constraint ended at

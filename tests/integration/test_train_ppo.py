@@ -1,8 +1,9 @@
-"""stages.train_ppo on 8 fake devices: critic/advantage variants, ensemble reward models, errors
-(exact resume after SIGKILL: test_resume.py)."""
+"""stages.train_ppo on 8 fake devices: critic/advantage variants, ensemble reward models, the
+reward-model refresh, errors (exact resume after SIGKILL: test_resume.py)."""
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -109,3 +110,34 @@ def test_missing_reward_model_and_tokenizer_mismatch(tmp_path, reward_dir):
                        tokenizer=train_tiny_tokenizer(tmp_path / "tok"))
     with pytest.raises(CheckpointFormatError, match="tokenizers of policy_dir=.* differ"):
         _ppo(tmp_path / "b", reward_dir, policy_dir=str(policy))
+
+
+def test_reward_model_refresh_is_logged_and_scores_the_next_iteration(tmp_path, reward_dir):
+    """A LoRA policy on 8 devices whose reward model is refreshed after every iteration on
+    labels of a simulated annotator judging by word count: the refresh is logged, the reward
+    model's weights move, and PPO's second iteration scores the very same samples as a run
+    without refresh with the refreshed model."""
+    from rlhf_jax.reward import load_reward_model
+    common = {"steps": 2, "lora.rank": 4, "optim.learning_rate": 1e-3}
+    plain = _ppo(tmp_path / "plain", reward_dir, **common)
+    rows = _ppo(tmp_path / "fresh", reward_dir, **common, **{
+        "refresh.every": 1, "refresh.labels": "simulated", "refresh.judge": "words",
+        "refresh.temperature": 0.5, "refresh.prompts": 8, "refresh.steps": 4,
+        "refresh.batch_size": 8, "refresh.learning_rate": 3e-3})
+    assert [r["refresh/labels"] for r in rows] == [8, 16]  # simulated: every distinct pair
+    assert [r["refresh/buffer"] for r in rows] == [6, 12]  # 2 of each 8 held out
+    for r in rows:
+        assert 0 <= r["refresh/accuracy_fresh"] <= 1 and 0 <= r["refresh/accuracy_heldout"] <= 1
+        assert r["refresh/skipped"] == 0 and r["refresh/judge_score"] > 0
+    assert rows[0]["score/reward_model"] == plain[0]["score/reward_model"]
+    assert rows[1]["response/length"] == plain[1]["response/length"]  # the same samples...
+    assert rows[1]["score/reward_model"] != plain[1]["score/reward_model"]  # ...rescored
+    _, before, _ = load_reward_model(reward_dir)
+    _, after, meta = load_reward_model(tmp_path / "fresh" / "reward_refreshed")
+    assert meta["refresh_labels"] == 16 and meta["refreshed_from"] == str(reward_dir)
+    moved = {name: not np.array_equal(a, b) for name, a, b in zip(
+        train.leaf_names(before), jax.tree.leaves(before), jax.tree.leaves(after))}
+    # every weight learns but the projection's bias (a Bradley-Terry loss ignores a shift);
+    # the head's own bias is set by the normalisation on the reference policy's answers
+    assert [k for k, v in moved.items() if not v] == ["reward_head/proj/bias"]
+    assert meta["refresh_normalised"] and all(r["refresh/reference_std"] > 0 for r in rows)

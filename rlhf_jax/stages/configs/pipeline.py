@@ -25,7 +25,8 @@ class PipelineConfig:
     dpo, cdpo, rdpo, ipo, simpo, orpo, kto, awr, filtered_bc), or "online_dpo" (the policy's
     own samples, ranked at every step by the reward model, or by `online.judge`; its loss is
     `online.loss.method`, DPO by default). The reward model is trained in every case: it is the
-    proxy the report measures.
+    proxy the report measures. PPO, RLOO and GRPO can refresh it on labelled samples of the
+    policy during training (`ppo.refresh`, off by default; `stages.refresh`).
 
     `policy_dir`: a local HF directory to start from (with its tokenizer, and its chat template
     or `chat_template`); empty: the tiny preset with a tokenizer trained on the built-in corpus.

@@ -7,6 +7,7 @@ from rlhf_jax import data, eval as rl_eval, ppo
 from rlhf_jax.checkpoint import CheckpointConfig
 from rlhf_jax.ppo.config import ConstraintConfig
 from rlhf_jax.sampling import SamplingConfig
+from rlhf_jax.stages.configs.refresh import RewardRefreshConfig
 from rlhf_jax.stages.configs.run import RunConfig
 from rlhf_jax.train import OptimizerConfig
 
@@ -79,7 +80,9 @@ class PPOStageConfig(RunConfig):
     `reward_terms` weights text scorers (`eval.TEXT_TERMS`) added to the score; `monitor_terms`
     are logged each iteration without weight, the first also judges the before/after samples.
     `decision_log` appends every iteration's reward-model decisions to a hash-chained JSONL
-    (`interpret.DecisionLog`; see `_DecisionRecorder`).
+    (`interpret.DecisionLog`; see `_DecisionRecorder`). `refresh` (off by default) retrains the
+    reward model on labelled samples of the current policy every `refresh.every` iterations
+    (`stages.refresh`).
     """
 
     run_dir: str = "runs/ppo"
@@ -116,6 +119,8 @@ class PPOStageConfig(RunConfig):
     # and the missing-EOS penalty, ensemble std); check it with `python -m
     # rlhf_jax.interpret.decisions verify FILE`
     decision_log: str = ""
+    # reward-model refresh on the policy's own samples every refresh.every iterations (0: off)
+    refresh: RewardRefreshConfig = RewardRefreshConfig()
 
     def __post_init__(self):
         super().__post_init__()
