@@ -1,7 +1,7 @@
-"""Exact resume: SIGKILL at a random step of the SFT, reward-model, PPO (full, and LoRA with a
-cost constraint), offline (KTO) and online DPO (LoRA, judged by the reward model) stages, rerun,
-and the exported parameters are bitwise equal to an uninterrupted run's, with every step logged
-once."""
+"""Exact resume: SIGKILL at a random step of the SFT, reward-model, PPO (full with a reward-model
+refresh, and LoRA with a cost constraint), offline (KTO) and online DPO (LoRA, judged by the
+reward model) stages, rerun, and the exported parameters are bitwise equal to an uninterrupted
+run's, with every step logged once."""
 import json
 import os
 import random
@@ -50,6 +50,11 @@ def _cmd(stage, run_dir, reward_dir=None):
                                         "--config.optim.learning_rate=1e-3",
                                         "--config.constraint.cost=profanity",
                                         "--config.constraint.limit=0.0"]
+    # full PPO refreshes its reward model after iterations 3 and 6 (weights, pair buffer and
+    # label count are in the checkpoint; prompts, samples and labels come from the step's key)
+    extra["ppo"] += ["--config.refresh.every=3", "--config.refresh.prompts=8",
+                     "--config.refresh.steps=4", "--config.refresh.batch_size=8",
+                     "--config.refresh.labels=simulated"]
     extra = extra[stage]
     script = {"sft": "train_sft.py", "reward": "train_reward.py", "ppo": "train_ppo.py",
               "offline": "train_offline.py", "ppo_lora": "train_ppo.py",
@@ -85,11 +90,13 @@ def _run_until(cmd, stop_step, sig):
 
 
 def _final_params(run_dir):
-    """Every tensor the run exported (the reward model's head and normalisation included)."""
+    """Every tensor the run exported (the reward model's head and normalisation included; PPO's
+    refreshed reward model too)."""
     out = {}
-    for path in sorted((Path(run_dir) / "export").glob("*.safetensors")):
+    for path in sorted([*(Path(run_dir) / "export").glob("*.safetensors"),
+                        *(Path(run_dir) / "reward_refreshed").glob("*.safetensors")]):
         f = SafetensorsFile(path)
-        out.update({f"{path.name}/{k}": np.array(f.get(k)) for k in f.keys()})
+        out.update({f"{path.parent.name}/{path.name}/{k}": np.array(f.get(k)) for k in f.keys()})
     return out
 
 
@@ -164,6 +171,9 @@ def test_ppo_run_records_its_kl_state_timings_and_samples(references):
     rows = [json.loads(x) for x in (references[0] / "ppo" / "metrics.jsonl").open()]
     betas = [r["kl/beta"] for r in rows if "kl/beta" in r]
     assert len(betas) == STEPS["ppo"] and len(set(betas)) == len(betas)
+    # the reward model was refreshed twice, and its export is among what resume compares
+    assert [r["step"] for r in rows if "refresh/accuracy_fresh" in r] == [3, 6]
+    assert "reward_refreshed/reward_head.safetensors/gain" in references[1]["ppo"]
     lora_rows = [json.loads(x) for x in (references[0] / "ppo_lora" / "metrics.jsonl").open()]
     lambdas = [r["constraint/lambda"] for r in lora_rows if "constraint/lambda" in r]
     assert len(lambdas) == STEPS["ppo_lora"] and len(set(lambdas)) == len(lambdas)
