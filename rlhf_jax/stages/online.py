@@ -15,7 +15,8 @@ from rlhf_jax.stages.common import (StageResult, check_batch_size, export_policy
                                     shardings_of, start_run, train_with_checkpoints)
 from rlhf_jax.stages.configs.online import CONSTITUTION, REWARD_MODEL, OnlineDPOConfig
 from rlhf_jax.stages.layout import RunLayout
-from rlhf_jax.stages.ppo import load_ppo_models, prompt_source, resolve_sampling
+from rlhf_jax.stages.ppo import (check_positions, load_ppo_models, prompt_source,
+                                 resolve_sampling)
 from rlhf_jax.train import ConfigError
 
 
@@ -101,6 +102,7 @@ def train_online_dpo(cfg: OnlineDPOConfig) -> StageResult:
     check_batch_size("batch_size", cfg.batch_size, mesh)
     tokenizer, config, params, ref, judge = _policy_and_judge(cfg, layout, mesh, rules,
                                                               jax.random.fold_in(key, 0))
+    check_positions(cfg, config)
     pad_id = tokenizer.pad_token_id or 0
     _, prompts, note = prompt_source(cfg, layout, tokenizer, pad_id)
     lc = cfg.loss

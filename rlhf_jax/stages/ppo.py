@@ -238,9 +238,10 @@ def _reward_terms(cfg: PPOStageConfig, tokenizer) -> tuple:
                          for name in filter(None, cfg.monitor_terms.split(",")))
 
 
-def _check_positions(cfg: PPOStageConfig, config: TransformerConfig) -> None:
+def check_positions(cfg, config: TransformerConfig) -> None:
     """A GPT-2 policy has no position embedding beyond its learned positions: prompt and
-    response lengths must fit them (named by their settings, not found at compile time)."""
+    response lengths must fit them (named by their settings, not found at compile time).
+    `cfg`: a sampling stage's config (`prompts`, `sampling`; PPO's also its pretraining mix)."""
     total = cfg.prompts.prompt_len + cfg.sampling.max_new_tokens
     if config.is_gpt2 and total > config.max_position_embeddings:
         raise ConfigError(f"prompts.max_prompt_len={cfg.prompts.prompt_len} + "
@@ -248,7 +249,8 @@ def _check_positions(cfg: PPOStageConfig, config: TransformerConfig) -> None:
                           f"tokens exceed the policy's {config.max_position_embeddings} learned "
                           "positions (max_position_embeddings): lower them (in the main job: "
                           "max_prompt_len, max_new_tokens)")
-    if config.is_gpt2 and cfg.ppo.ptx_coef > 0 and \
+    ptx = getattr(cfg, "ppo", None) is not None and cfg.ppo.ptx_coef > 0
+    if config.is_gpt2 and ptx and \
             cfg.ptx.max_len > config.max_position_embeddings:
         raise ConfigError(f"ptx.max_len={cfg.ptx.max_len} exceeds the policy's "
                           f"{config.max_position_embeddings} learned positions "
@@ -423,7 +425,7 @@ def train_ppo(cfg: PPOStageConfig, *,
                           f"model, but {cfg.reward_dir} has one head")
     tokenizer = data.use_template(m.tokenizer, cfg.chat_template)
     pad_id = tokenizer.pad_token_id or 0
-    _check_positions(cfg, m.config)
+    check_positions(cfg, m.config)
     prompt_ds, prompt_batches, note = prompt_source(cfg, layout, tokenizer, pad_id)
     notes = [note]
     ptx_note, ptx_batches = _ptx_batches(cfg, layout, tokenizer, pad_id, m.config)

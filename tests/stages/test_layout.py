@@ -139,7 +139,7 @@ def test_sft_rows_fit_a_gpt2_models_positions():
 
 def test_ppo_lengths_fit_a_gpt2_policys_positions():
     from rlhf_jax import models
-    from rlhf_jax.stages.ppo import _check_positions
+    from rlhf_jax.stages.ppo import check_positions as _check_positions
 
     gpt2, llama = models.preset("tiny-gpt2"), models.preset("tiny-llama")
     own = stages.PPOStageConfig(prompts=stages.PromptData(file="prompts.jsonl"))
@@ -150,6 +150,11 @@ def test_ppo_lengths_fit_a_gpt2_policys_positions():
                                                 r"sampling.max_new_tokens=10 = 522 tokens "
                                                 r"exceed the policy's 128 learned positions"):
         _check_positions(own, gpt2)
+    online = stages.OnlineDPOConfig(prompts=stages.PromptData(file="prompts.jsonl"),
+                                    sampling=stages.OnlineDPOConfig().sampling)
+    _check_positions(stages.OnlineDPOConfig(), gpt2)  # online DPO's too (it has no ptx mix)
+    with pytest.raises(train.ConfigError, match=r"= 522 tokens exceed the policy's 128"):
+        _check_positions(online, gpt2)
 
 
 def test_reward_config_refuses_evaluation_without_a_held_out_split():
