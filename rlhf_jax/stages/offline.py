@@ -32,11 +32,12 @@ _SHAPE_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_layers", "num_h
                  "num_kv_heads", "head_dim", "intermediate_size", "tie_word_embeddings")
 
 
-def _reference_params(cfg: OfflineConfig, config, mesh, rules):
-    """The reference's weights from `cfg.reference_dir`, sharded like the policy's, without
-    adapters (with LoRA they replace every module of the policy's in the reference overlay).
-    Its architecture must be the policy's (`_SHAPE_FIELDS`)."""
-    ref_config, _, ref = models.load_or_init_model(
+def _reference_model(cfg: OfflineConfig, config, mesh, rules):
+    """(model, params) of the reference at `cfg.reference_dir`: read in full with its own plain
+    config (no adapters, no int8 base, whatever the policy's LoRA settings), its weights sharded
+    like the policy's; with LoRA they replace every module of the policy's in the reference
+    overlay. Its architecture must be the policy's (`_SHAPE_FIELDS`)."""
+    ref_config, ref_model, ref = models.load_or_init_model(
         cfg.reference_dir, cfg.preset, mesh, rules, jax.random.key(0), remat=config.remat,
         attention=config.attention, logit_chunk=config.logit_chunk)
     differ = [f"{f} {getattr(ref_config, f)} != {getattr(config, f)}" for f in _SHAPE_FIELDS
@@ -45,7 +46,7 @@ def _reference_params(cfg: OfflineConfig, config, mesh, rules):
         raise models.CheckpointFormatError(
             f"reference_dir={cfg.reference_dir!r} is another architecture than the policy "
             f"({cfg.policy_dir or cfg.preset}): {'; '.join(differ)}")
-    return ref
+    return ref_model, ref
 
 
 def train_offline(cfg: OfflineConfig) -> StageResult:
@@ -78,7 +79,7 @@ def train_offline(cfg: OfflineConfig) -> StageResult:
     # LoRA: the reference is the policy's own base with adapters off (no copy of the weights)
     ref_model = models.DecoderModel(config.without_lora()) if config.lora.enabled else None
     if lc.uses_reference and cfg.reference_dir:  # another policy, read in full
-        ref_params = _reference_params(cfg, config, mesh, rules)
+        ref_model, ref_params = _reference_model(cfg, config, mesh, rules)
     elif lc.uses_reference:
         # the weights the reference is computed from: with LoRA the policy's own (at step 0 it
         # is the reference), else a copy (the update donates the policy)

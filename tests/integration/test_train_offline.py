@@ -99,6 +99,29 @@ def test_reference_from_another_directory(trained, tmp_path):
     assert itself.metrics["eval/rewards/margin"] == 0.0
 
 
+def test_reference_from_another_directory_under_an_int8_lora_policy(trained, tmp_path):
+    """`reference_dir` under LoRA over an int8 base: the reference is read with its own plain
+    config (float weights, no adapters), not with the policy's int8 one. The trained policy
+    held still against the initial policy gives the full run's held-out metrics to within the
+    int8 rounding of its base (adapters start at zero), cached and in the step alike; against
+    its own float export, the only difference left is that rounding."""
+    run_dir, result = trained
+    still = OptimizerConfig(learning_rate=0.0, warmup_steps=0, total_steps=0)
+    init = stages.train_offline(_cfg(tmp_path / "init", steps=1, eval_every=0, optim=still))
+    lora = models.LoraConfig(rank=4, quantize_base="int8")
+    for reference in ("cached", "step"):
+        again = stages.train_offline(_cfg(
+            tmp_path / reference, steps=1, eval_every=0, optim=still, reference=reference,
+            lora=lora, policy_dir=result.export_dir, reference_dir=init.export_dir))
+        for key in ("eval/loss", "eval/rewards/margin"):
+            np.testing.assert_allclose(again.metrics[key], result.metrics[key], rtol=1e-3,
+                                       err_msg=f"{reference}: {key}")
+    itself = stages.train_offline(_cfg(tmp_path / "itself", steps=1, eval_every=0, optim=still,
+                                       lora=lora, policy_dir=result.export_dir,
+                                       reference_dir=result.export_dir))
+    assert 0 < abs(itself.metrics["eval/loss"] - np.log(2)) < 1e-2
+
+
 def test_reference_of_another_architecture_is_refused(trained, tmp_path):
     from tests.chat_tokenizers import make_chat_model
 
