@@ -29,7 +29,7 @@ from rlhf_jax.labelling.tasks import prompt_record_text
 from rlhf_jax.sampling import SamplingConfig, TextSampler
 from rlhf_jax.stages.configs.pipeline import _replace
 from rlhf_jax.stages.layout import (IterativeLayout, RoundLayout, check_run_config,
-                                    record_run_config)
+                                    config_hash, record_run_config)
 from rlhf_jax.stages.offline import train_offline
 from rlhf_jax.stages.pipeline import as_pair_record
 from rlhf_jax.stages.reward import train_reward_model
@@ -142,10 +142,11 @@ def _judge_labels(cfg, samples: list[dict], rm: Optional[_RewardJudge]) -> tuple
     texts = [s["responses"] for s in samples]
     flat_p = [s["prompt"] for s in samples for _ in s["responses"]]
     flat_a = [a for t in texts for a in t]
-    k = cfg.samples_per_prompt
+    k, calls = cfg.samples_per_prompt, len(flat_a)
     if cfg.judge == REWARD_MODEL:
         flat = rm.members(flat_p, flat_a).mean(axis=1)
-    elif cfg.judge == CONSTITUTION:
+    elif cfg.judge == CONSTITUTION:  # one call per pair of a prompt's answers
+        calls = len(samples) * k * (k - 1) // 2
         try:
             ai = rlaif.constitution_judge(cfg.constitution, cfg.judge_model_dir, seed=cfg.seed)
         except ValueError as e:  # a malformed constitution or a missing LM judge
@@ -162,7 +163,7 @@ def _judge_labels(cfg, samples: list[dict], rm: Optional[_RewardJudge]) -> tuple
     records = [_pair_record(s["prompt"], s["responses"][b], s["responses"][w], cfg.judge)
                for s, pick in zip(samples, picks) if pick for b, w in [pick]]
     gaps = [sc[b] - sc[w] for sc, pick in zip(scores, picks) if pick for b, w in [pick]]
-    return records, {"judge_calls": len(flat_a), "human_labels": 0,
+    return records, {"judge_calls": calls, "human_labels": 0,
                      "judge_score_mean": float(np.mean(flat)),
                      "chosen_minus_rejected": float(np.mean(gaps)) if gaps else 0.0,
                      "prompts_without_pair": picks.count(None)}
@@ -171,8 +172,10 @@ def _judge_labels(cfg, samples: list[dict], rm: Optional[_RewardJudge]) -> tuple
 def _people_pairs(cfg, r: int, samples: list[dict], rm: Optional[_RewardJudge]) -> tuple:
     """labels simulated | app: the pairs to label (prompt, first shown, second shown) and the
     reward-model calls spent choosing them. Without acquisition each prompt's first two distinct
-    answers (for the app, answers a database can store); with it the `labels_per_round` best candidates by the acquisition function of the
-    reward model's members, at most one per prompt (`studies.active.top_k_per_prompt`)."""
+    answers (for the app, answers a database can store); with it the `labels_per_round` best
+    candidates by the acquisition function of the reward model's members, at most one per
+    prompt until every prompt with a candidate has one, then the best of the rest
+    (`studies.active.top_k_per_prompt`)."""
     texts = [s["responses"] for s in samples]
     cands = candidate_pairs(texts)
     if cfg.labels == "app":  # answers no database stores (a NUL character) cannot be shown
@@ -229,6 +232,14 @@ def _agreement(rm: Optional[_RewardJudge], records: list[dict]) -> float:
     return float(np.mean(chosen > rejected))
 
 
+def app_tag(root, config_dict: dict) -> str:
+    """The prefix of a run's task ids in the labelling app: its directory and its config, less
+    the settings a resumed run may change (`stages.layout.RESUME_SAFE_KEYS`: steps, logging,
+    compile cache...), so that people's labels stay the run's when it goes on."""
+    key = json.dumps([str(Path(root).resolve()), config_hash(config_dict)])
+    return "it-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -270,6 +281,8 @@ def iterative_dpo(cfg: IterativeDPOConfig, *, verbose: bool = True) -> Iterative
         raise models.CheckpointFormatError(
             f"policy_dir={cfg.policy_dir!r} does not exist: iterative DPO starts from a trained "
             "policy (`python experiments/rlhf_pipeline.py` writes runs/pipeline/sft/export)")
+    models.load_hf_config(cfg.policy_dir)  # a model directory, found before any is recorded
+    pool = _prompts(cfg)
     config_dict = train.config_to_dict(cfg)
     config_dict.pop("rounds")  # more rounds go on with the same run
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -277,9 +290,7 @@ def iterative_dpo(cfg: IterativeDPOConfig, *, verbose: bool = True) -> Iterative
     check_run_config(layout.config, config_dict,
                      defaults=train.config_to_dict(IterativeDPOConfig()))
     record_run_config(layout.config, config_dict)
-    pool = _prompts(cfg)
-    tag = "it-" + hashlib.sha256(json.dumps([str(layout.root.resolve()), config_dict],
-                                            sort_keys=True).encode()).hexdigest()[:12]
+    tag = app_tag(layout.root, config_dict)
     policy, reward_dir, history, labelled = cfg.policy_dir, cfg.reward_dir, [], []
     for r in range(cfg.rounds):
         rl = layout.round(r)

@@ -4,17 +4,19 @@ write them. Its pieces against brute force; rounds that resume exactly; rounds t
 labelling app and go on with people's labels; settings that cannot work refused by name."""
 import itertools
 import json
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from rlhf_jax import models
+from rlhf_jax import data, models, train
 from rlhf_jax.labelling import LabelStore
 from rlhf_jax.stages.configs.pipeline import _replace
 from rlhf_jax.stages.layout import IterativeLayout
-from rlhf_jax.studies.iterative import (IterativeDPOConfig, best_vs_worst, candidate_pairs,
-                                        iterative_dpo)
+from rlhf_jax.studies.iterative import (IterativeDPOConfig, _judge_labels, app_tag,
+                                        best_vs_worst, candidate_pairs, iterative_dpo)
+from rlhf_jax.studies.label_sources import app_labels
 from tests.chat_tokenizers import conversation_files, make_chat_model
 
 
@@ -104,7 +106,9 @@ def test_rounds_on_a_chat_model_resume_exactly(chat, tmp_path):
     _, wb = models.load_hf_checkpoint(rest.policy_dir)
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(wa), jax.tree.leaves(wb)))
     row0, row1 = whole.history
-    assert row0["samples"] == row0["judge_calls"] == 8 * 3 and row0["human_labels"] == 0
+    # 3 answers to each of 8 prompts; the judge compares each prompt's 3 pairs
+    assert row0["samples"] == 8 * 3 and row0["judge_calls"] == 8 * 3 * 2 // 2
+    assert row0["human_labels"] == 0
     assert row1["labels_so_far"] == row0["pairs"] + row1["pairs"] > row0["pairs"]
     # round 1: from round 0's export, against the initial policy, on every label so far
     off1 = json.loads((a.round(1).stage("offline").config).read_text())["config"]
@@ -168,3 +172,65 @@ def test_missing_policy_is_a_named_error(tmp_path, chat):
     with pytest.raises(models.CheckpointFormatError, match="reward_dir=.*does not exist"):
         iterative_dpo(_cfg(chat, tmp_path / "y", judge="reward_model",
                            reward_dir=str(tmp_path / "none")))
+
+
+def test_inputs_that_cannot_work_leave_no_run_config(tmp_path, chat):
+    """A policy_dir that is no model and a prompts file with a bad line stop by name before
+    the run directory records a config, so the corrected command starts the run there."""
+    (tmp_path / "notmodel").mkdir()
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text(open(chat["prompts"]).read() + '{"prompt": [{"role": "user"\n')
+    run = tmp_path / "run"
+    with pytest.raises(models.CheckpointFormatError, match="notmodel: no config.json"):
+        iterative_dpo(_cfg(chat, run, policy_dir=str(tmp_path / "notmodel")))
+    with pytest.raises(data.DataFormatError, match=r"prompts.jsonl:\d+: not valid JSON"):
+        iterative_dpo(_cfg(chat, run, prompts_file=str(bad)))
+    assert not IterativeLayout(run).config.exists()
+
+
+def test_app_tasks_keep_their_ids_when_a_run_goes_on_with_more_steps(tmp_path):
+    """The app's task ids of a run stay when it goes on with settings a resume may change
+    (more offline steps, another log cadence or compile cache), so people's labels are found;
+    another seed, judge or directory is another run."""
+    base = train.config_to_dict(IterativeDPOConfig())
+    tag = app_tag(tmp_path, base)
+    same = json.loads(json.dumps(base))
+    same["offline"].update(steps=99, log_every=7, compile_cache="/tmp/cc")
+    same["reward"]["steps"] = 3
+    assert app_tag(tmp_path, same) == tag
+    for other in ({**base, "seed": 1}, {**base, "judge": "words"}):
+        assert app_tag(tmp_path, other) != tag
+    assert app_tag(tmp_path / "elsewhere", base) != tag
+
+
+def test_an_app_database_that_cannot_be_opened_is_a_named_error(tmp_path):
+    not_db = tmp_path / "notes.sqlite"
+    not_db.write_text("not a database " * 100)
+    for where in (not_db, tmp_path / "missing" / "labels.sqlite"):
+        cfg = types.SimpleNamespace(app_db=str(where), app_labels_per_task=1,
+                                    run_dir=str(tmp_path))
+        with pytest.raises(train.ConfigError, match="app_db=.*cannot open the labelling app"):
+            app_labels(cfg, [("p", "a", "b")], "it-x-r0", source="iterative_dpo")
+
+
+def test_the_constitution_judge_compares_every_pair_of_answers():
+    """judge=constitution with K = 4 answers: each prompt costs K(K - 1)/2 = 6 judge calls, an
+    answer scores its expected wins (a prompt's scores sum to 6), and the pair is the best
+    answer against the worst."""
+    cfg = _replace(IterativeDPOConfig(), dict(judge="constitution", reward_dir="",
+                                              samples_per_prompt=4))
+    samples = [{"prompt": "how was the day?",
+                "responses": ["a wonderful happy day", "bad awful day", "a day", "fine"]},
+               {"prompt": [{"role": "user", "content": "and the cat?"}],
+                "responses": ["the cat is lovely", "terrible cat", "cat", "a cat sat"]}]
+    records, stats = _judge_labels(cfg, samples, None)
+    assert stats["judge_calls"] == 2 * 6 and stats["human_labels"] == 0
+    for s in samples:
+        assert sum(s["scores"]) == pytest.approx(6.0, abs=1e-5)
+    picks = best_vs_worst([s["scores"] for s in samples], [s["responses"] for s in samples])
+    assert stats["prompts_without_pair"] == picks.count(None) == 0
+    assert [data.response_text(r["chosen"]) for r in records] == \
+        [s["responses"][b] for s, (b, _) in zip(samples, picks)]
+    assert [data.response_text(r["rejected"]) for r in records] == \
+        [s["responses"][w] for s, (_, w) in zip(samples, picks)]
+

@@ -37,7 +37,8 @@ class IterativeDPOConfig:
     With people in the loop (simulated or app), `acquisition` (random | entropy | disagreement |
     bald, `reward.acquisition`, scored by the reward model at `reward_dir`, an ensemble for the
     last two) chooses `labels_per_round` of every prompt's candidate pairs, at most one per
-    prompt; empty: one pair per prompt, its first two distinct answers.
+    prompt until each prompt with a candidate has one, then the best of the rest; empty: one
+    pair per prompt, its first two distinct answers.
 
     `refresh_reward`: after each round the reward stage (`reward`) trains a new reward model on
     `reward_file` (e.g. the comparisons `reward_dir` learned from) and every label so far,
@@ -71,7 +72,7 @@ class IterativeDPOConfig:
     app_db: str = ""  # labels=app: the labelling app's database (path or URL)
     app_labels_per_task: int = 1  # labels=app: annotators per pair
     acquisition: str = ""  # labels simulated | app: random | entropy | disagreement | bald
-    labels_per_round: int = 0  # with acquisition: pairs labelled per round (0: one per prompt)
+    labels_per_round: int = 0  # with acquisition: pairs per round (0: one per prompt drawn)
     train_on: str = "all"  # all (every round's labels so far) | round (this round's)
     reference: str = "initial"  # initial (round 0's policy) | previous (the round's start)
     refresh_reward: bool = False  # retrain the reward model on every label after each round
