@@ -26,6 +26,7 @@ import numpy as np
 from rlhf_jax import data, eval as rl_eval, interpret, models, reward, rlaif, train
 from rlhf_jax.labelling.entities import unstorable
 from rlhf_jax.labelling.tasks import prompt_record_text
+from rlhf_jax.reward.export import HEAD_META
 from rlhf_jax.sampling import SamplingConfig, TextSampler
 from rlhf_jax.stages.configs.pipeline import _replace
 from rlhf_jax.stages.layout import (IterativeLayout, RoundLayout, check_run_config,
@@ -82,7 +83,8 @@ def candidate_pairs(texts) -> list[tuple[int, int, int]]:
 
 class _RewardJudge:
     """The reward model at a directory scoring (prompt, answer) texts as it read them in
-    training (`interpret.text.encode`): every head's reward [N, M]."""
+    training (`interpret.text.encode`): every head's reward [N, M]; `objectives` names the
+    heads of a multi-objective model (empty: one head, or an ensemble's members)."""
 
     def __init__(self, reward_dir: str, cfg: IterativeDPOConfig):
         if not Path(reward_dir).is_dir():
@@ -92,6 +94,8 @@ class _RewardJudge:
         self.path = reward_dir
         self.rm = interpret.text.load(reward_dir, max_prompt_len=cfg.max_prompt_len,
                                       max_response_len=cfg.response_len)
+        meta = json.loads((Path(reward_dir) / HEAD_META).read_text())
+        self.objectives = tuple(meta.get("objectives", ()))
 
     def members(self, prompts, answers) -> np.ndarray:
         if not prompts:
@@ -187,9 +191,12 @@ def _people_pairs(cfg, r: int, samples: list[dict], rm: Optional[_RewardJudge]) 
             first.setdefault(c[0], c)
         chosen = [first[p] for p in sorted(first)]
         return [(samples[p]["prompt"], texts[p][i], texts[p][j]) for p, i, j in chosen], 0
-    if rm.rm.num_outputs < 2 and cfg.acquisition in ("disagreement", "bald"):
+    if (rm.rm.num_outputs < 2 or rm.objectives) and cfg.acquisition in ("disagreement",
+                                                                         "bald"):
+        heads = (f"heads for the objectives {list(rm.objectives)}, whose disagreement is no "
+                 "uncertainty" if rm.objectives else "one head")
         raise train.ConfigError(f"acquisition={cfg.acquisition}: the reward model at "
-                                f"{rm.path} has one head; it needs an ensemble "
+                                f"{rm.path} has {heads}; it needs an ensemble "
                                 "(reward.num_reward_outputs >= 2)")
     prompts = [samples[p]["prompt"] for p, _, _ in cands]
     a = [texts[p][i] for p, i, _ in cands]

@@ -234,3 +234,30 @@ def test_the_constitution_judge_compares_every_pair_of_answers():
     assert [data.response_text(r["rejected"]) for r in records] == \
         [s["responses"][w] for s, (_, w) in zip(samples, picks)]
 
+
+
+@pytest.mark.parametrize("objectives, message", [
+    ((), "has one head; it needs an ensemble"),
+    (("helpful", "harmless"), r"heads for the objectives \['helpful', 'harmless'\], whose "
+                              "disagreement is no uncertainty"),
+])
+def test_disagreement_needs_an_ensemble_not_objectives(tmp_path, chat, objectives, message):
+    """acquisition=disagreement reads the spread of an ensemble's members; a single head has
+    none and a multi-objective model's heads differ by design, so both are refused by name."""
+    from rlhf_jax import reward
+    from rlhf_jax.studies.iterative import _people_pairs, _RewardJudge
+
+    config, _ = models.load_hf_checkpoint(chat["policy"])
+    model = models.DecoderModel(config, heads=("reward",),
+                                num_reward_outputs=max(1, len(objectives)))
+    reward.save_reward_model(tmp_path / "rm", config,
+                             models.init_params(model, jax.random.key(0)),
+                             tokenizer=models.load_tokenizer(chat["policy"], config),
+                             metadata={"objectives": list(objectives)} if objectives else {})
+    cfg = _cfg(chat, tmp_path / "run", labels="simulated", acquisition="disagreement",
+               reward_dir=str(tmp_path / "rm"))
+    samples = [{"prompt": "hi", "responses": ["a", "b", "c"]}]
+    rm = _RewardJudge(cfg.reward_dir, cfg)
+    assert rm.objectives == objectives
+    with pytest.raises(train.ConfigError, match=message):
+        _people_pairs(cfg, 0, samples, rm)

@@ -25,20 +25,22 @@ class IterativeDPOConfig:
     or the round's start ("previous").
 
     `labels`:
-    - "judge": `judge` (the reward model at `reward_dir`; "constitution", the AI judge of the
-      constitution file `constitution` comparing every pair of a prompt's answers, an answer
-      scoring its expected wins, `rlaif.round_robin_scores`; or a text scorer of
-      `eval.TEXT_TERMS`) scores every answer and each prompt gives its best answer against
-      its worst (RLHFlow's best-vs-worst pairs); equal scores give no pair.
+    - "judge": `judge` (the reward model at `reward_dir`, the mean of its heads: an
+      ensemble's members or a multi-objective model's objectives, equally weighted;
+      "constitution", the AI judge of the constitution file `constitution` comparing every
+      pair of a prompt's answers, an answer scoring its expected wins,
+      `rlaif.round_robin_scores`; or a text scorer of `eval.TEXT_TERMS`) scores every answer
+      and each prompt gives its best answer against its worst (RLHFlow's best-vs-worst pairs);
+      equal scores give no pair.
     - "simulated": Bradley–Terry annotators with `annotator_temperatures` around the text
       scorer `judge` label pairs of answers.
     - "app": the pairs become tasks in the labelling app's database `app_db`; the run stops
       until each has `app_labels_per_task` labels, and a rerun goes on (as active learning).
     With people in the loop (simulated or app), `acquisition` (random | entropy | disagreement |
     bald, `reward.acquisition`, scored by the reward model at `reward_dir`, an ensemble for the
-    last two) chooses `labels_per_round` of every prompt's candidate pairs, at most one per
-    prompt until each prompt with a candidate has one, then the best of the rest; empty: one
-    pair per prompt, its first two distinct answers.
+    last two, not a multi-objective model) chooses `labels_per_round` of every prompt's
+    candidate pairs, at most one per prompt until each prompt with a candidate has one, then
+    the best of the rest; empty: one pair per prompt, its first two distinct answers.
 
     `refresh_reward`: after each round the reward stage (`reward`) trains a new reward model on
     `reward_file` (e.g. the comparisons `reward_dir` learned from) and every label so far,
