@@ -91,12 +91,13 @@ class RewardRefresher:
     simulated annotator around it (`reward.pair_labels`; a pair of two identical responses is
     left out, like a tie); then `refresh_update`. With `normalise`, its reference set is the
     `reference(state)` policy's (read with `reference_config`) answers drawn as a refresh at
-    step 0 would draw them, k_0: the same set at every refresh, sampled again by each process. The refreshed parameters, the buffer and the
-    label count live in the train state (`state.helpers["refresh"]`), so every checkpoint holds
-    the refresh it followed and a resumed run refreshes exactly as the uninterrupted one;
-    `reward_params(state)` is what PPO's `score_params` reads each iteration. Single process
-    only (the samples are judged on one host); a multi-objective reward model is refused (a
-    label says which response is better, not by which objective).
+    step 0 would draw them, k_0: the same set at every refresh, and sampled again alike by a
+    resumed run. The refreshed parameters, the buffer and the label count live in the train
+    state (`state.helpers["refresh"]`), so every checkpoint holds the refresh it followed and a
+    resumed run refreshes exactly as the uninterrupted one; `reward_params(state)` is what
+    PPO's `score_params` reads each iteration. Single process only (the samples are judged on
+    one host); a multi-objective reward model is refused (a label says which response is
+    better, not by which objective).
     """
 
     def __init__(self, cfg: PPOStageConfig, m, tokenizer, sampling: SamplingConfig, source,

@@ -119,8 +119,9 @@ def _text_judge(name: str):
 
 
 def _sample(cfg: IterativeDPOConfig, r: int, policy_dir: str, pool: list) -> list[dict]:
-    """Round r's prompts (drawn without replacement while the pool lasts) and each one's K
-    answers from the policy at `policy_dir` (key fold_in(seed, r))."""
+    """Round r's prompts (drawn without replacement when the pool holds enough of them, else
+    all with replacement) and each one's K answers from the policy at `policy_dir` (key
+    fold_in(seed, r))."""
     rng = np.random.default_rng([cfg.seed, r, 1])
     n = cfg.prompts_per_round
     idx = rng.permutation(len(pool))[:n] if n <= len(pool) else rng.integers(len(pool), size=n)
