@@ -248,6 +248,18 @@ def app_tag(root, config_dict: dict) -> str:
     return "it-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def _check_positions(cfg: IterativeDPOConfig, config) -> None:
+    """A GPT-2 policy has no position beyond its learned ones: the prompt and the longer of the
+    sampled answer and the answer the stages read must fit them (named by their settings)."""
+    answer = max(cfg.max_new_tokens, cfg.response_len)
+    if config.is_gpt2 and cfg.max_prompt_len + answer > config.max_position_embeddings:
+        raise train.ConfigError(
+            f"max_prompt_len={cfg.max_prompt_len} + {answer} answer tokens (max_new_tokens="
+            f"{cfg.max_new_tokens}, max_response_len={cfg.response_len} with the end of turn) "
+            f"exceed the policy's {config.max_position_embeddings} learned positions "
+            f"(max_position_embeddings of {cfg.policy_dir}): lower them")
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -289,7 +301,8 @@ def iterative_dpo(cfg: IterativeDPOConfig, *, verbose: bool = True) -> Iterative
         raise models.CheckpointFormatError(
             f"policy_dir={cfg.policy_dir!r} does not exist: iterative DPO starts from a trained "
             "policy (`python experiments/rlhf_pipeline.py` writes runs/pipeline/sft/export)")
-    models.load_hf_config(cfg.policy_dir)  # a model directory, found before any is recorded
+    # a model whose positions hold the rounds' sequences, found before any config is recorded
+    _check_positions(cfg, models.load_hf_config(cfg.policy_dir))
     pool = _prompts(cfg)
     config_dict = train.config_to_dict(cfg)
     config_dict.pop("rounds")  # more rounds go on with the same run

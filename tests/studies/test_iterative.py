@@ -261,3 +261,19 @@ def test_disagreement_needs_an_ensemble_not_objectives(tmp_path, chat, objective
     assert rm.objectives == objectives
     with pytest.raises(train.ConfigError, match=message):
         _people_pairs(cfg, 0, samples, rm)
+
+
+def test_lengths_past_a_gpt2_policys_positions_are_refused_by_name(tmp_path, chat):
+    """A GPT-2 policy (128 learned positions): a prompt of 120 tokens and answers of 20 (22 as
+    the stages read them, with the end of turn) do not fit, which is said before anything is
+    written, not found by the sampler's compiler."""
+    config = models.preset("tiny-gpt2").replace(vocab_size=384)
+    params = models.init_params(models.DecoderModel(config), jax.random.key(0))
+    tok = models.load_tokenizer(chat["policy"], models.load_hf_config(chat["policy"]))
+    models.save_hf_checkpoint(tmp_path / "gpt2", config, params, tokenizer=tok)
+    cfg = _cfg(chat, tmp_path / "run", policy_dir=str(tmp_path / "gpt2"), max_prompt_len=120,
+               max_new_tokens=20, max_response_len=0)
+    with pytest.raises(train.ConfigError, match=r"max_prompt_len=120 \+ 22 answer tokens .* "
+                                                r"exceed the policy's 128 learned positions"):
+        iterative_dpo(cfg, verbose=False)
+    assert not (tmp_path / "run").exists()
