@@ -14,7 +14,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "early_stopping": ("EarlyStoppingState", "early_stopping_init", "early_stopping_update",),
     "loop": ("LoopResult", "run_training",),
     "metrics": ("MetricBuffer", "MetricWriter", "Progress",),
-    "moments": ("scale_by_adam_stored", "stochastic_round",),
+    "moments": ("hashed_bits", "scale_by_adam_stored", "stochastic_round",),
     "optim_config": ("OptimizerConfig",),
     "optim": (
         "Optimizer", "apply_updates", "decay_mask", "frozen_labels",

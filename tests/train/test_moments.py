@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from rlhf_jax.train import (OptimizerConfig, apply_updates, make_optimizer, scale_by_adam_stored,
-                            stochastic_round)
+from rlhf_jax.train import (OptimizerConfig, apply_updates, hashed_bits, make_optimizer,
+                            scale_by_adam_stored, stochastic_round)
 
 B1, B2, EPS, LR, WD = 0.9, 0.999, 1e-8, 1e-2, 0.1
 
@@ -19,13 +19,16 @@ def _adam_state(state):
     return next(x for x in jax.tree.leaves(state, is_leaf=is_adam) if is_adam(x))
 
 
-def _reference_step(p, g, m, v, t):
-    """One AdamW step in float64 from the stored moments: (update, m, v) (Kingma & Ba 2015,
-    Algorithm 1; decoupled decay, Loshchilov & Hutter 2019), no clipping."""
-    m = B1 * m + (1 - B1) * g
-    v = B2 * v + (1 - B2) * g * g
+def _reference_moments(g, m, v):
+    """Adam's moments after one step, in float64 (Kingma & Ba 2015, Algorithm 1)."""
+    return B1 * m + (1 - B1) * g, B2 * v + (1 - B2) * g * g
+
+
+def _reference_update(p, m, v, t):
+    """AdamW's update from the moments of step t, in float64 (decoupled decay, Loshchilov &
+    Hutter 2019; no clipping)."""
     u = (m / (1 - B1 ** t)) / (np.sqrt(v / (1 - B2 ** t)) + EPS)
-    return -LR * (u + WD * p), m, v
+    return -LR * (u + WD * p)
 
 
 def _bf16_spacing(x):
@@ -35,10 +38,10 @@ def _bf16_spacing(x):
 
 @pytest.mark.parametrize("moment_dtype", ["float32", "bfloat16"])
 def test_stored_moments_match_float64_adam(moment_dtype):
-    """Each step's update equals float64 AdamW computed from the stored moments (float32
-    arithmetic: a few ulp in m, v, the bias corrections and u, so ~1e-6 relative to lr·u);
-    float32 moments equal the float64 ones, bfloat16 moments are one of the two bfloat16
-    neighbours of the float64 value."""
+    """Each step's moments equal float64 Adam's from the previously stored ones (float32: to a
+    few ulp; bfloat16: one of the two bfloat16 neighbours of the float64 value), and its update
+    equals float64 AdamW computed from the moments as stored (float32 arithmetic: a few ulp in
+    the bias corrections and u, so ~1e-6 relative to lr·u)."""
     rng = np.random.default_rng(0)
     params = {"w": {"kernel": jnp.asarray(rng.normal(size=(64, 32)), jnp.float32)}}
     tx = make_optimizer(OptimizerConfig(learning_rate=LR, b1=B1, b2=B2, eps=EPS,
@@ -53,16 +56,19 @@ def test_stored_moments_match_float64_adam(moment_dtype):
         stored = _adam_state(state)
         m0, v0 = (np.asarray(x["w"]["kernel"], np.float64) for x in (stored.mu, stored.nu))
         p, g = (np.asarray(x["w"]["kernel"], np.float64) for x in (params, grads))
-        want, m, v = _reference_step(p, g, m0, v0, t)
+        m, v = _reference_moments(g, m0, v0)
         updates, state = step(grads, state, params)
-        np.testing.assert_allclose(updates["w"]["kernel"], want, rtol=1e-5, atol=LR * 1e-6)
+        new = _adam_state(state)
+        got_m, got_v = (np.asarray(x["w"]["kernel"], np.float64) for x in (new.mu, new.nu))
         # float32's error in b·x + (1 − b)·y: a few ulp of |b·x| + |(1 − b)·y| (m may cancel)
         f32_error = (lambda *terms: 4 * 2.0 ** -23 * sum(np.abs(x) for x in terms))  # noqa: E731
-        for new, exact, err in ((_adam_state(state).mu, m, f32_error(B1 * m0, (1 - B1) * g)),
-                                (_adam_state(state).nu, v, f32_error(B2 * v0, (1 - B2) * g * g))):
-            got = np.asarray(new["w"]["kernel"], np.float64)
+        for got, exact, err in ((got_m, m, f32_error(B1 * m0, (1 - B1) * g)),
+                                (got_v, v, f32_error(B2 * v0, (1 - B2) * g * g))):
             spacing = _bf16_spacing(exact) if moment_dtype == "bfloat16" else 0.0
             assert np.all(np.abs(got - exact) <= spacing + err)  # bfloat16: a neighbour
+        # the update is computed from the moments as stored
+        np.testing.assert_allclose(updates["w"]["kernel"], _reference_update(p, got_m, got_v, t),
+                                   rtol=1e-5, atol=LR * 1e-6)
         params = apply_updates(params, updates)
 
 
@@ -81,6 +87,19 @@ def test_stochastic_rounding_neighbours_and_mean():
     out = stochastic_round(exact, bits[:6], jnp.bfloat16)
     np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(exact))
     assert np.isnan(float(stochastic_round(jnp.asarray([jnp.nan]), bits[:1], jnp.bfloat16)[0]))
+
+
+def test_hashed_bits_are_uniform_and_differ_by_seed():
+    """The top 16 bits (what stochastic rounding uses) look uniform: their mean and each of
+    their bits' frequencies within 5 standard errors; two seeds' draws are uncorrelated."""
+    shape = (256, 1024)
+    a, b = (np.asarray(hashed_bits(shape, jnp.uint32(s)) >> 16, np.float64) for s in (1, 2))
+    n = a.size
+    assert abs(a.mean() / 2 ** 16 - 0.5) < 5 * np.sqrt(1 / 12 / n)
+    for bit in range(16):
+        assert abs(np.mean((a.astype(np.int64) >> bit) & 1) - 0.5) < 5 * 0.5 / np.sqrt(n)
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(n)
+    assert len(np.unique(a)) > 0.97 * 2 ** 16  # expected: 1 - exp(-4) = 0.982 of them
 
 
 def test_second_moment_follows_a_falling_gradient():
