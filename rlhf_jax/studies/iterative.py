@@ -37,7 +37,7 @@ from rlhf_jax.stages.reward import train_reward_model
 from rlhf_jax.studies.active import top_k_per_prompt
 from rlhf_jax.studies.configs.iterative import (CONSTITUTION, REWARD_MODEL,  # noqa: F401
                                                 IterativeDPOConfig)
-from rlhf_jax.studies.label_sources import app_labels
+from rlhf_jax.studies.label_sources import app_labels, open_app_store
 from rlhf_jax.studies.pairs import SimulatedAnnotators
 
 
@@ -81,16 +81,20 @@ def candidate_pairs(texts) -> list[tuple[int, int, int]]:
     return out
 
 
+def _check_reward_dir(reward_dir: str) -> None:
+    if not Path(reward_dir).is_dir():
+        raise models.CheckpointFormatError(
+            f"reward_dir={reward_dir!r} does not exist; train one first (the main job "
+            "writes runs/pipeline/reward/export)")
+
+
 class _RewardJudge:
     """The reward model at a directory scoring (prompt, answer) texts as it read them in
     training (`interpret.text.encode`): every head's reward [N, M]; `objectives` names the
     heads of a multi-objective model (empty: one head, or an ensemble's members)."""
 
     def __init__(self, reward_dir: str, cfg: IterativeDPOConfig):
-        if not Path(reward_dir).is_dir():
-            raise models.CheckpointFormatError(
-                f"reward_dir={reward_dir!r} does not exist; train one first (the main job "
-                "writes runs/pipeline/reward/export)")
+        _check_reward_dir(reward_dir)
         self.path = reward_dir
         self.rm = interpret.text.load(reward_dir, max_prompt_len=cfg.max_prompt_len,
                                       max_response_len=cfg.response_len)
@@ -142,8 +146,19 @@ def _pair_record(prompt, chosen: str, rejected: str, annotator: str) -> dict:
                            "annotator_id": annotator})
 
 
-def _judge_labels(cfg, samples: list[dict], rm: Optional[_RewardJudge]) -> tuple[list, dict]:
-    """labels=judge: every answer scored, each prompt's best against its worst."""
+def _constitution_judge(cfg: IterativeDPOConfig):
+    """judge=constitution: the AI judge of `cfg.constitution` (its LM judge at
+    `judge_model_dir`); a malformed constitution or a missing LM judge stops by name."""
+    try:
+        return rlaif.constitution_judge(cfg.constitution, cfg.judge_model_dir, seed=cfg.seed)
+    except ValueError as e:
+        raise train.ConfigError(str(e)) from None
+
+
+def _judge_labels(cfg, samples: list[dict], rm: Optional[_RewardJudge],
+                  ai=None) -> tuple[list, dict]:
+    """labels=judge: every answer scored, each prompt's best against its worst (`ai`: the
+    constitution's judge, reseeded by every call of `rlaif.round_robin_scores`)."""
     texts = [s["responses"] for s in samples]
     flat_p = [s["prompt"] for s in samples for _ in s["responses"]]
     flat_a = [a for t in texts for a in t]
@@ -152,10 +167,7 @@ def _judge_labels(cfg, samples: list[dict], rm: Optional[_RewardJudge]) -> tuple
         flat = rm.members(flat_p, flat_a).mean(axis=1)
     elif cfg.judge == CONSTITUTION:  # one call per pair of a prompt's answers
         calls = len(samples) * k * (k - 1) // 2
-        try:
-            ai = rlaif.constitution_judge(cfg.constitution, cfg.judge_model_dir, seed=cfg.seed)
-        except ValueError as e:  # a malformed constitution or a missing LM judge
-            raise train.ConfigError(str(e)) from None
+        ai = ai or _constitution_judge(cfg)
         flat = rlaif.round_robin_scores(ai, [data.prompt_text(p) for p in flat_p], flat_a, k,
                                         seed=cfg.seed).astype(np.float64)
     else:
@@ -301,9 +313,20 @@ def iterative_dpo(cfg: IterativeDPOConfig, *, verbose: bool = True) -> Iterative
         raise models.CheckpointFormatError(
             f"policy_dir={cfg.policy_dir!r} does not exist: iterative DPO starts from a trained "
             "policy (`python experiments/rlhf_pipeline.py` writes runs/pipeline/sft/export)")
-    # a model whose positions hold the rounds' sequences, found before any config is recorded
-    _check_positions(cfg, models.load_hf_config(cfg.policy_dir))
+    # every input read before the run directory records a config, so a fixed command starts
+    # there: a model whose positions hold the rounds' sequences, its tokenizer and template,
+    # the prompts, the first round's reward model, the judge and the app's database
+    config = models.load_hf_config(cfg.policy_dir)
+    _check_positions(cfg, config)
+    data.use_template(models.load_tokenizer(cfg.policy_dir, config), cfg.chat_template)
     pool = _prompts(cfg)
+    needed = (cfg.labels == "judge" and cfg.judge == REWARD_MODEL) or cfg.acquisition
+    if needed and not layout.round(0).summary.is_file():
+        _check_reward_dir(cfg.reward_dir)
+    ai = _constitution_judge(cfg) if cfg.labels == "judge" and cfg.judge == CONSTITUTION \
+        else None
+    if cfg.labels == "app":
+        open_app_store(cfg).close()
     config_dict = train.config_to_dict(cfg)
     config_dict.pop("rounds")  # more rounds go on with the same run
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -323,7 +346,6 @@ def iterative_dpo(cfg: IterativeDPOConfig, *, verbose: bool = True) -> Iterative
             continue
         start = time.perf_counter()
         # the reward model judges, acquires, or (when there is one) is measured on fresh labels
-        needed = (cfg.labels == "judge" and cfg.judge == REWARD_MODEL) or cfg.acquisition
         rm = _RewardJudge(reward_dir, cfg) if needed or (
             reward_dir and Path(reward_dir).is_dir()) else None
         rl.root.mkdir(parents=True, exist_ok=True)
@@ -338,7 +360,7 @@ def iterative_dpo(cfg: IterativeDPOConfig, *, verbose: bool = True) -> Iterative
             new = _read_jsonl(rl.labels)
             row.update(json.loads(rl.pairs.read_text())["stats"])
         elif cfg.labels == "judge":
-            new, stats = _judge_labels(cfg, samples, rm)
+            new, stats = _judge_labels(cfg, samples, rm, ai)
             row.update(stats)
             rl.pairs.write_text(json.dumps({"stats": stats}))
         else:

@@ -64,24 +64,31 @@ class LabelSource:
         return app_labels(self.cfg, pairs, tag)
 
 
-def app_labels(cfg, pairs: list[tuple], tag: str, source: str = "active_learning"):
-    """Put the pairs into the labelling app as tasks (ids `<tag>-<i>`), and return their labels
-    once every one has `app_labels_per_task` of them (else None: wait). Each label becomes a
-    record in the order that annotator was shown the responses; `source` names the loop in
-    each task's meta. A stored task with the same id but other texts (another run sharing the
-    database) stops the run rather than borrow its labels, and a database that cannot be
-    opened stops it by name."""
+def open_app_store(cfg):
+    """The labelling app's store at `cfg.app_db` (a path: SQLite; or a database URL) with
+    `cfg.app_labels_per_task` labels a task; one that cannot be opened (a missing folder, a
+    file that is no database, a server down) stops by name."""
     from sqlalchemy.exc import DBAPIError
 
     from rlhf_jax.labelling.store import LabelStore
 
     url = cfg.app_db if "://" in cfg.app_db else f"sqlite:///{Path(cfg.app_db).resolve()}"
     try:
-        store = LabelStore(url, labels_per_task=cfg.app_labels_per_task)
-    except DBAPIError as e:  # a missing folder, a file that is no database, a server down
+        return LabelStore(url, labels_per_task=cfg.app_labels_per_task)
+    except DBAPIError as e:
         raise train.ConfigError(f"app_db={cfg.app_db}: cannot open the labelling app's "
                                 f"database ({e.orig}); expected a writable SQLite file path "
                                 "or a database URL") from None
+
+
+def app_labels(cfg, pairs: list[tuple], tag: str, source: str = "active_learning"):
+    """Put the pairs into the labelling app as tasks (ids `<tag>-<i>`), and return their labels
+    once every one has `app_labels_per_task` of them (else None: wait). Each label becomes a
+    record in the order that annotator was shown the responses; `source` names the loop in
+    each task's meta. A stored task with the same id but other texts (another run sharing the
+    database) stops the run rather than borrow its labels, and a database that cannot be
+    opened stops it by name (`open_app_store`)."""
+    store = open_app_store(cfg)
     try:
         store.add_tasks([{"prompt": p, "responses": [a, b], "id": f"{tag}-{i}",
                           "meta": {"source": source, "run": cfg.run_dir}}

@@ -175,8 +175,10 @@ def test_missing_policy_is_a_named_error(tmp_path, chat):
 
 
 def test_inputs_that_cannot_work_leave_no_run_config(tmp_path, chat):
-    """A policy_dir that is no model and a prompts file with a bad line stop by name before
-    the run directory records a config, so the corrected command starts the run there."""
+    """A policy_dir that is no model, a prompts file with a bad line, a missing chat template
+    or reward model, a constitution whose LM judge is not given and an app database that
+    cannot be opened stop by name before the run directory records a config, so the corrected
+    command starts the run there."""
     (tmp_path / "notmodel").mkdir()
     bad = tmp_path / "prompts.jsonl"
     bad.write_text(open(chat["prompts"]).read() + '{"prompt": [{"role": "user"\n')
@@ -185,6 +187,18 @@ def test_inputs_that_cannot_work_leave_no_run_config(tmp_path, chat):
         iterative_dpo(_cfg(chat, run, policy_dir=str(tmp_path / "notmodel")))
     with pytest.raises(data.DataFormatError, match=r"prompts.jsonl:\d+: not valid JSON"):
         iterative_dpo(_cfg(chat, run, prompts_file=str(bad)))
+    with pytest.raises(data.ChatTemplateError, match="none.jinja'?: cannot be read"):
+        iterative_dpo(_cfg(chat, run, chat_template=str(tmp_path / "none.jinja")))
+    with pytest.raises(models.CheckpointFormatError, match="reward_dir=.*does not exist"):
+        iterative_dpo(_cfg(chat, run, judge="reward_model", reward_dir=str(tmp_path / "no")))
+    with pytest.raises(train.ConfigError, match="is judged by 'lm'"):
+        lm_only = tmp_path / "lm.toml"
+        lm_only.write_text('[[principles]]\nid = "x"\nquestion = "Which is kinder?"\n'
+                           'judge = "lm"\n')
+        iterative_dpo(_cfg(chat, run, judge="constitution", constitution=str(lm_only)))
+    with pytest.raises(train.ConfigError, match="app_db=.*cannot open"):
+        iterative_dpo(_cfg(chat, run, labels="app",
+                           app_db=str(tmp_path / "missing" / "labels.sqlite")))
     assert not IterativeLayout(run).config.exists()
 
 
