@@ -50,13 +50,13 @@ def ai_label(judge, pairs: Sequence[tuple], *, judge_name: Optional[str] = None)
 
 def round_robin_scores(judge, prompts: Sequence, answers: Sequence[str], k: int, *,
                        seed: int = 0) -> np.ndarray:
-    """Scores [N] of N = B·K answers (prompt-major: rows b·K … b·K + K − 1 answer prompt b) from
-    a pairwise judge (`judge.compare(prompts, a, b).prob_a`): each answer's expected wins against
-    the other K − 1 answers to its prompt, s_i = Σ_{j≠i} P(i ≻ j) (a Borda count with the
-    judge's probabilities; for K = 2 the pair's two probabilities), from K(K − 1)/2 comparisons
-    per prompt. A judge that draws principles at random (`ConstitutionJudge` in "sample" mode)
-    is reseeded from `seed` and the texts, so the same answers get the same scores (a resumed
-    run judges as the uninterrupted one)."""
+    """Scores [N] of N = B·K answers (prompt-major: rows b·K … b·K + K − 1 answer prompt b)
+    from a pairwise judge (`judge.compare(prompts, a, b).prob_a`): each answer's expected wins
+    against the other K − 1 answers to its prompt, s_i = Σ_{j≠i} P(i ≻ j) (a Borda count with
+    the judge's probabilities; for K = 2 the pair's two probabilities), from K(K − 1)/2
+    comparisons per prompt. A judge that draws principles at random (`ConstitutionJudge` in
+    "sample" mode) is reseeded from `seed` and the texts, so the same answers get the same scores
+    (a resumed run judges as the uninterrupted one)."""
     n = len(answers)
     if n % k or len(prompts) != n:
         raise ValueError(f"{len(prompts)} prompts and {n} answers: expected K = {k} answers "

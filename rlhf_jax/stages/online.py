@@ -25,8 +25,8 @@ def _policy_and_judge(cfg: OnlineDPOConfig, layout: RunLayout, mesh, rules, key)
     `judge(prompt_tokens, prompt_mask, response_tokens, response_mask) -> scores`: the reward
     model at `cfg.reward_dir` (jitted, on the mesh; the policy is then loaded beside it and must
     share its tokenizer, as in PPO), a constitution's AI judge comparing each prompt's answers
-    pairwise (`rlaif.round_robin_scores`) or a text scorer, on the host. The reference overlay is what
-    `offline.make_offline_loss` lays over the policy's weights: a copy of them, or with LoRA
+    pairwise (`rlaif.round_robin_scores`) or a text scorer, on the host. The reference overlay
+    is what `offline.make_offline_loss` lays over the policy's weights: a copy of them, or with LoRA
     only the modules that train in full (the base, adapters off, is the reference)."""
     if cfg.judge == REWARD_MODEL:
         m = load_ppo_models(cfg.policy_dir, cfg.reward_dir, preset=cfg.preset, critic="none",

@@ -1,6 +1,6 @@
 """Experiments composed of stages: the method comparison, the active-learning loop, iterative
-DPO, the annotation-budget studies, RLAIF beside human labels, and the reward-model audit. The configs
-live in `studies.configs` (importable without JAX). A study's module is not named as its
+DPO, the annotation-budget studies, RLAIF beside human labels, and the reward-model audit. The
+configs live in `studies.configs` (importable without JAX). A study's module is not named as its
 function (`label_efficiency_study` holds `label_efficiency`): importing the module would
 otherwise replace the function in the package."""
 from rlhf_jax._lazy import lazy_exports

@@ -2,10 +2,11 @@
 
 For each seed, one base run (SFT → simulated comparisons → reward model) is shared by every
 method, which then learns from the same comparisons (offline methods) or the same reward model
-(PPO, RLOO, GRPO, best-of-n, online DPO, iterative DPO), over a sweep of its KL-controlling setting. Each
-method's sweep runs in its own process, so its peak memory is its own. The report puts the gold
-score of every setting against its KL to the starting policy on one plot (Gao et al. 2022, fig.
-1; Rafailov et al. 2023, fig. 2), tabulates gains, KL, time and memory, and the alignment
+(PPO, RLOO, GRPO, best-of-n, online DPO, iterative DPO), over a sweep of its KL-controlling
+setting. Each method's sweep runs in its own process, so its peak memory is its own. The report
+puts the gold score of every setting against its KL to the starting policy on one plot (Gao et
+al. 2022, fig. 1; Rafailov et al. 2023, fig. 2), tabulates gains, KL, samples and judge calls,
+time and memory, and the alignment
 metrics (win rate against the starting policy, profanity rate, distinct-1/2, length), and
 follows one setting's gold score over training to show over-optimisation
 (`studies.compare_report`).

@@ -66,8 +66,8 @@ USER_INPUTS = ("policy_dir", "sft_file", "preference_file", "prompts_file", "pro
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
     """The study: `methods` (comma-separated, from `COMPARED`: the main job's and
-    iterative DPO) over `seeds`, on
-    the built-in task or your own model and files (plain or conversational). The simulated annotators judge by `annotator_judge`; the methods are
+    iterative DPO) over `seeds`, on the built-in task or your own model and files (plain or
+    conversational). The simulated annotators judge by `annotator_judge`; the methods are
     scored by `gold` (by default a judge the annotators' signal only partly captures, so that
     over-optimisation can show). `quick`: one setting per method and tiny budgets."""
 

@@ -27,12 +27,12 @@ class OnlineDPOConfig(RunConfig):
     `reward_std_coef`·std, a multi-objective model Σ λ_k r_k by `objective_weights`) or a text
     scorer of `eval.TEXT_TERMS` (e.g. "vader", the built-in task's gold judge, for studies).
     "constitution": the AI judge of the constitution file `constitution` (empty: the packaged
-    default; principles judged by "lm" read the language model at `judge_model_dir`) compares
-    every pair of a prompt's answers, and an answer's score is its expected wins
-    (`rlaif.round_robin_scores`). Equal scores are ties, which the loss skips; an answer without EOS ranks below every answer
-    that has one. `sampling` and `stop_tokens` are PPO's: the chat template's end of turn and the
-    tokenizer's EOS end a response. The loss reads log-probabilities at temperature 1 (the
-    policy's own), whatever the sampling temperature.
+    default; principles judged by "lm" read the language model at `judge_model_dir`) compares every
+    pair of a prompt's answers, and an answer's score is its expected wins
+    (`rlaif.round_robin_scores`). Equal scores are ties, which the loss skips; an answer without EOS
+    ranks below every answer that has one. `sampling` and `stop_tokens` are PPO's: the chat
+    template's end of turn and the tokenizer's EOS end a response. The loss reads log-probabilities
+    at temperature 1 (the policy's own), whatever the sampling temperature.
     """
 
     run_dir: str = "runs/online_dpo"
