@@ -42,8 +42,13 @@ class TextSampler:
     def __call__(self, texts: Sequence, key) -> list[str]:
         """One sampled continuation of each text (decoded, stripped), batch s with key
         fold_in(key, s)."""
+        return self.sample(texts, key)[0]
+
+    def sample(self, texts: Sequence, key) -> tuple[list[str], list[bool]]:
+        """(`__call__`'s continuations, whether each ended with an end token rather than at
+        `sampling.max_new_tokens`)."""
         counts = {"prompts_truncated": 0}
-        out = []
+        out, ended = [], []
         for s in range(0, len(texts), self.batch_size):
             part = list(texts[s:s + self.batch_size])
             n = len(part)
@@ -54,7 +59,8 @@ class TextSampler:
             res = generate(self.params, batch["tokens"], batch["mask"],
                            jax.random.fold_in(key, s), config=self.config,
                            sampling=self.sampling)
-            toks, mask = jax.device_get((res.tokens, res.mask))
+            toks, mask, eos = jax.device_get((res.tokens, res.mask, res.ended_with_eos))
             out += [self.tok.decode(toks[i][mask[i] > 0], skip_special_tokens=True).strip()
                     for i in range(n)]
-        return out
+            ended += [bool(x) for x in eos[:n]]
+        return out, ended

@@ -221,9 +221,14 @@ def record_run_config(config_path, config: dict) -> None:
     """Store the run's resolved config and its hash (process 0, atomically)."""
     if jax.process_index() != 0:
         return
-    path = Path(config_path)
+    write_json(config_path, {"config": config, "hash": config_hash(config)}, sort_keys=True)
+
+
+def write_json(path, value, *, sort_keys: bool = False) -> None:
+    """Write `value` as JSON to `path` atomically (a temporary file, then a rename), so that a
+    run killed mid-write leaves the old file or the new one, never a torn one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"config": config, "hash": config_hash(config)}, indent=1,
-                              sort_keys=True))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=sort_keys))
     tmp.replace(path)

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from rlhf_jax import data, eval as rl_eval, models
-from rlhf_jax.stages.layout import check_run_config, record_run_config
+from rlhf_jax.stages.layout import check_run_config, record_run_config, write_json
 
 
 def int_list(spec: str) -> list[int]:
@@ -43,10 +43,7 @@ def cached_json(path: Path, fn):
     if path.is_file():
         return json.loads(path.read_text())
     out = fn()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out))
-    tmp.replace(path)
+    write_json(path, out)
     return out
 
 

@@ -30,7 +30,7 @@ from rlhf_jax.reward.export import HEAD_META
 from rlhf_jax.sampling import SamplingConfig, TextSampler
 from rlhf_jax.stages.configs.pipeline import _replace
 from rlhf_jax.stages.layout import (IterativeLayout, RoundLayout, check_run_config,
-                                    config_hash, record_run_config)
+                                    config_hash, record_run_config, write_json)
 from rlhf_jax.stages.offline import train_offline
 from rlhf_jax.stages.pipeline import as_pair_record
 from rlhf_jax.stages.reward import train_reward_model
@@ -52,19 +52,23 @@ class IterativeResult:
     waiting: bool = False
 
 
-def best_vs_worst(scores, texts) -> list[tuple[int, int]]:
+def best_vs_worst(scores, texts, ended=None) -> list[tuple[int, int]]:
     """Each prompt's (best, worst) answer by the judge's `scores` [P][K] (first of equals),
     or None where they tie or the two texts are the same; `texts` [P][K] are the answers.
-    Empty answers take no part (there is no text to learn from)."""
+    Empty answers take no part (there is no text to learn from). With `ended` [P][K] (the
+    answer ended with an end token), an answer cut at the length limit ranks below every answer
+    that ended, whatever its score, as in online DPO (`offline.judged_ranks`)."""
     out = []
-    for s, t in zip(scores, texts):
+    for p, (s, t) in enumerate(zip(scores, texts)):
+        e = ended[p] if ended is not None else [True] * len(t)
         ok = [i for i in range(len(t)) if t[i].strip()]
         if len(ok) < 2:
             out.append(None)
             continue
-        best = max(ok, key=lambda i: (s[i], -i))
-        worst = min(ok, key=lambda i: (s[i], i))
-        out.append(None if s[best] == s[worst] or t[best] == t[worst] else (best, worst))
+        best = max(ok, key=lambda i: (bool(e[i]), s[i], -i))
+        worst = min(ok, key=lambda i: (bool(e[i]), s[i], i))
+        same = (bool(e[best]), s[best]) == (bool(e[worst]), s[worst])
+        out.append(None if same or t[best] == t[worst] else (best, worst))
     return out
 
 
@@ -136,9 +140,10 @@ def _sample(cfg: IterativeDPOConfig, r: int, policy_dir: str, pool: list) -> lis
         config, params, tok, max_len=cfg.max_prompt_len, batch_size=64,
         sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature))
     k = cfg.samples_per_prompt
-    answers = sampler([p for p in prompts for _ in range(k)],
-                      jax.random.fold_in(jax.random.key(cfg.seed), r))
-    return [{"prompt": p, "responses": answers[i * k:(i + 1) * k]} for i, p in enumerate(prompts)]
+    answers, ended = sampler.sample([p for p in prompts for _ in range(k)],
+                                    jax.random.fold_in(jax.random.key(cfg.seed), r))
+    return [{"prompt": p, "responses": answers[i * k:(i + 1) * k],
+             "ended": ended[i * k:(i + 1) * k]} for i, p in enumerate(prompts)]
 
 
 def _pair_record(prompt, chosen: str, rejected: str, annotator: str) -> dict:
@@ -176,7 +181,8 @@ def _judge_labels(cfg, samples: list[dict], rm: Optional[_RewardJudge],
     scores = [flat[i * k:(i + 1) * k].tolist() for i in range(len(samples))]
     for s, sc in zip(samples, scores):
         s["scores"] = sc
-    picks = best_vs_worst(scores, texts)
+    picks = best_vs_worst(scores, texts, [s.get("ended") or [True] * len(s["responses"])
+                                          for s in samples])
     records = [_pair_record(s["prompt"], s["responses"][b], s["responses"][w], cfg.judge)
                for s, pick in zip(samples, picks) if pick for b, w in [pick]]
     gaps = [sc[b] - sc[w] for sc, pick in zip(scores, picks) if pick for b, w in [pick]]
@@ -354,22 +360,23 @@ def iterative_dpo(cfg: IterativeDPOConfig, *, verbose: bool = True) -> Iterative
         else:
             samples = _sample(cfg, r, policy, pool)
             data.builtin.write_jsonl(rl.samples, samples)
+        ends = [e for s in samples for e in s.get("ended", ())]
         row = {"round": r, "samples": sum(len(s["responses"]) for s in samples),
-               "policy_start": policy}
+               "eos_fraction": float(np.mean(ends)) if ends else None, "policy_start": policy}
         if rl.labels.is_file():
             new = _read_jsonl(rl.labels)
             row.update(json.loads(rl.pairs.read_text())["stats"])
         elif cfg.labels == "judge":
             new, stats = _judge_labels(cfg, samples, rm, ai)
             row.update(stats)
-            rl.pairs.write_text(json.dumps({"stats": stats}))
+            write_json(rl.pairs, {"stats": stats})
         else:
             if rl.pairs.is_file():
                 sent = json.loads(rl.pairs.read_text())
             else:
                 pairs, calls = _people_pairs(cfg, r, samples, rm)
                 sent = {"pairs": [list(p) for p in pairs], "stats": {"judge_calls": calls}}
-                rl.pairs.write_text(json.dumps(sent))
+                write_json(rl.pairs, sent)
             new = _people_labels(cfg, r, [tuple(p) for p in sent["pairs"]], f"{tag}-r{r}")
             if new is None:
                 if verbose:
@@ -405,7 +412,7 @@ def iterative_dpo(cfg: IterativeDPOConfig, *, verbose: bool = True) -> Iterative
             reward_dir = refreshed.export_dir
         row.update(policy_dir=policy, reward_dir=reward_dir,
                    seconds=time.perf_counter() - start)
-        rl.summary.write_text(json.dumps(row, indent=1))
+        write_json(rl.summary, row)
         history.append(row)
         if verbose:
             print(json.dumps({k: v for k, v in row.items() if not k.endswith("_dir")

@@ -21,22 +21,30 @@ from tests.chat_tokenizers import conversation_files, make_chat_model
 
 
 def test_best_vs_worst_matches_brute_force():
+    """Best and worst by score, an answer cut at the length limit below every answer that
+    ended (online DPO's rule): brute force ranks by the score plus a bonus larger than any
+    score gap for answers that ended."""
     rng = np.random.default_rng(0)
-    for _ in range(200):
+    for _ in range(300):
         k = int(rng.integers(2, 6))
         scores = rng.integers(0, 3, size=k).astype(float).tolist()  # ties are common
         texts = [str(t) for t in rng.integers(0, 4, size=k)]
         texts[int(rng.integers(k))] = "" if rng.random() < 0.3 else texts[0]
-        (got,) = best_vs_worst([scores], [texts])
+        ended = (rng.random(k) < 0.6).tolist()
+        (got,) = best_vs_worst([scores], [texts], [ended])
         ok = [i for i in range(k) if texts[i]]
         if len(ok) < 2:
             assert got is None
             continue
-        top, low = max(scores[i] for i in ok), min(scores[i] for i in ok)
-        best = min(i for i in ok if scores[i] == top)
-        worst = min(i for i in ok if scores[i] == low)
+        rank = [scores[i] + 10.0 * ended[i] for i in range(k)]
+        top, low = max(rank[i] for i in ok), min(rank[i] for i in ok)
+        best = min(i for i in ok if rank[i] == top)
+        worst = min(i for i in ok if rank[i] == low)
         expect = None if top == low or texts[best] == texts[worst] else (best, worst)
-        assert got == expect, (scores, texts)
+        assert got == expect, (scores, texts, ended)
+    # without `ended` every answer counts as ended
+    assert best_vs_worst([[0.0, 2.0, 1.0]], [["a", "b", "c"]]) == [(1, 0)]
+    assert best_vs_worst([[0.0, 2.0, 1.0]], [["a", "b", "c"]], [[True, False, True]]) == [(2, 1)]
 
 
 def test_candidate_pairs_are_every_distinct_nonempty_pair():
@@ -123,7 +131,8 @@ def test_rounds_on_a_chat_model_resume_exactly(chat, tmp_path):
                for r in labels)
     # best against worst by the judge's expected wins
     samples = [json.loads(x) for x in a.round(0).samples.read_text().splitlines()]
-    picks = best_vs_worst([s["scores"] for s in samples], [s["responses"] for s in samples])
+    picks = best_vs_worst([s["scores"] for s in samples], [s["responses"] for s in samples],
+                          [s["ended"] for s in samples])
     pairs = [(s["prompt"], s["responses"][b], s["responses"][w])
              for s, pick in zip(samples, picks) if pick for b, w in [pick]]
     assert [(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"])
@@ -247,7 +256,6 @@ def test_the_constitution_judge_compares_every_pair_of_answers():
         [s["responses"][b] for s, (b, _) in zip(samples, picks)]
     assert [data.response_text(r["rejected"]) for r in records] == \
         [s["responses"][w] for s, (_, w) in zip(samples, picks)]
-
 
 
 @pytest.mark.parametrize("objectives, message", [
