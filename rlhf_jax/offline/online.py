@@ -89,7 +89,8 @@ def judged_pair_stats(batch: PreferenceBatch, scores) -> dict:
 
 def make_online_step(*, config: TransformerConfig, sampling: SamplingConfig,
                      judge: Callable, update: Callable, samples_per_prompt: int,
-                     place_batch: Optional[Callable[[Any], Any]] = None) -> Callable:
+                     place_batch: Optional[Callable[[Any], Any]] = None,
+                     calls_per_sample: float = 1.0) -> Callable:
     """`step_fn(state, prompts) -> (state, metrics)`: one online step for `train.run_training`.
 
     `prompts` is {"tokens", "mask"} [B, P] (host arrays). The current policy (`state.params`)
@@ -101,7 +102,8 @@ def make_online_step(*, config: TransformerConfig, sampling: SamplingConfig,
     "scores", "ended"} and builds the batch (`online_preference_batch`), takes the loss and
     updates. Metrics add the response length and EOS share, the seconds spent generating,
     judging and updating, and the judge calls so far ("judge/calls" = responses scored since
-    step 0).
+    step 0, times `calls_per_sample`: a pairwise judge comparing every pair of a prompt's K
+    answers makes (K − 1)/2 calls per answer).
     """
     put = place_batch or (lambda tree: jax.tree.map(jnp.asarray, tree))
     k = samples_per_prompt
@@ -119,7 +121,7 @@ def make_online_step(*, config: TransformerConfig, sampling: SamplingConfig,
             scores = put(scores.astype(np.float32))
         jax.block_until_ready(scores)
         judged = time.perf_counter()
-        calls = (int(state.step) + 1) * tokens.shape[0]
+        calls = (int(state.step) + 1) * tokens.shape[0] * calls_per_sample
         state, metrics = update(state, {
             "prompt_tokens": tokens, "prompt_mask": mask, "response_tokens": sample.tokens,
             "response_mask": sample.mask, "scores": scores, "ended": sample.ended_with_eos})

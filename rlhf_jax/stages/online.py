@@ -122,7 +122,9 @@ def train_online_dpo(cfg: OnlineDPOConfig) -> StageResult:
     step = offline.make_online_step(
         config=config, sampling=resolve_sampling(tokenizer, cfg), judge=judge,
         update=lambda state, inputs: jitted(state, {**inputs, **extra}), samples_per_prompt=k,
-        place_batch=lambda b: train.global_batch_from_local(b, mesh, rules))
+        place_batch=lambda b: train.global_batch_from_local(b, mesh, rules),
+        # the constitution's judge compares every pair: K(K − 1)/2 calls per prompt
+        calls_per_sample=(k - 1) / 2 if cfg.judge == CONSTITUTION else 1.0)
     result = train_with_checkpoints(
         cfg, layout, step=step, abstract_state=abstract, init_state=init_state,
         batches=prompts, mesh=mesh, rules=rules, leaf_names=train.leaf_names(params),

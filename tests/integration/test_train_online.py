@@ -44,19 +44,21 @@ def test_gold_judge_raises_its_own_score_on_the_builtin_task(tmp_path):
 
 def test_constitution_judge_ranks_every_pair(tmp_path):
     """judge=constitution (the packaged default's classifier principles, drawn per comparison):
-    every prompt's 3 answers are compared pairwise, so the mean score is exactly (K − 1)/2 = 1
-    (a prompt's expected wins sum to its 3 comparisons), 3·8 = 24 comparisons a step (that the
-    same answers get the same scores, so a resumed run judges alike: test_judges.py)."""
+    every prompt's 4 answers are compared pairwise, so the mean score is exactly (K − 1)/2 = 1.5
+    (a prompt's expected wins sum to its 6 comparisons), and the judge calls count the 6·8 = 48
+    comparisons a step, not the 32 answers (that the same answers get the same scores, so a
+    resumed run judges alike: test_judges.py)."""
     cfg = train.config_from_dict(stages.OnlineDPOConfig, {
         "run_dir": str(tmp_path / "run"), "judge": "constitution", "steps": 2,
-        "batch_size": 8, "samples_per_prompt": 3, "log_every": 1,
+        "batch_size": 8, "samples_per_prompt": 4, "log_every": 1,
         "sampling": {"max_new_tokens": 6}, "checkpoint": {"save_every": 2}})
     stages.train_online_dpo(cfg)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
-        assert r["judge/score_mean"] == pytest.approx(1.0, abs=1e-6)
-        assert 0 < r["judge/score_std"] <= 2 and 0 <= r["pairs/tie_fraction"] < 1
+        assert r["judge/score_mean"] == pytest.approx(1.5, abs=1e-6)
+        assert 0 < r["judge/score_std"] <= 3 and 0 <= r["pairs/tie_fraction"] < 1
+    assert [r["judge/calls"] for r in rows] == [48.0, 96.0]
     with pytest.raises(ValueError, match="constitution / judge_model_dir are the constitution"):
         train.config_from_dict(stages.OnlineDPOConfig, {"judge": "vader",
                                                         "constitution": "c.toml"})
