@@ -12,7 +12,7 @@ import numpy as np
 from rlhf_jax import data, eval as rl_eval, models, reward, train
 from rlhf_jax.stages.common import check_writable
 from rlhf_jax.stages.configs.evaluate import EvalConfig  # noqa: F401 (re-exported)
-from rlhf_jax.stages.ppo import reward_scorer
+from rlhf_jax.stages.scoring import reward_scorer
 from rlhf_jax.train import ConfigError
 
 

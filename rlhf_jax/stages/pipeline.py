@@ -19,9 +19,9 @@ from rlhf_jax.stages.configs.pipeline import (_PIPELINE_OWNED, METHODS, PPO_FAMI
 from rlhf_jax.stages.offline import train_offline
 from rlhf_jax.stages.online import train_online_dpo
 from rlhf_jax.stages.layout import PipelineLayout, check_run_config, record_run_config
-from rlhf_jax.stages.ppo import (PPOStageConfig, cost_term, resolve_sampling, reward_scorer,
-                                 train_ppo)
+from rlhf_jax.stages.ppo import PPOStageConfig, resolve_sampling, train_ppo
 from rlhf_jax.stages.reward import train_reward_model
+from rlhf_jax.stages.scoring import cost_term, reward_scorer
 from rlhf_jax.stages.sft import train_sft
 
 

@@ -4,21 +4,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import jax
-import numpy as np
 
-from rlhf_jax import data, eval as rl_eval, interpret, models, ppo, reward, sharding, train
+from rlhf_jax import data, eval as rl_eval, models, ppo, reward, sharding, train
 from rlhf_jax.models import CheckpointFormatError, TransformerConfig
 from rlhf_jax.sampling import SamplingConfig
 from rlhf_jax.stages.common import (StageResult, builtin_file, check_batch_size,
                                     data_note, export_policy, model_overrides, optimizer_config,
                                     shardings_of, start_run, train_with_checkpoints, warn)
 from rlhf_jax.stages.configs.ppo import PPOStageConfig, PromptData, PtxData  # noqa: F401
+from rlhf_jax.stages.decisions import DecisionRecorder
 from rlhf_jax.stages.layout import RunLayout
 from rlhf_jax.stages.refresh import RewardRefresher
+from rlhf_jax.stages.scoring import cost_term, reward_scorer, reward_terms
 from rlhf_jax.train import ConfigError
 
 
@@ -59,29 +59,6 @@ class PPOModels:
         """The reward model as a PPO score_fn (`reward_scorer`)."""
         return reward_scorer(self.reward_config, self.reward_outputs, self.objectives,
                              std_coef, objective_weights)
-
-
-def reward_scorer(config: TransformerConfig, num_outputs: int, objectives: Sequence[str] = (),
-                  std_coef: float = 0.0, objective_weights: str = "") \
-        -> reward.reward_model_scorer:
-    """A reward model's score: one head; an ensemble's mean − std_coef·std; or a
-    multi-objective model's Σ λ_k r_k by `objective_weights` ("name=weight,…"; default equal
-    weights 1/K)."""
-    if objective_weights and not objectives:
-        raise ConfigError(f"objective_weights={objective_weights!r}: the reward model has no "
-                          "named objectives (train it with --config.objectives)")
-    if not objectives:
-        return reward.reward_model_scorer(config, num_outputs, std_coef)
-    if std_coef:
-        raise ConfigError(f"reward_std_coef={std_coef}: the reward model's heads are "
-                          f"objectives {list(objectives)}, not an ensemble")
-    try:
-        weights = (reward.objective_weights(objective_weights, objectives) if objective_weights
-                   else np.full(len(objectives), 1 / len(objectives), np.float32))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return reward.reward_model_scorer(config, num_outputs,
-                                      weights=tuple(float(x) for x in weights))
 
 
 def load_ppo_models(policy_dir: str, reward_dir: str, *, preset: str, critic: str, mesh, rules,
@@ -205,39 +182,6 @@ def _helpers(cfg: PPOStageConfig, kl_init) -> dict:
     return helpers
 
 
-def cost_term(cfg: PPOStageConfig, tokenizer, reward_config: TransformerConfig,
-              reward_outputs: int, objectives: Sequence[str], reward_params):
-    """`cfg.constraint`'s cost as a host-side `ppo.RewardTerm` on (prompt, response) tokens
-    (None without a constraint): a text scorer (`eval.TEXT_TERMS`), or minus a multi-objective
-    reward model's head ("objective:<name>"). PPO's Lagrangian and constrained best-of-n
-    (`eval.evaluate_best_of_n`) both read it."""
-    name = cfg.constraint.cost
-    if not name:
-        return None
-    if not name.startswith("objective:"):
-        return ppo.text_reward_term(name, 0.0, tokenizer, rl_eval.TEXT_TERMS[name])
-    objective = name[len("objective:"):]
-    if objective not in objectives:
-        raise ConfigError(f"constraint.cost={name!r}: the reward model at {cfg.reward_dir} has "
-                          f"objectives {list(objectives) or 'none'}")
-    head = list(objectives).index(objective)
-    members = jax.jit(reward.reward_model_scorer(reward_config, reward_outputs).members)
-
-    def minus_head(prompt_tokens, prompt_mask, response_tokens, response_mask):
-        out = members(reward_params, prompt_tokens, prompt_mask, response_tokens,
-                      response_mask)
-        return -np.asarray(jax.device_get(out), np.float32)[:, head]
-
-    return ppo.RewardTerm(name, 0.0, minus_head)
-
-
-def _reward_terms(cfg: PPOStageConfig, tokenizer) -> tuple:
-    terms = tuple(ppo.text_reward_term(name, float(weight), tokenizer, rl_eval.TEXT_TERMS[name])
-                  for name, weight in cfg.reward_terms.items() if weight)
-    return terms + tuple(ppo.text_reward_term(name, 0.0, tokenizer, rl_eval.TEXT_TERMS[name])
-                         for name in filter(None, cfg.monitor_terms.split(",")))
-
-
 def check_positions(cfg, config: TransformerConfig) -> None:
     """A GPT-2 policy has no position embedding beyond its learned positions: prompt and
     response lengths must fit them (named by their settings, not found at compile time).
@@ -323,82 +267,6 @@ def check_first_iteration(step_fn, layout: RunLayout, cfg: PPOStageConfig,
     return step
 
 
-class _DecisionRecorder:
-    """Appends each PPO iteration's reward-model decisions to `cfg.decision_log` (process 0),
-    with context "ppo/iteration N run_dir=<absolute run_dir>" (N counts from 1, as the steps of
-    metrics.jsonl do).
-
-    The rollout's rows reach the host through a zero-weight `ppo.RewardTerm` (it adds 0 to the
-    score and shows as `reward_terms/decision_log` = 0 in the metrics), where
-    `interpret.LoggedScorer` scores them with the reward model once more: the step returns no
-    per-row scores and `Rollout.scores` is the score after clipping, terms and the missing-EOS
-    penalty, without the ensemble's members. So one extra reward-model forward pass per
-    iteration (counted in `time/score`), only with the log on; without it nothing in the step
-    changes.
-
-    Resuming: a run restarted from a checkpoint at step c repeats iterations c+1… that may
-    already be in the log (they ran after the checkpoint, before the interruption). The newest
-    entry of this run dir is looked up once, from the end of the log, and iterations up to its N
-    are not logged again: exact resume redraws the same rollouts for them (same keys and
-    weights, up to the platform's determinism). A run started from step 0 logs every
-    iteration, even if the log holds an earlier attempt's entries for this run dir.
-    """
-
-    def __init__(self, cfg: PPOStageConfig):
-        self.log = interpret.DecisionLog(cfg.decision_log)
-        self.run_dir = str(Path(cfg.run_dir).resolve())
-        self.scorer = self.params = self.params_of = None
-        self.iteration, self.logged_through = 0, None
-        self.term = ppo.RewardTerm("decision_log", 0.0, self._record)
-        if jax.process_count() > 1:
-            raise ConfigError("decision_log is supported on a single process only (the "
-                              "rollout's rows are fetched to one host); leave it empty")
-        if train.is_main_process():
-            try:
-                self.log.head()  # refuse a torn log before any work starts
-            except (interpret.DecisionLogError, OSError) as e:
-                raise ConfigError(f"decision_log={cfg.decision_log!r}: {e}") from None
-
-    def set_reward_model(self, score_fn, reward_params) -> None:
-        """The PPO score function and the reward model's parameters whose decisions are logged,
-        or `fn(state)` giving those of each iteration (a refreshed reward model)."""
-        self.scorer = interpret.LoggedScorer(score_fn, self.log)
-        self.params_of = reward_params if callable(reward_params) else lambda state: reward_params
-
-    def context(self, iteration: int) -> str:
-        """The context of iteration `iteration`'s decisions."""
-        return f"ppo/iteration {iteration} run_dir={self.run_dir}"
-
-    def _newest_logged(self) -> int:
-        prefix, suffix = "ppo/iteration ", f" run_dir={self.run_dir}"
-
-        def ours(entry):
-            ctx = entry.get("context")
-            return isinstance(ctx, str) and ctx.startswith(prefix) and ctx.endswith(suffix) \
-                and ctx[len(prefix):-len(suffix)].isdigit()
-
-        entry = self.log.find_last(ours)
-        return 0 if entry is None else int(entry["context"][len(prefix):-len(suffix)])
-
-    def wrap(self, step_fn):
-        """`step_fn` that tells the term which iteration runs."""
-
-        def step(state, batch):
-            self.iteration, self.params = int(state.step) + 1, self.params_of(state)
-            if self.logged_through is None:  # the first iteration of this process
-                resumed = self.iteration > 1 and train.is_main_process()
-                self.logged_through = self._newest_logged() if resumed else 0
-            return step_fn(state, batch)
-
-        return step
-
-    def _record(self, prompt_tokens, prompt_mask, response_tokens, response_mask):
-        if train.is_main_process() and self.iteration > self.logged_through:
-            self.scorer(self.params, prompt_tokens, prompt_mask, response_tokens, response_mask,
-                        context=self.context(self.iteration))
-        return np.zeros(len(prompt_tokens), np.float32)
-
-
 def train_ppo(cfg: PPOStageConfig, *,
               extra_reward_terms: Sequence[ppo.RewardTerm] = ()) -> StageResult:
     """Run `cfg.steps` PPO iterations with exact resume; export the policy to `<run_dir>/export`.
@@ -415,7 +283,7 @@ def train_ppo(cfg: PPOStageConfig, *,
     mesh, rules = start_run(cfg, layout)
     key = jax.random.key(cfg.seed)
     check_batch_sizes(cfg, mesh)
-    recorder = _DecisionRecorder(cfg) if cfg.decision_log else None
+    recorder = DecisionRecorder(cfg) if cfg.decision_log else None
     critic = cfg.critic if cfg.rollout.advantage == "gae" else "none"
     m = load_ppo_models(cfg.policy_dir, cfg.reward_dir, preset=cfg.preset, critic=critic,
                         mesh=mesh, rules=rules, key=jax.random.fold_in(key, 0),
@@ -453,7 +321,7 @@ def train_ppo(cfg: PPOStageConfig, *,
         config=m.config, critic_config=m.critic_config, ref_params=m.ref_params,
         score_params=score_params, score_fn=score_fn, sampling=sampling,
         rollout=cfg.rollout, ppo=cfg.ppo, tx=tx, kl_update=kl_update,
-        reward_terms=_reward_terms(cfg, tokenizer) + tuple(extra_reward_terms)
+        reward_terms=reward_terms(cfg, tokenizer) + tuple(extra_reward_terms)
         + ((recorder.term,) if recorder else ()),
         constraint=cfg.constraint,
         cost=cost_term(cfg, tokenizer, m.reward_config, m.reward_outputs, m.objectives,

@@ -15,9 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
     ({"loss": offline.OfflineLossConfig(method="kto")},
      "loss.method='kto': online DPO takes a pairwise loss, one of dpo, cdpo"),
     ({"samples_per_prompt": 1}, "samples_per_prompt=1: online DPO needs >= 2"),
-    ({"judge": "gpt4"}, "judge='gpt4': expected 'reward_model' or a text scorer"),
+    ({"judge": "gpt4"}, "judge='gpt4': expected 'reward_model', 'constitution' or a text "
+                        "scorer"),
     ({"reward_dir": ""}, "judge='reward_model' needs reward_dir"),
-    ({"judge": "vader", "reward_std_coef": 0.5}, "judge='vader' is a text scorer"),
+    ({"judge": "vader", "reward_std_coef": 0.5}, "judge='vader' is no reward model"),
+    ({"judge": "constitution", "objective_weights": "a=1"}, "judge='constitution' is no reward"),
 ])
 def test_config_errors_name_the_field(fields, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):

@@ -80,7 +80,7 @@ class PPOStageConfig(RunConfig):
     `reward_terms` weights text scorers (`eval.TEXT_TERMS`) added to the score; `monitor_terms`
     are logged each iteration without weight, the first also judges the before/after samples.
     `decision_log` appends every iteration's reward-model decisions to a hash-chained JSONL
-    (`interpret.DecisionLog`; see `_DecisionRecorder`). `refresh` (off by default) retrains the
+    (`interpret.DecisionLog`; see `stages.decisions.DecisionRecorder`). `refresh` (off by default) retrains the
     reward model on labelled samples of the current policy every `refresh.every` iterations
     (`stages.refresh`).
     """
