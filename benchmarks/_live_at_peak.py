@@ -62,8 +62,12 @@ def live_at_peak(dump_dir: str, top: int, weight_elements=frozenset()) -> dict:
     schedule may recompute every layer right after the forward pass and keep it all live. The
     estimate counts, at every point of the schedule, the values of the backward of checkpointed
     blocks (op names `transpose(...)/checkpoint/.../block_<k>/`) of one layer only — the
-    largest — except those with a weight's element count (`weight_elements`: gradients and
-    gathered weights, which legitimately accumulate over layers).
+    largest — except those with one of `weight_elements` (memory.py passes the weights'
+    per-device element counts: a layer's gradients reduced to this device's shard, which
+    legitimately accumulate over layers until the optimiser step). A layer's full-size values
+    (weights gathered for its recomputation, its unreduced gradients, activations that happen
+    to have a whole weight's size) count as that layer's: a GPU schedule gathers a layer's
+    weights when it needs them and reduce-scatters its gradients when it has made them.
     """
     import numpy as np
 
@@ -79,46 +83,51 @@ def live_at_peak(dump_dir: str, top: int, weight_elements=frozenset()) -> dict:
         for line in f:
             if line.startswith("allocation"):
                 temp = "preallocated-temp" in line
-            m = re.match(r" value: <\d+ ([\w.\-]+) @\S+> \(size=(\d+),offset=\d+\): (\S+)",
-                         line)
+            # a value is an instruction and, for a tuple's elements, a shape index: X, X{1}
+            m = re.match(r" value: <\d+ ([\w.\-]+)(\{[\d,]*\})? @\S+> \(size=(\d+),"
+                         r"offset=\d+\): (\S+)", line)
             if m and temp:
-                sizes[m.group(1)] = (int(m.group(2)), m.group(3).split("{")[0])
-    ranges = []
+                sizes[m.group(1) + (m.group(2) or "{}")] = (int(m.group(3)),
+                                                            m.group(4).split("{")[0])
+    ranges = []  # (value, instruction, first, last)
     with open(files[1]) as f:
         for line in f:
-            m = re.match(r"\s+([\w.\-]+)\{[\d,]*\}:(\d+)-(\d+)$", line)
-            if m and m.group(1) in sizes:
-                ranges.append((m.group(1), int(m.group(2)), int(m.group(3))))
+            m = re.match(r"\s+([\w.\-]+)(\{[\d,]*\}):(\d+)-(\d+)$", line)
+            if m and m.group(1) + m.group(2) in sizes:
+                ranges.append((m.group(1) + m.group(2), m.group(1), int(m.group(3)),
+                               int(m.group(4))))
     if not ranges:
         return {"live": 0, "groups": [], "ordered": 0, "ordered_groups": []}
-    ops = _hlo_ops(files[2], {r[0] for r in ranges})
-    steps = max(r[2] for r in ranges) + 2
+    ops = _hlo_ops(files[2], {r[1] for r in ranges})
+    steps = max(r[3] for r in ranges) + 2
     layers: dict = {}  # (model path, layer) of a layer's backward values -> row of `remat`
     rows = []
-    for name, a, b in ranges:
+    for value, name, a, b in ranges:
         layer = re.search(r"transpose\(.*?/checkpoint/(?:.*/)?block_(\d+)/", ops.get(name, ""))
-        shape = sizes[name][1]
-        elements = math.prod(int(d) for d in re.findall(r"\d+", shape.split("[", 1)[1]))
-        if layer and elements not in weight_elements:  # not a weight or its gradient
+        shape = sizes[value][1]
+        elements = 0 if shape.startswith("(") else math.prod(
+            int(d) for d in re.findall(r"\d+", shape.split("[", 1)[1]))
+        # a gradient all-reduced and kept at full size outlives its layer on any backend
+        if layer and elements not in weight_elements and not name.startswith("all-reduce"):
             key = (ops[name][:layer.start()], layer.group(1))
             rows.append(layers.setdefault(key, len(layers)))
         else:
             rows.append(-1)
     other = np.zeros(steps, np.int64)
     remat = np.zeros((max(len(layers), 1), steps), np.int64)
-    for (name, a, b), row in zip(ranges, rows):
+    for (value, _, a, b), row in zip(ranges, rows):
         target = other if row < 0 else remat[row]
-        target[a] += sizes[name][0]
-        target[b + 1] -= sizes[name][0]
+        target[a] += sizes[value][0]
+        target[b + 1] -= sizes[value][0]
     other, remat = np.cumsum(other), np.cumsum(remat, axis=1)
     live_t, ordered_t = other + remat.sum(0), other + remat.max(0)
 
     def groups_at(t: int, layer_row=None) -> list[dict]:
         found: dict = {}
-        for (name, a, b), row in zip(ranges, rows):
+        for (value, name, a, b), row in zip(ranges, rows):
             if a <= t <= b and (layer_row is None or row in (-1, layer_row)):
                 op = _short(ops.get(name, ""))
-                size, shape = sizes[name]
+                size, shape = sizes[value]
                 g = found.setdefault((shape, op), {"shape": shape, "op": op[-90:] or "(fusion)",
                                                    "bytes": 0, "count": 0})
                 g["bytes"] += size

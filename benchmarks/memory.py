@@ -32,7 +32,9 @@ available"), so [B, T, V] logits never exist.
 The train state comes from `train.create_train_state` under `train.compile_init`, passing
 `param_shardings` as the stages do where the library has it (each AdamW moment split like its
 parameter); without it the moments came out replicated on every device under FSDP.
-`--opt-state sharded` forces the split layout whatever the library does.
+`--opt-state sharded` forces the split layout whatever the library does. `--moment-dtype`
+stores the moments in float32 or bfloat16 whatever the parameters' dtype
+(`OptimizerConfig.moment_dtype`, where the library has it; default: the parameters' dtype).
 
 Each device count runs in a child process of this script (`--devices N`, with
 XLA_FLAGS=--xla_force_host_platform_device_count=N set before JAX starts, CPU backend, FSDP
@@ -43,17 +45,25 @@ scores [B, H, T, T] float32 per layer, block inputs kept for the backward pass, 
 the groups of temporaries live at the peak of XLA's schedule (from a dump of each compile:
 buffer assignment, live ranges, op names; `--no-breakdown` skips it).
 
-Three things differ from a GPU compile; the table estimates the first. (1) XLA:CPU drops
-jax.checkpoint's optimization barriers before scheduling (XLA:GPU after), so its schedule may
-recompute every layer of a rematerialised backward right after the forward pass and keep it
-all live; temp* / total* estimate the same program with one layer's backward values live at a
-time (see `_live_at_peak.live_at_peak`). (2) XLA:CPU upcasts bfloat16 matmul operands to float32 here, so
-float32 copies of weights and activations appear among its temporaries. (3) Under FSDP,
-XLA:CPU gathers weights and all-reduces weight gradients at full size in float32 (no
-reduce-scatter), so the sharded runs hold full-size float32 gradients a GPU would
-reduce-scatter. XLA:CPU's default scheduler also lengthens live ranges to run independent ops
-on threads in parallel; `--cpu-scheduler memory` (default) turns that off. Read these as the
-CPU compiler's account of the programs, not a GPU measurement.
+Three things differ from a GPU compile; the table estimates the first and, in part, the
+third. (1) XLA:CPU drops jax.checkpoint's optimization barriers before scheduling (XLA:GPU
+after), so its schedule may recompute every layer of a rematerialised backward right after the
+forward pass and keep it all live; temp* / total* estimate the same program with one layer's
+backward values live at a time (see `_live_at_peak.live_at_peak`): what a GPU schedule keeps
+beyond a layer's backward is that layer's gradients, reduced to this device's shard. (2)
+XLA:CPU upcasts bfloat16 matmul operands to float32 here, so float32 copies of weights and
+activations appear among its temporaries. (3) Under FSDP each device's weight gradient is a
+full-size partial sum. XLA:GPU's pipeline turns the partitioner's all-reduce + slice of it
+into one reduce-scatter (its ReduceScatterCreator pass; not checked on a GPU here); XLA:CPU
+has no such pass, all-reduces it at full size in float32 and then keeps its shard, and
+its all-reduce combiner merges the all-reduces of many layers (and the clipping norm's partial
+sums) into a few, so every layer's full-size float32 gradient waits for the last one (26 GiB
+of them on the 8B PPO update over 8 devices, 6 sequences a device). `--cpu-combiner off` (default)
+compiles without that combiner (XLA_FLAGS --xla_disable_hlo_passes=cpu-all-reduce-combiner),
+so each layer's gradient is reduced and sliced when it is made, as the GPU's reduce-scatter
+does, though at full size in float32. XLA:CPU's default scheduler also lengthens live ranges to
+run independent ops on threads in parallel; `--cpu-scheduler memory` (default) turns that off.
+Read these as the CPU compiler's account of the programs, not a GPU measurement.
 
 Baseline: the reward step at 1B on one device needed ~85 GiB of temporaries, measured on an
 H100 before this change (issue #13). Targets: reward-step temporaries ≤ 16 GiB at 1B on one
@@ -126,6 +136,13 @@ def parse_args(argv=None):
     p.add_argument("--cpu-scheduler", choices=("memory", "concurrency"), default="memory",
                    help="XLA:CPU's HLO scheduler: memory-minimising (default), or its own "
                         "default, which lengthens live ranges to run ops on threads in parallel")
+    p.add_argument("--cpu-combiner", choices=("off", "on"), default="off",
+                   help="XLA:CPU's all-reduce combiner: off (default; each layer's gradient is "
+                        "reduced when it is made, as a GPU's reduce-scatter is) or on (its "
+                        "default: many layers' full-size gradients wait for one all-reduce)")
+    p.add_argument("--moment-dtype", choices=("", "float32", "bfloat16"), default="",
+                   help="AdamW moments' storage dtype (OptimizerConfig.moment_dtype; empty: "
+                        "the parameters')")
     args = p.parse_args(argv)
     args.sizes = [s for s in args.sizes.split(",") if s]
     steps = []
@@ -175,17 +192,22 @@ def child(args) -> None:
         return _common.abstract_params(model, mesh, rules)
 
     def weight_elements(*trees) -> frozenset:
-        """Element counts of the weights, whole and per device (to tell gradients apart)."""
+        """Element counts of the weights' per-device shards: a layer's gradients reduced to this
+        device's shard outlive its backward; its full-size values (gathered weights, unreduced
+        gradients) need not, on a GPU (see live_at_peak)."""
         leaves = [x for t in trees for x in jax.tree.leaves(t)]
-        return frozenset([math.prod(x.shape) for x in leaves] +
-                         [math.prod(x.sharding.shard_shape(x.shape)) for x in leaves])
+        return frozenset(math.prod(x.sharding.shard_shape(x.shape)) for x in leaves)
 
     def batch_struct(shape, dtype):
         return _common.batch_struct(shape, dtype, mesh, rules)
 
     def train_state(params, helpers=None):
+        moments = {"moment_dtype": args.moment_dtype} if args.moment_dtype else {}
+        if moments and "moment_dtype" not in {
+                f.name for f in dataclasses.fields(train.OptimizerConfig)}:
+            raise SystemExit("--moment-dtype: this library's OptimizerConfig has no moment_dtype")
         tx = train.make_optimizer(train.OptimizerConfig(learning_rate=1e-5, total_steps=1000,
-                                                        weight_decay=0.01), params)
+                                                        weight_decay=0.01, **moments), params)
         extra = {}  # as the stages call it: moments laid out like their parameters
         if "param_shardings" in inspect.signature(train.create_train_state).parameters:
             extra["param_shardings"] = jax.tree.map(lambda x: x.sharding, params)
@@ -354,7 +376,7 @@ def child_command(args, devices: int) -> list[str]:
     for name in ("param_dtype", "dtype", "remat", "logit_chunk", "pairs", "reward_length",
                  "sft_batch", "sft_length", "rollouts", "prompt_len", "response_len",
                  "ppo_epochs", "ppo_minibatches", "top", "cpu_scheduler", "opt_state",
-                 "attention"):
+                 "attention", "cpu_combiner", "moment_dtype"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return cmd + ([] if args.breakdown else ["--no-breakdown"])
 
@@ -369,6 +391,8 @@ def main():
         flags = f" --xla_force_host_platform_device_count={n}"
         if args.cpu_scheduler == "memory":  # as a flag: compiler_options does not reach it
             flags += " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+        if args.cpu_combiner == "off":
+            flags += " --xla_disable_hlo_passes=cpu-all-reduce-combiner"
         env = dict(os.environ, JAX_PLATFORMS="cpu",
                    XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + flags).strip())
         t0 = time.perf_counter()
@@ -390,7 +414,8 @@ def main():
     print(f"\nconfig: param_dtype={args.param_dtype} dtype={args.dtype}; training steps "
           f"remat={args.remat} (decoding and scoring: none); logit_chunk={first['logit_chunk']}; "
           f"attention={first['attention']}; FSDP preset (mesh fsdp=-1) on the CPU backend, "
-          f"{args.cpu_scheduler} scheduler; AdamW moments {args.opt_state}; PPO "
+          f"{args.cpu_scheduler} scheduler, all-reduce combiner {args.cpu_combiner}; AdamW "
+          f"moments {args.opt_state}, {args.moment_dtype or args.param_dtype}; PPO "
           f"epochs={args.ppo_epochs} minibatches={args.ppo_minibatches}; "
           f"wall {time.perf_counter() - start:.0f} s")
     print_table(rows)
