@@ -146,6 +146,11 @@ def _sample(cfg: IterativeDPOConfig, r: int, policy_dir: str, pool: list) -> lis
              "ended": ended[i * k:(i + 1) * k]} for i, p in enumerate(prompts)]
 
 
+def _chosen_rejected(rec: dict) -> tuple:
+    """(chosen, rejected) of a pairwise record in the common form (responses, ranks)."""
+    return rec["responses"][rec["ranks"].index(0)], rec["responses"][rec["ranks"].index(1)]
+
+
 def _pair_record(prompt, chosen: str, rejected: str, annotator: str) -> dict:
     return as_pair_record({"prompt": prompt, "chosen": chosen, "rejected": rejected,
                            "annotator_id": annotator})
@@ -241,8 +246,7 @@ def _people_labels(cfg, r: int, pairs: list[tuple], tag: str):
             return None
         original = {prompt_record_text(p): p for p, _, _ in pairs}
         out = [{**rec, "prompt": original[rec["prompt"]]} for rec in out]
-    return [_pair_record(rec["prompt"], rec["responses"][rec["ranks"].index(0)],
-                         rec["responses"][rec["ranks"].index(1)], rec["annotator_id"])
+    return [_pair_record(rec["prompt"], *_chosen_rejected(rec), rec["annotator_id"])
             for rec in out]
 
 
@@ -297,8 +301,8 @@ def _refresh(cfg: IterativeDPOConfig, r: int, rl: RoundLayout, labelled: list[di
     """A reward model trained on `reward_file` and every label so far, from `policy_dir`."""
     extra = data.read_records(cfg.reward_file, "pairwise")[0] if cfg.reward_file else []
     data.builtin.write_jsonl(rl.reward_file, [
-        *({"prompt": x["prompt"], "chosen": x["responses"][x["ranks"].index(0)],
-           "rejected": x["responses"][x["ranks"].index(1)]} for x in extra), *labelled])
+        *({"prompt": x["prompt"], **dict(zip(("chosen", "rejected"), _chosen_rejected(x)))}
+          for x in extra), *labelled])
     rcfg = _replace(cfg.reward, {
         "run_dir": str(rl.stage("reward").root), "seed": cfg.seed * 1000 + r,
         "model_dir": cfg.policy_dir, "chat_template": cfg.chat_template,
