@@ -52,13 +52,18 @@ def _under(*parts: str) -> property:
 
 
 @dataclasses.dataclass(frozen=True)
-class RunLayout:
-    """Paths of one stage's run directory (see the module docstring)."""
+class _Rooted:
+    """A layout: paths under `root` (given as a string or a Path)."""
 
     root: Path
 
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout(_Rooted):
+    """Paths of one stage's run directory (see the module docstring)."""
 
     config = _under("config.json")
     checkpoints = _under("checkpoints")
@@ -94,13 +99,8 @@ class RunLayout:
 
 
 @dataclasses.dataclass(frozen=True)
-class RoundLayout:
+class RoundLayout(_Rooted):
     """Paths of one round of iterative preference learning (`IterativeLayout.round`)."""
-
-    root: Path
-
-    def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root))
 
     def stage(self, name: str) -> RunLayout:
         """The run directory of the round's stage `name` ("offline", "reward")."""
@@ -115,14 +115,9 @@ class RoundLayout:
 
 
 @dataclasses.dataclass(frozen=True)
-class IterativeLayout:
+class IterativeLayout(_Rooted):
     """Paths of an iterative preference-learning run: its config, its per-round history and a
     `RoundLayout` per round."""
-
-    root: Path
-
-    def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root))
 
     def round(self, r: int) -> RoundLayout:
         """Round `r`'s directory (rounds count from 0)."""
@@ -133,13 +128,8 @@ class IterativeLayout:
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineLayout:
+class PipelineLayout(_Rooted):
     """Paths of an end-to-end run: a `RunLayout` per stage plus the pipeline's own files."""
-
-    root: Path
-
-    def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root))
 
     def stage(self, name: str) -> RunLayout:
         """The run directory of stage `name` ("sft", "reward", "ppo")."""
