@@ -14,7 +14,7 @@ from rlhf_jax import data, models, train
 from rlhf_jax.labelling import LabelStore
 from rlhf_jax.stages.configs.pipeline import _replace
 from rlhf_jax.stages.layout import IterativeLayout
-from rlhf_jax.studies.iterative import (IterativeDPOConfig, _judge_labels, app_tag,
+from rlhf_jax.studies.iterative import (IterativeDPOConfig, judge_labels, app_tag,
                                         best_vs_worst, candidate_pairs, iterative_dpo)
 from rlhf_jax.studies.label_sources import app_labels
 from tests.chat_tokenizers import conversation_files, make_chat_model
@@ -246,7 +246,7 @@ def test_the_constitution_judge_compares_every_pair_of_answers():
                 "responses": ["a wonderful happy day", "bad awful day", "a day", "fine"]},
                {"prompt": [{"role": "user", "content": "and the cat?"}],
                 "responses": ["the cat is lovely", "terrible cat", "cat", "a cat sat"]}]
-    records, stats = _judge_labels(cfg, samples, None)
+    records, stats = judge_labels(cfg, samples, None)
     assert stats["judge_calls"] == 2 * 6 and stats["human_labels"] == 0
     for s in samples:
         assert sum(s["scores"]) == pytest.approx(6.0, abs=1e-5)
@@ -267,7 +267,7 @@ def test_disagreement_needs_an_ensemble_not_objectives(tmp_path, chat, objective
     """acquisition=disagreement reads the spread of an ensemble's members; a single head has
     none and a multi-objective model's heads differ by design, so both are refused by name."""
     from rlhf_jax import reward
-    from rlhf_jax.studies.iterative import _people_pairs, _RewardJudge
+    from rlhf_jax.studies.iterative import people_pairs, RewardJudge
 
     config, _ = models.load_hf_checkpoint(chat["policy"])
     model = models.DecoderModel(config, heads=("reward",),
@@ -279,10 +279,10 @@ def test_disagreement_needs_an_ensemble_not_objectives(tmp_path, chat, objective
     cfg = _cfg(chat, tmp_path / "run", labels="simulated", acquisition="disagreement",
                reward_dir=str(tmp_path / "rm"))
     samples = [{"prompt": "hi", "responses": ["a", "b", "c"]}]
-    rm = _RewardJudge(cfg.reward_dir, cfg)
+    rm = RewardJudge(cfg.reward_dir, cfg)
     assert rm.objectives == objectives
     with pytest.raises(train.ConfigError, match=message):
-        _people_pairs(cfg, 0, samples, rm)
+        people_pairs(cfg, 0, samples, rm)
 
 
 def test_lengths_past_a_gpt2_policys_positions_are_refused_by_name(tmp_path, chat):
